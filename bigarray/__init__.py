@@ -1,0 +1,26 @@
+"""bigarray: huge ragged arrays on memory-mapped files that dask and xarray treat as native.
+
+A store keeps a collection of variable-length arrays as ONE array concatenated along axis 0
+plus a segment index ``name -> [start, stop)``. See the README for the tour.
+"""
+
+from __future__ import annotations
+
+from .arrays import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
+from .errors import BigArrayError
+from .store import Store, is_store
+from .writer import StoreWriter
+
+__version__ = "1.0.0.dev0"
+
+__all__ = [
+    "BigArrayError",
+    "MmapArray",
+    "MmapArrayWriter",
+    "PointerArray",
+    "PointerArrayWriter",
+    "Store",
+    "StoreWriter",
+    "__version__",
+    "is_store",
+]

@@ -1,0 +1,354 @@
+"""The seed API: ``MmapArray``/``PointerArray`` (numpy memmaps) and their writers.
+
+These keep the names, arguments and behaviour of the original 2020 library on top of
+the v1 store. ``PointerArray`` *is* a ``numpy.memmap``: everything numpy does works,
+and ``x['name']`` returns one segment. Arrays pickle by reference (path, variable, rows),
+never by value, so sending one to a pool or a dask worker costs a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import BigArrayError, ReadOnlyError, SchemaError
+from .index import SegmentIndex
+from .store import Store
+from .writer import StoreWriter
+
+__all__ = ["MmapArray", "MmapArrayWriter", "PointerArray", "PointerArrayWriter"]
+
+_SESSION_ENV = "BIGARRAY_WRITER_SESSION_"
+
+
+def _reopen(cls: type, path: str, variable: str | None, start: int, stop: int, rows: int) -> Any:
+    arr = cls(path, variable=variable)
+    if (start, stop) == (0, rows) and len(arr) == rows:
+        return arr
+    return arr[start:stop]
+
+
+class MmapArray(np.memmap):
+    """A committed variable of a store as a read-only ``numpy.memmap``.
+
+    Parameters
+    ----------
+    path
+        Store directory.
+    mode
+        ``'r'`` (default). Stores are changed through writers only, so that every change
+        is a commit; ``'r+'`` is refused with a :class:`~bigarray.errors.ReadOnlyError`.
+    variable
+        Which variable to map (default ``"data"`` or the only one).
+
+    Examples
+    --------
+    >>> x = MmapArray("/tmp/array")          # doctest: +SKIP
+    >>> x[:10].sum()                         # doctest: +SKIP
+    """
+
+    _bigarray_root: tuple[str, str | None, int] | None
+    _bigarray_store: Store | None
+
+    def __new__(
+        cls, path: str | os.PathLike[str], mode: str = "r", *, variable: str | None = None
+    ) -> Any:
+        if mode != "r":
+            raise ReadOnlyError(
+                f"{cls.__name__} opens stores read-only (mode='r'), got mode={mode!r}; write "
+                "with MmapArrayWriter/PointerArrayWriter, which commit atomically"
+            )
+        path = os.path.abspath(os.fspath(path))
+        store = Store(path)
+        var = store.variable(variable)
+        if len(var.shards) > 1:
+            raise SchemaError(
+                f"{path!r} variable {var.name!r} is stored in {len(var.shards)} shards, which one "
+                "memory map cannot span; read it with bigarray.open(path) or "
+                "bigarray.dask_backend.from_bigarray(path)"
+            )
+        (view,) = store.shard_views(var) if var.shards else (np.zeros(var.shape, var.dtype),)
+        obj = view.view(cls)
+        obj._bigarray_root = (path, var.name, var.rows)
+        obj._bigarray_store = store
+        # Segment reads slice this plain ndarray view: no memmap subclass to finalise, so a
+        # lookup by name costs about as much as a dict lookup plus a numpy slice.
+        obj._bigarray_plain = np.asarray(view)
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        super().__array_finalize__(obj)
+        # Views keep a pointer to the root so they can pickle as a row range by reference.
+        self._bigarray_root = None
+        self._bigarray_store = None
+        self._bigarray_plain = None
+        self._bigarray_base = getattr(obj, "_bigarray_base", None) or (
+            obj if getattr(obj, "_bigarray_root", None) else None
+        )
+
+    # numpy's memmap reductions would return memmaps; plain results are what users expect
+    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        if arr.shape == () or not np.may_share_memory(arr, self):
+            return arr[()] if arr.shape == () else np.asarray(arr)
+        return super().__array_wrap__(arr, context, return_scalar)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise ReadOnlyError(
+            f"{type(self).__name__} is read-only: committed data is changed only through a "
+            "writer. Copy it (np.array(x)) to modify it in memory, or write a new store."
+        )
+
+    # ------------------------------------------------------------------ info
+    @property
+    def path(self) -> str:
+        root = self._root_array()
+        return root._bigarray_root[0]  # type: ignore[index]
+
+    @property
+    def variable_name(self) -> str:
+        return self._root_array()._bigarray_root[1]  # type: ignore[index,return-value]
+
+    def _root_array(self) -> MmapArray:
+        if self._bigarray_root is not None:
+            return self
+        base = self._bigarray_base
+        if base is None:
+            raise BigArrayError("this array is not backed by a bigarray store")
+        return base
+
+    # ------------------------------------------------------------------ pickling
+    def __reduce__(self) -> Any:
+        """Pickle as (path, variable, row range) when this is the whole array or a range of
+        whole rows of it; any other view (strided, reordered, a copy) pickles by value."""
+        try:
+            root = self._root_array()
+        except BigArrayError:
+            return np.asarray(self).__reduce__()
+        path, variable, rows = root._bigarray_root  # type: ignore[misc]
+        if self.ndim == root.ndim and self.shape[1:] == root.shape[1:] and self.flags.c_contiguous:
+            offset = self.ctypes.data - root.ctypes.data
+            row_bytes = max(root.strides[0], 1) if root.ndim else 1
+            if root.size == 0 or self.size == 0:
+                start = 0
+            elif offset % row_bytes == 0 and 0 <= offset < root.nbytes:
+                start = offset // row_bytes
+            else:
+                return np.asarray(self).__reduce__()
+            stop = start + len(self)
+            return (_reopen, (type(root), path, variable, start, stop, rows))
+        return np.array(self).__reduce__()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({np.asarray(self)!r})" if self.size <= 1000 else (
+            f"<{type(self).__name__} shape={self.shape} dtype={self.dtype}>"
+        )
+
+
+class PointerArray(MmapArray):
+    """A store's data as a read-only ``numpy.memmap`` plus its segment index.
+
+    ``x['name']`` returns segment ``name`` (a view); ``x.indices`` is a read-only mapping
+    ``name -> (start, stop)`` in row order. Everything else is ``numpy.memmap``.
+
+    Examples
+    --------
+    >>> x = PointerArray("/tmp/array")      # doctest: +SKIP
+    >>> x["name0"]                          # doctest: +SKIP
+    PointerArray([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=int32)
+    """
+
+    @property
+    def indices(self) -> SegmentIndex:
+        """Read-only mapping ``name -> (start, stop)`` (rows, half-open), in row order."""
+        root = self._root_array()
+        store = root._bigarray_store
+        assert store is not None
+        idx = store.index
+        if idx is None:
+            idx = _EMPTY_INDEX
+        return idx
+
+    def __getitem__(self, key: Any) -> Any:
+        if type(key) is str:
+            plain = self._bigarray_plain
+            if plain is None:
+                raise SchemaError(
+                    f"segment {key!r} asked of a slice of a PointerArray; look segments up on "
+                    "the array returned by PointerArray(path)"
+                )
+            start, stop = self.indices[key]
+            return plain[start:stop]
+        return super().__getitem__(key)
+
+    def segment(self, name: str) -> np.ndarray:
+        """Rows of segment ``name`` (same as ``x[name]``)."""
+        return self[name]
+
+
+class _Writer:
+    """Shared body of the seed writers (context manager, flush, close, pickling)."""
+
+    _named = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: Sequence[int] | int | None = None,
+        dtype: Any = None,
+        remove_exist: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        path = os.path.abspath(os.fspath(path))
+        env = _SESSION_ENV + _path_key(path)
+        joined = _join_parent_session(env)
+        if joined is not None:
+            # A spawned/forkserver child re-importing the parent's main module: attach to the
+            # parent's writer instead of re-creating (and with remove_exist, deleting) the store.
+            self._w = joined
+            return
+        self._w = StoreWriter(
+            path, shape=shape, dtype=dtype, remove_exist=remove_exist, named=self._named, **kwargs
+        )
+        os.environ[env] = json.dumps(self._w.handoff())
+
+    @property
+    def path(self) -> str:
+        return self._w.path
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return self._w.dtype
+
+    @property
+    def writer(self) -> StoreWriter:
+        return self._w
+
+    def flush(self) -> None:
+        """Commit everything every process of this writer has written (owner process);
+        in a child process, make its own rows durable."""
+        self._w.flush()
+
+    def close(self) -> None:
+        """Commit and release the writer."""
+        if self._w.is_owner:
+            os.environ.pop(_SESSION_ENV + _path_key(self._w.path), None)
+        self._w.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._w.closed
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._w!r})"
+
+
+def _path_key(path: str) -> str:
+    import zlib
+
+    return f"{zlib.crc32(path.encode()):08x}"
+
+
+def _join_parent_session(env: str) -> StoreWriter | None:
+    """The parent's writer, when this process is a multiprocessing child of its owner."""
+    import multiprocessing
+
+    raw = os.environ.get(env)
+    if raw is None or multiprocessing.parent_process() is None:
+        return None
+    try:
+        handoff = json.loads(raw)
+        if int(handoff["owner_pid"]) == os.getpid():
+            return None
+        return StoreWriter.attach(handoff)
+    except (ValueError, KeyError, TypeError, BigArrayError):
+        return None
+
+
+class MmapArrayWriter(_Writer):
+    """Write one unnamed array (``MmapArray``) from one or many processes.
+
+    Parameters
+    ----------
+    path
+        Store directory (created, or opened for appending).
+    shape
+        ``shape[0]`` is the minimum number of rows; ``shape[1:]`` the row shape.
+    dtype
+        Element type (default: the first array written).
+    remove_exist
+        Delete an existing store at ``path`` first.
+    """
+
+    def write(self, arrays: Any, start_position: int | None = None) -> tuple[int, int]:
+        """Write an array (or a list of arrays, back to back) at ``start_position``, or
+        appended after everything written so far when it is ``None``. Returns the rows
+        ``(start, stop)`` written."""
+        if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
+            arrays = [arrays]
+        return self._w.write_rows(arrays, None, start_position)
+
+
+class PointerArrayWriter(_Writer):
+    """Write named segments (``PointerArray``) from one or many processes.
+
+    A writer created in a parent process can be used from ``multiprocessing.Pool`` children
+    (fork, spawn, forkserver) or pickled to dask workers: each process records the segments
+    it wrote in a journal file, and the parent's ``flush()``/``close()`` commits them all.
+
+    Parameters
+    ----------
+    path
+        Store directory (created, or opened for appending).
+    shape
+        ``shape[0]`` is the minimum number of rows; ``shape[1:]`` the row shape.
+    dtype
+        Element type (default: the first array written).
+    remove_exist
+        Delete an existing store at ``path`` first.
+
+    Examples
+    --------
+    >>> with PointerArrayWriter("/tmp/a", dtype="float32") as w:     # doctest: +SKIP
+    ...     w.write({"utt1": np.zeros((3, 4)), "utt2": np.ones((5, 4))})
+    """
+
+    _named = True
+
+    def write(
+        self, arrays: Mapping[str, Any], start_position: int | None = None
+    ) -> tuple[int, int]:
+        """Write ``{name: array}``: the arrays go back to back from ``start_position`` (or
+        appended when ``None``), each becoming the segment ``name``. Returns the rows
+        ``(start, stop)`` written."""
+        if not isinstance(arrays, Mapping):
+            raise SchemaError(
+                f"PointerArrayWriter.write takes a mapping {{name: array}}, got "
+                f"{type(arrays).__name__}; use MmapArrayWriter for unnamed arrays"
+            )
+        return self._w.write_rows(list(arrays.values()), list(arrays.keys()), start_position)
+
+
+class _EmptyIndex(Mapping[str, tuple[int, int]]):
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        from .errors import SegmentNotFoundError
+
+        raise SegmentNotFoundError(f"no segment named {name!r}: this store has no segment index")
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_EMPTY_INDEX: Any = _EmptyIndex()

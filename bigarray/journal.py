@@ -1,0 +1,193 @@
+"""Journals: how writer processes tell the committing process what they wrote.
+
+No Manager and no server: every writer *session* (one owner writer object and all the
+processes it was forked, spawned or pickled to) has a directory ``journal/<session>/``.
+After a process has written rows with ``pwrite`` it drops one small record file there,
+atomically (write a temporary file, rename it into place), naming the variable and the
+segments (or unnamed row extents) it wrote. The owner's ``flush()`` reads the records,
+merges them into the index under the store lock, commits, and deletes exactly the
+records it read. A record that appears later is simply merged by the next commit.
+
+The owner holds an ``flock`` on ``journal/<session>/owner.lock`` for its lifetime (forked
+children inherit it), so a later writer can tell a dead session (the lock is free) from a
+live one and discard the uncommitted records of the dead.
+
+Record layout (little endian)::
+
+    b"BAJ1" | u32 header length | JSON header | int64 starts[n] | int64 stops[n]
+            | int64 name_offsets[n + 1] | names (UTF-8) | u32 crc32 of everything before
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import StoreCorruptedError
+from .fileutil import wrap_os_error
+from .format import JOURNAL_DIR
+from .index import SegmentArrays
+
+_MAGIC = b"BAJ1"
+_SUFFIX = ".rec"
+_OWNER_LOCK = "owner.lock"
+
+
+@dataclass
+class Record:
+    """What one ``write`` call of one process wrote."""
+
+    variable: str
+    segments: SegmentArrays | None  # named segments, or None for unnamed rows
+    stop: int  # the highest row written (exclusive)
+
+
+def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> bytes:
+    seg = record.segments
+    n = len(starts)
+    header = json.dumps(
+        {"variable": record.variable, "n": n, "named": seg is not None, "stop": record.stop}
+    ).encode()
+    parts = [
+        _MAGIC,
+        len(header).to_bytes(4, "little"),
+        header,
+        np.asarray(starts, "<i8").tobytes(),
+        np.asarray(stops, "<i8").tobytes(),
+    ]
+    if seg is not None:
+        parts += [np.asarray(seg.name_offsets, "<i8").tobytes(), seg.names.tobytes()]
+    body = b"".join(parts)
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def decode_record(raw: bytes, where: str) -> Record:
+    def bad(why: str) -> StoreCorruptedError:
+        return StoreCorruptedError(f"journal record {where!r} is damaged ({why}); delete it")
+
+    if len(raw) < 12 or raw[:4] != _MAGIC:
+        raise bad("no BAJ1 magic")
+    if zlib.crc32(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+        raise bad("checksum mismatch")
+    hlen = int.from_bytes(raw[4:8], "little")
+    try:
+        head = json.loads(raw[8 : 8 + hlen])
+        n, named, variable, stop = head["n"], head["named"], head["variable"], head["stop"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise bad(f"header: {exc}") from None
+    pos = 8 + hlen
+    try:
+        starts = np.frombuffer(raw, "<i8", n, pos)
+        stops = np.frombuffer(raw, "<i8", n, pos + 8 * n)
+        seg = None
+        if named:
+            offs = np.frombuffer(raw, "<i8", n + 1, pos + 16 * n).astype(np.int64)
+            names = np.frombuffer(raw, np.uint8, int(offs[-1]), pos + 24 * n + 8)
+            hashes = np.fromiter(
+                (zlib.crc32(names[offs[i] : offs[i + 1]]) for i in range(n)), np.uint32, n
+            )
+            seg = SegmentArrays(names, offs, np.stack([starts, stops], 1).astype(np.int64), hashes)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    return Record(variable, seg, int(stop))
+
+
+class Journal:
+    """The journal directory of one writer session."""
+
+    def __init__(self, store_dir: str, session: str) -> None:
+        self.dir = os.path.join(store_dir, JOURNAL_DIR, session)
+        self._seq = itertools.count()
+        self._lock_fd: int | None = None
+
+    def start(self) -> None:
+        """Create the session directory and hold its owner lock (called by the owner)."""
+        os.makedirs(self.dir, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.dir, _OWNER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def end(self) -> None:
+        """Drop the session directory and its lock (after the final commit)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def append(self, record: Record, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Publish one record atomically (never seen half-written)."""
+        data = encode_record(record, starts, stops)
+        name = f"{os.getpid()}-{next(self._seq):09d}-{os.urandom(4).hex()}"
+        tmp = os.path.join(self.dir, f".{name}.tmp")
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, os.path.join(self.dir, name + _SUFFIX))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise wrap_os_error(exc, self.dir) from None
+
+    def pending(self) -> list[str]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(os.path.join(self.dir, n) for n in names if n.endswith(_SUFFIX))
+
+    def read(self, files: list[str]) -> list[Record]:
+        out = []
+        for path in files:
+            with open(path, "rb") as f:
+                out.append(decode_record(f.read(), path))
+        return out
+
+    @staticmethod
+    def discard(files: list[str]) -> None:
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def collect_dead_sessions(store_dir: str, keep: str) -> int:
+    """Remove the journals of sessions whose owner died before committing them.
+
+    Returns the number of live sessions other than ``keep`` (so the caller knows whether
+    any other writer may hold allocated but uncommitted rows).
+    """
+    root = os.path.join(store_dir, JOURNAL_DIR)
+    try:
+        sessions = os.listdir(root)
+    except FileNotFoundError:
+        return 0
+    live = 0
+    for s in sessions:
+        if s == keep:
+            continue
+        d = os.path.join(root, s)
+        try:
+            fd = os.open(os.path.join(d, _OWNER_LOCK), os.O_RDWR)
+        except FileNotFoundError:
+            shutil.rmtree(d, ignore_errors=True)  # never started, or already ended
+            continue
+        except OSError:
+            live += 1
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            live += 1
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)
+    return live

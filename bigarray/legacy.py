@@ -1,0 +1,438 @@
+"""Read (and convert) files written by the original 2020 ``bigarray`` (trungnt13/bigarray).
+
+On-disk format, confirmed from ``bigarray/mmap_array.py`` and ``bigarray/pointer_array.py`` of
+github.com/trungnt13/bigarray (commits 1100e68 and ed8743f; the layout is the same in both)::
+
+    offset 0   b"mmapdata"                    magic, 8 bytes
+    offset 8   b"%8d" % len(meta)             8 ASCII bytes, decimal right-aligned with spaces,
+                                              NOT binary; len(meta) <= 486 (_MAXIMUM_HEADER_SIZE)
+    offset 16  meta = marshal.dumps([dtype, shape])
+               dtype: str(np.dtype(d)) on creation ("float32", "<U5"), but dtype.name after a
+                      resize ("float32", "str160": the original could not reopen the latter)
+               shape: tuple of Python ints (rows first)
+    zero padding up to the data offset
+    offset O   C-order array bytes, O = ceil((8 + 8 + 486) / itemsize) * itemsize, i.e. the
+               first multiple of the itemsize at or after byte 502, whatever len(meta) is
+               (504 for float32/float64, 502 for bool/int16, 520 for "<U5")
+
+A PointerArray file is the same, followed by what every ``flush()`` after a ``write()``
+appends at the current end of the file::
+
+    pickle.dumps(dict(name -> (start, stop)))     default protocol of the writer's Python
+    len(pickle).to_bytes(8, "big")                8-byte big-endian unsigned length
+
+The original reader takes the LAST 8 bytes as the length and unpickles the bytes just before
+them. Several flushes (e.g. from several processes) append several (pickle, length) pairs, so
+the pickle can sit anywhere after the data; only the last pair counts. Nothing in the header
+says "pointer array": a file that ends exactly at the end of the data is a plain MmapArray.
+(A pointer file whose writer died before flushing its index reads as a plain array.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import marshal
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+import numpy as np
+
+from bigarray.errors import (
+    FormatError,
+    HostileInputError,
+    NotAStoreError,
+    OverlapError,
+    StoreCorruptedError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
+
+__all__ = ["LegacyArray", "convert_legacy", "is_legacy_file", "read_legacy"]
+
+MAGIC = b"mmapdata"
+_MAX_META = 486  # the original's _MAXIMUM_HEADER_SIZE
+_HEADER_SPAN = len(MAGIC) + 8 + _MAX_META  # 502: data offsets are computed from this
+_TRAILER = 8
+_MAX_NDIM = 64  # numpy's own limit (NPY_MAXDIMS in numpy 2)
+_CONVERT_CHUNK_BYTES = 64 << 20  # bound the memory of one write call during conversion
+
+# marshal type codes (CPython Python/marshal.c) that [dtype, shape] legitimately uses.
+_FLAG_REF = 0x80
+_SEQ = {ord("["): 4, ord("("): 4, ord(")"): 1}  # list, tuple, small tuple -> width of count
+_STR = {ord("a"): 4, ord("A"): 4, ord("u"): 4, ord("t"): 4, ord("s"): 4, ord("z"): 1, ord("Z"): 1}
+_INT, _LONG, _REF, _CODE = ord("i"), ord("l"), ord("r"), ord("c")
+_FLEXIBLE_NAMES = {"str": ("U", 32), "bytes": ("S", 8), "void": ("V", 8)}
+
+
+@dataclass(frozen=True)
+class LegacyArray:
+    """A legacy file opened read-only.
+
+    Attributes
+    ----------
+    array : numpy.memmap
+        The whole data region, read-only, with the file's dtype and shape.
+    indices : dict of str to (int, int), or None
+        ``name -> (start, stop)`` rows for a PointerArray file; ``None`` for a plain MmapArray.
+    path : pathlib.Path
+        The file that was read.
+    """
+
+    array: np.memmap
+    indices: dict[str, tuple[int, int]] | None
+    path: Path
+
+
+def is_legacy_file(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` is a file starting with the legacy ``b"mmapdata"`` magic.
+
+    Never raises: a missing, unreadable or foreign path gives ``False``.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _corrupt(path: Path, what: str) -> NoReturn:
+    raise StoreCorruptedError(
+        f"legacy bigarray file {str(path)!r} is truncated or damaged: {what}; "
+        "restore it from a backup or re-create it with the original writer"
+    )
+
+
+def _check_marshal(path: Path, meta: bytes) -> None:
+    """Walk the marshal bytes and refuse anything but a list/tuple of str and ints.
+
+    ``marshal`` is documented as unsafe on hostile data: it can build code objects (which a
+    later careless call could run) and malformed streams have crashed the interpreter. So
+    ``marshal.loads`` only ever sees a stream whose every type byte this walk has approved.
+    """
+    pos = 0
+    kinds: list[str] = []  # kind of each FLAG_REF-registered object, for TYPE_REF checks
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if n < 0 or pos + n > len(meta):
+            _corrupt(path, f"the marshal header ends early (at byte {pos} of {len(meta)})")
+        pos += n
+        return meta[pos - n : pos]
+
+    def walk(depth: int) -> str:
+        code = take(1)[0]
+        flagged, code = code & _FLAG_REF, code & ~_FLAG_REF
+        if code == _CODE:
+            raise HostileInputError(
+                f"legacy file {str(path)!r} has a code object in its marshal header; a real "
+                "bigarray file holds only [dtype, shape], so this file was crafted: refusing it"
+            )
+        if code == _REF:
+            idx = int.from_bytes(take(4), "little")
+            # Only leaves may be shared; a reference to a container could build a cycle.
+            if idx >= len(kinds) or kinds[idx] == "seq":
+                _corrupt(path, f"bad marshal back-reference {idx}")
+            return kinds[idx]
+        if code in _SEQ:
+            kind = "seq"
+        elif code in _STR:
+            kind = "str"
+        elif code in (_INT, _LONG):
+            kind = "int"
+        else:
+            _corrupt(path, f"unexpected marshal type {chr(code)!r} in the [dtype, shape] header")
+        if flagged:
+            kinds.append(kind)
+        if code in _SEQ:
+            n = int.from_bytes(take(_SEQ[code]), "little")
+            if depth >= 2 or n > _MAX_NDIM:
+                _corrupt(path, "the marshal header is not [dtype, shape]")
+            for _ in range(n):
+                walk(depth + 1)
+        elif code in _STR:
+            take(int.from_bytes(take(_STR[code]), "little"))
+        elif code == _INT:
+            take(4)
+        else:  # arbitrary-precision int in 15-bit digits; over 5 digits (75 bits) is no shape
+            ndigits = abs(int.from_bytes(take(4), "little", signed=True))
+            if ndigits > 5:
+                _corrupt(path, f"shape value with {ndigits} marshal digits")
+            take(2 * ndigits)
+        return kind
+
+    if walk(0) != "seq" or pos != len(meta):
+        _corrupt(path, "the marshal header is not a [dtype, shape] list")
+
+
+def _parse_dtype(path: Path, name: object) -> np.dtype[Any]:
+    if isinstance(name, bytes):  # Python 2 marshal wrote str as bytes ("s"/"t")
+        name = name.decode("ascii", "replace")
+    if not isinstance(name, str):
+        _corrupt(path, f"dtype is {name!r}, expected a string like 'float32'")
+    # dtype.name of flexible types ("str160", "bytes40", "void32") counts bits; numpy rejects it.
+    flexible = re.fullmatch(r"(str|bytes|void)(\d+)", name)
+    if flexible:
+        letter, bits_per_char = _FLEXIBLE_NAMES[flexible.group(1)]
+        name = f"{letter}{int(flexible.group(2)) // bits_per_char}"
+    try:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError, SyntaxError):
+        raise FormatError(
+            f"legacy file {str(path)!r} has dtype {name!r}, which numpy does not know"
+        ) from None
+    if dtype.hasobject:  # object arrays hold raw pointers: mapping them from a file is unsafe
+        raise HostileInputError(
+            f"legacy file {str(path)!r} declares object dtype {name!r}: refusing it"
+        )
+    # The original wrote str(dtype), which numpy cannot parse back for structured types, so
+    # no readable legacy file has one; sub-array dtypes would silently change the shape.
+    if dtype.itemsize == 0 or dtype.subdtype is not None or dtype.names is not None:
+        raise FormatError(f"legacy file {str(path)!r} has unsupported dtype {name!r}")
+    return dtype
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Unpickler that can build only dict/list/tuple/str/bytes/int/float/bool/None.
+
+    Those need no ``find_class``; everything that can call code (GLOBAL, STACK_GLOBAL, INST,
+    OBJ, REDUCE on an imported callable, EXT* via the copyreg registry) must go through it.
+    """
+
+    def find_class(self, module: str, name: str) -> NoReturn:
+        raise HostileInputError(
+            f"the index of a legacy bigarray file asks to import {module}.{name}; a real index "
+            "is a plain dict of name -> (start, stop), so this file was crafted: refusing it"
+        )
+
+
+def _load_index(path: Path, blob: bytes, nrows: int) -> dict[str, tuple[int, int]]:
+    stream = io.BytesIO(blob)
+    try:
+        obj = _NoGlobalsUnpickler(stream).load()
+    except HostileInputError:
+        raise
+    except Exception as exc:  # any other unpickling failure means damaged bytes
+        _corrupt(path, f"the pickled index does not load ({type(exc).__name__}: {exc})")
+    if stream.tell() != len(blob):
+        _corrupt(path, "bytes follow the pickled index")
+    if not isinstance(obj, dict):
+        _corrupt(path, f"the pickled index is a {type(obj).__name__}, expected a dict")
+    for name, span in obj.items():  # type() not isinstance(): bool and subclasses are refused
+        if type(name) is str and type(span) is tuple and len(span) == 2:
+            start, stop = span
+            if type(start) is int and type(stop) is int and 0 <= start <= stop <= nrows:
+                continue
+        _corrupt(path, f"index entry {name!r}: {span!r} is not (start, stop) in [0, {nrows}]")
+    return obj
+
+
+def read_legacy(path: str | os.PathLike[str]) -> LegacyArray:
+    """Open a file written by the original ``MmapArrayWriter`` or ``PointerArrayWriter``.
+
+    Every size is checked against the file before mapping, so a damaged file raises
+    instead of crashing the process with SIGBUS when a page past its end is touched.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The legacy file.
+
+    Returns
+    -------
+    LegacyArray
+        Read-only memmap of the data plus the segment index (``None`` for a plain array).
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``path`` does not exist.
+    NotAStoreError
+        The file does not start with ``b"mmapdata"``.
+    StoreCorruptedError
+        The file is truncated or its header/index is damaged.
+    HostileInputError
+        The header holds a code object or object dtype, or the index pickle imports anything.
+    FormatError
+        The dtype is one numpy cannot map.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:  # one descriptor for checks and mapping
+            return _read_open(path, f)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"no legacy bigarray file at {str(path)!r}") from None
+    except IsADirectoryError:
+        raise NotAStoreError(f"{str(path)!r} is a directory, not a legacy bigarray file") from None
+
+
+def _read_open(path: Path, f: BinaryIO) -> LegacyArray:
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(_HEADER_SPAN)
+    if head[: len(MAGIC)] != MAGIC:
+        if head and MAGIC.startswith(head):
+            _corrupt(path, f"the file ends inside the magic, after {size} bytes")
+        raise NotAStoreError(
+            f"{str(path)!r} is not a legacy bigarray file: it does not start with {MAGIC!r}"
+        )
+    field = head[8:16]
+    digits = field.lstrip(b" ")
+    if len(field) < 8 or not digits.isdigit() or not 0 < int(digits) <= _MAX_META:
+        _corrupt(path, f"header length field {field!r} is not 8 ASCII digits up to {_MAX_META}")
+    meta = head[16 : 16 + int(digits)]
+    if len(meta) < int(digits):
+        _corrupt(path, f"the header needs {16 + int(digits)} bytes, the file has {size}")
+    _check_marshal(path, meta)
+    try:  # safe now: only lists, tuples, str and int inside; bad UTF-8 or digits still fail
+        obj = marshal.loads(meta)
+    except (ValueError, EOFError, TypeError) as exc:
+        _corrupt(path, f"the marshal header does not load ({exc})")
+    if len(obj) != 2 or not isinstance(obj[1], (tuple, list)) or not obj[1]:
+        _corrupt(path, f"header {obj!r} is not [dtype, shape]")
+    dtype = _parse_dtype(path, obj[0])
+    shape = tuple(obj[1])
+    if not all(type(d) is int and 0 <= d < 1 << 62 for d in shape):
+        _corrupt(path, f"shape {shape!r} is not a tuple of non-negative ints")
+    offset = -(-_HEADER_SPAN // dtype.itemsize) * dtype.itemsize
+    data_end = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size < data_end:
+        _corrupt(path, f"{dtype} {shape} needs {data_end} bytes, the file has {size}")
+    indices = None
+    if size > data_end:  # something was appended: the pointer index and its trailer
+        if size - data_end < _TRAILER:
+            _corrupt(path, f"{size - data_end} bytes after the data, too few for an index")
+        f.seek(size - _TRAILER)
+        blob_len = int.from_bytes(f.read(_TRAILER), "big")
+        if blob_len > size - _TRAILER - data_end:
+            _corrupt(
+                path,
+                f"the trailer says the index has {blob_len} bytes, "
+                f"only {size - _TRAILER - data_end} follow the data",
+            )
+        f.seek(size - _TRAILER - blob_len)
+        indices = _load_index(path, f.read(blob_len), shape[0])
+    try:
+        array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
+    except (ValueError, OverflowError, OSError) as exc:
+        _corrupt(path, f"cannot map {dtype} {shape} at offset {offset}: {exc}")
+    return LegacyArray(array=array, indices=indices, path=path)
+
+
+def _runs(
+    legacy: LegacyArray, indices: dict[str, tuple[int, int]]
+) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Group segments, sorted by start, into runs of back-to-back rows (one write call each).
+
+    A 1,000,000-segment file then costs a handful of writes instead of a million; runs are
+    also cut at ``_CONVERT_CHUNK_BYTES`` so one call never copies more than that (plus the
+    size of a single segment larger than it).
+    """
+    array = legacy.array.view(np.ndarray)  # plain views: slicing a memmap is ~10x slower
+    row_nbytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=object)))
+    runs: list[tuple[int, dict[str, np.ndarray]]] = []
+    run: dict[str, np.ndarray] = {}
+    run_start = run_stop = covered = 0
+    last = ""
+    for name, (start, stop) in sorted(indices.items(), key=lambda kv: kv[1]):
+        if start < covered and stop > start:  # the original never checked; the new format does
+            raise OverlapError(
+                f"legacy file {str(legacy.path)!r}: segment {name!r} {(start, stop)} overlaps "
+                f"{last!r} (rows up to {covered}); the new format needs disjoint segments, "
+                "rename or drop one of them before converting"
+            )
+        if run and (
+            start != run_stop or (run_stop - run_start) * row_nbytes >= _CONVERT_CHUNK_BYTES
+        ):
+            runs.append((run_start, run))
+            run = {}
+        if not run:
+            run_start = start
+        run[name] = array[start:stop]
+        run_stop, last, covered = stop, name, max(covered, stop)
+    if run:
+        runs.append((run_start, run))
+    return runs
+
+
+def convert_legacy(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    remove_exist: bool = False,
+    progress: bool = False,
+) -> None:
+    """Convert a legacy MmapArray/PointerArray file into a new bigarray store.
+
+    Every segment keeps its rows (``start``, ``stop``) and name, so code that used
+    ``legacy.indices[name]`` sees the same positions in the new store.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        The legacy file (see :func:`read_legacy` for what is checked).
+    dst : str or os.PathLike
+        Where to create the new store.
+    remove_exist : bool, default False
+        Replace an existing store at ``dst`` instead of raising.
+    progress : bool, default False
+        Show a ``tqdm`` progress bar counted in rows.
+
+    Raises
+    ------
+    StoreExistsError
+        ``dst`` exists and ``remove_exist`` is False.
+    OverlapError
+        Two legacy segments share rows (the original writer allowed it; the new format does not).
+    BigArrayError
+        Anything :func:`read_legacy` or the writer raises. On any failure during the copy,
+        the half-written store at ``dst`` is deleted.
+    """
+    legacy = read_legacy(src)
+    array = legacy.array.view(np.ndarray)  # plain views: slicing a memmap is ~10x slower
+    # Plan every write before creating anything, so a refused file leaves no store behind.
+    writes: list[tuple[int, Any]]
+    if legacy.indices is None:
+        row_nbytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=object)))
+        step = max(1, _CONVERT_CHUNK_BYTES // row_nbytes)
+        writes = [(start, array[start : start + step]) for start in range(0, len(array), step)]
+    else:
+        writes = list(_runs(legacy, legacy.indices))
+
+    from tqdm.auto import tqdm  # imported here: only conversions need these
+
+    from bigarray import MmapArrayWriter, PointerArrayWriter
+    from bigarray.writer import remove_store
+
+    if os.path.lexists(dst) and not remove_exist:
+        # The writers would open an existing store for appending; a conversion never should.
+        raise StoreExistsError(
+            f"{os.fspath(dst)!r} already exists; pass remove_exist=True to replace it, "
+            "or convert to another path"
+        )
+    # shape[0] keeps the new store as long as the legacy one even where its last rows were
+    # never named (rows no segment covers read as zeros there).
+    cls = MmapArrayWriter if legacy.indices is None else PointerArrayWriter
+    writer: Any = cls(
+        os.fspath(dst), shape=array.shape, dtype=array.dtype, remove_exist=remove_exist
+    )
+    bar = tqdm(total=len(array), unit="row", disable=not progress, desc=Path(src).name)
+    try:
+        for start, payload in writes:
+            writer.write(payload, start_position=start)
+            rows = payload.values() if isinstance(payload, dict) else [payload]
+            bar.update(sum(len(a) for a in rows))
+    except BaseException:
+        # Leave nothing half-converted: drop the journaled rows, release the writer and
+        # delete the store, which this call created (an existing one was refused above).
+        with contextlib.suppress(Exception):
+            writer.writer.abort()
+            writer.close()
+            remove_store(writer.path)
+        raise
+    finally:
+        bar.close()
+    writer.close()

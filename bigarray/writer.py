@@ -1,0 +1,665 @@
+"""Writing a store: row allocation, ``pwrite`` of data, journals, and the atomic commit.
+
+:class:`StoreWriter` is the engine under the seed writers and the dask writer. One object
+is the *owner* (the process that created it); copies of it that reach other processes
+(fork, spawn, pickling to dask workers) write data the same way and publish what they
+wrote in the session's journal (see :mod:`bigarray.journal`). Only the owner commits.
+
+Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock``:
+
+1. read the newest manifest (another session may have committed since we opened);
+2. merge this session's journal records and in-memory segments into the index
+   (idempotent duplicates dropped; duplicate names and overlaps refused);
+3. ``fsync`` the data file (it holds every row written by every process of the session);
+4. rewrite the row count in the data file's ``.npy`` header in place, ``fsync``;
+5. write the new index generation to new files, ``fsync`` each;
+6. write ``manifest.json`` to a temporary file, ``fsync``, ``rename`` over the old one,
+   ``fsync`` the directory: this rename is the commit;
+7. delete the journal records merged and index generations no reader needs any more.
+
+A crash before step 6 leaves the previous manifest, which only names files and rows that
+were complete and durable when it was written. A crash after it leaves at worst stale
+journal records whose segments are already committed; step 2 drops them next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    BigArrayWarning,
+    ClosedError,
+    NotAStoreError,
+    OverlapError,
+    SchemaError,
+    StoreExistsError,
+)
+from .fileutil import atomic_write, fsync_dir, locked, pwrite_all, wrap_os_error
+from .format import (
+    DEFAULT_ROW_DIM,
+    INDEX_DIR,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    Shard,
+    Variable,
+    as_bytes,
+    normalize_dtype,
+    npy_header,
+)
+from .index import SegmentArrays, concat, merge, write_index
+from .journal import Journal, Record, collect_dead_sessions
+from .store import Store, is_store, read_manifest
+
+_ALLOC_NAME = "alloc"
+_BATCH_BYTES = 32 << 20
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+def data_file_name(variable: str) -> str:
+    """File name of a variable's first shard (a sanitised name, never a path)."""
+    stem = variable if _SAFE_FILE.match(variable) and not variable.startswith(".") else None
+    return f"{stem}.npy" if stem else f"var-{abs(hash(variable)) % 10**8:08d}.npy"
+
+
+def _read_alloc(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+    except FileNotFoundError:
+        return 0
+
+
+def remove_store(path: str) -> None:
+    """Delete a store directory or a single file; refuse to delete anything else."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not is_store(path) and os.listdir(path):
+            raise NotAStoreError(
+                f"remove_exist=True but {path!r} is a non-empty directory that is not a "
+                "bigarray store; refusing to delete it. Remove it yourself or pick another path."
+            )
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+class StoreWriter:
+    """Write rows (optionally named segments) of one variable of a local store.
+
+    Parameters
+    ----------
+    path
+        Store directory; created if missing.
+    variable
+        Name of the variable to write (``"data"`` for the seed API).
+    shape
+        Expected shape. ``shape[0]`` is the minimum number of rows the committed array has
+        (rows never written read as zeros); ``shape[1:]`` fixes the row shape. ``None``
+        takes the row shape from the first write.
+    dtype
+        Element type; ``None`` takes it from the first write. Data of another type is cast
+        with ``same_kind`` rules (int64 into int32 is fine, float into int is refused).
+    remove_exist
+        Delete an existing store at ``path`` first. Otherwise an existing store is opened
+        for appending, and ``dtype``/``shape[1:]`` must match it.
+    named
+        Whether writes carry segment names (``PointerArrayWriter``) or not.
+    dims
+        Dimension names (default ``("row", "dim_1", ...)``).
+    fsync
+        Make commits durable against power loss (default). ``False`` is still crash-safe
+        against a killed process, and faster on slow disks.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        variable: str = "data",
+        shape: Sequence[int] | int | None = None,
+        dtype: Any = None,
+        remove_exist: bool = False,
+        named: bool = True,
+        dims: Sequence[str] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        fsync: bool = True,
+    ) -> None:
+        self._init_state(os.path.abspath(os.fspath(path)), variable, named, fsync)
+        if isinstance(shape, (int, np.integer)):
+            shape = (int(shape),)
+        self._declared_rows = int(shape[0]) if shape is not None else 0
+        self._trailing = tuple(int(s) for s in shape[1:]) if shape is not None else None
+        self._dtype = normalize_dtype(dtype) if dtype is not None else None
+        self._dims = tuple(dims) if dims is not None else None
+        self._attrs = dict(attrs or {})
+
+        if remove_exist:
+            remove_store(self.path)
+        existed = is_store(self.path)
+        if not existed:
+            if os.path.exists(self.path) and (
+                not os.path.isdir(self.path) or os.listdir(self.path)
+            ):
+                raise StoreExistsError(
+                    f"{self.path!r} exists and is not a bigarray store; pass remove_exist=True "
+                    "to replace it, or choose another path"
+                )
+            self._create_empty()
+        with locked(self._lock_path):
+            others = collect_dead_sessions(self.path, self._session)
+            self._journal.start()
+            manifest = read_manifest(self.path)
+            if self.variable in manifest.variables:
+                self._adopt(manifest.variables[self.variable])
+            if not others:
+                # No live writer holds uncommitted rows: rows that dead sessions allocated
+                # but never committed are free again.
+                rows = manifest.rows
+                atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
+        if self._dtype is not None and self._trailing is not None and self._shard is None:
+            self._ensure_variable(self._dtype, self._trailing)
+
+    def _init_state(self, path: str, variable: str, named: bool, fsync: bool) -> None:
+        self.path = path
+        self.variable = variable
+        self.named = named
+        self.fsync = fsync
+        self._declared_rows = 0
+        self._trailing: tuple[int, ...] | None = None
+        self._dtype: np.dtype | None = None
+        self._dims: tuple[str, ...] | None = None
+        self._attrs: dict[str, Any] = {}
+        self._owner_pid = os.getpid()
+        self._session = os.urandom(8).hex()
+        self._closed = False
+        self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
+        self._shard: Shard | None = None
+        self._seen_manifest: tuple[int, int] | None = None
+        self._committed_bounds: np.ndarray | None = None
+        self._journal = Journal(self.path, self._session)
+
+    def handoff(self) -> dict[str, Any]:
+        """JSON-able description that lets another process join this writer's session
+        (see :meth:`attach`); used for spawned children that re-import ``__main__``."""
+        return {
+            "path": self.path,
+            "variable": self.variable,
+            "named": self.named,
+            "fsync": self.fsync,
+            "session": self._session,
+            "owner_pid": self._owner_pid,
+        }
+
+    @classmethod
+    def attach(cls, handoff: Mapping[str, Any]) -> StoreWriter:
+        """A non-owner writer in the session described by :meth:`handoff`: it writes and
+        journals, and the owner commits."""
+        self = cls.__new__(cls)
+        self._init_state(
+            str(handoff["path"]), str(handoff["variable"]), bool(handoff["named"]),
+            bool(handoff["fsync"]),
+        )
+        self._session = str(handoff["session"])
+        self._owner_pid = int(handoff["owner_pid"])
+        self._journal = Journal(self.path, self._session)
+        manifest = read_manifest(self.path)
+        if self.variable in manifest.variables:
+            self._adopt(manifest.variables[self.variable])
+        return self
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def _lock_path(self) -> str:
+        return os.path.join(self.path, LOCK_NAME)
+
+    @property
+    def _alloc_path(self) -> str:
+        return os.path.join(self.path, _ALLOC_NAME)
+
+    @property
+    def is_owner(self) -> bool:
+        """True in the process that created this writer (the one that commits)."""
+        return os.getpid() == self._owner_pid
+
+    def _create_empty(self) -> None:
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            os.makedirs(os.path.join(self.path, INDEX_DIR), exist_ok=True)
+        except OSError as exc:
+            raise wrap_os_error(exc, self.path) from None
+        with locked(self._lock_path):
+            if is_store(self.path):  # another process won the race to create it
+                return
+            empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})
+            atomic_write(os.path.join(self.path, MANIFEST_NAME), empty.dumps(), fsync=self.fsync)
+
+    def _adopt(self, var: Variable) -> None:
+        """Take dtype, row shape and data file from the committed variable (appending)."""
+        if self._dtype is not None and self._dtype != var.dtype:
+            raise SchemaError(
+                f"the store at {self.path!r} holds {var.dtype} data in {self.variable!r} but this "
+                f"writer was opened with dtype={self._dtype}; open it with dtype={str(var.dtype)!r} "
+                "(or None), or pass remove_exist=True to start over"
+            )
+        if self._trailing is not None and self._trailing != var.shape[1:]:
+            raise SchemaError(
+                f"the store at {self.path!r} has rows of shape {var.shape[1:]} but this writer was "
+                f"opened with shape[1:]={self._trailing}; rows must keep one shape"
+            )
+        if len(var.shards) > 1:
+            raise SchemaError(
+                f"{self.path!r} variable {self.variable!r} is sharded; append to it with "
+                "bigarray.dask_backend.to_bigarray or write a new store"
+            )
+        self._dtype, self._trailing = var.dtype, var.shape[1:]
+        self._dims = self._dims or var.dims
+        self._shard = var.shards[0] if var.shards else None
+
+    def _ensure_variable(self, dtype: np.dtype, trailing: tuple[int, ...]) -> None:
+        """Create the variable (its data file and a schema commit) unless it exists."""
+        with locked(self._lock_path):
+            manifest = read_manifest(self.path)
+            if self.variable in manifest.variables:
+                self._adopt(manifest.variables[self.variable])
+                return
+            self._dtype, self._trailing = dtype, trailing
+            fname = data_file_name(self.variable)
+            full = os.path.join(self.path, fname)
+            header = npy_header(dtype, (0, *trailing))
+            capacity = len(header) + self._declared_rows * self._row_nbytes
+            try:
+                with open(full, "wb") as f:
+                    f.write(header)
+                    f.truncate(capacity)
+                    if self.fsync:
+                        os.fsync(f.fileno())
+            except OSError as exc:
+                raise wrap_os_error(exc, full) from None
+            ndim = 1 + len(trailing)
+            dims = self._dims or (manifest.row_dim, *[f"dim_{i}" for i in range(1, ndim)])
+            if len(dims) != ndim:
+                raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
+            self._dims = tuple(dims)
+            shard = Shard(fname, len(header), 0, 0)
+            var = Variable(self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs)
+            new = Manifest(
+                manifest.generation + 1,
+                {**manifest.variables, self.variable: var},
+                manifest.segments,
+                manifest.row_dim,
+                manifest.attrs,
+            )
+            atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+            self._shard = shard
+
+    @property
+    def _row_nbytes(self) -> int:
+        assert self._dtype is not None and self._trailing is not None
+        return int(self._dtype.itemsize * int(np.prod(self._trailing, dtype=np.int64)))
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return self._dtype
+
+    @property
+    def row_shape(self) -> tuple[int, ...] | None:
+        return self._trailing
+
+    # ------------------------------------------------------------------ writing
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(
+                f"this writer of {self.path!r} is closed; open a new writer to append"
+            )
+
+    def _data_fd(self) -> int:
+        # Descriptors do not survive pickling, and a forked child must not share the
+        # parent's file offset machinery: every process opens its own (pwrite needs none).
+        if self._fd is None or self._fd_pid != os.getpid():
+            assert self._shard is not None
+            try:
+                self._fd = os.open(os.path.join(self.path, self._shard.path), os.O_RDWR)
+            except OSError as exc:
+                raise wrap_os_error(exc, self.path) from None
+            self._fd_pid = os.getpid()
+        return self._fd
+
+    def prepare(self, arrays: Sequence[Any]) -> list[np.ndarray]:
+        """Validate arrays against the store's dtype and row shape (casting happens while
+        writing, batch by batch, so a large write never holds a second full copy)."""
+        out = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
+        scalars = [i for i, a in enumerate(out) if a.ndim == 0]
+        if scalars:
+            i = scalars[0]
+            raise SchemaError(
+                f"array #{i} is a scalar ({out[i]!r}); write arrays with at least one row, "
+                "e.g. np.atleast_1d(x)"
+            )
+        if not out:
+            return out
+        if self._dtype is None or self._trailing is None:
+            dtype = self._dtype if self._dtype is not None else normalize_dtype(out[0].dtype)
+            trailing = self._trailing if self._trailing is not None else out[0].shape[1:]
+            self._ensure_variable(dtype, tuple(trailing))
+        dtype, trailing = self._dtype, self._trailing
+        assert dtype is not None and trailing is not None
+        bad = [i for i, a in enumerate(out) if a.shape[1:] != trailing]
+        if bad:
+            i = bad[0]
+            want = f"(n, {', '.join(map(str, trailing))})" if trailing else "(n,) (1-D)"
+            raise SchemaError(
+                f"array #{i} has shape {out[i].shape}; rows of this store have shape "
+                f"{trailing}, so arrays must have shape {want}"
+            )
+        for k in {a.dtype for a in out}:
+            if k == dtype:
+                continue
+            strings = dtype.kind in "SU" or k.kind in "SU"
+            if not np.can_cast(k, dtype, "safe" if strings else "same_kind"):
+                raise SchemaError(
+                    f"cannot store {k} data in this {dtype} store without losing information; "
+                    f"convert it first (arr.astype({str(dtype)!r})) or write to a {k} store"
+                )
+        return out
+
+    def _write_batches(self, arrays: list[np.ndarray], offset: int) -> None:
+        """``pwrite`` the arrays back to back from byte ``offset``.
+
+        Small arrays are packed into ~32 MiB buffers first (one copy, one syscall for
+        thousands of segments); large ones go straight from the caller's memory.
+        """
+        dtype = self._dtype
+        fd = self._data_fd()
+        batch: list[np.ndarray] = []
+        batch_bytes = 0
+        pos = offset
+
+        def flush_batch() -> None:
+            nonlocal batch, batch_bytes, pos
+            if not batch:
+                return
+            if len(batch) == 1 and batch[0].dtype == dtype and batch[0].flags.c_contiguous:
+                buf = batch[0]
+            else:
+                buf = np.concatenate([b.reshape(len(b), -1) for b in batch], dtype=dtype,
+                                     casting="unsafe") if batch[0].ndim > 1 else np.concatenate(
+                    batch, dtype=dtype, casting="unsafe")
+            pwrite_all(fd, [as_bytes(buf)], pos, self.path)
+            pos += buf.nbytes
+            batch, batch_bytes = [], 0
+
+        for a in arrays:
+            nbytes = a.size * dtype.itemsize  # type: ignore[union-attr]
+            if nbytes >= _BATCH_BYTES:
+                flush_batch()
+                batch = [a]
+                flush_batch()
+                continue
+            batch.append(a)
+            batch_bytes += nbytes
+            if batch_bytes >= _BATCH_BYTES:
+                flush_batch()
+        flush_batch()
+
+    def _allocate(self, n: int, start: int | None) -> int:
+        """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
+        data file large enough, under the store lock so that processes never race."""
+        assert self._shard is not None
+        with locked(self._lock_path):
+            alloc = _read_alloc(self._alloc_path)
+            begin = alloc if start is None else start
+            end = begin + n
+            if end > alloc:
+                atomic_write(self._alloc_path, end.to_bytes(8, "little"), fsync=False)
+            need = self._shard.offset + end * self._row_nbytes
+            fd = self._data_fd()
+            try:
+                if os.fstat(fd).st_size < need:  # only ever grow: others may be past us
+                    os.ftruncate(fd, need)
+            except OSError as exc:
+                raise wrap_os_error(exc, self.path) from None
+        return begin
+
+    def _check_committed_overlap(self, start: int, stop: int) -> None:
+        """Refuse a write that would overwrite rows of committed named segments."""
+        if stop <= start:
+            return
+        mpath = os.path.join(self.path, MANIFEST_NAME)
+        st = os.stat(mpath)
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp != self._seen_manifest:
+            with Store(self.path) as store:
+                idx = store.index
+                self._committed_bounds = None if idx is None else np.array(idx.arrays.bounds)
+                if idx is not None:
+                    self._committed_names = idx.arrays
+            self._seen_manifest = stamp
+        b = self._committed_bounds
+        if b is None or not len(b):
+            return
+        # bounds are in row order: the only candidates end after `start`
+        i = int(np.searchsorted(b[:, 0], stop, "left")) - 1
+        while i >= 0 and b[i, 1] > start:
+            if b[i, 1] > b[i, 0]:
+                raise OverlapError(
+                    f"rows [{start}, {stop}) overlap committed segment "
+                    f"{self._committed_names.name(i)!r} rows [{b[i, 0]}, {b[i, 1]}) of "
+                    f"{self.path!r}; committed data is never overwritten. Append with "
+                    "start_position=None or pick free rows."
+                )
+            i -= 1
+
+    def write_rows(
+        self,
+        arrays: Sequence[Any],
+        names: Sequence[str] | None = None,
+        start_position: int | None = None,
+    ) -> tuple[int, int]:
+        """Write ``arrays`` back to back from ``start_position`` (or appended); return the
+        rows ``[start, stop)`` they occupy. ``names`` makes each array a named segment."""
+        self._check_open()
+        if names is not None and len(names) != len(arrays):
+            raise SchemaError(f"{len(names)} names for {len(arrays)} arrays")
+        if start_position is not None:
+            if isinstance(start_position, bool) or not isinstance(start_position, (int, np.integer)):
+                raise SchemaError(f"start_position must be an int >= 0 or None, not {start_position!r}")
+            if start_position < 0:
+                raise SchemaError(f"start_position must be >= 0, not {start_position}")
+            start_position = int(start_position)
+        seg = SegmentArrays.from_names(names, np.zeros(0), np.zeros(0)) if names else None
+        prepared = self.prepare(arrays)
+        lengths = np.fromiter((len(a) for a in prepared), np.int64, len(prepared))
+        total = int(lengths.sum())
+        start = self._allocate(total, start_position)
+        stop = start + total
+        self._check_committed_overlap(start, stop)
+        assert self._shard is not None
+        self._write_batches(prepared, self._shard.offset + start * self._row_nbytes)
+        starts = np.empty(len(prepared), np.int64)
+        ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
+        starts[:] = ends - lengths
+        if seg is not None:
+            seg = SegmentArrays(seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes)
+        record = Record(self.variable, seg, stop)
+        if self.is_owner:
+            self._pending.append((record, starts, ends))
+        else:
+            self._journal.append(record, starts, ends)
+        return start, stop
+
+    # ------------------------------------------------------------------ commit
+    def flush(self) -> None:
+        """Commit everything written so far by every process of this writer.
+
+        In a child process (fork/spawn/dask worker) ``flush`` only makes the rows written
+        there durable; the owner's ``flush``/``close`` commits them.
+        """
+        self._check_open()
+        if not self.is_owner:
+            if self._fd is not None and self._fd_pid == os.getpid() and self.fsync:
+                os.fsync(self._fd)
+            return
+        self._commit()
+
+    def _commit(self) -> None:
+        with locked(self._lock_path):
+            manifest = read_manifest(self.path)
+            files = self._journal.pending()
+            records = [r for r in self._journal.read(files)]
+            records += [r for r, _, _ in self._pending]
+            var = manifest.variables.get(self.variable)
+            if var is None:
+                if self._dtype is None or not (records or self._declared_rows):
+                    self._journal.discard(files)
+                    return
+            mine = [r for r in records if r.variable == self.variable]
+            others = [r for r in records if r.variable != self.variable]
+            if others:  # records of another variable belong to another writer's session
+                raise SchemaError(f"journal holds records of {others[0].variable!r}")
+            var = manifest.variables[self.variable]
+            rows = max([var.rows, self._declared_rows, *[r.stop for r in mine]])
+            new_segments = [r.segments for r in mine if r.segments is not None]
+            segments = manifest.segments
+            if new_segments:
+                committed = SegmentArrays.empty()
+                if manifest.segments is not None:
+                    with Store(self.path) as store:
+                        assert store.index is not None
+                        a = store.index.arrays
+                        committed = SegmentArrays(
+                            np.array(a.names), np.array(a.name_offsets),
+                            np.array(a.bounds), np.array(a.hashes),
+                        )
+                merged = merge(committed, concat(new_segments), f" in {self.path!r}")
+                if merged.count and int(merged.bounds[:, 1].max()) > rows:
+                    rows = int(merged.bounds[:, 1].max())
+            assert self._shard is not None
+            fd = self._data_fd()
+            if rows == var.rows and not new_segments:
+                if mine and self.fsync:  # rows rewritten in place: make them durable
+                    os.fsync(fd)
+                self._journal.discard(files)
+                self._pending.clear()
+                return
+            need = self._shard.offset + rows * self._row_nbytes
+            try:
+                if os.fstat(fd).st_size < need:
+                    os.ftruncate(fd, need)
+                if self.fsync:
+                    os.fsync(fd)
+                os.pwrite(fd, npy_header(var.dtype, (rows, *var.shape[1:])), 0)
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                raise wrap_os_error(exc, self.path) from None
+            generation = manifest.generation + 1
+            if new_segments:
+                try:
+                    segments = write_index(self.path, generation, merged, fsync=self.fsync)
+                except OSError as exc:
+                    raise wrap_os_error(exc, self.path) from None
+                if self.fsync:
+                    fsync_dir(os.path.join(self.path, INDEX_DIR))
+            shard = Shard(self._shard.path, self._shard.offset, 0, rows)
+            new_var = Variable(
+                var.name, var.dtype, (rows, *var.shape[1:]), var.dims, (shard,),
+                var.attrs, var.encoding, var.checksums,
+            )
+            new = Manifest(
+                generation,
+                {**manifest.variables, self.variable: new_var},
+                segments,
+                manifest.row_dim,
+                manifest.attrs,
+            )
+            atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+            self._shard = shard
+            if _read_alloc(self._alloc_path) < rows:
+                atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
+            self._journal.discard(files)
+            self._pending.clear()
+            self._drop_old_index(segments.generation if segments else None, manifest)
+
+    def _drop_old_index(self, current: int | None, previous: Manifest) -> None:
+        """Delete index generations older than the one the previous manifest named: readers
+        that opened before this commit may still be reading that one."""
+        keep = {current}
+        if previous.segments is not None:
+            keep.add(previous.segments.generation)
+        d = os.path.join(self.path, INDEX_DIR)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(d):
+                m = re.match(r"^g(\d+)-", name)
+                if m and int(m.group(1)) not in keep:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(d, name))
+
+    def abort(self) -> None:
+        """Forget everything written since the last commit (the rows stay as garbage)."""
+        self._journal.discard(self._journal.pending())
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Commit (in the owner) and release the writer. Closing twice is harmless."""
+        if self._closed:
+            return
+        try:
+            if self.is_owner:
+                self._commit()
+        finally:
+            self._closed = True
+            if self.is_owner:
+                self._journal.end()
+            if self._fd is not None and self._fd_pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            self._fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fd"] = None
+        state["_fd_pid"] = None
+        state["_pending"] = []  # the owner's in-memory records stay with the owner
+        state["_committed_bounds"] = None
+        state["_seen_manifest"] = None
+        state.pop("_committed_names", None)
+        state.pop("_journal", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._journal = Journal(self.path, self._session)
+
+    def __repr__(self) -> str:
+        role = "owner" if self.is_owner else "worker"
+        return (
+            f"<StoreWriter {self.path!r} variable={self.variable!r} dtype={self._dtype} "
+            f"row_shape={self._trailing} {role}{' closed' if self._closed else ''}>"
+        )
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or not getattr(self, "is_owner", False):
+            return
+        if self._pending or self._journal.pending():
+            warnings.warn(
+                f"a writer of {self.path!r} was garbage-collected with uncommitted writes; call "
+                "flush() or close() (or use it as a context manager) to commit them",
+                BigArrayWarning,
+                stacklevel=2,
+            )
