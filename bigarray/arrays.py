@@ -188,6 +188,21 @@ class PointerArray(MmapArray):
         """Rows of segment ``name`` (same as ``x[name]``)."""
         return self[name]
 
+    def to_dask(self, chunks: Any = "auto") -> Any:
+        """This store as a ``dask.array.Array`` with segment-aligned chunks (see
+        :func:`bigarray.dask_backend.from_bigarray`)."""
+        from .dask_backend import from_bigarray
+
+        return from_bigarray(self.path, chunks=chunks, variable=self.variable_name)
+
+    @property
+    def lazy(self) -> Any:
+        """A read-only array-like handle (not an ndarray) for ``dask.array.from_array``:
+        it pickles by reference and never copies the data (see :mod:`bigarray.lazy`)."""
+        from .lazy import open_array
+
+        return open_array(self.path, variable=self.variable_name)
+
 
 class _Writer:
     """Shared body of the seed writers (context manager, flush, close, pickling)."""

@@ -92,6 +92,22 @@ def remove_store(path: str) -> None:
         os.unlink(path)
 
 
+def update_manifest(path: str, change: Any, *, fsync: bool = True) -> Manifest:
+    """Commit ``change(manifest) -> manifest`` atomically under the store lock.
+
+    For metadata-only commits (attributes, encodings, coordinates added by the xarray
+    writer): the generation is bumped and the manifest replaced by rename.
+    """
+    with locked(os.path.join(path, LOCK_NAME)):
+        current = read_manifest(path)
+        new = change(current)
+        new = Manifest(
+            current.generation + 1, new.variables, new.segments, new.row_dim, new.attrs
+        )
+        atomic_write(os.path.join(path, MANIFEST_NAME), new.dumps(), fsync=fsync)
+        return new
+
+
 class StoreWriter:
     """Write rows (optionally named segments) of one variable of a local store.
 
