@@ -249,8 +249,9 @@ class _Writer:
 
     def close(self) -> None:
         """Commit and release the writer."""
-        if self._w.is_owner:
-            os.environ.pop(_SESSION_ENV + _path_key(self._w.path), None)
+        # The session stays in the environment on purpose: pool children spawned later
+        # re-import __main__, and must attach to this (closed) writer rather than
+        # re-create the store with remove_exist=True.
         self._w.close()
 
     @property
@@ -274,19 +275,40 @@ def _path_key(path: str) -> str:
 
 
 def _join_parent_session(env: str) -> StoreWriter | None:
-    """The parent's writer, when this process is a multiprocessing child of its owner."""
-    import multiprocessing
+    """The parent's writer, when this process descends from the process that owns it.
 
+    Spawn and forkserver children re-import ``__main__`` before multiprocessing has set
+    up ``parent_process()``, so ancestry is read from ``/proc`` (or guessed from the
+    ``__mp_main__`` module elsewhere).
+    """
     raw = os.environ.get(env)
-    if raw is None or multiprocessing.parent_process() is None:
+    if raw is None:
         return None
     try:
         handoff = json.loads(raw)
-        if int(handoff["owner_pid"]) == os.getpid():
+        owner = int(handoff["owner_pid"])
+        if owner == os.getpid() or not _descends_from(owner):
             return None
         return StoreWriter.attach(handoff)
     except (ValueError, KeyError, TypeError, BigArrayError):
         return None
+
+
+def _descends_from(pid: int) -> bool:
+    import sys
+
+    current = os.getppid()
+    for _ in range(8):
+        if current == pid:
+            return True
+        if current <= 1:
+            return False
+        try:
+            with open(f"/proc/{current}/stat", "rb") as f:
+                current = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return "__mp_main__" in sys.modules
+    return False
 
 
 class MmapArrayWriter(_Writer):

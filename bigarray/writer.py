@@ -627,16 +627,22 @@ class StoreWriter:
         self._pending.clear()
 
     def close(self) -> None:
-        """Commit (in the owner) and release the writer. Closing twice is harmless."""
+        """Commit (in the owner) and release the writer. Closing twice is harmless.
+
+        In a non-owner process ``close`` is ``flush``: it makes that process's rows durable
+        but leaves the writer usable, because the owner's lifecycle governs the session
+        (a spawned child re-running ``writer.close()`` at import must still write).
+        """
         if self._closed:
             return
+        if not self.is_owner:
+            self.flush()
+            return
         try:
-            if self.is_owner:
-                self._commit()
+            self._commit()
         finally:
             self._closed = True
-            if self.is_owner:
-                self._journal.end()
+            self._journal.end()
             if self._fd is not None and self._fd_pid == os.getpid():
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
