@@ -514,6 +514,32 @@ class StoreWriter:
             self._journal.append(record, starts, ends)
         return start, stop
 
+    def name_rows(
+        self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]
+    ) -> None:
+        """Name rows ``[starts[i], stops[i])`` already written by unnamed :meth:`write_rows`
+        calls as the segments ``names[i]``.
+
+        This lets a converter stream one segment larger than memory in blocks, then name it
+        once. The names are committed like any write (duplicates and overlaps refused).
+        """
+        self._check_open()
+        b = np.asarray(starts, np.int64).reshape(-1)
+        e = np.asarray(stops, np.int64).reshape(-1)
+        if not (len(names) == len(b) == len(e)):
+            raise SchemaError(f"{len(names)} names for {len(b)} starts and {len(e)} stops")
+        if len(b) and bool(((b < 0) | (e < b)).any()):
+            i = int(np.flatnonzero((b < 0) | (e < b))[0])
+            raise SchemaError(
+                f"segment {names[i]!r} rows [{b[i]}, {e[i]}) are not a range 0 <= start <= stop"
+            )
+        seg = SegmentArrays.from_names(list(names), b, e)
+        record = Record(self.variable, seg, int(e.max()) if len(e) else 0)
+        if self.is_owner:
+            self._pending.append((record, b, e))
+        else:
+            self._journal.append(record, b, e)
+
     # ------------------------------------------------------------------ commit
     def flush(self) -> None:
         """Commit everything written so far by every process of this writer.
