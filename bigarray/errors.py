@@ -20,8 +20,11 @@ __all__ = [
     "NotAStoreError",
     "OverlapError",
     "ReadOnlyError",
+    "RemoteStoreError",
     "SchemaError",
     "SegmentNotFoundError",
+    "StorageOptionsError",
+    "StoreAccessError",
     "StoreCorruptedError",
     "StoreExistsError",
     "StoreNotFoundError",
@@ -109,3 +112,15 @@ class CommitConflictError(BigArrayError, RuntimeError):
 
 class WriteFailedError(BigArrayError, OSError):
     """The operating system refused a write (disk full, file size limit, permissions)."""
+
+
+class StorageOptionsError(BigArrayError, ValueError):
+    """``storage_options`` were given where they cannot apply (a plain local path)."""
+
+
+class RemoteStoreError(BigArrayError, OSError):
+    """A remote store (fsspec URL) could not be read or written: network, service, protocol."""
+
+
+class StoreAccessError(RemoteStoreError, PermissionError):
+    """Access to a store was refused (no permission, wrong credentials, a bucket policy)."""
