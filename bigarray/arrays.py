@@ -86,9 +86,10 @@ class MmapArray(np.memmap):
         self._bigarray_root = None
         self._bigarray_store = None
         self._bigarray_plain = None
-        self._bigarray_base = getattr(obj, "_bigarray_base", None) or (
-            obj if getattr(obj, "_bigarray_root", None) else None
-        )
+        base = getattr(obj, "_bigarray_base", None)
+        if base is None and getattr(obj, "_bigarray_root", None) is not None:
+            base = obj
+        self._bigarray_base = base
 
     # numpy's memmap reductions would return memmaps; plain results are what users expect
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:

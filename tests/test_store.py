@@ -1,0 +1,176 @@
+"""Reading stores: format transparency, index lookups, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigarray import MmapArray, PointerArray, PointerArrayWriter, Store
+from bigarray.errors import (
+    BigArrayError,
+    FormatError,
+    HostileInputError,
+    NotAStoreError,
+    ReadOnlyError,
+    SegmentNotFoundError,
+    StoreCorruptedError,
+    StoreNotFoundError,
+    VariableNotFoundError,
+)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "s.bigarray"
+    with PointerArrayWriter(path, dtype="float32") as w:
+        w.write({f"seg{i}": np.full((i + 1, 3), i, np.float32) for i in range(50)})
+    return path
+
+
+def test_layout_is_transparent(store: Path) -> None:
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["format"] == "bigarray" and manifest["version"] == 1
+    var = manifest["variables"]["data"]
+    assert var["dtype"] == "<f4" and var["shape"] == [1275, 3]
+    data = np.load(store / var["shards"][0]["path"], mmap_mode="r")
+    assert data.shape == (1275, 3)
+    files = manifest["segments"]["files"]
+    bounds = np.load(store / files["bounds"])
+    names = np.load(store / files["names"]).tobytes()
+    offs = np.load(store / files["name_offsets"])
+    assert names[offs[7] : offs[8]] == b"seg7"
+    np.testing.assert_array_equal(data[bounds[7, 0] : bounds[7, 1]], np.full((8, 3), 7))
+    # nothing in the store is a pickle
+    for f in store.rglob("*.npy"):
+        assert np.load(f, allow_pickle=False) is not None
+
+
+def test_lookup(store: Path) -> None:
+    x = PointerArray(store)
+    assert x.indices["seg10"] == (55, 66)
+    assert "seg10" in x.indices and "seg50" not in x.indices and 3 not in x.indices
+    assert len(x.indices) == 50
+    with pytest.raises(SegmentNotFoundError, match="no segment named 'seg50' among 50"):
+        x["seg50"]
+    with pytest.raises(KeyError):  # the builtin a dict user would catch
+        x.indices["nope"]
+    assert x.indices.get("nope") is None
+    assert float(np.sum(x)) == float(sum(i * (i + 1) * 3 for i in range(50)))
+
+
+def test_read_only(store: Path) -> None:
+    x = PointerArray(store)
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        x[0] = 1
+    with pytest.raises(ReadOnlyError, match="mode='r'"):
+        PointerArray(store, mode="r+")
+    with pytest.raises(ValueError):  # numpy's own guard holds for views too
+        np.asarray(x)[0] = 1
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFoundError, match="does not exist"):
+        PointerArray(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotAStoreError, match="without manifest.json"):
+        PointerArray(tmp_path / "empty")
+    (tmp_path / "file.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(NotAStoreError, match="is a file"):
+        PointerArray(tmp_path / "file.bin")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"hello": "world"}')
+    with pytest.raises(FormatError, match="not a bigarray manifest"):
+        MmapArray(foreign)
+    (foreign / "manifest.json").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(FormatError, match="not valid JSON"):
+        MmapArray(foreign)
+
+
+def test_newer_version_refused(store: Path) -> None:
+    m = json.loads((store / "manifest.json").read_text())
+    m["version"] = 99
+    (store / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatError, match="version 99; this bigarray reads version 1"):
+        PointerArray(store)
+
+
+def test_truncated_data_is_an_error_not_sigbus(store: Path) -> None:
+    data = store / "data.npy"
+    size = data.stat().st_size
+    os.truncate(data, size - 100)
+    with pytest.raises(StoreCorruptedError, match="truncated or replaced"):
+        PointerArray(store)
+
+
+def test_truncated_index(store: Path) -> None:
+    m = json.loads((store / "manifest.json").read_text())
+    bounds = store / m["segments"]["files"]["bounds"]
+    saved = bounds.read_bytes()
+    os.truncate(bounds, 200)
+    with pytest.raises(StoreCorruptedError, match="bounds"):
+        PointerArray(store).indices["seg1"]
+    bounds.write_bytes(saved)
+    assert PointerArray(store).indices["seg1"] == (1, 3)
+    os.unlink(store / m["segments"]["files"]["table"])
+    with pytest.raises(StoreCorruptedError, match="missing"):
+        PointerArray(store).indices["seg1"]
+
+
+def test_variable_not_found(store: Path) -> None:
+    with pytest.raises(VariableNotFoundError, match="no variable 'feat'; it holds \\['data'\\]"):
+        PointerArray(store, variable="feat")
+
+
+def test_manifest_paths_stay_inside(store: Path, tmp_path: Path) -> None:
+    m = json.loads((store / "manifest.json").read_text())
+    for bad in ("../outside.npy", "/etc/passwd", "a/../../b.npy"):
+        m["variables"]["data"]["shards"][0]["path"] = bad
+        (store / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(HostileInputError, match="not a plain relative path"):
+            PointerArray(store)
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros((1275, 3), np.float32))
+    (store / "link.npy").symlink_to(outside)
+    m["variables"]["data"]["shards"][0]["path"] = "link.npy"
+    (store / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(HostileInputError, match="outside the store"):
+        PointerArray(store)
+
+
+@pytest.mark.parametrize("dtype", ["|O", "[('a', '<f4')]", "<V8", "object", "<f4,<i4"])
+def test_manifest_dtype_must_be_plain(store: Path, dtype: str) -> None:
+    m = json.loads((store / "manifest.json").read_text())
+    m["variables"]["data"]["dtype"] = dtype
+    (store / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(HostileInputError, match="not a plain numeric"):
+        PointerArray(store)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [([-1, 3], "ints >= 0"), ([2**62, 2**20], "2\\*\\*62 bytes"), ("12", "list of 1 to 32"),
+     ([1275, 3.5], "ints >= 0")],
+)
+def test_manifest_shape_checked(store: Path, shape: object, match: str) -> None:
+    m = json.loads((store / "manifest.json").read_text())
+    m["variables"]["data"]["shape"] = shape
+    (store / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatError, match=match):
+        PointerArray(store)
+
+
+def test_store_api(store: Path) -> None:
+    with Store(store) as s:
+        assert s.manifest.rows == 1275
+        np.testing.assert_array_equal(s.read_rows(None, 3, 6), np.full((3, 3), 2))
+        assert s.index is not None and s.index["seg2"] == (3, 6)
+
+
+def test_every_error_is_a_bigarray_error(tmp_path: Path) -> None:
+    with pytest.raises(BigArrayError):
+        PointerArray(tmp_path / "nothing")

@@ -1,0 +1,231 @@
+"""Writers: appending, positions, growth, reopening, many processes, commit semantics."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
+from bigarray.errors import (
+    ClosedError,
+    DuplicateSegmentError,
+    NotAStoreError,
+    OverlapError,
+    SchemaError,
+    StoreExistsError,
+)
+
+
+def test_append_in_several_calls_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="float32") as w:
+        assert w.write({"a": np.ones((3, 4)), "b": np.zeros((2, 4))}) == (0, 5)
+        assert w.write({"c": np.full((4, 4), 7.0)}) == (5, 9)
+    with PointerArrayWriter(path) as w:  # reopen: dtype and row shape come from the store
+        assert w.write({"d": np.arange(8).reshape(2, 4)}) == (9, 11)
+    x = PointerArray(path)
+    assert x.shape == (11, 4) and x.dtype == np.float32
+    assert dict(x.indices.items()) == {"a": (0, 3), "b": (3, 5), "c": (5, 9), "d": (9, 11)}
+    np.testing.assert_array_equal(x["d"], np.arange(8).reshape(2, 4))
+    assert list(x.indices) == ["a", "b", "c", "d"]  # row order
+    # the data file is a standard .npy that numpy opens without bigarray
+    raw = np.load(path / "data.npy", mmap_mode="r")
+    np.testing.assert_array_equal(raw, x)
+
+
+def test_positions_grow_and_declared_rows(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, shape=(10,), dtype="int64", remove_exist=True)
+    w.write({"late": np.arange(5)}, start_position=20)  # past the declared end: grows
+    w.write({"early": np.arange(3)}, start_position=2)
+    w.close()
+    x = PointerArray(path)
+    assert x.shape == (25,)
+    np.testing.assert_array_equal(x["late"], np.arange(5))
+    np.testing.assert_array_equal(x[:2], [0, 0])  # never written: zeros
+    assert x.indices["early"] == (2, 5)
+
+
+def test_declared_shape_without_writes(tmp_path: Path) -> None:
+    with MmapArrayWriter(tmp_path / "m", shape=(6, 2), dtype="int16"):
+        pass
+    m = MmapArray(tmp_path / "m")
+    assert m.shape == (6, 2) and not m.any()
+
+
+def test_mmap_writer_list_and_positions(tmp_path: Path) -> None:
+    with MmapArrayWriter(tmp_path / "m", dtype="float64") as w:
+        w.write([np.ones(3), np.zeros(2)])
+        w.write(np.arange(4.0))
+        w.write(np.full(2, 9.0), start_position=0)  # unnamed rows may be rewritten
+    m = MmapArray(tmp_path / "m")
+    np.testing.assert_array_equal(m, [9, 9, 1, 0, 0, 0, 1, 2, 3])
+
+
+def test_remove_exist(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"a": np.ones(3, np.int8)})
+    with PointerArrayWriter(path, dtype="int8", remove_exist=True) as w:
+        w.write({"b": np.ones(2, np.int8)})
+    assert list(PointerArray(path).indices) == ["b"]
+    other = tmp_path / "notastore"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(NotAStoreError, match="refusing to delete"):
+        PointerArrayWriter(other, dtype="int8", remove_exist=True)
+    assert (other / "precious.txt").exists()
+    with pytest.raises(StoreExistsError, match="remove_exist=True"):
+        PointerArrayWriter(other, dtype="int8")
+
+
+def test_dtype_rules(tmp_path: Path) -> None:
+    with PointerArrayWriter(tmp_path / "s", dtype="int32") as w:
+        w.write({"ok": np.arange(3, dtype=np.int64)})  # same kind: cast, as the seed does
+        with pytest.raises(SchemaError, match="cannot store float64 data in this int32 store"):
+            w.write({"bad": np.ones(3)})
+        with pytest.raises(SchemaError, match="rows of this store have shape"):
+            w.write({"bad": np.ones((3, 2), np.int32)})
+        with pytest.raises(SchemaError, match="names must be str"):
+            w.write({7: np.ones(3, np.int32)})  # type: ignore[dict-item]
+        with pytest.raises(SchemaError, match="is a scalar"):
+            w.write({"s": np.int32(4)})
+        with pytest.raises(SchemaError, match="takes a mapping"):
+            w.write([np.ones(3)])  # type: ignore[arg-type]
+        with pytest.raises(SchemaError, match="start_position must be >= 0"):
+            w.write({"n": np.ones(3, np.int32)}, start_position=-1)
+    with pytest.raises(SchemaError, match="holds int32 data"):
+        PointerArrayWriter(tmp_path / "s", dtype="float32")
+    with pytest.raises(SchemaError, match="cannot be stored"):
+        PointerArrayWriter(tmp_path / "o", dtype=object)
+    with pytest.raises(SchemaError, match="cannot be stored"):
+        PointerArrayWriter(tmp_path / "v", dtype=[("a", "<f4"), ("b", "<i4")])
+
+
+def test_strings_never_truncated(tmp_path: Path) -> None:
+    with PointerArrayWriter(tmp_path / "s", dtype="U4") as w:
+        w.write({"a": np.array(["ab", "abcd"])})
+        with pytest.raises(SchemaError, match="without losing information"):
+            w.write({"b": np.array(["abcdefgh"])})
+    np.testing.assert_array_equal(PointerArray(tmp_path / "s")["a"], ["ab", "abcd"])
+
+
+def test_duplicates_and_overlaps(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, dtype="float32")
+    w.write({"a": np.ones(3)})
+    w.write({"a": np.ones(2)})
+    with pytest.raises(DuplicateSegmentError, match="'a' is used twice"):
+        w.flush()
+    w.writer.abort()
+    w.write({"b": np.ones(2)}, start_position=10)
+    w.write({"c": np.ones(2)}, start_position=11)
+    with pytest.raises(OverlapError, match="overlap"):
+        w.flush()
+    w.writer.abort()
+    w.write({"d": np.arange(4)}, start_position=0)
+    w.close()
+    assert dict(PointerArray(path).indices.items()) == {"d": (0, 4)}
+    # committed rows are never overwritten, by this session or a later one
+    with PointerArrayWriter(path) as w2:
+        with pytest.raises(OverlapError, match="committed segment 'd'"):
+            w2.write({"e": np.ones(2)}, start_position=3)
+        w2.write({"e": np.ones(2)}, start_position=4)
+    np.testing.assert_array_equal(PointerArray(path)["d"], np.arange(4))
+
+
+def test_closed_writer(tmp_path: Path) -> None:
+    w = PointerArrayWriter(tmp_path / "s", dtype="int8")
+    w.close()
+    w.close()  # harmless
+    with pytest.raises(ClosedError, match="is closed"):
+        w.write({"a": np.ones(2, np.int8)})
+    with pytest.raises(ClosedError):
+        w.flush()
+
+
+def test_unicode_and_empty_segments(tmp_path: Path) -> None:
+    names = ["utt-é", "語音/01", "", "x" * 300, "emoji-🎧"]
+    data = {n: np.arange(i, dtype=np.int16) for i, n in enumerate(names)}
+    with PointerArrayWriter(tmp_path / "s") as w:
+        w.write(data)
+    x = PointerArray(tmp_path / "s")
+    for n, a in data.items():
+        np.testing.assert_array_equal(x[n], a)
+    assert len(x.indices) == len(names) and "missing" not in x.indices
+
+
+# --------------------------------------------------------------------- many processes
+
+def _child_write(args: tuple[PointerArrayWriter, int]) -> int:
+    writer, k = args
+    writer.write({f"p{k}-{i}": np.full((i + 1, 2), k, np.int32) for i in range(20)})
+    return os.getpid()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_pool_children_append_without_manager(tmp_path: Path, method: str) -> None:
+    """Appends (start_position=None) from pool children: rows are allocated under a lock,
+    every child's segments reach the parent's commit, nothing is lost."""
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, shape=(0, 2), dtype="int32")
+    with mp.get_context(method).Pool(2) as pool:
+        pids = pool.map(_child_write, [(w, k) for k in range(8)])
+    assert os.getpid() not in pids
+    w.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 160 and x.shape == (8 * 210, 2)
+    for k in range(8):
+        for i in range(20):
+            np.testing.assert_array_equal(x[f"p{k}-{i}"], np.full((i + 1, 2), k))
+
+
+def _child_overlap(args: tuple[PointerArrayWriter, str]) -> None:
+    writer, name = args
+    writer.write({name: np.ones(5, np.int8)}, start_position=3)
+
+
+def test_overlap_between_processes_detected(tmp_path: Path) -> None:
+    w = PointerArrayWriter(tmp_path / "s", dtype="int8")
+    with mp.get_context("fork").Pool(2) as pool:
+        pool.map(_child_overlap, [(w, "a"), (w, "b")])
+    with pytest.raises(OverlapError, match=r"'[ab]' rows \[3, 8\) and '[ab]' rows \[3, 8\) overlap"):
+        w.flush()
+    assert not PointerArray(tmp_path / "s").indices  # nothing committed
+    w.writer.abort()
+    w.close()
+
+
+def test_pickle_by_reference(tmp_path: Path) -> None:
+    small, big = tmp_path / "small", tmp_path / "big"
+    for path, n in ((small, 10), (big, 200_000)):
+        with PointerArrayWriter(path, dtype="float64") as w:
+            w.write({f"s{i}": np.full((n // 10, 3), i, np.float64) for i in range(10)})
+    sizes = []
+    for path in (small, big):
+        x = PointerArray(path)
+        raw = pickle.dumps(x)
+        sizes.append(len(raw))
+        y = pickle.loads(raw)
+        assert isinstance(y, PointerArray)
+        np.testing.assert_array_equal(y["s3"], x["s3"])
+        # a row range of the array pickles by reference too, and comes back as that range
+        part = x[5:len(x) - 2]
+        raw_part = pickle.dumps(part)
+        assert len(raw_part) < 1000
+        np.testing.assert_array_equal(pickle.loads(raw_part), part)
+        m = MmapArray(path)
+        assert len(pickle.dumps(m)) < 1000
+    assert sizes[0] == sizes[1] or abs(sizes[0] - sizes[1]) < 16  # bytes do not grow with data
+    assert max(sizes) < 1000
+    w = PointerArrayWriter(tmp_path / "w", dtype="int8")
+    assert len(pickle.dumps(w)) < 2000
+    w.close()
+    # a strided view is not a row range: it pickles by value, correctly
+    x = PointerArray(small)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(x[::2, 1])), x[::2, 1])
