@@ -408,9 +408,8 @@ class StoreWriter:
             if len(batch) == 1 and batch[0].dtype == dtype and batch[0].flags.c_contiguous:
                 buf = batch[0]
             else:
-                buf = np.concatenate([b.reshape(len(b), -1) for b in batch], dtype=dtype,
-                                     casting="unsafe") if batch[0].ndim > 1 else np.concatenate(
-                    batch, dtype=dtype, casting="unsafe")
+                # rows flattened to 1-D so concatenate sees one shape; casting was checked
+                buf = np.concatenate([b.reshape(-1) for b in batch], dtype=dtype, casting="unsafe")
             pwrite_all(fd, [as_bytes(buf)], pos, self.path)
             pos += buf.nbytes
             batch, batch_bytes = [], 0
