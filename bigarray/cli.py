@@ -1,0 +1,198 @@
+"""The ``bigarray`` command line: info, verify, convert, cp, demo, bench.
+
+Each subcommand imports what it needs when it runs, so ``bigarray info`` stays quick
+and the core never imports dask, xarray or fsspec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import BigArrayError
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _options(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BigArrayError(f"--storage-options must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise BigArrayError(f"--storage-options must be a JSON object, got {value!r}")
+    return value
+
+
+def _open_any(path: str, options: dict[str, Any] | None) -> Any:
+    """A store from a local path or (when the remote layer is installed) any fsspec URL."""
+    from . import store as store_mod
+
+    opener = getattr(store_mod, "open_store", None)
+    if opener is not None:
+        return opener(path, storage_options=options)
+    if options:
+        raise BigArrayError("storage options need a URL, not a local path")
+    return store_mod.Store(path)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    store = _open_any(args.path, _options(args.storage_options))
+    m = store.manifest
+    print(f"store      {args.path}")
+    print(f"format     bigarray v1, generation {m.generation}, row dimension {m.row_dim!r}")
+    total = 0
+    for var in m.variables.values():
+        nbytes = var.row_nbytes * var.rows
+        total += nbytes
+        shards = f", {len(var.shards)} shards" if len(var.shards) > 1 else ""
+        print(
+            f"variable   {var.name}: {var.dtype.str} {tuple(var.shape)} dims {tuple(var.dims)} "
+            f"{_human(nbytes)}{shards}"
+        )
+    seg = m.segments
+    if seg is None:
+        print("segments   none (an unnamed array)")
+    else:
+        index = store.index
+        bounds = index.arrays.bounds
+        lengths = bounds[:, 1] - bounds[:, 0]
+        print(f"segments   {seg.count:,}", end="")
+        if seg.count:
+            print(
+                f"  rows per segment: min {int(lengths.min()):,}, mean {float(lengths.mean()):,.1f}, "
+                f"max {int(lengths.max()):,}; first {index.arrays.name(0)!r}"
+            )
+        else:
+            print()
+    print(f"data size  {_human(total)}")
+    if args.json:
+        print(json.dumps(m.to_json(), indent=1))
+    store.close()
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .integrity import verify_store
+
+    report = verify_store(args.path)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    convert(
+        args.src,
+        args.dst,
+        to=args.to,
+        variable=args.variable,
+        remove_exist=args.remove_exist,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from .copy import copy_store
+
+    copy_store(
+        args.src,
+        args.dst,
+        src_options=_options(args.src_options),
+        dst_options=_options(args.dst_options),
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(size=args.size, workers=args.workers, path=args.path, progress=not args.quiet)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        print(
+            "bigarray bench runs the suite in benchmarks/ of a source checkout: "
+            "run it from the repository root (python -m benchmarks)",
+            file=sys.stderr,
+        )
+        return 2
+    return int(bench_main(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigarray", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="print variables, dtype, shape, segment count and sizes")
+    s.add_argument("path", help="store path or URL")
+    s.add_argument("--storage-options", help="fsspec options as JSON (remote URLs)")
+    s.add_argument("--json", action="store_true", help="also print the manifest")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("verify", help="check every checksum; report the first bad block")
+    s.add_argument("path")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser(
+        "convert",
+        help="convert .npy/.npz/HDF5/zarr/netCDF/legacy bigarray into a store, or a store out",
+    )
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--to", choices=["bigarray", "zarr", "netcdf"], default="bigarray")
+    s.add_argument("--variable", help="which array/dataset of the source to convert")
+    s.add_argument("--remove-exist", action="store_true", help="replace DST if it exists")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("cp", help="copy a store between any two URLs, verifying sizes")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--src-options", help="fsspec options for SRC as JSON")
+    s.add_argument("--dst-options", help="fsspec options for DST as JSON")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_cp)
+
+    s = sub.add_parser("demo", help="the end-to-end tour on generated data")
+    s.add_argument("--size", choices=["smoke", "default", "large"], default="default")
+    s.add_argument("--workers", type=int, default=2, help="dask worker processes")
+    s.add_argument("--path", help="where to write the store (default: a temporary dir)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("bench", help="run the benchmark suite (python -m benchmarks ...)")
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the suite")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BigArrayError as exc:
+        print(f"bigarray {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
