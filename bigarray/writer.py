@@ -12,14 +12,26 @@ Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock
    (idempotent duplicates dropped; duplicate names and overlaps refused);
 3. ``fsync`` the data file (it holds every row written by every process of the session);
 4. rewrite the row count in the data file's ``.npy`` header in place, ``fsync``;
-5. write the new index generation to new files, ``fsync`` each;
-6. write ``manifest.json`` to a temporary file, ``fsync``, ``rename`` over the old one,
+5. write the new index generation to new files, ``fsync`` each, then ``fsync`` the index
+   directory (so the new names are durable before the manifest names them);
+6. record checksums (:mod:`bigarray.integrity`): crc32 of the data blocks written since the
+   last commit (summed in background threads while step 3 runs) and of the new index files;
+7. write ``manifest.json`` to a temporary file, ``fsync``, ``rename`` over the old one,
    ``fsync`` the directory: this rename is the commit;
-7. delete the journal records merged and index generations no reader needs any more.
+8. delete the journal records merged and index generations no reader needs any more.
 
-A crash before step 6 leaves the previous manifest, which only names files and rows that
-were complete and durable when it was written. A crash after it leaves at worst stale
-journal records whose segments are already committed; step 2 drops them next time.
+So on power loss, data is durable before the index that points into it, and the index
+before the manifest that names it. A crash before step 7 leaves the previous manifest,
+which only names files and rows that were complete and durable when it was written (the
+rewritten ``.npy`` header row count may then exceed the committed rows; readers use the
+manifest, and ``verify`` accepts a header that counts more rows). A crash after it leaves at
+worst stale journal records whose segments are already committed; step 2 drops them next
+time, and index files of a generation that never committed, which the next commit of that
+generation replaces.
+
+Tests kill a writer at named steps of this sequence: set ``BIGARRAY_CRASH_AT=step`` (or
+``step@N`` for the N-th time that step is reached) and the process SIGKILLs itself there
+(see :func:`_crash_point`; a dictionary lookup when unset).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,6 +55,7 @@ from .errors import (
     SchemaError,
     StoreExistsError,
 )
+from . import integrity
 from .fileutil import atomic_write, fsync_dir, locked, pwrite_all, wrap_os_error
 from .format import (
     DEFAULT_ROW_DIM,
@@ -57,11 +71,34 @@ from .format import (
 )
 from .index import SegmentArrays, concat, merge, write_index
 from .journal import Journal, Record, collect_dead_sessions
-from .store import Store, is_store, read_manifest
+from .store import Store, is_store, read_manifest, resolve_inside
 
 _ALLOC_NAME = "alloc"
 _BATCH_BYTES = 32 << 20
+_VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_CRASH_ENV = "BIGARRAY_CRASH_AT"
+_crash_hits: dict[str, int] = {}
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: SIGKILL this process at ``step`` when ``BIGARRAY_CRASH_AT`` names it.
+
+    ``BIGARRAY_CRASH_AT=after-index`` kills at the first time the step is reached,
+    ``after-index@3`` at the third. Costs one dictionary lookup when the variable is unset.
+    Steps: ``after-allocate``, ``mid-data``, ``after-data``, ``after-journal`` (writes);
+    ``commit-locked``, ``after-data-fsync``, ``after-header``, ``after-index``,
+    ``before-manifest``, ``after-manifest``, ``after-discard`` (commit).
+    """
+    spec = os.environ.get(_CRASH_ENV)
+    if spec is None:
+        return
+    name, _, nth = spec.partition("@")
+    if name != step:
+        return
+    _crash_hits[step] = hits = _crash_hits.get(step, 0) + 1
+    if hits >= (int(nth) if nth else 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def data_file_name(variable: str) -> str:
@@ -397,6 +434,16 @@ class StoreWriter:
         """
         dtype = self._dtype
         fd = self._data_fd()
+        total = sum(a.nbytes for a in arrays)
+        if (
+            arrays
+            and total >= _VECTOR_MIN_BYTES * len(arrays)
+            and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+        ):
+            # Segments large enough that the syscall count does not matter: hand the kernel
+            # the caller's buffers (pwritev), saving a full copy of the data.
+            pwrite_all(fd, [as_bytes(a) for a in arrays if a.size], offset, self.path)
+            return
         batch: list[np.ndarray] = []
         batch_bytes = 0
         pos = offset

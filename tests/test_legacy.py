@@ -358,7 +358,7 @@ def test_convert_pointer_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(got[name]), array[start:stop])
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int64", "bool"])
+@pytest.mark.parametrize("dtype", ["float32", "int64", "bool", ">i4", "<U5"])
 def test_convert_mmap_round_trip(tmp_path: Path, dtype: str) -> None:
     from bigarray import MmapArray
 
@@ -424,3 +424,20 @@ def test_convert_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
         convert_legacy(tmp_path / "p", tmp_path / "new.bigarray")
     assert len(calls) == 2
     assert not (tmp_path / "new.bigarray").exists()
+
+
+def test_segments_grouped_into_few_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bigarray import legacy as legacy_module
+
+    _pointer_sample(tmp_path / "p")  # rows 0..3, 3..10, 10..10, gap, 12..20; 16-byte rows
+    got = read_legacy(tmp_path / "p")
+    runs = legacy_module._runs(got, got.indices or {})
+    assert [(start, list(run)) for start, run in runs] == [(0, ["a", "b", "empty"]), (12, ["c"])]
+    monkeypatch.setattr(legacy_module, "_CONVERT_CHUNK_BYTES", 3 * 16)  # cut every 3 rows
+    runs = legacy_module._runs(got, got.indices or {})
+    assert [(start, list(run)) for start, run in runs] == [
+        (0, ["a"]),
+        (3, ["b"]),  # rows 3..10 start in the second 3-row chunk
+        (10, ["empty"]),  # row 10 starts in the fourth
+        (12, ["c"]),
+    ]
