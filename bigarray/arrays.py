@@ -144,8 +144,10 @@ class MmapArray(np.memmap):
         return np.array(self).__reduce__()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({np.asarray(self)!r})" if self.size <= 1000 else (
-            f"<{type(self).__name__} shape={self.shape} dtype={self.dtype}>"
+        return (
+            f"{type(self).__name__}({np.asarray(self)!r})"
+            if self.size <= 1000
+            else (f"<{type(self).__name__} shape={self.shape} dtype={self.dtype}>")
         )
 
 

@@ -245,7 +245,7 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"{where}: manifest is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise FormatError(f"{where}: not a bigarray manifest (no \"format\": \"bigarray\")")
+        raise FormatError(f'{where}: not a bigarray manifest (no "format": "bigarray")')
     version = doc.get("version")
     if version != FORMAT_VERSION:
         raise FormatError(

@@ -25,9 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DuplicateSegmentError, OverlapError, SchemaError, SegmentNotFoundError
-from .errors import StoreCorruptedError
-from .format import INDEX_DIR, INDEX_ROLES, IndexFiles, npy_header
+from .errors import (
+    DuplicateSegmentError,
+    OverlapError,
+    SchemaError,
+    SegmentNotFoundError,
+    StoreCorruptedError,
+)
+from .format import INDEX_DIR, INDEX_ROLES, IndexFiles
 
 _ROLE_DTYPES = {
     "names": np.dtype(np.uint8),
@@ -134,7 +139,9 @@ def merge(committed: SegmentArrays, new: SegmentArrays, rows_hint: str = "") -> 
     bad = np.flatnonzero(bounds[:, 1] < bounds[:, 0])
     if bad.size:
         i = int(bad[0])
-        raise SchemaError(f"segment {both.name(i)!r} has stop {bounds[i, 1]} < start {bounds[i, 0]}")
+        raise SchemaError(
+            f"segment {both.name(i)!r} has stop {bounds[i, 1]} < start {bounds[i, 0]}"
+        )
     # Only names whose crc32 collides can be equal: compare those few by their bytes.
     order = np.argsort(both.hashes, kind="stable")
     h = both.hashes[order]
@@ -249,19 +256,23 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
     number of segments; nothing is built at open.
     """
 
-    __slots__ = ("_bounds", "_count", "_mask", "_maps", "_names", "_noff", "_table", "arrays")
+    __slots__ = ("_bounds", "_count", "_maps", "_mask", "_names", "_noff", "_table", "arrays")
 
     def __init__(self, buffers: Mapping[str, Any], spec: IndexFiles, where: str) -> None:
         self._maps = [b for b in buffers.values() if isinstance(b, mmap.mmap)]
         self._count = spec.count
         n = spec.count
         try:
-            noff = np.frombuffer(buffers["name_offsets"], "<i8", n + 1, spec.offsets["name_offsets"])
+            noff = np.frombuffer(
+                buffers["name_offsets"], "<i8", n + 1, spec.offsets["name_offsets"]
+            )
             names_len = int(noff[-1])
             arrays = SegmentArrays(
                 np.frombuffer(buffers["names"], np.uint8, names_len, spec.offsets["names"]),
                 noff,
-                np.frombuffer(buffers["bounds"], "<i8", 2 * n, spec.offsets["bounds"]).reshape(n, 2),
+                np.frombuffer(buffers["bounds"], "<i8", 2 * n, spec.offsets["bounds"]).reshape(
+                    n, 2
+                ),
                 np.frombuffer(buffers["hashes"], "<u4", n, spec.offsets["hashes"]),
             )
             table = np.frombuffer(buffers["table"], "<i8", spec.table_size, spec.offsets["table"])

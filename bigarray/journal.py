@@ -48,6 +48,7 @@ class Record:
     variable: str
     segments: SegmentArrays | None  # named segments, or None for unnamed rows
     stop: int  # the highest row written (exclusive)
+    start: int | None = None  # the lowest row written (None: unknown); for checksums
 
 
 def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> bytes:
@@ -97,7 +98,7 @@ def decode_record(raw: bytes, where: str) -> Record:
             seg = SegmentArrays(names, offs, np.stack([starts, stops], 1).astype(np.int64), hashes)
     except ValueError as exc:
         raise bad(str(exc)) from None
-    return Record(variable, seg, int(stop))
+    return Record(variable, seg, int(stop), int(starts.min()) if n else int(stop))
 
 
 class Journal:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from . import integrity
 from .errors import (
     BigArrayWarning,
     ClosedError,
@@ -55,7 +56,6 @@ from .errors import (
     SchemaError,
     StoreExistsError,
 )
-from . import integrity
 from .fileutil import atomic_write, fsync_dir, locked, pwrite_all, wrap_os_error
 from .format import (
     DEFAULT_ROW_DIM,
@@ -138,9 +138,7 @@ def update_manifest(path: str, change: Any, *, fsync: bool = True) -> Manifest:
     with locked(os.path.join(path, LOCK_NAME)):
         current = read_manifest(path)
         new = change(current)
-        new = Manifest(
-            current.generation + 1, new.variables, new.segments, new.row_dim, new.attrs
-        )
+        new = Manifest(current.generation + 1, new.variables, new.segments, new.row_dim, new.attrs)
         atomic_write(os.path.join(path, MANIFEST_NAME), new.dumps(), fsync=fsync)
         return new
 
@@ -171,6 +169,10 @@ class StoreWriter:
     fsync
         Make commits durable against power loss (default). ``False`` is still crash-safe
         against a killed process, and faster on slow disks.
+    checksums
+        Record crc32 checksums of the data blocks and index files written at every commit
+        (default), checked by :func:`bigarray.integrity.verify_store`. Only blocks written
+        since the previous commit are summed. ``False`` drops the variable's checksums.
     """
 
     def __init__(
@@ -185,8 +187,10 @@ class StoreWriter:
         dims: Sequence[str] | None = None,
         attrs: Mapping[str, Any] | None = None,
         fsync: bool = True,
+        checksums: bool = True,
     ) -> None:
         self._init_state(os.path.abspath(os.fspath(path)), variable, named, fsync)
+        self.checksums = bool(checksums)
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
         self._declared_rows = int(shape[0]) if shape is not None else 0
@@ -226,6 +230,7 @@ class StoreWriter:
         self.variable = variable
         self.named = named
         self.fsync = fsync
+        self.checksums = True
         self._declared_rows = 0
         self._trailing: tuple[int, ...] | None = None
         self._dtype: np.dtype | None = None
@@ -260,7 +265,9 @@ class StoreWriter:
         journals, and the owner commits."""
         self = cls.__new__(cls)
         self._init_state(
-            str(handoff["path"]), str(handoff["variable"]), bool(handoff["named"]),
+            str(handoff["path"]),
+            str(handoff["variable"]),
+            bool(handoff["named"]),
             bool(handoff["fsync"]),
         )
         self._session = str(handoff["session"])
@@ -381,8 +388,11 @@ class StoreWriter:
         # parent's file offset machinery: every process opens its own (pwrite needs none).
         if self._fd is None or self._fd_pid != os.getpid():
             assert self._shard is not None
+            # a stranger's store may hold a data file that is a symlink out of the directory:
+            # never write through it
+            full = resolve_inside(self.path, self._shard.path)
             try:
-                self._fd = os.open(os.path.join(self.path, self._shard.path), os.O_RDWR)
+                self._fd = os.open(full, os.O_RDWR)
             except OSError as exc:
                 raise wrap_os_error(exc, self.path) from None
             self._fd_pid = os.getpid()
@@ -458,6 +468,7 @@ class StoreWriter:
                 # rows flattened to 1-D so concatenate sees one shape; casting was checked
                 buf = np.concatenate([b.reshape(-1) for b in batch], dtype=dtype, casting="unsafe")
             pwrite_all(fd, [as_bytes(buf)], pos, self.path)
+            _crash_point("mid-data")
             pos += buf.nbytes
             batch, batch_bytes = [], 0
 
@@ -534,8 +545,12 @@ class StoreWriter:
         if names is not None and len(names) != len(arrays):
             raise SchemaError(f"{len(names)} names for {len(arrays)} arrays")
         if start_position is not None:
-            if isinstance(start_position, bool) or not isinstance(start_position, (int, np.integer)):
-                raise SchemaError(f"start_position must be an int >= 0 or None, not {start_position!r}")
+            if isinstance(start_position, bool) or not isinstance(
+                start_position, (int, np.integer)
+            ):
+                raise SchemaError(
+                    f"start_position must be an int >= 0 or None, not {start_position!r}"
+                )
             if start_position < 0:
                 raise SchemaError(f"start_position must be >= 0, not {start_position}")
             start_position = int(start_position)
@@ -544,25 +559,28 @@ class StoreWriter:
         lengths = np.fromiter((len(a) for a in prepared), np.int64, len(prepared))
         total = int(lengths.sum())
         start = self._allocate(total, start_position)
+        _crash_point("after-allocate")
         stop = start + total
         self._check_committed_overlap(start, stop)
         assert self._shard is not None
         self._write_batches(prepared, self._shard.offset + start * self._row_nbytes)
+        _crash_point("after-data")
         starts = np.empty(len(prepared), np.int64)
         ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
         starts[:] = ends - lengths
         if seg is not None:
-            seg = SegmentArrays(seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes)
-        record = Record(self.variable, seg, stop)
+            seg = SegmentArrays(
+                seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes
+            )
+        record = Record(self.variable, seg, stop, start)
         if self.is_owner:
             self._pending.append((record, starts, ends))
         else:
             self._journal.append(record, starts, ends)
+            _crash_point("after-journal")
         return start, stop
 
-    def name_rows(
-        self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]
-    ) -> None:
+    def name_rows(self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]) -> None:
         """Name rows ``[starts[i], stops[i])`` already written by unnamed :meth:`write_rows`
         calls as the segments ``names[i]``.
 
@@ -602,22 +620,20 @@ class StoreWriter:
 
     def _commit(self) -> None:
         with locked(self._lock_path):
+            _crash_point("commit-locked")
             manifest = read_manifest(self.path)
             files = self._journal.pending()
             records = [r for r in self._journal.read(files)]
             records += [r for r, _, _ in self._pending]
             var = manifest.variables.get(self.variable)
-            if var is None:
-                if self._dtype is None or not (records or self._declared_rows):
-                    self._journal.discard(files)
-                    return
+            if var is None and (self._dtype is None or not (records or self._declared_rows)):
+                self._journal.discard(files)
+                return
             mine = [r for r in records if r.variable == self.variable]
             others = [r for r in records if r.variable != self.variable]
             if others:  # records of another variable belong to another writer's session
                 raise SchemaError(f"journal holds records of {others[0].variable!r}")
             var = manifest.variables[self.variable]
-            if self._shard is None:  # a child process created the variable
-                self._adopt(var)
             rows = max([var.rows, self._declared_rows, *[r.stop for r in mine]])
             new_segments = [r.segments for r in mine if r.segments is not None]
             segments = manifest.segments
@@ -628,43 +644,94 @@ class StoreWriter:
                         assert store.index is not None
                         a = store.index.arrays
                         committed = SegmentArrays(
-                            np.array(a.names), np.array(a.name_offsets),
-                            np.array(a.bounds), np.array(a.hashes),
+                            np.array(a.names),
+                            np.array(a.name_offsets),
+                            np.array(a.bounds),
+                            np.array(a.hashes),
                         )
                 merged = merge(committed, concat(new_segments), f" in {self.path!r}")
                 if merged.count and int(merged.bounds[:, 1].max()) > rows:
                     rows = int(merged.bounds[:, 1].max())
             assert self._shard is not None
             fd = self._data_fd()
-            if rows == var.rows and not new_segments:
+            # Rows rewritten in place change committed blocks: with checksums on, that needs a
+            # new manifest (new sums) even when no row and no segment was added.
+            resum = self.checksums and bool(mine)
+            if rows == var.rows and not new_segments and not resum:
                 if mine and self.fsync:  # rows rewritten in place: make them durable
                     os.fsync(fd)
                 self._journal.discard(files)
                 self._pending.clear()
                 return
             need = self._shard.offset + rows * self._row_nbytes
+            shard = Shard(self._shard.path, self._shard.offset, 0, rows)
+            new_var = Variable(
+                var.name,
+                var.dtype,
+                (rows, *var.shape[1:]),
+                var.dims,
+                (shard,),
+                var.attrs,
+                var.encoding,
+                None,
+            )
             try:
                 if os.fstat(fd).st_size < need:
                     os.ftruncate(fd, need)
+                sums = None
+                if self.checksums:
+                    # Sum only the blocks written since the last commit, in threads, while
+                    # the data is made durable below.
+                    ranges = [
+                        (r.start, r.stop) if r.start is not None else (0, r.stop) for r in mine
+                    ]
+                    plan, todo = integrity.plan_commit(var, new_var, ranges)
+                    sums = integrity.BlockSums(
+                        fd, shard.offset, self._row_nbytes, rows, plan.block_rows, todo
+                    )
                 if self.fsync:
                     os.fsync(fd)
+                _crash_point("after-data-fsync")
                 os.pwrite(fd, npy_header(var.dtype, (rows, *var.shape[1:])), 0)
                 if self.fsync:
                     os.fsync(fd)
+                _crash_point("after-header")
             except OSError as exc:
                 raise wrap_os_error(exc, self.path) from None
             generation = manifest.generation + 1
             if new_segments:
                 try:
+                    self._clear_generation(generation)
                     segments = write_index(self.path, generation, merged, fsync=self.fsync)
+                    if self.fsync:
+                        fsync_dir(os.path.join(self.path, INDEX_DIR))
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
-                if self.fsync:
-                    fsync_dir(os.path.join(self.path, INDEX_DIR))
-            shard = Shard(self._shard.path, self._shard.offset, 0, rows)
+                _crash_point("after-index")
+            checksums = None
+            if sums is not None:
+                try:
+                    plan.blocks[todo] = sums.result()
+                    index = (
+                        (var.checksums or {}).get("index")
+                        if isinstance(var.checksums, Mapping)
+                        else None
+                    )
+                    if new_segments and segments is not None:
+                        index = integrity.index_entry(self.path, segments)
+                    plan.index = index
+                except OSError as exc:
+                    raise wrap_os_error(exc, self.path) from None
+                checksums = plan.to_json()
             new_var = Variable(
-                var.name, var.dtype, (rows, *var.shape[1:]), var.dims, (shard,),
-                var.attrs, var.encoding, var.checksums,
+                var.name,
+                var.dtype,
+                new_var.shape,
+                var.dims,
+                (shard,),
+                var.attrs,
+                var.encoding,
+                checksums,
             )
             new = Manifest(
                 generation,
@@ -673,13 +740,28 @@ class StoreWriter:
                 manifest.row_dim,
                 manifest.attrs,
             )
+            _crash_point("before-manifest")
             atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+            _crash_point("after-manifest")
             self._shard = shard
             if _read_alloc(self._alloc_path) < rows:
                 atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
             self._journal.discard(files)
             self._pending.clear()
+            _crash_point("after-discard")
             self._drop_old_index(segments.generation if segments else None, manifest)
+
+    def _clear_generation(self, generation: int) -> None:
+        """Remove index files of ``generation`` left by a commit that crashed before its
+        rename (never named by a manifest). Unlinking first also means a hostile store's
+        symlink there is removed, never written through; the directory must be inside."""
+        d = resolve_inside(self.path, INDEX_DIR)
+        prefix = f"g{generation}-"
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(d):
+                if name.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(d, name))
 
     def _drop_old_index(self, current: int | None, previous: Manifest) -> None:
         """Delete index generations older than the one the previous manifest named: readers

@@ -15,8 +15,27 @@ from hypothesis.extra import numpy as hnp
 from bigarray import PointerArray, PointerArrayWriter
 
 DTYPES = st.sampled_from(
-    ["<i1", "<i2", "<i4", "<i8", "<u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8", "<c8",
-     "<c16", "|b1", "<M8[ns]", "<M8[D]", "<m8[s]", "|S5", "<U7"]
+    [
+        "<i1",
+        "<i2",
+        "<i4",
+        "<i8",
+        "<u1",
+        "<u2",
+        "<u4",
+        "<u8",
+        "<f2",
+        "<f4",
+        "<f8",
+        "<c8",
+        "<c16",
+        "|b1",
+        "<M8[ns]",
+        "<M8[D]",
+        "<m8[s]",
+        "|S5",
+        "<U7",
+    ]
 )
 
 

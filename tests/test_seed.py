@@ -34,7 +34,7 @@ def _run(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 def test_seed_text_is_verbatim() -> None:
     """examples/seed_example.py is the README's code block, byte for byte."""
-    readme = (Path(__file__).resolve().parents[2] / "shared/seed/bigarray-README.md")
+    readme = Path(__file__).resolve().parents[2] / "shared/seed/bigarray-README.md"
     if not readme.exists():
         pytest.skip("shared/seed is not beside this checkout")
     text = readme.read_text()

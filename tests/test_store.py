@@ -153,8 +153,12 @@ def test_manifest_dtype_must_be_plain(store: Path, dtype: str) -> None:
 
 @pytest.mark.parametrize(
     "shape,match",
-    [([-1, 3], "ints >= 0"), ([2**62, 2**20], "2\\*\\*62 bytes"), ("12", "list of 1 to 32"),
-     ([1275, 3.5], "ints >= 0")],
+    [
+        ([-1, 3], "ints >= 0"),
+        ([2**62, 2**20], "2\\*\\*62 bytes"),
+        ("12", "list of 1 to 32"),
+        ([1275, 3.5], "ints >= 0"),
+    ],
 )
 def test_manifest_shape_checked(store: Path, shape: object, match: str) -> None:
     m = json.loads((store / "manifest.json").read_text())

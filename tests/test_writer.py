@@ -162,6 +162,7 @@ def test_unicode_and_empty_segments(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------- many processes
 
+
 def _child_write(args: tuple[PointerArrayWriter, int]) -> int:
     writer, k = args
     writer.write({f"p{k}-{i}": np.full((i + 1, 2), k, np.int32) for i in range(20)})
@@ -194,7 +195,9 @@ def test_overlap_between_processes_detected(tmp_path: Path) -> None:
     w = PointerArrayWriter(tmp_path / "s", dtype="int8")
     with mp.get_context("fork").Pool(2) as pool:
         pool.map(_child_overlap, [(w, "a"), (w, "b")])
-    with pytest.raises(OverlapError, match=r"'[ab]' rows \[3, 8\) and '[ab]' rows \[3, 8\) overlap"):
+    with pytest.raises(
+        OverlapError, match=r"'[ab]' rows \[3, 8\) and '[ab]' rows \[3, 8\) overlap"
+    ):
         w.flush()
     assert not PointerArray(tmp_path / "s").indices  # nothing committed
     w.writer.abort()
@@ -215,7 +218,7 @@ def test_pickle_by_reference(tmp_path: Path) -> None:
         assert isinstance(y, PointerArray)
         np.testing.assert_array_equal(y["s3"], x["s3"])
         # a row range of the array pickles by reference too, and comes back as that range
-        part = x[5:len(x) - 2]
+        part = x[5 : len(x) - 2]
         raw_part = pickle.dumps(part)
         assert len(raw_part) < 1000
         np.testing.assert_array_equal(pickle.loads(raw_part), part)
