@@ -31,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -276,7 +277,7 @@ def _write_parts(
     writer = StoreWriter(
         dst, shape=(total, *trailing), dtype=dtype, remove_exist=remove_exist, named=named
     )
-    bar = tqdm(total=total, unit="row", unit_scale=True, disable=not progress, desc=desc)
+    bar = tqdm(total=total, unit="row", disable=not progress, desc=desc)
     row_bytes = _row_nbytes(dtype, trailing)
     pending: list[np.ndarray] = []
     pending_names: list[str] = []
@@ -353,13 +354,13 @@ def _refuse_objects(src: str, name: str | None, dtype: np.dtype) -> None:
 
 
 # --------------------------------------------------------------------------- npy / npz
-def _read_npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _read_npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
         if version == (1, 0):
-            return fmt.read_array_header_1_0(f)  # type: ignore[no-any-return]
-        return fmt.read_array_header_2_0(f)  # type: ignore[no-any-return]
+            return fmt.read_array_header_1_0(f)
+        return fmt.read_array_header_2_0(f)
     except ValueError as exc:
         raise FormatError(f"{where} is not a readable .npy array: {exc}") from None
 
@@ -640,26 +641,36 @@ def _xarray_backend() -> Any:
     return xarray_backend
 
 
-def _compute_with_progress(delayed: Any, progress: bool, desc: str) -> None:
-    """Compute a dask graph (if any) with a tqdm bar counted in tasks."""
-    if delayed is None:
+@contextlib.contextmanager
+def _task_progress(progress: bool, desc: str) -> Iterator[None]:
+    """A tqdm bar counted in dask tasks over every local dask computation in the block."""
+    if not progress:
+        yield
         return
     from dask.callbacks import Callback
     from tqdm.auto import tqdm
 
-    class _Bar(Callback):  # type: ignore[misc]
+    class _Bar(Callback):
+        bar: Any = None
+
         def _start_state(self, dsk: Any, state: Any) -> None:
-            self.bar = tqdm(total=sum(len(state[k]) for k in ("ready", "waiting", "running")),
-                            unit="task", disable=not progress, desc=desc)
+            total = sum(len(state[k]) for k in ("ready", "waiting", "running"))
+            if self.bar is None:
+                self.bar = tqdm(total=total, unit="task", desc=desc)
+            else:  # a second computation: grow the bar
+                self.bar.total += total
+                self.bar.refresh()
 
         def _posttask(self, *args: Any) -> None:
             self.bar.update(1)
 
-        def _finish(self, *args: Any) -> None:
-            self.bar.close()
-
-    with _Bar():
-        delayed.compute(scheduler="threads")
+    cb = _Bar()
+    try:
+        with cb:
+            yield
+    finally:
+        if cb.bar is not None:
+            cb.bar.close()
 
 
 def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool,
@@ -671,13 +682,7 @@ def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool,
     if remove_exist and os.path.lexists(dst):
         remove_store(dst)
     try:
-        if progress:
-            from tqdm.auto import tqdm
-
-            with tqdm(total=1, unit="dataset", desc=desc) as bar:
-                backend.to_bigarray(ds, dst)
-                bar.update(1)
-        else:
+        with _task_progress(progress, desc):
             backend.to_bigarray(ds, dst)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -701,13 +706,23 @@ def _from_xarray_zarr(path: str, dst: str, remove_exist: bool, progress: bool,
                       variable: str | None = None) -> None:
     import xarray as xr
 
-    with xr.open_zarr(path, chunks={}) as ds:
+    # consolidated=False: reads any zarr group (the consolidated file is optional)
+    with xr.open_zarr(path, chunks={}, consolidated=False) as ds:
         _dataset_to_bigarray(_select(ds, variable, path), dst, remove_exist, progress,
                              Path(path).name)
 
 
 def _netcdf_engine(path: str) -> str:
-    return "scipy" if _head(path, 4).startswith(_NETCDF3_MAGICS) else "h5netcdf"
+    if not _head(path, 4).startswith(_NETCDF3_MAGICS):
+        return "h5netcdf"
+    try:
+        import scipy  # noqa: F401  (xarray reads classic netCDF through scipy)
+    except ImportError:
+        raise FormatError(
+            f"{path!r} is a classic (netCDF-3) file; reading it needs scipy. Install it "
+            "(pip install scipy) or convert the file to netCDF-4 first (nccopy -k nc4)"
+        ) from None
+    return "scipy"
 
 
 def from_netcdf(
@@ -731,8 +746,9 @@ def from_netcdf(
 
     path, inner = split_source(src)
     variable = variable if variable is not None else inner
+    engine = _netcdf_engine(path)
     _xarray_backend()
-    with xr.open_dataset(path, engine=_netcdf_engine(path), chunks={}) as ds:
+    with xr.open_dataset(path, engine=engine, chunks={}) as ds:
         _dataset_to_bigarray(_select(ds, variable, path), os.fspath(dst), remove_exist,
                              progress, Path(path).name)
 
@@ -772,8 +788,13 @@ def to_zarr(
     _clear_dst(dst, remove_exist)
     ds = _open_store_dataset(src, variable)
     try:
-        delayed = ds.to_zarr(dst, mode="w-", compute=False, consolidated=False)
-        _compute_with_progress(delayed, progress, Path(src).name)
+        with warnings.catch_warnings():
+            # xarray consolidates metadata (fast opens, the xarray convention); zarr 3 warns
+            # that v3 has no spec for it yet, at every conversion. Nothing for a user to do.
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=Warning)
+            delayed = ds.to_zarr(dst, mode="w-", compute=False)
+        with _task_progress(progress, Path(src).name):
+            delayed.compute(scheduler="threads")
     except BaseException:
         with contextlib.suppress(Exception):
             shutil.rmtree(dst)
@@ -803,7 +824,8 @@ def to_netcdf(
     ds = _open_store_dataset(src, variable)
     try:
         delayed = ds.to_netcdf(dst, engine="h5netcdf", compute=False)
-        _compute_with_progress(delayed, progress, Path(src).name)
+        with _task_progress(progress, Path(src).name):
+            delayed.compute(scheduler="threads")
     except BaseException:
         with contextlib.suppress(Exception):
             os.unlink(dst)
@@ -902,20 +924,21 @@ def convert(
             f"cannot convert a {fmt} source straight to {out}; convert it to a bigarray store "
             f"first, then that store to {out}"
         )
-    if fmt == "legacy":
-        from .legacy import convert_legacy
-
-        if variable is not None:
+    path, inner = split_source(src)
+    if fmt in ("legacy", "npy"):
+        if variable is not None or inner is not None:
+            what = "a legacy bigarray file" if fmt == "legacy" else "a .npy file"
             raise FormatError(
-                f"a legacy bigarray file holds one array; drop variable={variable!r}"
+                f"{what} holds one array; drop variable={variable or inner!r} and convert "
+                f"{path!r} as a whole"
             )
-        convert_legacy(src, dst, remove_exist=remove_exist, progress=progress)
-    elif fmt == "npy":
-        if variable is not None:
-            raise FormatError(f"a .npy file holds one array; drop variable={variable!r}")
-        from_npy(src, dst, remove_exist=remove_exist, progress=progress)
+        if fmt == "legacy":
+            from .legacy import convert_legacy
+
+            convert_legacy(path, dst, remove_exist=remove_exist, progress=progress)
+        else:
+            from_npy(path, dst, remove_exist=remove_exist, progress=progress)
     elif fmt == "npz":
-        path, inner = split_source(src)
         from_npz(path, dst, variable=variable if variable is not None else inner,
                  remove_exist=remove_exist, progress=progress)
     elif fmt == "hdf5":

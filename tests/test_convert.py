@@ -316,6 +316,61 @@ def test_legacy_round_trip(tmp_path):
         conv.convert(tmp_path / "mmap.dat", tmp_path / "s3", variable="x")
 
 
+# --------------------------------------------------------------------------- streaming
+def test_blocks_are_bounded(tmp_path, small_blocks):
+    """No read or write holds more than one block: big segments come in pieces, small
+    ones are batched, and the rows land in order under their names."""
+    seen: list[int] = []
+
+    def part(name: str, a: np.ndarray) -> conv._Part:
+        def blocks(step: int):
+            for i in range(0, len(a), step):
+                seen.append(min(step, len(a) - i))
+                yield a[i : i + step]
+
+        return conv._Part(name, len(a), blocks)
+
+    segs = {f"s{i}": np.full((n, 4), i, "float64") for i, n in enumerate([1, 200, 3, 0, 57])}
+    conv._write_parts(
+        [part(k, v) for k, v in segs.items()], str(tmp_path / "s"), dtype="float64",
+        trailing=(4,), named=True, remove_exist=False, progress=False, desc="t",
+    )
+    assert max(seen) * 4 * 8 <= small_blocks
+    assert len(seen) >= 200 * 32 // small_blocks
+    _assert_segments(tmp_path / "s", segs)
+
+
+def test_progress_bar_is_drawn(tmp_path, capsys):
+    np.save(tmp_path / "a.npy", np.arange(50))
+    conv.convert(tmp_path / "a.npy", tmp_path / "s", progress=True)
+    err = capsys.readouterr().err
+    assert "a.npy" in err
+    assert "50/50" in err
+    conv.convert(tmp_path / "a.npy", tmp_path / "s2")
+    assert capsys.readouterr().err == ""
+
+
+def test_single_array_sources_refuse_inner(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(5))
+    with pytest.raises(FormatError, match=r"a \.npy file holds one array; drop variable='x'"):
+        conv.convert(f"{tmp_path / 'a.npy'}:x", tmp_path / "s")
+    with pytest.raises(FormatError, match=r"holds one array; drop variable='y'"):
+        conv.convert(tmp_path / "a.npy", tmp_path / "s", variable="y")
+
+
+def test_netcdf_classic_needs_scipy(tmp_path):
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("scipy is installed: classic netCDF is readable")
+    (tmp_path / "c.nc").write_bytes(b"CDF\x01" + bytes(60))
+    assert conv.detect_format(tmp_path / "c.nc") == "netcdf"
+    with pytest.raises(FormatError, match=r"classic \(netCDF-3\) file; reading it needs scipy"):
+        conv.convert(tmp_path / "c.nc", tmp_path / "s")
+
+
 # --------------------------------------------------------------------------- dst handling
 def test_existing_destination(tmp_path):
     np.save(tmp_path / "a.npy", np.arange(5))
