@@ -25,6 +25,28 @@ __all__ = ["MmapArray", "MmapArrayWriter", "PointerArray", "PointerArrayWriter"]
 _SESSION_ENV = "BIGARRAY_WRITER_SESSION_"
 
 
+def _open_consistent(path: str, named: bool) -> Store:
+    """Open a store and (``named``) its index at once, so that an array keeps the index of
+    the commit it maps even after later commits delete that index generation. A commit
+    landing between the manifest read and the index open can delete the files just named:
+    then the manifest has moved on, and opening again gives the newer commit."""
+    from .errors import StoreCorruptedError
+    from .store import read_manifest
+
+    for attempt in range(8):
+        store = Store(path)
+        if not named:
+            return store
+        try:
+            store.index  # noqa: B018 - opens (maps or reads) the index files now
+            return store
+        except StoreCorruptedError:
+            store.close()
+            if attempt == 7 or read_manifest(path).generation == store.manifest.generation:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _reopen(cls: type, path: str, variable: str | None, start: int, stop: int, rows: int) -> Any:
     arr = cls(path, variable=variable)
     if (start, stop) == (0, rows) and len(arr) == rows:
@@ -44,6 +66,10 @@ class MmapArray(np.memmap):
         is a commit; ``'r+'`` is refused with a :class:`~bigarray.errors.ReadOnlyError`.
     variable
         Which variable to map (default ``"data"`` or the only one).
+    verify
+        Check every byte against the checksums recorded at the last commit first
+        (:func:`bigarray.integrity.verify_store`; about one second per 3 GB) and raise
+        :class:`~bigarray.errors.IntegrityError` if anything is damaged.
 
     Examples
     --------
@@ -55,7 +81,12 @@ class MmapArray(np.memmap):
     _bigarray_store: Store | None
 
     def __new__(
-        cls, path: str | os.PathLike[str], mode: str = "r", *, variable: str | None = None
+        cls,
+        path: str | os.PathLike[str],
+        mode: str = "r",
+        *,
+        variable: str | None = None,
+        verify: bool = False,
     ) -> Any:
         if mode != "r":
             raise ReadOnlyError(
@@ -63,7 +94,11 @@ class MmapArray(np.memmap):
                 "with MmapArrayWriter/PointerArrayWriter, which commit atomically"
             )
         path = os.path.abspath(os.fspath(path))
-        store = Store(path)
+        if verify:
+            from .integrity import verify_store
+
+            verify_store(path).raise_if_bad()
+        store = _open_consistent(path, named=issubclass(cls, PointerArray))
         var = store.variable(variable)
         if len(var.shards) > 1:
             raise SchemaError(
@@ -184,6 +219,14 @@ class PointerArray(MmapArray):
                     "the array returned by PointerArray(path)"
                 )
             start, stop = self.indices[key]
+            if not 0 <= start <= stop <= len(plain):
+                from .errors import StoreCorruptedError
+
+                raise StoreCorruptedError(
+                    f"segment {key!r} of {self.path!r} has rows [{start}, {stop}), outside the "
+                    f"{len(plain):,} rows of the data; the index is damaged. Run "
+                    f"`bigarray verify {self.path}` for details."
+                )
             return plain[start:stop]
         return super().__getitem__(key)
 

@@ -93,7 +93,7 @@ class SegmentArrays:
 
     def name(self, i: int) -> str:
         a, b = int(self.name_offsets[i]), int(self.name_offsets[i + 1])
-        return self.names[a:b].tobytes().decode("utf-8", "surrogatepass")
+        return _decode_name(self.names[a:b].tobytes(), i)
 
     def take(self, order: np.ndarray) -> SegmentArrays:
         """Reorder (or subset) the segments, gathering the variable-length names vectorised."""
@@ -105,6 +105,16 @@ class SegmentArrays:
         gather = np.repeat(self.name_offsets[:-1][order] - offsets[:-1], lengths)
         gather += np.arange(offsets[-1], dtype=np.int64)
         return SegmentArrays(self.names[gather], offsets, self.bounds[order], self.hashes[order])
+
+
+def _decode_name(raw: bytes, i: int) -> str:
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # only a damaged names file holds bytes no writer encodes
+        raise StoreCorruptedError(
+            f"segment #{i} has a name that is not UTF-8 ({raw[:40]!r}); the index files were "
+            "damaged after the last commit. Run `bigarray verify` on the store for details."
+        ) from None
 
 
 def concat(parts: Sequence[SegmentArrays]) -> SegmentArrays:
@@ -347,7 +357,7 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         raw = a.names.tobytes()
         offs = a.name_offsets.tolist()
         for i in range(self._count):
-            yield raw[offs[i] : offs[i + 1]].decode("utf-8", "surrogatepass")
+            yield _decode_name(raw[offs[i] : offs[i + 1]], i)
 
     def items(self):  # type: ignore[override]
         """Pairs ``(name, (start, stop))`` in row order, decoded in one pass."""
