@@ -47,8 +47,23 @@ def _open_consistent(path: str, named: bool) -> Store:
     raise AssertionError("unreachable")
 
 
-def _reopen(cls: type, path: str, variable: str | None, start: int, stop: int, rows: int) -> Any:
-    arr = cls(path, variable=variable)
+#: Largest remote store PointerArray(url) copies into memory (see ``max_bytes``).
+REMOTE_MAX_BYTES = 1 << 30
+
+
+def _reopen(
+    cls: type,
+    path: str,
+    variable: str | None,
+    start: int,
+    stop: int,
+    rows: int,
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    if storage_options is None:
+        arr = cls(path, variable=variable)
+    else:
+        arr = cls(path, variable=variable, storage_options=storage_options)
     if (start, stop) == (0, rows) and len(arr) == rows:
         return arr
     return arr[start:stop]
@@ -66,6 +81,14 @@ class MmapArray(np.memmap):
         is a commit; ``'r+'`` is refused with a :class:`~bigarray.errors.ReadOnlyError`.
     variable
         Which variable to map (default ``"data"`` or the only one).
+    storage_options
+        Options of the fsspec filesystem when ``path`` is a URL (refused for local paths).
+    max_bytes
+        A store at a non-local URL (``s3://``, ``memory://``, ``https://``, ...) cannot be
+        memory-mapped: it is copied into an in-memory read-only array of this class (same
+        ``.indices``, same ``x['name']``) when it holds at most this many bytes (1 GiB),
+        otherwise a :class:`~bigarray.errors.RemoteStoreError` points to
+        ``bigarray.dask_backend.from_bigarray(url)`` for lazy reads.
     verify
         Check every byte against the checksums recorded at the last commit first
         (:func:`bigarray.integrity.verify_store`; about one second per 3 GB) and raise
@@ -79,6 +102,7 @@ class MmapArray(np.memmap):
 
     _bigarray_root: tuple[str, str | None, int] | None
     _bigarray_store: Store | None
+    _bigarray_options: dict[str, Any] | None = None  # set on arrays of remote stores
 
     def __new__(
         cls,
@@ -87,13 +111,20 @@ class MmapArray(np.memmap):
         *,
         variable: str | None = None,
         verify: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        max_bytes: int = REMOTE_MAX_BYTES,
     ) -> Any:
         if mode != "r":
             raise ReadOnlyError(
                 f"{cls.__name__} opens stores read-only (mode='r'), got mode={mode!r}; write "
                 "with MmapArrayWriter/PointerArrayWriter, which commit atomically"
             )
-        path = os.path.abspath(os.fspath(path))
+        from .filesystem import check_local_options, is_local, local_path
+
+        if not is_local(path):
+            return cls._open_remote(os.fspath(path), variable, storage_options, max_bytes)
+        check_local_options(path, storage_options)
+        path = local_path(path)
         if verify:
             from .integrity import verify_store
 
@@ -148,6 +179,42 @@ class MmapArray(np.memmap):
     def variable_name(self) -> str:
         return self._root_array()._bigarray_root[1]  # type: ignore[index,return-value]
 
+    @classmethod
+    def _open_remote(
+        cls,
+        url: str,
+        variable: str | None,
+        storage_options: dict[str, Any] | None,
+        max_bytes: int,
+    ) -> Any:
+        """A remote store (any fsspec URL) copied into memory: an object store cannot be
+        memory-mapped, so the data is fetched once (by concurrent byte ranges) into an
+        anonymous read-only array of this class, up to ``max_bytes``."""
+        from .errors import RemoteStoreError
+        from .store import RemoteStore
+
+        store = RemoteStore(url, storage_options)
+        var = store.variable(variable)
+        nbytes = var.rows * var.row_nbytes
+        if nbytes > max_bytes:
+            raise RemoteStoreError(
+                f"{url!r} variable {var.name!r} holds {nbytes:,} bytes, more than "
+                f"max_bytes={max_bytes:,} that {cls.__name__}(url) copies into memory (a remote "
+                "store cannot be memory-mapped). Read it lazily with "
+                "bigarray.dask_backend.from_bigarray(url, storage_options=...), or raise "
+                "max_bytes if it fits in memory."
+            )
+        if issubclass(cls, PointerArray):
+            store.index  # noqa: B018 - fetch the index with the data: one consistent commit
+        data = store.read_rows(var.name, 0, var.rows)
+        data.flags.writeable = False
+        obj = data.view(cls)
+        obj._bigarray_root = (store.url, var.name, var.rows)
+        obj._bigarray_store = store
+        obj._bigarray_options = dict(storage_options or {})
+        obj._bigarray_plain = data
+        return obj
+
     def _root_array(self) -> MmapArray:
         if self._bigarray_root is not None:
             return self
@@ -175,7 +242,9 @@ class MmapArray(np.memmap):
             else:
                 return np.asarray(self).__reduce__()
             stop = start + len(self)
-            return (_reopen, (type(root), path, variable, start, stop, rows))
+            options = getattr(root, "_bigarray_options", None)
+            args = (type(root), path, variable, start, stop, rows)
+            return (_reopen, args if options is None else (*args, options))
         return np.array(self).__reduce__()
 
     def __repr__(self) -> str:
@@ -239,6 +308,11 @@ class PointerArray(MmapArray):
         :func:`bigarray.dask_backend.from_bigarray`)."""
         from .dask_backend import from_bigarray
 
+        options = getattr(self._root_array(), "_bigarray_options", None)
+        if options is not None:  # a remote store: the dask graph reads it by URL
+            return from_bigarray(
+                self.path, chunks=chunks, variable=self.variable_name, storage_options=options
+            )
         return from_bigarray(self.path, chunks=chunks, variable=self.variable_name)
 
     @property
@@ -247,6 +321,9 @@ class PointerArray(MmapArray):
         it pickles by reference and never copies the data (see :mod:`bigarray.lazy`)."""
         from .lazy import open_array
 
+        options = getattr(self._root_array(), "_bigarray_options", None)
+        if options is not None:  # a remote store
+            return open_array(self.path, variable=self.variable_name, storage_options=options)
         return open_array(self.path, variable=self.variable_name)
 
 
