@@ -634,6 +634,8 @@ class StoreWriter:
             if others:  # records of another variable belong to another writer's session
                 raise SchemaError(f"journal holds records of {others[0].variable!r}")
             var = manifest.variables[self.variable]
+            if self._shard is None:  # a child process created the variable
+                self._adopt(var)
             rows = max([var.rows, self._declared_rows, *[r.stop for r in mine]])
             new_segments = [r.segments for r in mine if r.segments is not None]
             segments = manifest.segments
