@@ -1,1 +1,1241 @@
-"""placeholder"""
+"""The xarray face: ``xr.open_dataset(path, engine="bigarray")``, ``to_bigarray`` and accessors.
+
+Mapping between a store and a :class:`xarray.Dataset`
+----------------------------------------------------
+
+Every variable of the store's manifest becomes one xarray variable of the same name, dims,
+dtype and attributes. Variables whose first dim is the store's row dim (``manifest.row_dim``,
+``"row"`` unless written otherwise) share that dim; other variables (coordinates along
+other dims, small arrays, scalars) come back with their own dims. A variable is a
+coordinate if it was one when written (``"role": "coordinate"`` in its manifest encoding)
+or if it is a dimension coordinate.
+
+The segment index becomes a ``segment`` dimension with three coordinates:
+
+``segment``        the names (``<U`` strings), the dimension coordinate: ``ds.sel(segment=...)``
+``segment_start``  int64, first row of each segment (coordinate along ``segment``)
+``segment_stop``   int64, one past the last row (half-open ``[start, stop)``)
+
+Segments are in row order. Per-segment variables written along ``segment`` (labels, speaker
+ids) come back along the same dimension. ``open_dataset(..., segments=False)`` leaves the
+segment table out, ``segments="lazy"`` makes its three variables lazy (read from the on-disk
+index on first use); add ``create_default_indexes=False`` so that xarray does not build a
+pandas index of the names either: opening then costs the same for 20 k or 1 M segments.
+
+Stores written by the seed API (``PointerArrayWriter``/``MmapArrayWriter``: one unnamed
+variable) open as a data variable ``data`` with dims ``("row", "dim_1", ...)``.
+
+Reading
+-------
+Opening reads the manifest and (for ``segments=True``) the segment index; no data. Each
+variable is a :class:`xarray.core.indexing.LazilyIndexedArray` over a
+:class:`BigArrayBackendArray`, which pickles as (file paths, byte offsets, dtype, shape)
+or (URL, storage options) and holds no descriptor. A local read maps exactly the rows asked
+for privately (``MAP_PRIVATE``): no copy, the pages come from the page cache, and the array
+handed out is writable without ever changing the file. Remote stores (any fsspec URL) read
+by byte ranges through :func:`bigarray.store.open_store`.
+
+``encoding["preferred_chunks"]`` of row variables holds chunks whose boundaries fall on
+segment boundaries (about ``dask.config["array.chunk-size"]`` bytes each; a single segment
+larger than that is split), so ``chunks={}`` and ``chunks="auto"`` give segment-aligned
+dask chunks.
+
+Writing
+-------
+:func:`to_bigarray` (and ``ds.bigarray.to_bigarray(path)``) stores values natively:
+datetime64/timedelta64 as themselves, never CF-encoded numbers; attributes and encodings as
+JSON in the manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects,
+never pickles). A ``segment`` table (the three variables above) becomes the store's segment
+index. Reopening gives ``xr.testing.assert_identical`` equality.
+
+Attributes named by CF (``_FillValue``, ``scale_factor``, ``units`` with ``since``, ...)
+are stored as given, so xarray's decoders apply them on open, as for netCDF; pass
+``decode_cf=False`` or ``mask_and_scale=False`` to see the raw values. 'S1' arrays are
+joined along their last dim by xarray's ``concat_characters`` decoder; pass
+``concat_characters=False`` to keep them.
+
+Several stores concatenate along rows with
+``xr.open_mfdataset(paths, engine="bigarray", combine="nested", concat_dim="row",
+segments=False)``: the segment tables of different stores cannot be concatenated by
+xarray (their row offsets differ), so leave them out.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import mmap
+import os
+import threading
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.backends.common import AbstractDataStore
+from xarray.backends.store import StoreBackendEntrypoint
+from xarray.core import indexing
+
+from .errors import (
+    BigArrayError,
+    SchemaError,
+    SegmentNotFoundError,
+    StoreCorruptedError,
+    StoreExistsError,
+)
+from .format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
+
+__all__ = [
+    "BigArrayBackendArray",
+    "BigArrayBackendEntrypoint",
+    "BigArrayDataArrayAccessor",
+    "BigArrayDataStore",
+    "BigArrayDatasetAccessor",
+    "segment_chunks",
+    "to_bigarray",
+]
+
+SEGMENT_DIM = "segment"
+SEGMENT_START = "segment_start"
+SEGMENT_STOP = "segment_stop"
+_SEGMENT_VARS = (SEGMENT_DIM, SEGMENT_START, SEGMENT_STOP)
+_SCALAR_DIM = "_bigarray_scalar"
+_ROLE_COORD = "coordinate"
+_ROLE_DATA = "data"
+# encoding keys that describe one opened file, not how to write a variable again
+_RUNTIME_ENCODING = frozenset(
+    {"source", "original_shape", "preferred_chunks", "chunks", "chunksizes", "compressor",
+     "compressors", "filters", "serializer", "zlib", "complevel", "shuffle", "fletcher32",
+     "contiguous", "bigarray_variable", "bigarray_rows"}
+)
+_GRANULARITY = mmap.ALLOCATIONGRANULARITY
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+SegmentsOption = bool | Literal["lazy"]
+
+
+# =============================================================================== readers
+# The seam between xarray and the storage core: a picklable object with read(start, stop)
+# and take(rows). Local stores map rows privately; URLs go through open_store's RemoteStore.
+
+
+class _LocalRows:
+    """Rows of one variable of a local store, read through private memory maps.
+
+    Pickles as its file list; opens (and closes) a descriptor per read, so it never holds
+    one, and is safe to call from many threads at once.
+    """
+
+    __slots__ = ("dtype", "files", "row_shape", "rows", "where")
+
+    def __init__(
+        self,
+        files: Sequence[tuple[str, int, int, int]],
+        dtype: np.dtype,
+        row_shape: tuple[int, ...],
+        rows: int,
+        where: str,
+    ) -> None:
+        self.files = tuple(files)  # (full path, byte offset, first row, stop row)
+        self.dtype = dtype
+        self.row_shape = row_shape
+        self.rows = rows
+        self.where = where
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.files, self.dtype.str, self.row_shape, self.rows, self.where)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        files, dtype, self.row_shape, self.rows, self.where = state
+        self.files = files
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def row_nbytes(self) -> int:
+        return int(self.dtype.itemsize * math.prod(self.row_shape))
+
+    def _map(self, path: str, offset: int, start: int, stop: int, populate: bool) -> np.ndarray:
+        n = stop - start
+        shape = (n, *self.row_shape)
+        nbytes = n * self.row_nbytes
+        if nbytes == 0:
+            return np.zeros(shape, self.dtype)
+        lo = offset + start * self.row_nbytes
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreCorruptedError(
+                f"{self.where}: data file {path!r} listed in the manifest is missing; the store "
+                "was damaged after it was opened. Restore the file, or reopen the store."
+            ) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < lo + nbytes:  # mapping past the end would SIGBUS on access
+                raise StoreCorruptedError(
+                    f"data file {path!r} holds {size:,} bytes but rows [{start}, {stop}) need "
+                    f"{lo + nbytes:,}; it was truncated or replaced after the store was opened. "
+                    f"Restore it, or run `bigarray verify {self.where}` for details."
+                )
+            base = lo - lo % _GRANULARITY
+            flags = mmap.MAP_PRIVATE | (_POPULATE if populate else 0)
+            m = mmap.mmap(
+                fd, lo - base + nbytes, flags=flags,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base,
+            )
+        finally:
+            os.close(fd)
+        # A private map: writable for the caller, never written back, unmapped when the
+        # last array using it is garbage-collected.
+        return np.frombuffer(m, self.dtype, n * math.prod(self.row_shape), lo - base).reshape(shape)
+
+    def read(self, start: int, stop: int, *, populate: bool = True) -> np.ndarray:
+        """Rows ``[start, stop)`` (clipped to the variable) as a writable private map."""
+        start, stop = max(0, start), min(stop, self.rows)
+        stop = max(start, stop)
+        parts = []
+        for path, offset, a, b in self.files:
+            lo, hi = max(start, a), min(stop, b)
+            if lo < hi:
+                parts.append(self._map(path, offset, lo - a, hi - a, populate))
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return np.zeros((stop - start, *self.row_shape), self.dtype)
+        return np.concatenate(parts)
+
+
+class _RemoteRows:
+    """Rows of one variable of a store at an fsspec URL (pickles as URL and options)."""
+
+    __slots__ = ("storage_options", "url", "variable")
+
+    _cache: dict[tuple[str, str], Any] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, url: str, variable: str, storage_options: Mapping[str, Any] | None) -> None:
+        self.url = url
+        self.variable = variable
+        self.storage_options = dict(storage_options or {})
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.url, self.variable, self.storage_options)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.url, self.variable, self.storage_options = state
+
+    def _store(self) -> Any:
+        # One RemoteStore per process and URL: it caches the fsspec filesystem and the
+        # shard size checks; it holds no descriptor.
+        key = (self.url, repr(sorted(self.storage_options.items())))
+        with self._lock:
+            store = self._cache.get(key)
+            if store is None:
+                store = _open_store(self.url, self.storage_options)
+                self._cache[key] = store
+        return store
+
+    def read(self, start: int, stop: int, *, populate: bool = True) -> np.ndarray:
+        return np.asarray(self._store().read_rows(self.variable, start, stop))
+
+
+def _open_store(path: str, storage_options: Mapping[str, Any] | None) -> Any:
+    """Open a store for reading by path or URL (the one place the core is called)."""
+    from .store import open_store
+
+    return open_store(path, dict(storage_options) if storage_options else None)
+
+
+def _is_local(path: str) -> bool:
+    from .filesystem import is_local
+
+    return is_local(path)
+
+
+def _reader_for(store: Any, var: Variable, storage_options: Mapping[str, Any] | None) -> Any:
+    if getattr(store, "is_remote", False):
+        return _RemoteRows(store.url, var.name, storage_options)
+    from .store import resolve_inside
+
+    files = [(resolve_inside(store.path, s.path), s.offset, s.start, s.stop) for s in var.shards]
+    return _LocalRows(files, var.dtype, tuple(var.shape[1:]), var.rows, store.path)
+
+
+# =============================================================================== backend array
+
+
+class BigArrayBackendArray(BackendArray):
+    """A lazily read variable of a store (thread-safe, picklable, holds no file).
+
+    Supports outer indexing (``IndexingSupport.OUTER``): the row key picks the rows to map
+    (a slice maps exactly those rows; an integer array maps the span between its smallest
+    and largest row, and only the pages of the rows taken are read); keys on the other
+    dims index the mapped rows with numpy.
+    """
+
+    __slots__ = ("dtype", "reader", "shape", "squeeze")
+
+    def __init__(
+        self, reader: Any, shape: tuple[int, ...], dtype: np.dtype, squeeze: bool = False
+    ) -> None:
+        self.reader = reader
+        self.shape = shape  # the xarray shape (() for a scalar stored as one row)
+        self.dtype = dtype
+        self.squeeze = squeeze
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._getitem
+        )
+
+    def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
+        if self.squeeze:
+            return self.reader.read(0, 1).reshape(())[key]
+        rows = self.shape[0]
+        k0, rest = key[0], key[1:]
+        if isinstance(k0, slice):
+            start, stop, step = k0.indices(rows)
+            if step < 0:
+                lo, hi = stop + 1, start + 1
+                block = self.reader.read(lo, hi) if lo < hi else self.reader.read(0, 0)
+                local: Any = slice(hi - lo - 1, None, step) if lo < hi else slice(0, 0)
+            else:
+                block = self.reader.read(start, max(start, stop))
+                local = slice(None, None, step) if step != 1 else slice(None)
+        elif isinstance(k0, np.ndarray):
+            if k0.size == 0:
+                block, local = self.reader.read(0, 0), k0
+            else:
+                lo, hi = int(k0.min()), int(k0.max()) + 1
+                block, local = self.reader.read(lo, hi, populate=False), k0 - lo
+        else:  # an integer
+            i = int(k0)
+            block, local = self.reader.read(i, i + 1), 0
+        if isinstance(local, slice) and local == slice(None) and all(
+            isinstance(k, slice) and k == slice(None) for k in rest
+        ):
+            return block
+        return indexing.NumpyIndexingAdapter(block).oindex[indexing.OuterIndexer((local, *rest))]
+
+    def __repr__(self) -> str:
+        return f"BigArrayBackendArray(shape={self.shape}, dtype={self.dtype})"
+
+
+class _SegmentTableArray(BackendArray):
+    """One column of the segment table (names, starts or stops), read from the index on use."""
+
+    __slots__ = ("column", "dtype", "path", "shape", "storage_options")
+
+    def __init__(
+        self, path: str, column: str, n: int, dtype: np.dtype,
+        storage_options: Mapping[str, Any] | None,
+    ) -> None:
+        self.path, self.column = path, column
+        self.shape, self.dtype = (n,), dtype
+        self.storage_options = dict(storage_options or {})
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+        )
+
+    def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
+        (k,) = key
+        start, stop, step = (k.indices(self.shape[0]) if isinstance(k, slice) else (k, k + 1, 1))
+        with _StoreCache.get(self.path, self.storage_options) as store:
+            arrays = store.index.arrays
+            if self.column == SEGMENT_DIM:
+                a, b = (start, stop) if step > 0 else (stop + 1, start + 1)
+                out = decode_names(arrays, max(a, 0), max(a, b), self.dtype)
+                out = out[:: step] if step > 0 else out[::-1][:: -step]
+            else:
+                col = 0 if self.column == SEGMENT_START else 1
+                out = np.array(arrays.bounds[k, col] if isinstance(k, slice) else arrays.bounds[k:k + 1, col])
+        return out if isinstance(k, slice) else out[0]
+
+
+class _StoreCache:
+    """Stores opened by accessors and lazy segment tables, per process; released by close."""
+
+    _stores: dict[tuple[str, str], Any] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __enter__(self) -> Any:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    @classmethod
+    def get(cls, path: str, storage_options: Mapping[str, Any] | None) -> _StoreCache:
+        key = (path, repr(sorted((storage_options or {}).items())))
+        with cls._lock:
+            store = cls._stores.get(key)
+            if store is None:
+                store = _open_store(path, storage_options)
+                cls._stores[key] = store
+        return cls(store)
+
+    @classmethod
+    def release(cls, path: str) -> None:
+        with cls._lock:
+            for key in [k for k in cls._stores if k[0] == path]:
+                with contextlib.suppress(Exception):
+                    cls._stores.pop(key).close()
+
+
+# =============================================================================== segments
+
+
+def decode_names(arrays: Any, start: int, stop: int, dtype: np.dtype | None = None) -> np.ndarray:
+    """Names of segments ``[start, stop)`` (row order) as a numpy ``<U`` array, vectorised.
+
+    ASCII names are decoded by numpy in bulk; others (or names with NUL bytes, which the
+    fixed-width ``S`` type would drop) fall back to Python decoding.
+    """
+    noff = np.asarray(arrays.name_offsets[start : stop + 1], np.int64)
+    n = len(noff) - 1
+    if n <= 0:
+        return np.zeros(0, dtype or "<U1")
+    lens = noff[1:] - noff[:-1]
+    raw = np.asarray(arrays.names[int(noff[0]) : int(noff[-1])], np.uint8)
+    width = max(int(lens.max()), 1)
+    if raw.size and (raw.max() >= 0x80 or not raw.all()):
+        base = int(noff[0])
+        buf = raw.tobytes()
+        text = [buf[a - base : b - base].decode("utf-8", "surrogatepass")
+                for a, b in zip(noff[:-1].tolist(), noff[1:].tolist())]
+        return np.array(text, dtype=dtype or None) if text else np.zeros(0, "<U1")
+    if bool(np.all(lens == width)):
+        fixed = raw.view(f"S{width}")
+    else:
+        grid = np.zeros(n * width, np.uint8)
+        pos = np.arange(raw.size, dtype=np.int64) + np.repeat(
+            np.arange(n, dtype=np.int64) * width - (noff[:-1] - noff[0]), lens
+        )
+        grid[pos] = raw
+        fixed = grid.view(f"S{width}")
+    return fixed.astype(dtype or f"<U{width}")
+
+
+def segment_chunks(
+    bounds: np.ndarray, rows: int, row_nbytes: int, target_bytes: int
+) -> tuple[int, ...]:
+    """Row chunks of about ``target_bytes`` whose boundaries fall on segment boundaries.
+
+    Parameters
+    ----------
+    bounds
+        ``(n, 2)`` int64 ``[start, stop)`` rows of the segments (any order).
+    rows
+        Rows of the variable.
+    row_nbytes
+        Bytes per row.
+    target_bytes
+        Wanted chunk size; a chunk is never larger, except that a segment larger than
+        the target is split into pieces of the target size.
+
+    Returns
+    -------
+    tuple of int
+        Chunk lengths in rows, summing to ``rows``.
+    """
+    if rows <= 0:
+        return (0,)
+    target = max(1, int(target_bytes // max(row_nbytes, 1)))
+    b = np.asarray(bounds, np.int64).reshape(-1, 2)
+    starts, stops = b[:, 0], b[:, 1]
+    if len(starts) > 1 and not bool(np.all(starts[1:] >= starts[:-1])):
+        order = np.argsort(starts, kind="stable")
+        starts, stops = starts[order], stops[order]
+    # the largest edge <= a row is the larger of the largest start and the largest stop
+    # before it; a running maximum keeps the stops sorted (empty segments may sit inside
+    # others) without sorting a million edges
+    stops = np.maximum.accumulate(stops) if len(stops) else stops
+    out: list[int] = []
+    pos = 0
+    while pos < rows:
+        limit = min(pos + target, rows)
+        cut = limit if limit == rows else pos
+        if cut != rows:
+            i = int(np.searchsorted(starts, limit, "right")) - 1
+            j = int(np.searchsorted(stops, limit, "right")) - 1
+            cut = max(pos, int(starts[i]) if i >= 0 else 0, int(stops[j]) if j >= 0 else 0)
+        if cut <= pos:  # one segment longer than the target: split it
+            cut = limit
+        out.append(cut - pos)
+        pos = cut
+    return tuple(out)
+
+
+def _target_bytes() -> int:
+    import dask
+    from dask.utils import parse_bytes
+
+    value = dask.config.get("array.chunk-size", "128MiB")
+    return int(parse_bytes(value) if isinstance(value, str) else value)
+
+
+# =============================================================================== attrs as JSON
+
+
+def encode_json(value: Any, where: str) -> Any:
+    """An attribute or encoding value as JSON (numpy arrays, NaN and bytes in tagged objects)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, np.generic):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (np.ndarray, np.generic)):
+        arr = np.asarray(value)
+        try:
+            dt = normalize_dtype(arr.dtype)
+        except SchemaError:
+            if arr.dtype.kind == "O":
+                return encode_json(arr.tolist(), where) if arr.ndim else encode_json(arr.item(), where)
+            raise
+        data = np.ascontiguousarray(arr, dt)
+        return {
+            "$ndarray": {
+                "dtype": np.lib.format.dtype_to_descr(dt),
+                "shape": list(arr.shape),
+                "scalar": isinstance(value, np.generic),
+                "b64": base64.b64encode(data.tobytes()).decode("ascii"),
+            }
+        }
+    if isinstance(value, (list, tuple)):
+        return [encode_json(v, where) for v in value]
+    if isinstance(value, Mapping):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise SchemaError(f"{where}: dict keys must be str, got {bad[0]!r}")
+        out = {k: encode_json(v, where) for k, v in value.items()}
+        return {"$dict": out} if any(k.startswith("$") for k in value) else out
+    raise SchemaError(
+        f"{where}: {value!r} of type {type(value).__name__} cannot be stored in a manifest; "
+        "attributes may be str, numbers, bools, None, bytes, numpy arrays/scalars, lists and "
+        "dicts of those"
+    )
+
+
+def decode_json(value: Any) -> Any:
+    """Inverse of :func:`encode_json`."""
+    if isinstance(value, list):
+        return [decode_json(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        (tag, body), = value.items()
+        if tag == "$float" and body in ("nan", "inf", "-inf"):
+            return float(body)
+        if tag == "$bytes" and isinstance(body, str):
+            return base64.b64decode(body)
+        if tag == "$dict" and isinstance(body, dict):
+            return {k: decode_json(v) for k, v in body.items()}
+        if tag == "$ndarray" and isinstance(body, dict):
+            dt = dtype_from_manifest(body.get("dtype"), "attribute")
+            shape = tuple(int(s) for s in body.get("shape", ()))
+            raw = base64.b64decode(body.get("b64", ""))
+            if len(raw) != dt.itemsize * math.prod(shape):
+                raise StoreCorruptedError(f"attribute array of shape {shape} {dt} has {len(raw)} bytes")
+            arr = np.frombuffer(raw, dt).reshape(shape).copy()
+            return arr[()] if body.get("scalar") else arr
+    return {k: decode_json(v) for k, v in value.items()}
+
+
+# =============================================================================== the store layer
+
+
+class BigArrayDataStore(AbstractDataStore):
+    """A store opened for xarray: variables, attributes and the segment table.
+
+    Parameters
+    ----------
+    path
+        Store directory or URL.
+    storage_options
+        fsspec options for a URL.
+    segments
+        ``True`` (segment table read at open), ``"lazy"`` (read on first use) or
+        ``False`` (no segment table).
+    drop_variables
+        Names not to build at all.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        storage_options: Mapping[str, Any] | None = None,
+        segments: SegmentsOption = True,
+        drop_variables: Iterable[str] = (),
+    ) -> None:
+        if segments not in (True, False, "lazy"):
+            raise BigArrayError(
+                f"segments={segments!r}; expected True (segment table read at open), 'lazy' "
+                "(read on first use) or False (no segment table)"
+            )
+        self.path = path
+        self.storage_options = dict(storage_options or {})
+        self.segments = segments
+        self.drop = set(drop_variables)
+        store = _open_store(path, self.storage_options)
+        try:
+            self.manifest: Manifest = store.manifest
+            self.path = store.path
+            self._variables = self._build(store)
+        finally:
+            store.close()
+
+    # the data store pickles with the Dataset (it is its close callback): keep it small
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._variables = {}
+
+    def _build(self, store: Any) -> dict[str, xr.Variable]:
+        m = store.manifest
+        clash = [n for n in _SEGMENT_VARS if n in m.variables]
+        want_table = m.segments is not None and self.segments is not False
+        if want_table and clash:
+            raise SchemaError(
+                f"{self.path!r} holds a variable named {clash[0]!r} and a segment index; both "
+                f"would be called {clash[0]!r}. Open with segments=False to leave the segment "
+                "table out."
+            )
+        out: dict[str, xr.Variable] = {}
+        row_vars = [v for v in m.variables.values() if v.dims and v.dims[0] == m.row_dim]
+        bounds = None
+        if want_table or row_vars:
+            idx = store.index if m.segments is not None else None
+            bounds = np.array(idx.arrays.bounds) if idx is not None else np.zeros((0, 2), np.int64)
+        target = _target_bytes()
+        row_nbytes = max([v.row_nbytes for v in row_vars] or [1])
+        row_chunks: dict[int, tuple[int, ...]] = {}
+        for name, var in m.variables.items():
+            if name in self.drop:
+                continue
+            out[name] = self._variable(store, var, m, bounds, target, row_nbytes, row_chunks)
+        if want_table:
+            out.update(self._segment_table(store, bounds))
+        return out
+
+    def _variable(
+        self, store: Any, var: Variable, m: Manifest, bounds: np.ndarray | None, target: int,
+        row_nbytes: int, row_chunks: dict[int, tuple[int, ...]],
+    ) -> xr.Variable:
+        enc = dict(var.encoding)
+        meta = enc.pop("bigarray", {}) if isinstance(enc.get("bigarray"), dict) else {}
+        encoding = {k: decode_json(v) for k, v in enc.get("xarray", {}).items()} if isinstance(
+            enc.get("xarray"), dict) else {}
+        attrs = {k: decode_json(v) for k, v in var.attrs.items()}
+        reader = _reader_for(store, var, self.storage_options)
+        encoding.update(source=store.path, bigarray_variable=var.name)
+        if meta.get("scalar"):
+            arr = BigArrayBackendArray(reader, (), var.dtype, squeeze=True)
+            return xr.Variable((), np.asarray(arr[indexing.BasicIndexer(())]), attrs, encoding)
+        data = indexing.LazilyIndexedArray(BigArrayBackendArray(reader, var.shape, var.dtype))
+        if var.dims[0] == m.row_dim:
+            rows = var.rows
+            if rows not in row_chunks:
+                b = bounds if bounds is not None else np.zeros((0, 2), np.int64)
+                row_chunks[rows] = segment_chunks(b, rows, row_nbytes, target)
+            first = row_chunks[rows]
+        else:
+            first = segment_chunks(np.zeros((0, 2), np.int64), var.rows, var.row_nbytes, target)
+        encoding["preferred_chunks"] = {var.dims[0]: first, **dict(zip(var.dims[1:], var.shape[1:]))}
+        encoding["bigarray_rows"] = var.rows
+        return xr.Variable(var.dims, data, attrs, encoding)
+
+    def _segment_table(self, store: Any, bounds: np.ndarray | None) -> dict[str, xr.Variable]:
+        idx = store.index
+        n = len(idx)
+        if self.segments == "lazy":
+            width = 1
+            if n:
+                noff = idx.arrays.name_offsets
+                width = max(int(np.max(np.diff(np.asarray(noff)))), 1)
+            cols: dict[str, Any] = {}
+            for col, dt in ((SEGMENT_DIM, np.dtype(f"<U{width}")), (SEGMENT_START, np.dtype("<i8")),
+                            (SEGMENT_STOP, np.dtype("<i8"))):
+                if col in self.drop:
+                    continue
+                arr = _SegmentTableArray(store.path, col, n, dt, self.storage_options)
+                cols[col] = indexing.LazilyIndexedArray(arr)
+        else:
+            assert bounds is not None
+            cols = {SEGMENT_START: bounds[:, 0].copy(), SEGMENT_STOP: bounds[:, 1].copy()}
+            if SEGMENT_DIM not in self.drop:
+                cols[SEGMENT_DIM] = decode_names(idx.arrays, 0, n)
+        return {
+            k: xr.Variable((SEGMENT_DIM,), v, encoding={"source": store.path})
+            for k, v in cols.items() if k not in self.drop
+        }
+
+    # ------------------------------------------------------------------ AbstractDataStore
+    def get_variables(self) -> dict[str, xr.Variable]:
+        return dict(self._variables)
+
+    def get_attrs(self) -> dict[str, Any]:
+        return {k: decode_json(v) for k, v in self.manifest.attrs.items()}
+
+    def get_dimensions(self) -> dict[str, int]:
+        dims: dict[str, int] = {}
+        for v in self._variables.values():
+            dims.update(zip(v.dims, v.shape))
+        return dims
+
+    def get_encoding(self) -> dict[str, Any]:
+        return {"source": self.path, "bigarray_generation": self.manifest.generation}
+
+    def coord_names(self) -> set[str]:
+        """Variables that are coordinates (recorded at write time, plus the segment table)."""
+        out = {n for n in _SEGMENT_VARS if n in self._variables}
+        for name, var in self.manifest.variables.items():
+            meta = var.encoding.get("bigarray")
+            if isinstance(meta, dict) and meta.get("role") == _ROLE_COORD:
+                out.add(name)
+        return out & set(self._variables)
+
+    def close(self) -> None:
+        """Release every store opened for lazy segment tables or accessors of this path."""
+        _StoreCache.release(self.path)
+
+
+# =============================================================================== entry point
+
+
+class BigArrayBackendEntrypoint(BackendEntrypoint):
+    """``xr.open_dataset(path, engine="bigarray")``: open a bigarray store as a Dataset.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset("audio.bigarray", engine="bigarray", chunks={})  # doctest: +SKIP
+    >>> ds.sel(segment="utt1")                                                 # doctest: +SKIP
+    """
+
+    description = "Open bigarray stores (ragged arrays with a segment index) in xarray"
+    url = "https://github.com/bigarray/bigarray#xarray"
+    open_dataset_parameters = (
+        "filename_or_obj",
+        "drop_variables",
+        "mask_and_scale",
+        "decode_times",
+        "concat_characters",
+        "decode_coords",
+        "use_cftime",
+        "decode_timedelta",
+        "segments",
+        "storage_options",
+    )
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        """True for a local store directory (or its manifest.json) or a ``*.bigarray`` URL.
+
+        Never raises; never touches the network (a URL is judged by its name).
+        """
+        try:
+            if isinstance(filename_or_obj, os.PathLike):
+                filename_or_obj = os.fspath(filename_or_obj)
+            if not isinstance(filename_or_obj, str):
+                return False
+            text = filename_or_obj.rstrip("/")
+            if not _is_local(text):
+                return text.endswith(".bigarray") or text.endswith(".bigarray/manifest.json")
+            from .filesystem import local_path
+            from .store import is_store
+
+            path = local_path(text)
+            if os.path.basename(path) == "manifest.json":
+                path = os.path.dirname(path)
+            return is_store(path)
+        except Exception:
+            return False
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        mask_and_scale: bool = True,
+        decode_times: bool = True,
+        concat_characters: bool = True,
+        decode_coords: bool = True,
+        use_cftime: bool | None = None,
+        decode_timedelta: bool | None = None,
+        segments: SegmentsOption = True,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> xr.Dataset:
+        """Open the store at ``filename_or_obj`` (path, ``file://`` or fsspec URL) lazily.
+
+        Parameters
+        ----------
+        segments
+            ``True``: the segment table (``segment``, ``segment_start``, ``segment_stop``)
+            is read at open. ``"lazy"``: read on first use (pair it with
+            ``create_default_indexes=False`` for an open cost independent of the number of
+            segments). ``False``: no segment table.
+        storage_options
+            fsspec options for a URL (credentials, endpoint); refused for a local path.
+
+        The other parameters are xarray's CF decoders (see :func:`xarray.open_dataset`).
+        """
+        if isinstance(filename_or_obj, os.PathLike):
+            filename_or_obj = os.fspath(filename_or_obj)
+        if not isinstance(filename_or_obj, str):
+            raise BigArrayError(
+                f"engine='bigarray' opens a store by path or URL, not {type(filename_or_obj).__name__}"
+                f" {filename_or_obj!r}; pass the store directory or its URL"
+            )
+        path = filename_or_obj
+        if _is_local(path) and os.path.basename(path.rstrip("/")) == "manifest.json":
+            path = os.path.dirname(path.rstrip("/"))
+        if isinstance(drop_variables, str):
+            drop_variables = [drop_variables]
+        drop = list(drop_variables or [])
+        store = BigArrayDataStore(path, storage_options, segments, drop)
+        try:
+            ds = StoreBackendEntrypoint().open_dataset(
+                store,
+                mask_and_scale=mask_and_scale,
+                decode_times=decode_times,
+                concat_characters=concat_characters,
+                decode_coords=decode_coords,
+                drop_variables=drop,
+                use_cftime=use_cftime,
+                decode_timedelta=decode_timedelta,
+            )
+            coords = [n for n in store.coord_names() if n in ds.variables and n not in ds.coords]
+            if coords:
+                ds = ds.set_coords(coords)
+        except BaseException:
+            store.close()
+            raise
+        ds.set_close(store.close)
+        return ds
+
+
+# =============================================================================== writing
+
+
+def _as_storable(name: str, values: Any) -> Any:
+    """Values in a dtype a store keeps (object arrays of str become fixed-width ``U``)."""
+    dt = values.dtype
+    if dt.kind == "O":
+        arr = np.asarray(values)
+        flat = arr.reshape(-1)
+        if all(isinstance(x, str) for x in flat):
+            return arr.astype(str) if flat.size else arr.astype("<U1")
+        if all(isinstance(x, bytes) for x in flat):
+            return arr.astype(bytes) if flat.size else arr.astype("S1")
+        raise SchemaError(
+            f"variable {name!r} holds Python objects ({type(flat[0]).__name__}); a store keeps "
+            "numbers, bools, datetimes and fixed-width strings. Convert it first "
+            "(e.g. ds[name].astype(str))."
+        )
+    normalize_dtype(dt)  # raises a SchemaError naming the dtype
+    return values
+
+
+class _RowTarget:
+    """``dask.array.store`` target writing each block's rows through a StoreWriter.
+
+    Pickles with its writer: on a worker it becomes a non-owner that journals its rows,
+    and the owner's ``close`` commits them.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        value = np.asarray(value)
+        start = key[0].start or 0
+        if len(value):
+            self.writer.write_rows([value], start_position=int(start))
+
+
+def _segment_table_of(ds: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    present = [n for n in _SEGMENT_VARS if n in ds.variables]
+    if not present:
+        return None
+    if len(present) != 3:
+        missing = sorted(set(_SEGMENT_VARS) - set(present))
+        raise SchemaError(
+            f"the Dataset has {present} but not {missing}; a segment table needs all of "
+            f"{list(_SEGMENT_VARS)} along dim {SEGMENT_DIM!r}. Add them, pass segments=..., or "
+            "segments=False to store these variables as plain variables."
+        )
+    for n in _SEGMENT_VARS:
+        if ds[n].dims != (SEGMENT_DIM,):
+            raise SchemaError(
+                f"segment table variable {n!r} has dims {ds[n].dims}; expected ({SEGMENT_DIM!r},)"
+            )
+    names = np.asarray(ds[SEGMENT_DIM].values)
+    return (
+        names.tolist(),
+        np.asarray(ds[SEGMENT_START].values, np.int64),
+        np.asarray(ds[SEGMENT_STOP].values, np.int64),
+    )
+
+
+def to_bigarray(
+    ds: xr.Dataset | xr.DataArray,
+    path: str | os.PathLike[str],
+    *,
+    mode: Literal["w-", "w"] = "w-",
+    row_dim: str | None = None,
+    segments: Mapping[str, tuple[int, int]] | bool | None = None,
+    fsync: bool = True,
+) -> None:
+    """Write a Dataset (numpy- or dask-backed) to a new local store.
+
+    Parameters
+    ----------
+    ds
+        The Dataset (a DataArray is written as a Dataset of one variable named after it,
+        or ``data``). Variables whose first dim is ``row_dim`` share the rows; any other
+        variable (coordinates, per-segment labels, scalars) is stored as its own array.
+    path
+        The store directory to create.
+    mode
+        ``"w-"`` (default) refuses an existing path; ``"w"`` replaces an existing store.
+    row_dim
+        The row dimension; default ``"row"`` if the Dataset has it, else the first dim of
+        the first data variable.
+    segments
+        ``None`` (default): the Dataset's segment table (``segment``, ``segment_start``,
+        ``segment_stop`` along dim ``segment``) becomes the segment index, if present.
+        A mapping ``{name: (start, stop)}`` gives the index explicitly; ``False`` writes no
+        index (a segment table is then stored as plain variables).
+    fsync
+        Make every commit durable against power loss (``False`` is faster, still crash-safe
+        against a killed process).
+
+    Raises
+    ------
+    StoreExistsError
+        ``path`` exists and ``mode="w-"``.
+    SchemaError
+        A variable cannot be stored (object dtype, non-str names or dims) or the segment
+        table is incomplete, overlapping or outside the rows.
+
+    Notes
+    -----
+    Dask-backed variables are written in parallel on the current dask scheduler (threads,
+    processes or ``dask.distributed``), each block by ``pwrite`` at its rows; the calling
+    process commits. Values are stored natively (no CF encoding); see the module docstring.
+
+    Examples
+    --------
+    >>> to_bigarray(ds, "out.bigarray")                          # doctest: +SKIP
+    >>> xr.open_dataset("out.bigarray", engine="bigarray")       # doctest: +SKIP
+    """
+    import dask
+    import dask.array as da
+
+    from .format import MANIFEST_NAME
+    from .index import SegmentArrays, merge, write_index
+    from .writer import StoreWriter, remove_store, update_manifest
+
+    if isinstance(ds, xr.DataArray):
+        ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
+    if not isinstance(ds, xr.Dataset):
+        raise SchemaError(f"to_bigarray writes an xarray Dataset or DataArray, not {type(ds).__name__}")
+    if mode not in ("w-", "w"):
+        raise BigArrayError(f"mode={mode!r}; expected 'w-' (new store only) or 'w' (replace)")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path):
+        if mode == "w-":
+            raise StoreExistsError(
+                f"{path!r} already exists; pass mode='w' to replace it, or choose another path"
+            )
+        remove_store(path)
+    bad = [n for n in ds.variables if not isinstance(n, str)] + [
+        d for d in ds.dims if not isinstance(d, str)]
+    if bad:
+        raise SchemaError(f"variable and dim names must be str to be stored; got {bad[0]!r}")
+    if row_dim is None:
+        if DEFAULT_ROW_DIM in ds.dims:
+            row_dim = DEFAULT_ROW_DIM
+        else:
+            firsts = [v.dims[0] for v in ds.data_vars.values() if v.dims]
+            row_dim = str(firsts[0]) if firsts else DEFAULT_ROW_DIM
+
+    # the segment index
+    table: tuple[list[str], np.ndarray, np.ndarray] | None = None
+    skip: set[str] = set()
+    if segments is None:
+        table = _segment_table_of(ds)
+        if table is not None:
+            skip = set(_SEGMENT_VARS)
+    elif isinstance(segments, Mapping):
+        names = list(segments)
+        b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2)
+        table = (names, b[:, 0].copy(), b[:, 1].copy())
+    elif segments is not False:
+        raise BigArrayError(
+            f"segments={segments!r}; expected None (use the Dataset's segment table), a mapping "
+            "{name: (start, stop)} or False"
+        )
+    rows = int(ds.sizes[row_dim]) if row_dim in ds.dims else 0
+    seg_arrays = None
+    if table is not None:
+        names, starts, stops = table
+        bad_b = np.flatnonzero((starts < 0) | (stops > rows) | (stops < starts))
+        if bad_b.size:
+            i = int(bad_b[0])
+            raise SchemaError(
+                f"segment {names[i]!r} covers rows [{starts[i]}, {stops[i]}) but the Dataset has "
+                f"{rows} rows along {row_dim!r}; segments must lie within [0, {rows})"
+            )
+        seg_arrays = merge(SegmentArrays.empty(), SegmentArrays.from_names(names, starts, stops),
+                           f" in the segment table written to {path!r}")
+
+    # the variables
+    plan = []
+    for name, var in ds.variables.items():
+        if name in skip:
+            continue
+        name = str(name)
+        data = var.data
+        scalar = var.ndim == 0
+        is_dask = isinstance(data, da.Array)
+        if not is_dask:
+            data = _as_storable(name, np.asarray(var.values))
+        elif data.dtype.kind == "O":
+            data = _as_storable(name, np.asarray(data.compute()))
+            is_dask = False
+        else:
+            normalize_dtype(data.dtype)
+        shape = (1,) if scalar else tuple(int(s) for s in var.shape)
+        dims = (_SCALAR_DIM,) if scalar else tuple(str(d) for d in var.dims)
+        meta: dict[str, Any] = {"role": _ROLE_COORD if name in ds.coords else _ROLE_DATA}
+        if scalar:
+            meta["scalar"] = True
+        enc = {
+            k: encode_json(v, f"variable {name!r} encoding {k!r}")
+            for k, v in var.encoding.items()
+            if k not in _RUNTIME_ENCODING and _json_able(v)
+        }
+        attrs = {k: encode_json(v, f"variable {name!r} attribute {k!r}") for k, v in var.attrs.items()}
+        bad_attr = [k for k in var.attrs if not isinstance(k, str)]
+        if bad_attr:
+            raise SchemaError(f"variable {name!r}: attribute names must be str, got {bad_attr[0]!r}")
+        plan.append((name, data, is_dask, scalar, shape, dims, meta, enc, attrs))
+    ds_attrs = {}
+    for k, v in ds.attrs.items():
+        if not isinstance(k, str):
+            raise SchemaError(f"Dataset attribute names must be str, got {k!r}")
+        ds_attrs[k] = encode_json(v, f"Dataset attribute {k!r}")
+
+    writers = []
+    sources, targets = [], []
+    try:
+        for name, data, is_dask, scalar, shape, dims, _meta, _enc, _attrs in plan:
+            w = StoreWriter(
+                path, variable=name, shape=shape, dtype=normalize_dtype(data.dtype), dims=dims,
+                named=False, fsync=fsync,
+            )
+            writers.append(w)
+            if is_dask:
+                arr = data.reshape(1) if scalar else data
+                if arr.ndim > 1:  # a block must hold whole rows
+                    arr = arr.rechunk({i: -1 for i in range(1, arr.ndim)})
+                w.write_rows([], start_position=0)  # open the owner's descriptor before threads
+                sources.append(arr)
+                targets.append(_RowTarget(w))
+            elif math.prod(shape):
+                w.write_rows([np.asarray(data).reshape(shape)], start_position=0)
+        if sources:
+            stored = da.store(sources, targets, lock=False, compute=False)
+            dask.compute(stored)
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            with contextlib.suppress(Exception):
+                w.abort()
+                w.close()
+        raise
+
+    specs = {p[0]: p for p in plan}
+
+    def change(m: Manifest) -> Manifest:
+        new_vars = {}
+        for vname, var in m.variables.items():
+            _, _, _, _, _, _, meta, enc, attrs = specs[vname]
+            new_vars[vname] = Variable(
+                var.name, var.dtype, var.shape, var.dims, var.shards, attrs,
+                {"bigarray": meta, "xarray": enc}, var.checksums,
+            )
+        seg_files = m.segments
+        if seg_arrays is not None:
+            seg_files = write_index(path, m.generation + 1, seg_arrays, fsync=fsync)
+        return Manifest(m.generation, new_vars, seg_files, row_dim, ds_attrs)
+
+    if not os.path.exists(os.path.join(path, MANIFEST_NAME)):  # a Dataset with no variables
+        StoreWriter(path, variable="_", named=False, fsync=fsync).close()
+    update_manifest(path, change, fsync=fsync)
+
+
+def _json_able(value: Any) -> bool:
+    try:
+        encode_json(value, "")
+    except (SchemaError, TypeError, ValueError):
+        return False
+    return True
+
+
+# =============================================================================== accessors
+
+
+def _segment_bounds(obj: xr.Dataset | xr.DataArray, name: str) -> tuple[int, int, int | None]:
+    """``(start, stop, position in the segment table or None)`` of segment ``name``."""
+    if not isinstance(name, str):
+        raise SegmentNotFoundError(f"segment names are str; got {name!r} of type {type(name).__name__}")
+    if (
+        SEGMENT_DIM in obj.coords
+        and SEGMENT_START in obj.coords
+        and SEGMENT_STOP in obj.coords
+        and SEGMENT_DIM in obj.indexes
+    ):
+        index = obj.indexes[SEGMENT_DIM]
+        try:
+            pos = index.get_loc(name)
+        except KeyError:
+            raise SegmentNotFoundError(
+                f"no segment named {name!r} among {len(index):,} segments"
+            ) from None
+        if not isinstance(pos, (int, np.integer)):
+            raise SegmentNotFoundError(f"segment name {name!r} is not unique in the segment table")
+        start = int(obj[SEGMENT_START].values[pos])
+        stop = int(obj[SEGMENT_STOP].values[pos])
+        return start, stop, int(pos)
+    source = obj.encoding.get("source")
+    if source is None:
+        raise SegmentNotFoundError(
+            f"cannot find segment {name!r}: this object has no indexed '{SEGMENT_DIM}' coordinate "
+            "with segment_start/segment_stop and was not opened from a store (no "
+            "encoding['source']). Open it with xr.open_dataset(path, engine='bigarray')."
+        )
+    with _StoreCache.get(source, obj.encoding.get("storage_options")) as store:
+        if store.index is None:
+            raise SegmentNotFoundError(f"the store {source!r} has no segment index")
+        start, stop = store.index[name]
+    pos = None
+    if SEGMENT_DIM in obj.dims and SEGMENT_DIM in obj.coords:
+        hits = np.flatnonzero(np.asarray(obj[SEGMENT_DIM].values) == name)
+        pos = int(hits[0]) if hits.size else None
+    return int(start), int(stop), pos
+
+
+def _row_dim_of(obj: xr.Dataset | xr.DataArray) -> str:
+    if DEFAULT_ROW_DIM in obj.dims:
+        return DEFAULT_ROW_DIM
+    dims = [d for d in obj.dims if d != SEGMENT_DIM]
+    if isinstance(obj, xr.Dataset):
+        firsts = [v.dims[0] for v in obj.data_vars.values() if v.dims and v.dims[0] != SEGMENT_DIM]
+        dims = firsts or dims
+    if not dims:
+        raise SchemaError("this object has no row dimension to select segment rows from")
+    return str(dims[0])
+
+
+@xr.register_dataset_accessor("bigarray")
+class BigArrayDatasetAccessor:
+    """``ds.bigarray``: segments by name and writing to a store.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset("audio.bigarray", engine="bigarray")   # doctest: +SKIP
+    >>> ds.bigarray.segment("utt1")                                  # doctest: +SKIP
+    """
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def segment(self, name: str) -> xr.Dataset:
+        """The rows of segment ``name`` as a Dataset.
+
+        Row variables are cut to the segment's rows; the segment table (and any variable
+        along ``segment``) is reduced to this segment (scalar coordinates), so the result
+        carries its name.
+
+        Raises
+        ------
+        SegmentNotFoundError
+            No segment of that name (also a ``KeyError``).
+        """
+        ds = self._ds
+        start, stop, pos = _segment_bounds(ds, name)
+        row_dim = _row_dim_of(ds)
+        sel: dict[Hashable, Any] = {}
+        if row_dim in ds.dims:
+            if stop > ds.sizes[row_dim]:
+                raise SegmentNotFoundError(
+                    f"segment {name!r} covers rows [{start}, {stop}) but this Dataset has "
+                    f"{ds.sizes[row_dim]} rows; the store grew since it was opened, or the "
+                    "Dataset was cut. Reopen it."
+                )
+            sel[row_dim] = slice(start, stop)
+        if pos is not None and SEGMENT_DIM in ds.dims:
+            sel[SEGMENT_DIM] = pos
+        return ds.isel(sel)
+
+    @property
+    def segment_names(self) -> list[str]:
+        """Names of all segments in row order."""
+        if SEGMENT_DIM in self._ds.coords:
+            return [str(x) for x in self._ds[SEGMENT_DIM].values.tolist()]
+        source = self._ds.encoding.get("source")
+        if source is None:
+            return []
+        with _StoreCache.get(source, None) as store:
+            return [] if store.index is None else store.index.names_list()
+
+    def to_bigarray(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Write this Dataset to a new store; see :func:`to_bigarray`."""
+        to_bigarray(self._ds, path, **kwargs)
+
+
+@xr.register_dataarray_accessor("bigarray")
+class BigArrayDataArrayAccessor:
+    """``da.bigarray``: the rows of one segment of a row variable, and writing it."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    def segment(self, name: str) -> xr.DataArray:
+        """The rows of segment ``name``.
+
+        Uses the segment table coordinates if the DataArray carries them, else the index of
+        the store it was read from (``encoding["source"]``); refuses a DataArray cut since.
+
+        Raises
+        ------
+        SegmentNotFoundError
+            No segment of that name, or the rows cannot be located.
+        """
+        da = self._da
+        start, stop, _ = _segment_bounds(da, name)
+        row_dim = _row_dim_of(da)
+        expected = da.encoding.get("bigarray_rows")
+        if expected is not None and da.sizes[row_dim] != expected:
+            raise SegmentNotFoundError(
+                f"this DataArray has {da.sizes[row_dim]} rows along {row_dim!r} but the store "
+                f"variable has {expected}; segment rows would be wrong. Select segments before "
+                "cutting rows."
+            )
+        return da.isel({row_dim: slice(start, stop)})
+
+    def to_bigarray(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Write this DataArray to a new store; see :func:`to_bigarray`."""
+        to_bigarray(self._da, path, **kwargs)
