@@ -412,6 +412,8 @@ def _make_store(path: os.PathLike[str]) -> None:
 
 
 @needs_xarray_backend
+# zarr 3 notes that fixed-width unicode (the segment names) has no v3 spec yet
+@pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
 @pytest.mark.parametrize("out", ["zarr", "nc"])
 def test_store_out_and_back(tmp_path, out):
     xr = pytest.importorskip("xarray")
