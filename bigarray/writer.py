@@ -116,10 +116,26 @@ def _read_alloc(path: str) -> int:
         return 0
 
 
+def _interrupted_creation(path: str) -> bool:
+    """True for a directory holding only what a writer killed while creating a store
+    leaves behind (lock, empty index directory, manifest temporaries): nothing was ever
+    committed there, so a new writer may create the store in it."""
+    try:
+        names = os.listdir(path)
+        index = os.path.join(path, INDEX_DIR)
+        if INDEX_DIR in names and (os.path.islink(index) or os.listdir(index)):
+            return False
+    except OSError:
+        return False
+    return all(
+        n in (LOCK_NAME, INDEX_DIR) or n.startswith(MANIFEST_NAME + ".tmp-") for n in names
+    )
+
+
 def remove_store(path: str) -> None:
     """Delete a store directory or a single file; refuse to delete anything else."""
     if os.path.isdir(path) and not os.path.islink(path):
-        if not is_store(path) and os.listdir(path):
+        if not is_store(path) and os.listdir(path) and not _interrupted_creation(path):
             raise NotAStoreError(
                 f"remove_exist=True but {path!r} is a non-empty directory that is not a "
                 "bigarray store; refusing to delete it. Remove it yourself or pick another path."
@@ -203,8 +219,10 @@ class StoreWriter:
             remove_store(self.path)
         existed = is_store(self.path)
         if not existed:
-            if os.path.exists(self.path) and (
-                not os.path.isdir(self.path) or os.listdir(self.path)
+            if (
+                os.path.exists(self.path)
+                and (not os.path.isdir(self.path) or os.listdir(self.path))
+                and not _interrupted_creation(self.path)
             ):
                 raise StoreExistsError(
                     f"{self.path!r} exists and is not a bigarray store; pass remove_exist=True "
