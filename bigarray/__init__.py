@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .arrays import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
 from .errors import BigArrayError
+from .lazy import open_array as open
 from .store import Store, is_store
 from .writer import StoreWriter
 
@@ -23,4 +24,5 @@ __all__ = [
     "StoreWriter",
     "__version__",
     "is_store",
+    "open",
 ]

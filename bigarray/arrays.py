@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import BigArrayError, ReadOnlyError, SchemaError
+from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
 from .index import SegmentIndex
 from .store import Store
 from .writer import StoreWriter
@@ -162,6 +164,22 @@ class MmapArray(np.memmap):
         if arr.shape == () or not np.may_share_memory(arr, self):
             return arr[()] if arr.shape == () else np.asarray(arr)
         return super().__array_wrap__(arr, context, return_scalar)
+
+    def copy(self, order: Any = "C") -> Any:
+        """A copy in memory (numpy's ``copy``); warns when ``dask.array.from_array`` asks,
+        since that copies the whole store into the client and ships it with the graph."""
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "from_array" and caller.f_globals.get(
+            "__name__", ""
+        ).startswith("dask."):
+            warnings.warn(
+                f"dask.array.from_array on a {type(self).__name__} copies the whole array "
+                f"({self.nbytes:,} bytes) into memory and into the graph; use x.to_dask() or "
+                "dask.array.from_array(x.lazy), which read the store in the workers",
+                BigArrayWarning,
+                stacklevel=3,
+            )
+        return super().copy(order)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         raise ReadOnlyError(
@@ -386,6 +404,12 @@ class _Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``w[a:b] = rows`` writes whole rows at ``a`` (a ``dask.array.store`` target)."""
+        from .dask_backend import write_region
+
+        write_region(self._w, key, value)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._w!r})"

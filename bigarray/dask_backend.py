@@ -1,0 +1,747 @@
+"""The dask face: segment-aligned dask arrays over stores, per-segment maps, parallel writes.
+
+Reading
+    :func:`from_bigarray` builds a ``dask.array.Array`` whose chunk boundaries along rows fall
+    on segment boundaries. The graph is ``dask.array.from_array`` over a
+    :class:`~bigarray.lazy.LazyArray` handle, so it holds only the URL, the options, the dtype,
+    the shards and one int per chunk, never data or per-segment objects; tasks reopen the
+    store in the worker through a small per-process cache, return views of the memory map,
+    and dask fuses the read with the reduction that follows.
+
+Per segment
+    :func:`map_segments` applies a function to every named segment, chunk by chunk.
+
+Writing
+    :func:`to_bigarray` writes a dask array into a store in parallel on any scheduler:
+    every task ``pwrite``\\ s its own rows through a pickled (non-owner) writer, the segment
+    names stay in the client, and the client commits once after every task finished.
+    :class:`BigArrayTarget` is the same writer as a ``dask.array.store`` target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from dask.delayed import Delayed
+
+from .errors import BigArrayError, SchemaError, StoreExistsError
+from .lazy import LazyArray, is_local, open_array
+
+__all__ = [
+    "BigArrayTarget",
+    "CommitDelayed",
+    "from_bigarray",
+    "map_segments",
+    "to_bigarray",
+    "write_region",
+]
+
+_MAX_ATTACHED = 64
+
+
+# ============================================================================== reading
+def as_handle(
+    x: Any, variable: str | None = None, storage_options: Mapping[str, Any] | None = None
+) -> LazyArray:
+    """A :class:`LazyArray` for a path/URL, a handle, or a whole ``MmapArray``/``PointerArray``."""
+    if isinstance(x, LazyArray):
+        return x
+    from .arrays import MmapArray
+
+    if isinstance(x, MmapArray):
+        handle = open_array(x.path, variable=variable or x.variable_name)
+        if x.shape != handle.shape:
+            raise SchemaError(
+                f"this {type(x).__name__} is a slice {x.shape} of the store's {handle.shape} "
+                "array; build the dask array from the whole array (x.to_dask()) and slice that"
+            )
+        return handle
+    if isinstance(x, np.ndarray):
+        raise SchemaError(
+            f"a plain {type(x).__name__} {x.shape} is not a store; use dask.array.from_array "
+            "for in-memory arrays, or write it first with to_bigarray / PointerArrayWriter"
+        )
+    if isinstance(x, (str, os.PathLike)):
+        return open_array(x, variable=variable, storage_options=storage_options)
+    raise SchemaError(
+        f"expected a store path or URL, a PointerArray or a LazyArray, not "
+        f"{type(x).__name__} ({x!r})"
+    )
+
+
+def from_bigarray(
+    path_or_url: Any,
+    chunks: Any = "auto",
+    variable: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+) -> Any:
+    """A store's variable as a ``dask.array.Array`` with segment-aligned row chunks.
+
+    Parameters
+    ----------
+    path_or_url
+        Store directory, fsspec URL, :class:`~bigarray.lazy.LazyArray`, or an open
+        ``MmapArray``/``PointerArray``.
+    chunks
+        ``"auto"`` groups consecutive segments up to dask's ``array.chunk-size``;
+        ``"segments"`` gives one chunk per segment; an int means about that many rows; a
+        size such as ``"64 MiB"``; or explicit row chunk sizes (checked). Chunk boundaries
+        fall on segment boundaries (and shard boundaries); only a single segment larger than
+        the target is split. Rows are never split across columns.
+    variable
+        Variable to read (default ``"data"`` or the only one).
+    storage_options
+        fsspec options for remote URLs.
+    name
+        Dask key prefix (default: ``bigarray-`` plus a token that changes whenever the
+        store is rewritten or appended to).
+
+    Returns
+    -------
+    dask.array.Array
+
+    Raises
+    ------
+    SchemaError
+        Bad ``chunks`` (or explicit chunks that cut a segment).
+
+    Examples
+    --------
+    >>> x = from_bigarray("features.bigarray")            # doctest: +SKIP
+    >>> x.mean(axis=0).compute()                           # doctest: +SKIP
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    handle = as_handle(path_or_url, variable, storage_options)
+    rows = handle.row_chunks(chunks)
+    full = (rows, *((s,) for s in handle.shape[1:]))
+    if name is None:
+        # the chunk spec, not the (possibly 1M-long) tuple: tokenizing stays O(1)
+        spec = chunks if not isinstance(chunks, (tuple, list)) else ("explicit", len(rows))
+        name = f"bigarray-{tokenize(handle, spec, rows[:4], len(rows))}"
+    meta = np.empty((0,) * handle.ndim, handle.dtype)
+    return da.from_array(
+        handle, chunks=full, name=name, asarray=False, fancy=False, meta=meta, inline_array=False
+    )
+
+
+# ============================================================================== per segment
+def _segment_plan(handle: LazyArray, chunks: Any) -> np.ndarray:
+    """``(k, 2)`` int64: the first and stop segment number of each chunk (never split)."""
+    bounds = handle.segment_bounds()
+    if bounds is None or not len(bounds):
+        raise SchemaError(
+            f"{handle.url!r} has no named segments; map_segments needs a store written with "
+            "names (PointerArrayWriter, or to_bigarray(..., segments=...)). Use "
+            "from_bigarray(...).map_blocks for unnamed arrays."
+        )
+    rows = handle.row_chunks(chunks, split=False)
+    cuts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+    first = np.searchsorted(bounds[:, 0], cuts, "left")
+    first[-1] = len(bounds)
+    plan = np.stack([first[:-1], first[1:]], 1)
+    return plan[plan[:, 1] > plan[:, 0]]
+
+
+def _segments_of(handle: LazyArray, lo: int, hi: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Names and rows ``[a, b)`` (relative to the block) of segments ``lo..hi``, plus the
+    block of rows holding them all."""
+    arrays = handle.indices.arrays
+    bounds = np.asarray(arrays.bounds[lo:hi])
+    a, b = int(bounds[0, 0]), int(bounds[:, 1].max())
+    offs = np.asarray(arrays.name_offsets[lo : hi + 1])
+    raw = arrays.names[int(offs[0]) : int(offs[-1])].tobytes()
+    rel = (offs - offs[0]).tolist()
+    names = [raw[rel[i] : rel[i + 1]].decode("utf-8", "surrogatepass") for i in range(hi - lo)]
+    block = handle.read_rows(a, b)
+    return names, bounds - a, block
+
+
+def _map_partition(
+    part: list[tuple[int, int]],
+    handle: LazyArray,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for lo, hi in part:
+        names, rel, block = _segments_of(handle, int(lo), int(hi))
+        for name, (a, b) in zip(names, rel.tolist()):
+            out.append((name, func(block[a:b], *args, **kwargs)))
+    return out
+
+
+def _stack_partition(
+    part: list[tuple[str, Any]], dtype: np.dtype, shape: tuple[int, ...]
+) -> np.ndarray:
+    out = np.empty((len(part), *shape), dtype)
+    for i, (name, value) in enumerate(part):
+        v = np.asarray(value)
+        if v.shape != shape:
+            raise SchemaError(
+                f"map_segments: the function returned shape {v.shape} for segment {name!r} "
+                f"but shape={shape} was declared; return arrays of that shape or leave "
+                "dtype/shape unset to get a bag of (name, result) pairs"
+            )
+        out[i] = v
+    return out
+
+
+def map_segments(
+    func: Callable[..., Any],
+    x: Any,
+    *args: Any,
+    chunks: Any = "auto",
+    variable: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    dtype: Any = None,
+    shape: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Apply ``func(segment, *args, **kwargs)`` to every named segment, in parallel by chunk.
+
+    Each task reads one segment-aligned chunk of rows (the store is opened in the worker)
+    and calls ``func`` on each segment in it; no segment is ever split.
+
+    Parameters
+    ----------
+    func
+        Called with one segment (a read-only ndarray view) and ``args``/``kwargs``.
+    x
+        Store path or URL, :class:`~bigarray.lazy.LazyArray` or ``PointerArray``.
+    chunks
+        How many rows each task handles (see :func:`from_bigarray`).
+    dtype, shape
+        When given, ``func`` returns arrays of this dtype and ``shape`` (default ``()``) and
+        the result is one ``dask.array.Array`` of shape ``(n_segments, *shape)`` in row order
+        (the order of ``x.indices``), for per-segment features.
+
+    Returns
+    -------
+    dask.bag.Bag or dask.array.Array
+        Without ``dtype``: a bag of ``(name, result)`` pairs in row order, one partition per
+        chunk (``dict(bag.compute())`` gives a mapping; ``bag.fold`` reduces). With
+        ``dtype``: the stacked results.
+
+    Raises
+    ------
+    SchemaError
+        The store has no segment names, or a result does not have the declared shape.
+
+    Examples
+    --------
+    >>> lengths = dict(map_segments(len, "f.bigarray").compute())        # doctest: +SKIP
+    >>> means = map_segments(lambda s: s.mean(0), "f.bigarray",
+    ...                      dtype="f8", shape=(128,)).compute()           # doctest: +SKIP
+    """
+    import dask.bag as db
+
+    handle = as_handle(x, variable, storage_options)
+    plan = _segment_plan(handle, chunks)
+    ranges = [(int(a), int(b)) for a, b in plan.tolist()]
+    bag = db.from_sequence(ranges, partition_size=1).map_partitions(
+        _map_partition, handle, func, args, kwargs
+    )
+    if dtype is None:
+        return bag
+    import dask
+    import dask.array as da
+
+    dt = np.dtype(dtype)
+    shp = tuple(int(s) for s in (shape or ()))
+    parts = bag.to_delayed()
+    blocks = [
+        da.from_delayed(
+            dask.delayed(_stack_partition, pure=True)(p, dt, shp), (b - a, *shp), dtype=dt
+        )
+        for p, (a, b) in zip(parts, ranges)
+    ]
+    return da.concatenate(blocks, axis=0)
+
+
+# ============================================================================== writing
+class _AttachedWriters:
+    """Per-process cache of non-owner writers, one per writer session, so tasks of the same
+    write share one file descriptor per process instead of opening one each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, handoff: Mapping[str, Any]) -> Any:
+        from .writer import StoreWriter
+
+        key = (os.getpid(), str(handoff["session"]))
+        with self._lock:
+            w = self._items.get(key)
+            if w is not None:
+                self._items.move_to_end(key)
+                return w
+        w = StoreWriter.attach(handoff)
+        evicted = []
+        with self._lock:
+            self._items.setdefault(key, w)
+            w = self._items[key]
+            while len(self._items) > self.capacity:
+                evicted.append(self._items.popitem(last=False)[1])
+        for e in evicted:
+            with contextlib.suppress(BigArrayError, OSError):
+                e.close()  # a non-owner close only releases its descriptor
+        return w
+
+
+_ATTACHED = _AttachedWriters(_MAX_ATTACHED)
+
+
+def _writer_here(writer: Any) -> Any:
+    """The writer to use in this process: the owner itself, or this process's attached copy
+    of the owner's session (a pickled writer would open a descriptor per task)."""
+    if writer.is_owner:
+        return writer
+    return _ATTACHED.get(writer.handoff())
+
+
+def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None = None) -> None:
+    """``target[key] = value`` for a store writer: write whole rows ``key[0]``.
+
+    ``key`` is what ``dask.array.store`` passes: a tuple of slices, the first selecting
+    rows (step 1) and the others whole rows. The rows are ``pwrite``\\ n at their position
+    (no allocation), journaled in a worker process and committed by the owner's
+    ``close()``.
+
+    Raises
+    ------
+    SchemaError
+        A key that is not a row range of whole rows.
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    value = np.asarray(value)
+    k0 = key[0] if key else slice(None)
+    if not isinstance(k0, slice) or k0.step not in (None, 1):
+        raise SchemaError(
+            f"a store writer takes whole row ranges (target[a:b] = rows), not {k0!r}; "
+            "write rows in order"
+        )
+    start = 0 if k0.start is None else int(k0.start)
+    if start < 0:
+        raise SchemaError(f"row range {k0!r} must start at a row >= 0")
+    trailing = tuple(shape[1:]) if shape is not None else value.shape[1:]
+    for i, k in enumerate(key[1:], 1):
+        if k == slice(None):
+            continue
+        full = isinstance(k, slice) and k.step in (None, 1) and (k.start or 0) == 0 and (
+            k.stop is None or (i - 1 < len(trailing) and k.stop >= trailing[i - 1])
+        )
+        if not full:
+            raise SchemaError(
+                f"a store writer writes whole rows, but axis {i} is indexed with {k!r}; "
+                f"rechunk the dask array so rows are whole: x.rechunk({{{i}: -1}})"
+            )
+    if k0.stop is not None and int(k0.stop) - start != len(value):
+        raise SchemaError(
+            f"rows {k0!r} hold {int(k0.stop) - start} rows but the value has {len(value)}"
+        )
+    if value.ndim == 0:
+        raise SchemaError("a store writer writes rows; got a scalar value")
+    if not len(value):
+        return
+    _writer_here(writer).write_rows([value], None, start_position=start)
+
+
+def _segment_table(
+    segments: Any, rows: int
+) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """Normalise ``segments`` to (names, starts, stops) in row order, validated."""
+    if segments is None:
+        return None
+    if isinstance(segments, Mapping):
+        names = list(segments.keys())
+        try:
+            b = np.asarray(list(segments.values()), np.int64).reshape(len(names), 2)
+        except (ValueError, TypeError):
+            raise SchemaError(
+                "segments as a mapping must be {name: (start, stop)} with int rows; "
+                f"got values like {next(iter(segments.values()))!r}"
+            ) from None
+        starts, stops = b[:, 0].copy(), b[:, 1].copy()
+    elif isinstance(segments, Sequence) and not isinstance(segments, (str, bytes)):
+        pairs = list(segments)
+        bad = [p for p in pairs[:1] if not (isinstance(p, Sequence) and len(p) == 2)]
+        if bad:
+            raise SchemaError(
+                f"segments as a sequence must hold (name, length) pairs; got {bad[0]!r}"
+            )
+        names = [p[0] for p in pairs]
+        try:
+            lengths = np.asarray([p[1] for p in pairs], np.int64)
+        except (ValueError, TypeError):
+            raise SchemaError("segment lengths must be ints (rows)") from None
+        if (lengths < 0).any():
+            i = int(np.flatnonzero(lengths < 0)[0])
+            raise SchemaError(f"segment {names[i]!r} has length {int(lengths[i])}; need >= 0")
+        stops = np.cumsum(lengths)
+        starts = stops - lengths
+        if int(stops[-1] if len(stops) else 0) != rows:
+            raise SchemaError(
+                f"segment lengths sum to {int(stops[-1]) if len(stops) else 0} rows but the "
+                f"array has {rows}; (name, length) pairs must cover every row in order. Pass "
+                "a mapping name -> (start, stop) to leave rows unnamed."
+            )
+    else:
+        raise SchemaError(
+            f"segments must be a mapping name -> (start, stop), a sequence of (name, length) "
+            f"pairs, or None; got {type(segments).__name__}"
+        )
+    if not names:
+        return names, starts, stops
+    bad_len = np.flatnonzero((starts < 0) | (stops < starts) | (stops > rows))
+    if len(bad_len):
+        i = int(bad_len[0])
+        raise SchemaError(
+            f"segment {names[i]!r} rows [{int(starts[i])}, {int(stops[i])}) do not fit the "
+            f"array's {rows} rows (need 0 <= start <= stop <= {rows})"
+        )
+    order = np.argsort(starts, kind="stable")
+    if (order != np.arange(len(order))).any():
+        names = [names[i] for i in order.tolist()]
+        starts, stops = starts[order], stops[order]
+    return names, starts, stops
+
+
+class BigArrayTarget:
+    """A ``dask.array.store`` target that writes a new variable of a store in parallel.
+
+    ``target[a:b] = rows`` writes rows ``[a, b)``; it works on threads, processes and
+    ``dask.distributed`` (the target pickles as a reference to the writer session). Commit
+    with :meth:`close` in the creating process after the store finished (or use it as a
+    context manager).
+
+    Parameters
+    ----------
+    path
+        Store directory (created if missing).
+    shape, dtype
+        Shape and dtype of the array to write.
+    variable
+        Variable name (must not exist yet unless ``remove_exist``).
+    segments
+        Segment names: a mapping ``name -> (start, stop)``, a sequence of ``(name, length)``
+        pairs covering all rows, or None. They stay in this process and are committed by
+        :meth:`close`.
+    remove_exist
+        Delete an existing store at ``path`` first.
+
+    Examples
+    --------
+    >>> with BigArrayTarget("out.bigarray", x.shape, x.dtype) as t:    # doctest: +SKIP
+    ...     da.store(x, t, lock=False)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: Sequence[int],
+        dtype: Any,
+        *,
+        variable: str = "data",
+        segments: Any = None,
+        remove_exist: bool = False,
+        fsync: bool = True,
+        dims: Sequence[str] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        from .store import is_store, read_manifest
+        from .writer import StoreWriter
+
+        path = os.path.abspath(os.fspath(path))
+        shape = tuple(int(s) for s in shape)
+        if not shape:
+            raise SchemaError("a store holds arrays with at least one dimension (rows); got ()")
+        if not remove_exist and is_store(path) and variable in read_manifest(path).variables:
+            raise StoreExistsError(
+                f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
+                "replace the store, or write to another path or variable"
+            )
+        self._table = _segment_table(segments, shape[0])
+        # declared rows stay 0: if the write fails, closing commits nothing
+        self._writer = StoreWriter(
+            path,
+            variable=variable,
+            shape=(0, *shape[1:]),
+            dtype=dtype,
+            remove_exist=remove_exist,
+            named=self._table is not None,
+            dims=dims,
+            attrs=attrs,
+            fsync=fsync,
+        )
+        self.path = path
+        self.variable = variable
+        self.shape = shape
+        self.dtype = self._writer.dtype
+        self.ndim = len(shape)
+
+    @property
+    def writer(self) -> Any:
+        """The underlying :class:`~bigarray.writer.StoreWriter`."""
+        return self._writer
+
+    @property
+    def is_owner(self) -> bool:
+        """True in the process that created the target (the one that commits)."""
+        return bool(self._writer.is_owner)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        write_region(self._writer, key, value, self.shape)
+
+    def close(self) -> None:
+        """Record the segment names and commit everything every process wrote."""
+        w = self._writer
+        if w.closed:
+            return
+        if not w.is_owner:
+            raise BigArrayError(
+                f"BigArrayTarget({self.path!r}).close() ran in process {os.getpid()}, not in "
+                f"the process that created it ({w.handoff()['owner_pid']}): only that one can "
+                "commit. Call close() (or compute a to_bigarray(..., compute=False) result "
+                "with .compute()/dask.compute) in the creating process."
+            )
+        self._record_rows()
+        w.close()
+
+    def abort(self) -> None:
+        """Forget what was written (nothing is committed) and release the writer."""
+        w = self._writer
+        if w.closed:
+            return
+        w.abort()
+        w.close()
+
+    def _record_rows(self) -> None:
+        from .index import SegmentArrays
+        from .journal import Journal, Record
+
+        rows = self.shape[0]
+        names, starts, stops = self._table if self._table is not None else ([], None, None)
+        if names:
+            seg = SegmentArrays.from_names(names, starts, stops)
+            record = Record(self.variable, seg, rows)
+        else:
+            starts = stops = np.zeros(0, np.int64)
+            record = Record(self.variable, None, rows)
+        # through the session journal: the commit merges it with the workers' records
+        Journal(self.path, self._writer.handoff()["session"]).append(record, starts, stops)
+
+    def __enter__(self) -> BigArrayTarget:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __reduce__(self) -> Any:
+        # by reference: the writer session, never the segment table
+        return (_target_ref, (self._writer, self.path, self.variable, self.shape))
+
+    def __repr__(self) -> str:
+        return (
+            f"<BigArrayTarget {self.path!r} variable={self.variable!r} shape={self.shape} "
+            f"dtype={self.dtype}>"
+        )
+
+
+def _target_ref(writer: Any, path: str, variable: str, shape: tuple[int, ...]) -> BigArrayTarget:
+    t = BigArrayTarget.__new__(BigArrayTarget)
+    t._writer = writer
+    t._table = None
+    t.path, t.variable, t.shape = path, variable, shape
+    t.dtype = writer.dtype
+    t.ndim = len(shape)
+    return t
+
+
+class CommitDelayed(Delayed):
+    """A ``Delayed`` that writes a store: computing it (``.compute()``, ``dask.compute``)
+    runs the write tasks and then commits, in the calling process, which must be the one
+    that built it (the writer's owner)."""
+
+    __slots__ = ("_target",)
+
+    def __init__(
+        self, key: Any, dsk: Any, *, target: BigArrayTarget, layer: Any = None
+    ) -> None:
+        super().__init__(key, dsk, layer=layer)
+        self._target = target
+
+    def __dask_postcompute__(self) -> Any:
+        return _finish_commit, (self._target,)
+
+    def __dask_postpersist__(self) -> Any:
+        return self._rebuild_commit, ()
+
+    def _rebuild_commit(self, dsk: Any, *, rename: Any = None) -> CommitDelayed:
+        base = Delayed._rebuild(self, dsk, rename=rename)
+        return CommitDelayed(
+            base.key, base.dask, target=self._target, layer=base.__dask_layers__()[0]
+        )
+
+
+def _finish_commit(result: Any, target: BigArrayTarget) -> None:
+    target.close()
+
+
+def to_bigarray(
+    x: Any,
+    path: str | os.PathLike[str],
+    segments: Any = None,
+    variable: str = "data",
+    compute: bool = True,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    remove_exist: bool = False,
+    fsync: bool = True,
+    dims: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """Write a dask array into a new store (or a new variable of one) in parallel.
+
+    Every task writes its own block of rows at its final position with ``pwrite`` (threads,
+    processes or ``dask.distributed`` workers; retried tasks rewrite the same bytes), the
+    names of the segments stay in the client, and the store is committed once, by this
+    process, after every task finished. Until then readers see the previous commit.
+
+    Parameters
+    ----------
+    x
+        A ``dask.array.Array`` (a numpy array is wrapped). Blocks that split a row across
+        columns are rechunked to whole rows first.
+    path
+        Store directory, or an fsspec URL (``s3://``, ``memory://``: a sharded store is
+        written through :mod:`bigarray.remote_writer`).
+    segments
+        A mapping ``name -> (start, stop)`` over the rows, a sequence of ``(name, length)``
+        pairs covering every row in order, or ``None`` for an array without names.
+    variable
+        Variable name.
+    compute
+        ``False`` returns a ``dask.delayed.Delayed`` whose ``.compute()`` (or
+        ``dask.compute``) writes and then commits in the calling process.
+    storage_options
+        fsspec options for remote URLs.
+    remove_exist
+        Replace an existing store at ``path``.
+
+    Returns
+    -------
+    None, or a ``Delayed`` when ``compute=False``.
+
+    Raises
+    ------
+    SchemaError
+        Bad ``segments`` (out of range, wrong lengths, overlaps found at commit), unknown
+        chunk sizes, or a target that is not a path.
+    StoreExistsError
+        The variable exists already and ``remove_exist`` is False.
+
+    Examples
+    --------
+    >>> to_bigarray(x, "out.bigarray", segments=[("a", 3), ("b", 5)])   # doctest: +SKIP
+    """
+    import dask.array as da
+
+    if isinstance(path, np.ndarray):
+        raise SchemaError(
+            f"to_bigarray writes to a store path, not into a {type(path).__name__}: a numpy "
+            "memmap pickled to another process is a copy, and writes there are lost. Pass a "
+            "directory path; read it back with bigarray.open(path)."
+        )
+    target_url = os.fspath(path)
+    if not is_local(target_url):
+        from .remote_writer import to_bigarray_sharded  # type: ignore[import-not-found]
+
+        return to_bigarray_sharded(
+            x,
+            target_url,
+            segments=segments,
+            variable=variable,
+            compute=compute,
+            storage_options=storage_options,
+        )
+    if target_url.startswith("file://"):
+        target_url = target_url[len("file://") :]
+    if not isinstance(x, da.Array):
+        if isinstance(x, LazyArray) or not hasattr(x, "shape"):
+            raise SchemaError(
+                f"to_bigarray takes a dask array, not {type(x).__name__}; wrap it with "
+                "dask.array.from_array(...) first"
+            )
+        x = da.asarray(x)
+    if x.ndim == 0:
+        raise SchemaError("to_bigarray needs an array with rows (ndim >= 1), got a scalar")
+    if any(np.isnan(c) for cs in x.chunks for c in cs):
+        raise SchemaError(
+            "the dask array has unknown chunk sizes (nan); call x.compute_chunk_sizes() "
+            "before to_bigarray so every block knows its rows"
+        )
+    if any(len(c) > 1 for c in x.chunks[1:]):
+        x = x.rechunk({i: -1 for i in range(1, x.ndim)})
+    target = BigArrayTarget(
+        target_url,
+        x.shape,
+        x.dtype,
+        variable=variable,
+        segments=segments,
+        remove_exist=remove_exist,
+        fsync=fsync,
+        dims=dims,
+        attrs=attrs,
+    )
+    starts = np.concatenate([[0], np.cumsum(x.chunks[0], dtype=np.int64)[:-1]])
+    written = x.map_blocks(
+        _write_block,
+        target=target,
+        starts=starts,
+        dtype=np.int64,
+        chunks=tuple((1,) * len(c) for c in x.chunks),
+        meta=np.empty((0,) * x.ndim, np.int64),
+    )
+    total = written.sum()
+    if not compute:
+        (done,) = total.to_delayed().reshape(-1).tolist()
+        return CommitDelayed(
+            done.key, done.dask, target=target, layer=done.__dask_layers__()[0]
+        )
+    try:
+        total.compute()
+    except BaseException:
+        target.abort()
+        raise
+    target.close()
+    return None
+
+
+def _write_block(
+    block: np.ndarray,
+    target: BigArrayTarget,
+    starts: np.ndarray,
+    block_id: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Task body of :func:`to_bigarray`: write one block of whole rows at its position."""
+    assert block_id is not None
+    start = int(starts[block_id[0]])
+    target[start : start + len(block)] = block
+    return np.full((1,) * block.ndim, len(block), np.int64)
