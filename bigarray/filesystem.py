@@ -234,7 +234,10 @@ class FileAccess:
     # ------------------------------------------------------------------ reads
     def cat(self, rel: str, *, missing: Callable[[], BigArrayError] | None = None) -> bytes:
         """The whole file ``rel``."""
-        return bytes(self._call(lambda: self.fs.cat_file(self.full(rel)), rel, missing=missing))
+        # start=0 makes it one open-ended ranged GET; with no range s3fs first asks the size
+        return bytes(
+            self._call(lambda: self.fs.cat_file(self.full(rel), start=0), rel, missing=missing)
+        )
 
     def cat_many(
         self, rels: Sequence[str], *, missing: Callable[[str], BigArrayError] | None = None
@@ -245,8 +248,9 @@ class FileAccess:
         paths = [self.full(r) for r in rels]
 
         def run() -> list[bytes]:
+            # [0, None): open-ended ranged GETs (no size request first), all at once
             out = self.fs.cat_ranges(
-                paths, [None] * len(paths), [None] * len(paths), on_error="return"
+                paths, [0] * len(paths), [None] * len(paths), on_error="return"
             )
             for rel, item in zip(rels, out, strict=True):
                 if isinstance(item, BaseException):
@@ -324,7 +328,7 @@ class FileAccess:
 
         def run() -> list[Any]:
             if len(reqs) == 1:
-                return [self.fs.cat_file(paths[0], starts[0], ends[0])]
+                return [self.fs.cat_file(paths[0], start=starts[0], end=ends[0])]
             return list(self.fs.cat_ranges(paths, starts, ends, on_error="return"))
 
         got = self._call(run, reqs[0][0], missing=lambda: self._missing_listed(reqs[0][0]))

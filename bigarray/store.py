@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -363,6 +364,11 @@ class RemoteStore:
     def __repr__(self) -> str:
         return f"RemoteStore({self.url!r})"
 
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Identity of the commit this store object reads: URL and manifest generation
+        (per-process caches use it to tell a rewritten store from the one they opened)."""
+        return (self.url, self.manifest.generation, self._manifest_crc)
+
     @property
     def access(self) -> Any:
         """The :class:`~bigarray.filesystem.FileAccess` of this store's files."""
@@ -392,6 +398,8 @@ class RemoteStore:
                 f"{url!r}: {MANIFEST_NAME} holds {len(raw):,} bytes, more than the "
                 f"{_MAX_MANIFEST:,} a manifest may; it is not a bigarray manifest"
             )
+        # a rewritten store may restart at generation 1: its bytes tell it apart
+        self._manifest_crc = zlib.crc32(raw)
         return parse_manifest(raw, url)
 
     # ------------------------------------------------------------------ index
