@@ -101,6 +101,8 @@ def check_relpath(path: Any, where: str) -> str:
     """Refuse any manifest path that could leave the store: absolute, ``..``, odd characters."""
     if (
         not isinstance(path, str)
+        or len(path) > 1024  # file systems refuse longer paths (ENAMETOOLONG), names > 255
+        or any(len(part) > 255 for part in path.split("/"))
         or not _SAFE_PATH_RE.match(path)
         or any(part in (".", "..") for part in path.split("/"))
     ):

@@ -427,8 +427,8 @@ def _check_npy_header(fd: int, var: Variable, shard_rows: int, offset: int) -> s
             else np.lib.format.read_array_header_2_0
         )
         shape, fortran, dtype = read(f, max_header_size=1 << 16)
-    except (ValueError, SyntaxError, TypeError, OSError) as exc:
-        return f"its .npy header is damaged ({exc}); numpy.load cannot open it"
+    except Exception as exc:  # numpy parses hostile header text with the tokenizer: any error
+        return f"its .npy header is damaged ({type(exc).__name__}: {exc}); numpy.load cannot open it"
     if f.tell() != offset:
         return f"its .npy header ends at byte {f.tell()}, but the data starts at byte {offset}"
     if dtype != var.dtype or fortran or tuple(shape[1:]) != var.shape[1:] or not shape:
@@ -537,6 +537,14 @@ def _verify_index(report: VerifyReport, path: str, manifest: Manifest, store: An
 
     spec = manifest.segments
     if spec is None:
+        if any(
+            isinstance(v.checksums, Mapping) and v.checksums.get("index") is not None
+            for v in manifest.variables.values()
+        ):
+            report.problems.append(
+                "the manifest names no segment index, but checksums were recorded for one: "
+                "its segments entry was removed after the commit"
+            )
         return None
     entries = [
         v.checksums.get("index")
