@@ -5,13 +5,11 @@ Each function is what one case times for bigarray, written against the public co
 :class:`NotImplementedError` and the report prints "not implemented" for that system instead of
 crashing; once the API lands the same code starts producing numbers.
 
-Scaffolds still raising NotImplementedError unconditionally (TODO for the lead):
+No function raises NotImplementedError unconditionally any more; each does so only while
+the bigarray module it needs cannot be imported.
 
-- :func:`to_bigarray`: needs the final signature of ``bigarray.dask_backend.to_bigarray``
-  (how ``segments=`` is given).
-- :func:`legacy_write`, :func:`legacy_open_reader`, :func:`legacy_open_and_read_one`,
-  :func:`legacy_write_segments`: the original 2020 format, via bigarray's legacy reader or a copy
-  of the original code kept outside the repository.
+The "2020 format" peer lives here too because it reads through bigarray's legacy reader
+(:mod:`bigarray.legacy`); its writer is an emulation (:mod:`benchmarks.legacy_format`).
 
 Conventions: paths are store paths (directories); ``segments`` is ``{name: ndarray}`` with the
 segments in row order; readers return in-RAM copies (see :mod:`benchmarks.peers`).
@@ -33,7 +31,9 @@ def _api() -> tuple[Any, Any]:
     try:
         from bigarray import PointerArray, PointerArrayWriter
     except ImportError as exc:
-        raise NotImplementedError(f"bigarray.PointerArrayWriter/PointerArray not available: {exc}") from None
+        raise NotImplementedError(
+            f"bigarray.PointerArrayWriter/PointerArray not available: {exc}"
+        ) from None
     return PointerArrayWriter, PointerArray
 
 
@@ -63,13 +63,19 @@ def close_writer(writer: Any) -> None:
 
 
 def to_bigarray(dask_array: Any, path: str | Path, workload: Workload) -> None:
-    """Write a dask array (chunks on segment boundaries) through ``to_bigarray`` (``scale-write``).
+    """Write a dask array (chunks on segment boundaries) with ``to_bigarray`` (``scale-write``).
 
-    TODO(lead): call ``bigarray.dask_backend.to_bigarray(dask_array, path, segments=...)`` once
-    its ``segments`` argument is fixed; ``workload.names`` and ``workload.offsets`` give the
-    names and row offsets (``offsets[i]:offsets[i+1]`` is segment ``i``).
+    Runs on whatever dask scheduler is current (the case makes its Client current); the commit
+    happens in this process after every task wrote its rows.
     """
-    raise NotImplementedError("benchmarks.cases_bigarray.to_bigarray: scaffold, wire to_bigarray here")
+    try:
+        from bigarray.dask_backend import to_bigarray as _to_bigarray
+    except ImportError as exc:
+        raise NotImplementedError(
+            f"bigarray.dask_backend.to_bigarray not available: {exc}"
+        ) from None
+    segments = list(zip(workload.names, workload.lengths.tolist(), strict=True))
+    _to_bigarray(dask_array, str(path), segments=segments, remove_exist=True)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -102,27 +108,42 @@ def dask_array(path: str | Path) -> Any:
     try:
         from bigarray.dask_backend import from_bigarray
     except ImportError as exc:
-        raise NotImplementedError(f"bigarray.dask_backend.from_bigarray not available: {exc}") from None
+        raise NotImplementedError(
+            f"bigarray.dask_backend.from_bigarray not available: {exc}"
+        ) from None
     return from_bigarray(str(path))
 
 
 # ------------------------------------------------------------------------------ the 2020 format
-_LEGACY = (
-    "original 2020 bigarray format: scaffold in benchmarks/cases_bigarray.py "
-    "(needs bigarray's legacy reader or a copy of the 2020 code outside the repository)"
-)
+def _read_legacy() -> Any:
+    try:
+        from bigarray.legacy import read_legacy
+    except ImportError as exc:
+        raise NotImplementedError(f"bigarray.legacy.read_legacy not available: {exc}") from None
+    return read_legacy
 
 
 def legacy_write(path: str | Path, workload: Workload, segments: dict[str, np.ndarray]) -> None:
-    """Write with the 2020 library (peer "original bigarray (2020)"). TODO(lead)."""
-    raise NotImplementedError(_LEGACY)
+    """Write the 2020 file format (emulated writer, see :mod:`benchmarks.legacy_format`)."""
+    from benchmarks.legacy_format import write_legacy_pointer_file
+
+    write_legacy_pointer_file(path, segments)
 
 
 def legacy_open_reader(path: str | Path) -> SegmentReader:
-    """Open a 2020-format store for random reads. TODO(lead)."""
-    raise NotImplementedError(_LEGACY)
+    """Open a 2020-format file with bigarray's legacy reader; read segments by name."""
+    legacy = _read_legacy()(path)
+    array, index = legacy.array, legacy.indices
+
+    def read(name: str) -> np.ndarray:
+        start, stop = index[name]
+        return np.array(array[start:stop])
+
+    return SegmentReader(read)
 
 
 def legacy_open_and_read_one(path: str | Path, name: str) -> np.ndarray:
-    """Open a 2020-format store (pickled index) and read one segment. TODO(lead)."""
-    raise NotImplementedError(_LEGACY)
+    """Open a 2020-format file (pickled index) with the legacy reader and read one segment."""
+    legacy = _read_legacy()(path)
+    start, stop = legacy.indices[name]
+    return np.array(legacy.array[start:stop])

@@ -294,7 +294,9 @@ class Context:
         self.repeat = max(1, int(repeat))
         self.timeout = timeout
         self._own_workdir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="bigarray-bench-") if workdir is None else workdir)
+        self.workdir = Path(
+            tempfile.mkdtemp(prefix="bigarray-bench-") if workdir is None else workdir
+        )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._workloads: dict[str, Workload] = {}
@@ -322,14 +324,18 @@ class Context:
 
         def build() -> np.ndarray:
             wl = self.workload(kind)
-            self.log(f"  generating {wl.label}: {wl.n_segments:,} segments, {wl.nbytes / 1e9:.2f} GB")
+            self.log(
+                f"  generating {wl.label}: {wl.n_segments:,} segments, {wl.nbytes / 1e9:.2f} GB"
+            )
             return wl.materialize()
 
         return self.memo("data", kind, build)
 
     def segments(self, kind: str) -> dict[str, np.ndarray]:
         """``{name: view}`` over :meth:`data`, the input of dict-taking writers (built once)."""
-        return self.memo("segments", kind, lambda: self.workload(kind).segment_dict(self.data(kind)))
+        return self.memo(
+            "segments", kind, lambda: self.workload(kind).segment_dict(self.data(kind))
+        )
 
     def release(self, keep: str | None = None) -> None:
         """Drop cached data of workloads other than ``keep`` (bounded memory at --size large)."""
@@ -393,6 +399,17 @@ class Context:
 
     def close(self) -> None:
         """Close clusters and remove the work directory if this context created it."""
+        if self._clusters:
+            import logging
+
+            # Shutting a LocalCluster down logs a page of INFO lines; they are not results.
+            for name in (
+                "distributed",
+                "distributed.scheduler",
+                "distributed.nanny",
+                "distributed.core",
+            ):
+                logging.getLogger(name).setLevel(logging.ERROR)
         for client in self._clusters.values():
             cluster = client.cluster
             with contextlib.suppress(Exception):
@@ -454,6 +471,36 @@ def repeat_timed(
     return times, out
 
 
+def settle_page_cache() -> None:
+    """Write back dirty pages left by earlier writes (untimed, before a timed write).
+
+    Without it, a write is throttled by the kernel for the gigabyte an *earlier* system left
+    dirty (its first repetition ran 3-10x slower in our runs), so the order of systems would
+    decide the result. Every timed write then starts from the same clean page cache.
+    """
+    dirty = _meminfo_kib("Dirty")
+    # os.sync() flushes the whole machine; skip it when little is dirty (smoke runs, and tests
+    # running beside us would otherwise pay for our flushes and we for theirs).
+    if hasattr(os, "sync") and (dirty is None or dirty > SETTLE_DIRTY_KIB):
+        os.sync()
+
+
+#: Dirty page-cache size (KiB) above which :func:`settle_page_cache` flushes.
+SETTLE_DIRTY_KIB = 128 * 1024
+
+
+def _meminfo_kib(field: str) -> int | None:
+    """``field`` of ``/proc/meminfo`` in KiB, or None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def warm_file(path: str | Path) -> None:
     """Read every file under ``path`` once so that later reads hit the page cache."""
     p = Path(path)
@@ -505,7 +552,7 @@ def run_in_child(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) 
     except EOFError:
         status, payload = "error", f"child exited with code {proc.exitcode}"
     finally:
-        if proc.is_alive() or proc.exitcode is None:
+        if proc.pid is not None and (proc.is_alive() or proc.exitcode is None):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.join(10)

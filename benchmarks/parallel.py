@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import cases_bigarray as ba
-from benchmarks.harness import Context, Measurement, remove_path
-from benchmarks.peers import presize_npy, pwrite_all
+from benchmarks.harness import Context, Measurement, remove_path, settle_page_cache
+from benchmarks.peers import npy_reader, offsets_dict, presize_npy, pwrite_all
 from benchmarks.workloads import Workload
 
 METHODS = ("memmap", "pwrite", "bigarray")
@@ -43,7 +43,9 @@ def _child(
         data = workload.rows(r0, r1)
         # Segment views relative to my block, built once: the dict is the writer's input, not work.
         segments = {
-            workload.names[i]: data[int(workload.offsets[i]) - r0 : int(workload.offsets[i + 1]) - r0]
+            workload.names[i]: data[
+                int(workload.offsets[i]) - r0 : int(workload.offsets[i + 1]) - r0
+            ]
             for i in range(seg_lo, seg_hi)
         }
         outbox.put(("ready", seg_lo, ""))
@@ -92,13 +94,27 @@ def _wait(outbox: Any, kind: str, n: int, procs: list[Any], timeout: float) -> N
             if any(p.exitcode is not None for p in procs):
                 raise RuntimeError("a writer process died") from None
             if time.monotonic() > deadline:
-                raise TimeoutError(f"writer processes did not report {kind!r} in {timeout:g} s") from None
+                raise TimeoutError(
+                    f"writer processes did not report {kind!r} in {timeout:g} s"
+                ) from None
             continue
         if status == "error":
             if "NotImplementedError" in detail.strip().splitlines()[-1]:
                 raise NotImplementedError(detail.strip().splitlines()[-1])
             raise RuntimeError(f"writer process failed:\n{detail}")
         got += 1
+
+
+def _verify(method: str, path: Path, workload: Workload) -> None:
+    """Read a few segments back: a fast writer that loses segments must not score."""
+    if method == "bigarray":
+        reader = ba.open_reader(path)
+    else:
+        reader = npy_reader(path, offsets_dict(workload))
+    try:
+        workload.verify(reader)
+    finally:
+        reader.close()
 
 
 def parallel_write(ctx: Context, method: str, n_procs: int) -> Measurement:
@@ -122,17 +138,21 @@ def parallel_write(ctx: Context, method: str, n_procs: int) -> Measurement:
     times: list[float] = []
     try:
         _wait(outbox, "ready", n_procs, procs, timeout=max(120.0, ctx.timeout))
-        for rep in range(ctx.repeat):
+        # Repetition 0 is an untimed warm-up (fresh memory is slow to fault in on a VM).
+        for rep in range(ctx.repeat + 1):
             if rep:
                 remove_path(path)
                 target, closer = _prepare(method, path, wl)
+            settle_page_cache()
             t0 = time.perf_counter()
             for inbox in inboxes:
                 inbox.put(target)
             _wait(outbox, "done", n_procs, procs, timeout=max(120.0, ctx.timeout))
             if closer is not None:
                 ba.close_writer(closer)
-            times.append(time.perf_counter() - t0)
+            if rep:
+                times.append(time.perf_counter() - t0)
+        _verify(method, path, wl)
     finally:
         for inbox in inboxes:
             inbox.put(None)

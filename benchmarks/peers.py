@@ -12,8 +12,9 @@ A "read" always returns an in-RAM copy of the segment (``np.array(view)`` for me
 because h5py and zarr can only return copies; returning a memmap view would time a dict lookup
 and a slice, not a read.
 
-No peer calls ``fsync`` or ``msync``: BENCHMARKS.md measures writes into a warm page cache
-(``dd`` to page cache is the reference), so ``open_memmap`` results are unmapped, not flushed.
+No peer calls ``fsync`` or ``msync`` unless its name says so: BENCHMARKS.md measures writes into
+a warm page cache (``dd`` to page cache is the reference), so ``open_memmap`` results are
+unmapped, not flushed. The ``+ fsync`` variants exist because bigarray's commit is durable.
 """
 
 from __future__ import annotations
@@ -63,14 +64,25 @@ def offsets_dict(workload: Workload) -> dict[str, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------ raw write
-def raw_write(path: str | Path, data: np.ndarray) -> None:
-    """Reference: write the array's bytes with plain ``write()`` calls, nothing else."""
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+def raw_write(path: str | Path, data: np.ndarray, fsync: bool = False) -> None:
+    """Reference: write the array's bytes with plain ``write()`` calls (then ``fsync`` if asked)."""
+    view = np.ascontiguousarray(data).data.cast("B")
     with open(path, "wb", buffering=0) as f:
         pos = 0
         while pos < len(view):
             # One write() may be short (Linux caps a call at about 2 GiB).
             pos += f.write(view[pos : pos + (1 << 30)])
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def fsync_path(path: str | Path) -> None:
+    """``fsync`` a file written by a library that does not offer it (h5py)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------ numpy memmap
@@ -83,8 +95,13 @@ def npy_write(path: str | Path, data: np.ndarray) -> None:
 
 
 def npy_reader(path: str | Path, index: dict[str, tuple[int, int]]) -> SegmentReader:
-    """Open the ``.npy`` as a memmap; read a segment by name through the dict."""
-    mm = np.load(str(path), mmap_mode="r")
+    """Open the ``.npy`` as a memmap; read a segment by name through the dict.
+
+    Slices are taken from a plain ``ndarray`` view of the map: slicing the ``np.memmap`` subclass
+    runs its Python-level ``__array_finalize__`` (about 3 us a slice here), which is overhead,
+    not reading; the reference should be the fastest honest way to read a mapped file.
+    """
+    mm = np.load(str(path), mmap_mode="r").view(np.ndarray)
 
     def read(name: str) -> np.ndarray:
         start, stop = index[name]
@@ -100,7 +117,7 @@ def npy_sum(path: str | Path) -> float:
 
 
 # ------------------------------------------------------------------------------ h5py
-def h5_write(path: str | Path, data: np.ndarray, chunked: bool) -> None:
+def h5_write(path: str | Path, data: np.ndarray, chunked: bool, fsync: bool = False) -> None:
     """Write ``data`` as dataset ``data``; contiguous or chunked (``H5_CHUNK_ROWS`` rows)."""
     import h5py
 
@@ -108,6 +125,8 @@ def h5_write(path: str | Path, data: np.ndarray, chunked: bool) -> None:
     with h5py.File(str(path), "w") as f:
         dset = f.create_dataset("data", shape=data.shape, dtype=data.dtype, chunks=chunks)
         dset[...] = data
+    if fsync:
+        fsync_path(path)
 
 
 def h5_reader(path: str | Path, index: dict[str, tuple[int, int]]) -> SegmentReader:
@@ -180,8 +199,8 @@ def npy_path_dask(path: str | Path, chunk_rows: int = DASK_CHUNK_ROWS) -> Any:
     runs, so the graph pickles in bytes per chunk and workers read through their page cache.
     """
     import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
     from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
     mm = np.load(str(path), mmap_mode="r")
     n_rows, shape_rest, dtype = mm.shape[0], mm.shape[1:], mm.dtype
@@ -190,7 +209,7 @@ def npy_path_dask(path: str | Path, chunk_rows: int = DASK_CHUNK_ROWS) -> Any:
     stops = [min(s + chunk_rows, n_rows) for s in starts]
     name = "npy-rows-" + tokenize(str(path), chunk_rows, os.path.getmtime(path))
     tail = (0,) * len(shape_rest)
-    dsk = {
+    dsk: dict[Any, Any] = {
         (name, i, *tail): (_load_rows, str(path), s, e)
         for i, (s, e) in enumerate(zip(starts, stops, strict=True))
     }
@@ -231,7 +250,9 @@ def npy_dict_write_segments(
     p.mkdir(parents=True, exist_ok=True)
     first = next(iter(segments.values()))
     n_rows = sum(len(a) for a in segments.values())
-    mm = open_memmap(str(p / "data.npy"), mode="w+", dtype=first.dtype, shape=(n_rows, *first.shape[1:]))
+    mm = open_memmap(
+        str(p / "data.npy"), mode="w+", dtype=first.dtype, shape=(n_rows, *first.shape[1:])
+    )
     index: dict[str, tuple[int, int]] = {}
     pos = 0
     for name, arr in segments.items():
@@ -290,7 +311,11 @@ class NpyRegionTarget:
             del mm
             return
         row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        pwrite_all(self.path, np.ascontiguousarray(value, dtype=self.dtype), self.header + start * row_bytes)
+        pwrite_all(
+            self.path,
+            np.ascontiguousarray(value, dtype=self.dtype),
+            self.header + start * row_bytes,
+        )
 
 
 def presize_npy(path: str | Path, shape: tuple[int, ...], dtype: Any) -> None:
@@ -301,7 +326,7 @@ def presize_npy(path: str | Path, shape: tuple[int, ...], dtype: Any) -> None:
 
 def pwrite_all(path: str, data: np.ndarray, offset: int) -> None:
     """``os.pwrite`` all of ``data`` at byte ``offset`` of ``path`` (looping on short writes)."""
-    view = memoryview(data).cast("B")
+    view = np.ascontiguousarray(data).data.cast("B")
     fd = os.open(path, os.O_WRONLY)
     try:
         pos = 0

@@ -20,6 +20,7 @@ its memory.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -127,7 +128,9 @@ class Workload:
         values as the full array.
         """
         if out.shape != (stop - start, self.n_features):
-            raise ValueError(f"out has shape {out.shape}, expected {(stop - start, self.n_features)}")
+            raise ValueError(
+                f"out has shape {out.shape}, expected {(stop - start, self.n_features)}"
+            )
         first, last = start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS if stop > start else -1
         for b in range(first, last + 1):
             b0, b1 = b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.n_rows)
@@ -160,7 +163,9 @@ class Workload:
         for i, name in enumerate(self.names):
             yield name, data[off[i] : off[i + 1]]
 
-    def segment_dict(self, data: np.ndarray, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+    def segment_dict(
+        self, data: np.ndarray, lo: int = 0, hi: int | None = None
+    ) -> dict[str, np.ndarray]:
         """``{name: view}`` for segments ``[lo, hi)`` of ``data``; the argument writers take."""
         hi = self.n_segments if hi is None else hi
         off = self.offsets.tolist()
@@ -175,7 +180,7 @@ class Workload:
         targets = np.linspace(0, self.n_rows, parts + 1)
         cuts = np.searchsorted(self.offsets, targets[1:-1])
         bounds = [0, *(int(c) for c in cuts), self.n_segments]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+        return list(itertools.pairwise(bounds))
 
     def verify(self, read: Callable[[str], np.ndarray], n: int = 3) -> None:
         """Check that ``read(name)`` returns the right values for ``n`` segments (first, last, one).
