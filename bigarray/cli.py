@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("src")
     s.add_argument("dst")
-    s.add_argument("--to", choices=["bigarray", "zarr", "netcdf"], default="bigarray")
+    s.add_argument(
+        "--to",
+        choices=["bigarray", "zarr", "netcdf"],
+        help="output format (default: bigarray, or zarr/netcdf for a store by DST extension)",
+    )
     s.add_argument("--variable", help="which array/dataset of the source to convert")
     s.add_argument("--remove-exist", action="store_true", help="replace DST if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

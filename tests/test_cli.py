@@ -1,0 +1,77 @@
+"""The command line, run as users run it: the installed ``bigarray`` script."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigarray import MmapArray, PointerArray, PointerArrayWriter
+from bigarray.cli import main
+
+SCRIPT = shutil.which("bigarray") or str(Path(sys.executable).parent / "bigarray")
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "s.bigarray"
+    with PointerArrayWriter(path, dtype="float32") as w:
+        w.write({f"u{i}": np.full((10 + i, 4), i, np.float32) for i in range(30)})
+    return path
+
+
+def test_info(store: Path) -> None:
+    result = _run("info", str(store))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "variable   data: <f4 (735, 4) dims ('row', 'dim_1')" in out
+    assert "segments   30  rows per segment: min 10, mean 24.5, max 39; first 'u0'" in out
+    assert "data size  11.5 KiB" in out
+
+
+def test_info_errors(tmp_path: Path) -> None:
+    result = _run("info", str(tmp_path / "missing"))
+    assert result.returncode == 1
+    assert "StoreNotFoundError" in result.stderr and "does not exist" in result.stderr
+    assert main(["info", str(tmp_path), "--storage-options", "[1]"]) == 1
+
+
+def test_convert_npy_and_back(tmp_path: Path, store: Path) -> None:
+    np.save(tmp_path / "a.npy", np.arange(12.0).reshape(4, 3))
+    result = _run("convert", str(tmp_path / "a.npy"), str(tmp_path / "a.bigarray"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(MmapArray(tmp_path / "a.bigarray"), np.arange(12.0).reshape(4, 3))
+    result = _run("convert", str(store), str(tmp_path / "s.zarr"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = _run("convert", str(tmp_path / "s.zarr"), str(tmp_path / "back"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    a, b = PointerArray(store), PointerArray(tmp_path / "back")
+    np.testing.assert_array_equal(a, b)
+    assert dict(a.indices.items()) == dict(b.indices.items())
+
+
+def test_verify(store: Path) -> None:
+    result = _run("verify", str(store))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = store / "data.npy"
+    raw = bytearray(data.read_bytes())
+    raw[-5] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    result = _run("verify", str(store))
+    assert result.returncode == 1
+    assert "block 0" in result.stdout and "'u0'" in result.stdout  # segments it touches
+
+
+def test_bench_passes_arguments_through() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    result = _run("bench", "--list", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "random-reads" in result.stdout and "write-tiny" in result.stdout
