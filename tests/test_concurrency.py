@@ -1,0 +1,227 @@
+"""Concurrency: many writer sessions committing into one store while readers open it.
+
+Eight processes, each with its own :class:`~bigarray.writer.StoreWriter` (its own session),
+write 10,000 named segments each: half at fixed positions inside a pre-sized region of
+the store, half appended. They commit every two batches, so commits contend for the store
+lock and merge each other's index. Reader processes reopen the store in a loop meanwhile
+and check that they only ever see committed states: every visible segment reads back its
+exact data, and each writer's visible segments are exactly a prefix of its commits.
+
+Segment data is a function of the name's crc32, which the index stores, so a reader checks
+80,000 segments with a few vectorised numpy operations.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bigarray import PointerArray, StoreWriter
+from bigarray.errors import DuplicateSegmentError, OverlapError
+from bigarray.integrity import verify_store
+
+WRITERS = 8
+SEGMENTS = 10_000  # per writer
+BATCH = 500  # segments per write call
+ROWS = 2  # rows per segment
+COLS = 2
+REGION = SEGMENTS // 2 * ROWS  # rows of each writer's positioned region
+COMMIT_EVERY = 2  # batches
+
+
+def seg_data(h: np.ndarray | int) -> np.ndarray:
+    """Data of segments whose names hash to ``h``: (n, ROWS, COLS) int32."""
+    base = (np.asarray(h, np.int64).reshape(-1, 1, 1) & 0x3FFFFFFF).astype(np.int32)
+    return base + np.arange(ROWS * COLS, dtype=np.int32).reshape(1, ROWS, COLS)
+
+
+def batches(i: int) -> list[tuple[list[str], int | None]]:
+    """Writer ``i``'s batches in order: (names, start_position or None to append)."""
+    out: list[tuple[list[str], int | None]] = []
+    half = SEGMENTS // 2 // BATCH
+    for b in range(half):
+        out.append(([f"w{i}-p{b}-{k}" for k in range(BATCH)], i * REGION + b * BATCH * ROWS))
+        out.append(([f"w{i}-a{b}-{k}" for k in range(BATCH)], None))
+    return out
+
+
+def writer_proc(path: str, i: int, result: str) -> None:
+    w = StoreWriter(path)
+    commits = 0
+    t0 = time.perf_counter()
+    for n, (names, pos) in enumerate(batches(i), 1):
+        h = np.fromiter((zlib.crc32(s.encode()) for s in names), np.int64, len(names))
+        data = seg_data(h)
+        w.write_rows(list(data), names, start_position=pos)
+        if n % COMMIT_EVERY == 0:
+            w.flush()
+            commits += 1
+    w.close()
+    Path(result).write_text(json.dumps({"commits": commits, "s": time.perf_counter() - t0}))
+
+
+def check_state(path: str) -> dict[str, int]:
+    """Open the store, check every visible segment; return visible segments per writer."""
+    x = PointerArray(path)
+    if not len(x.indices):
+        return {}
+    a = x.indices.arrays
+    bounds = np.asarray(a.bounds)
+    data = np.asarray(x)
+    hashes = np.asarray(a.hashes)
+    if len(bounds):
+        assert bool(np.all(bounds[:, 1] - bounds[:, 0] == ROWS)), "a segment changed length"
+        got = np.stack([data[bounds[:, 0] + r] for r in range(ROWS)], axis=1)
+        want = seg_data(hashes)
+        bad = np.flatnonzero(np.any(got != want, axis=(1, 2)))
+        assert not bad.size, f"segment {a.name(int(bad[0]))!r} reads back wrong data"
+    names = x.indices.names_list()
+    per: dict[str, set[str]] = {}
+    for n in names:
+        per.setdefault(n.split("-")[0], set()).add(n)
+    counts = {}
+    for w, got_names in per.items():
+        i = int(w[1:])
+        # committed states only: a whole number of commits, and exactly their names
+        assert len(got_names) % (COMMIT_EVERY * BATCH) == 0, (w, len(got_names))
+        k = len(got_names) // BATCH
+        want_names = {s for names_, _ in batches(i)[:k] for s in names_}
+        assert got_names == want_names, f"{w}: visible segments are not a prefix of its commits"
+        counts[w] = len(got_names)
+    del x
+    return counts
+
+
+def reader_proc(path: str, stop: str, result: str) -> None:
+    passes, last = 0, {}
+    while not os.path.exists(stop):
+        counts = check_state(path)
+        # states only move forward: a later open never shows fewer commits of a writer
+        assert all(counts.get(w, 0) >= c for w, c in last.items()), (last, counts)
+        last = counts
+        passes += 1
+    Path(result).write_text(json.dumps({"passes": passes, "seen": sum(last.values())}))
+
+
+def test_eight_writers_and_readers(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    # the positioned regions are committed rows (zeros) before the writers start
+    w = StoreWriter(path, dtype="int32", shape=(WRITERS * REGION, COLS))
+    w.close()
+    fork = multiprocessing.get_context("fork")
+    stop = tmp_path / "stop"
+    readers = [
+        fork.Process(target=reader_proc, args=(path, str(stop), str(tmp_path / f"r{j}.json")))
+        for j in range(2)
+    ]
+    writers = [
+        fork.Process(target=writer_proc, args=(path, i, str(tmp_path / f"w{i}.json")))
+        for i in range(WRITERS)
+    ]
+    for p in readers + writers:
+        p.start()
+    for p in writers:
+        p.join(300)
+    stop.touch()
+    for p in readers:
+        p.join(120)
+    assert [p.exitcode for p in writers] == [0] * WRITERS
+    assert [p.exitcode for p in readers] == [0, 0], "a reader failed (see its traceback)"
+    commits = sum(json.loads((tmp_path / f"w{i}.json").read_text())["commits"]
+                  for i in range(WRITERS))
+    reads = [json.loads((tmp_path / f"r{j}.json").read_text()) for j in range(2)]
+    assert commits == WRITERS * SEGMENTS // BATCH // COMMIT_EVERY
+    # nothing lost: every segment of every writer, with its data, and checksums intact
+    counts = check_state(path)
+    assert counts == {f"w{i}": SEGMENTS for i in range(WRITERS)}
+    assert len(PointerArray(path).indices) == WRITERS * SEGMENTS
+    report = verify_store(path)
+    assert report.ok, str(report)
+    print(
+        f"\nconcurrency: {WRITERS} writers x {SEGMENTS:,} segments = {WRITERS * SEGMENTS:,} "
+        f"checked, {commits} commits merged; readers made {[r['passes'] for r in reads]} "
+        "passes, all committed states"
+    )
+
+
+def _commit_at_once(path: str, barrier: Any, names: list[str], start: int | None,
+                    result: str) -> None:
+    w = StoreWriter(path)
+    h = np.fromiter((zlib.crc32(s.encode()) for s in names), np.int64, len(names))
+    w.write_rows(list(seg_data(h)), names, start_position=start)
+    barrier.wait()
+    try:
+        w.flush()
+        out = {"ok": True}
+    except (OverlapError, DuplicateSegmentError) as exc:
+        out = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+        w.abort()
+    w.close()
+    Path(result).write_text(json.dumps(out))
+
+
+def _race(tmp_path: Path, jobs: list[tuple[list[str], int | None]]) -> list[dict[str, Any]]:
+    path = str(tmp_path / "store")
+    StoreWriter(path, dtype="int32", shape=(1000, COLS)).close()
+    fork = multiprocessing.get_context("fork")
+    barrier = fork.Barrier(len(jobs))
+    procs = [
+        fork.Process(target=_commit_at_once,
+                     args=(path, barrier, names, start, str(tmp_path / f"c{j}.json")))
+        for j, (names, start) in enumerate(jobs)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * len(jobs)
+    return [json.loads((tmp_path / f"c{j}.json").read_text()) for j in range(len(jobs))]
+
+
+def test_two_commits_at_once_both_succeed(tmp_path: Path) -> None:
+    """Disjoint work committed at the same instant: serialised under the lock, merged."""
+    a = [f"a{k}" for k in range(300)]
+    b = [f"b{k}" for k in range(300)]
+    out = _race(tmp_path, [(a, None), (b, 0)])
+    assert out == [{"ok": True}, {"ok": True}]
+    x = PointerArray(tmp_path / "store")
+    assert set(x.indices) == set(a) | set(b)
+    check_state_any(str(tmp_path / "store"))
+    assert verify_store(tmp_path / "store").ok
+
+
+def check_state_any(path: str) -> None:
+    x = PointerArray(path)
+    for name in x.indices:
+        assert np.array_equal(x[name], seg_data(zlib.crc32(name.encode()))[0]), name
+
+
+@pytest.mark.parametrize("clash", ["overlap", "duplicate-name"])
+def test_conflicting_commits_one_wins_one_gets_a_clear_error(tmp_path: Path, clash: str) -> None:
+    """Two sessions claim the same rows (or the same name) and commit at once: the first
+    commit wins; the other gets OverlapError/DuplicateSegmentError naming both segments."""
+    if clash == "overlap":
+        jobs = [(["left"], 10), (["right"], 11)]  # rows [10, 12) and [11, 13)
+        err, pattern = "OverlapError", "overlap"
+    else:
+        jobs = [(["same"], 10), (["same"], 100)]
+        err, pattern = "DuplicateSegmentError", "used twice"
+    out = _race(tmp_path, jobs)
+    winners = [o for o in out if o["ok"]]
+    losers = [o for o in out if not o["ok"]]
+    assert len(winners) == 1 and len(losers) == 1, out
+    assert losers[0]["error"] == err and pattern in losers[0]["message"]
+    x = PointerArray(tmp_path / "store")
+    assert len(x.indices) == 1
+    report = verify_store(tmp_path / "store")
+    assert report.ok, str(report)
+    if clash == "duplicate-name":  # disjoint rows: the winner's data is intact
+        check_state_any(str(tmp_path / "store"))
