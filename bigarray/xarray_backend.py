@@ -108,10 +108,9 @@ _ROLE_DATA = "data"
 _RUNTIME_ENCODING = frozenset(
     {"source", "original_shape", "preferred_chunks", "chunks", "chunksizes", "compressor",
      "compressors", "filters", "serializer", "zlib", "complevel", "shuffle", "fletcher32",
-     "contiguous", "bigarray_variable", "bigarray_rows"}
+     "contiguous", "bigarray_variable", "bigarray_rows", "storage_options"}
 )
 _GRANULARITY = mmap.ALLOCATIONGRANULARITY
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 SegmentsOption = bool | Literal["lazy"]
 
@@ -156,7 +155,7 @@ class _LocalRows:
     def row_nbytes(self) -> int:
         return int(self.dtype.itemsize * math.prod(self.row_shape))
 
-    def _map(self, path: str, offset: int, start: int, stop: int, populate: bool) -> np.ndarray:
+    def _map(self, path: str, offset: int, start: int, stop: int) -> np.ndarray:
         n = stop - start
         shape = (n, *self.row_shape)
         nbytes = n * self.row_nbytes
@@ -179,9 +178,10 @@ class _LocalRows:
                     f"Restore it, or run `bigarray verify {self.where}` for details."
                 )
             base = lo - lo % _GRANULARITY
-            flags = mmap.MAP_PRIVATE | (_POPULATE if populate else 0)
+            # No MAP_POPULATE: on a writable private map it pre-faults every page for
+            # writing, i.e. copies the whole range (measured 13x slower than faulting in).
             m = mmap.mmap(
-                fd, lo - base + nbytes, flags=flags,
+                fd, lo - base + nbytes, flags=mmap.MAP_PRIVATE,
                 prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base,
             )
         finally:
@@ -190,7 +190,7 @@ class _LocalRows:
         # last array using it is garbage-collected.
         return np.frombuffer(m, self.dtype, n * math.prod(self.row_shape), lo - base).reshape(shape)
 
-    def read(self, start: int, stop: int, *, populate: bool = True) -> np.ndarray:
+    def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` (clipped to the variable) as a writable private map."""
         start, stop = max(0, start), min(stop, self.rows)
         stop = max(start, stop)
@@ -198,7 +198,7 @@ class _LocalRows:
         for path, offset, a, b in self.files:
             lo, hi = max(start, a), min(stop, b)
             if lo < hi:
-                parts.append(self._map(path, offset, lo - a, hi - a, populate))
+                parts.append(self._map(path, offset, lo - a, hi - a))
         if len(parts) == 1:
             return parts[0]
         if not parts:
@@ -236,8 +236,14 @@ class _RemoteRows:
                 self._cache[key] = store
         return store
 
-    def read(self, start: int, stop: int, *, populate: bool = True) -> np.ndarray:
+    def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._store().read_rows(self.variable, start, stop))
+
+    @classmethod
+    def release(cls, url: str) -> None:
+        with cls._lock:
+            for key in [k for k in cls._cache if k[0] == url]:
+                cls._cache.pop(key).close()
 
 
 def _open_store(path: str, storage_options: Mapping[str, Any] | None) -> Any:
@@ -290,6 +296,13 @@ class BigArrayBackendArray(BackendArray):
         )
 
     def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
+        out = self._select(key)
+        # numpy hands out scalars for integer keys; a '<U3' scalar would come back as '<U2'
+        if not isinstance(out, np.ndarray) or out.dtype != self.dtype:
+            out = np.asarray(out, self.dtype)
+        return out
+
+    def _select(self, key: tuple[Any, ...]) -> Any:
         if self.squeeze:
             return self.reader.read(0, 1).reshape(())[key]
         rows = self.shape[0]
@@ -308,7 +321,7 @@ class BigArrayBackendArray(BackendArray):
                 block, local = self.reader.read(0, 0), k0
             else:
                 lo, hi = int(k0.min()), int(k0.max()) + 1
-                block, local = self.reader.read(lo, hi, populate=False), k0 - lo
+                block, local = self.reader.read(lo, hi), k0 - lo
         else:  # an integer
             i = int(k0)
             block, local = self.reader.read(i, i + 1), 0
@@ -325,13 +338,13 @@ class BigArrayBackendArray(BackendArray):
 class _SegmentTableArray(BackendArray):
     """One column of the segment table (names, starts or stops), read from the index on use."""
 
-    __slots__ = ("column", "dtype", "path", "shape", "storage_options")
+    __slots__ = ("column", "dtype", "index_files", "path", "shape", "storage_options")
 
     def __init__(
         self, path: str, column: str, n: int, dtype: np.dtype,
-        storage_options: Mapping[str, Any] | None,
+        storage_options: Mapping[str, Any] | None, index_files: Any,
     ) -> None:
-        self.path, self.column = path, column
+        self.path, self.column, self.index_files = path, column, index_files
         self.shape, self.dtype = (n,), dtype
         self.storage_options = dict(storage_options or {})
 
@@ -343,7 +356,7 @@ class _SegmentTableArray(BackendArray):
     def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
         (k,) = key
         start, stop, step = (k.indices(self.shape[0]) if isinstance(k, slice) else (k, k + 1, 1))
-        with _StoreCache.get(self.path, self.storage_options) as store:
+        with _StoreCache.get(self.path, self.storage_options, self.index_files) as store:
             arrays = store.index.arrays
             if self.column == SEGMENT_DIM:
                 a, b = (start, stop) if step > 0 else (stop + 1, start + 1)
@@ -371,13 +384,26 @@ class _StoreCache:
         pass
 
     @classmethod
-    def get(cls, path: str, storage_options: Mapping[str, Any] | None) -> _StoreCache:
+    def get(
+        cls, path: str, storage_options: Mapping[str, Any] | None, index_files: Any = None
+    ) -> _StoreCache:
+        """The cached store at ``path``; with ``index_files``, one whose segment index is
+        still that one (a store opened before a later commit is reopened; if the index
+        changed since the Dataset was opened, its lazy segment table cannot be read)."""
         key = (path, repr(sorted((storage_options or {}).items())))
         with cls._lock:
             store = cls._stores.get(key)
+            if store is not None and index_files is not None and store.manifest.segments != index_files:
+                cls._stores.pop(key).close()
+                store = None
             if store is None:
                 store = _open_store(path, storage_options)
                 cls._stores[key] = store
+        if index_files is not None and store.manifest.segments != index_files:
+            raise BigArrayError(
+                f"the segment index of {path!r} changed after this Dataset was opened (a later "
+                "commit); its lazy segment table is gone. Reopen the Dataset."
+            )
         return cls(store)
 
     @classmethod
@@ -411,15 +437,17 @@ def decode_names(arrays: Any, start: int, stop: int, dtype: np.dtype | None = No
                 for a, b in zip(noff[:-1].tolist(), noff[1:].tolist())]
         return np.array(text, dtype=dtype or None) if text else np.zeros(0, "<U1")
     if bool(np.all(lens == width)):
-        fixed = raw.view(f"S{width}")
+        grid = raw
     else:
         grid = np.zeros(n * width, np.uint8)
         pos = np.arange(raw.size, dtype=np.int64) + np.repeat(
             np.arange(n, dtype=np.int64) * width - (noff[:-1] - noff[0]), lens
         )
         grid[pos] = raw
-        fixed = grid.view(f"S{width}")
-    return fixed.astype(dtype or f"<U{width}")
+    # '<U' is UCS-4: ASCII bytes widened to uint32 *are* the decoded text (numpy's own
+    # S -> U conversion is ~20x slower); trailing NULs pad, as numpy strips them anyway
+    out = grid.astype("<u4").view(f"<U{width}").reshape(n)
+    return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
 
 def segment_chunks(
@@ -616,7 +644,7 @@ class BigArrayDataStore(AbstractDataStore):
         bounds = None
         if want_table or row_vars:
             idx = store.index if m.segments is not None else None
-            bounds = np.array(idx.arrays.bounds) if idx is not None else np.zeros((0, 2), np.int64)
+            bounds = idx.arrays.bounds if idx is not None else np.zeros((0, 2), np.int64)
         target = _target_bytes()
         row_nbytes = max([v.row_nbytes for v in row_vars] or [1])
         row_chunks: dict[int, tuple[int, ...]] = {}
@@ -639,6 +667,8 @@ class BigArrayDataStore(AbstractDataStore):
         attrs = {k: decode_json(v) for k, v in var.attrs.items()}
         reader = _reader_for(store, var, self.storage_options)
         encoding.update(source=store.path, bigarray_variable=var.name)
+        if self.storage_options:
+            encoding["storage_options"] = self.storage_options
         if meta.get("scalar"):
             arr = BigArrayBackendArray(reader, (), var.dtype, squeeze=True)
             return xr.Variable((), np.asarray(arr[indexing.BasicIndexer(())]), attrs, encoding)
@@ -668,7 +698,9 @@ class BigArrayDataStore(AbstractDataStore):
                             (SEGMENT_STOP, np.dtype("<i8"))):
                 if col in self.drop:
                     continue
-                arr = _SegmentTableArray(store.path, col, n, dt, self.storage_options)
+                arr = _SegmentTableArray(
+                    store.path, col, n, dt, self.storage_options, store.manifest.segments
+                )
                 cols[col] = indexing.LazilyIndexedArray(arr)
         else:
             assert bounds is not None
@@ -687,14 +719,17 @@ class BigArrayDataStore(AbstractDataStore):
     def get_attrs(self) -> dict[str, Any]:
         return {k: decode_json(v) for k, v in self.manifest.attrs.items()}
 
-    def get_dimensions(self) -> dict[str, int]:
-        dims: dict[str, int] = {}
+    def get_dimensions(self) -> dict[Hashable, int]:
+        dims: dict[Hashable, int] = {}
         for v in self._variables.values():
             dims.update(zip(v.dims, v.shape))
         return dims
 
     def get_encoding(self) -> dict[str, Any]:
-        return {"source": self.path, "bigarray_generation": self.manifest.generation}
+        out = {"source": self.path, "bigarray_generation": self.manifest.generation}
+        if self.storage_options:
+            out["storage_options"] = self.storage_options
+        return out
 
     def coord_names(self) -> set[str]:
         """Variables that are coordinates (recorded at write time, plus the segment table)."""
@@ -708,6 +743,7 @@ class BigArrayDataStore(AbstractDataStore):
     def close(self) -> None:
         """Release every store opened for lazy segment tables or accessors of this path."""
         _StoreCache.release(self.path)
+        _RemoteRows.release(self.path)
 
 
 # =============================================================================== entry point
@@ -760,7 +796,7 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
         except Exception:
             return False
 
-    def open_dataset(  # type: ignore[override]
+    def open_dataset(
         self,
         filename_or_obj: Any,
         *,
@@ -1037,7 +1073,8 @@ def to_bigarray(
         ds_attrs[k] = encode_json(v, f"Dataset attribute {k!r}")
 
     writers = []
-    sources, targets = [], []
+    sources: list[Any] = []
+    targets: list[Any] = []
     try:
         for name, data, is_dask, scalar, shape, dims, _meta, _enc, _attrs in plan:
             w = StoreWriter(
@@ -1130,10 +1167,10 @@ def _segment_bounds(obj: xr.Dataset | xr.DataArray, name: str) -> tuple[int, int
         if store.index is None:
             raise SegmentNotFoundError(f"the store {source!r} has no segment index")
         start, stop = store.index[name]
-    pos = None
-    if SEGMENT_DIM in obj.dims and SEGMENT_DIM in obj.coords:
-        hits = np.flatnonzero(np.asarray(obj[SEGMENT_DIM].values) == name)
-        pos = int(hits[0]) if hits.size else None
+        # the segment table is in row order, like the index: the position is the same
+        pos = store.index.find(name)
+        if SEGMENT_DIM not in obj.dims or obj.sizes[SEGMENT_DIM] != len(store.index):
+            pos = None
     return int(start), int(stop), pos
 
 
@@ -1198,7 +1235,7 @@ class BigArrayDatasetAccessor:
         source = self._ds.encoding.get("source")
         if source is None:
             return []
-        with _StoreCache.get(source, None) as store:
+        with _StoreCache.get(source, self._ds.encoding.get("storage_options")) as store:
             return [] if store.index is None else store.index.names_list()
 
     def to_bigarray(self, path: str | os.PathLike[str], **kwargs: Any) -> None:

@@ -1,0 +1,216 @@
+"""xarray face benchmark: ``open_dataset(engine="bigarray", chunks={})`` + full ``sum`` vs zarr.
+
+Cases (one run, same data, same ``dask.distributed`` LocalCluster of 2 worker processes x 1
+thread, page cache warm, median of ``--repeat`` repetitions):
+
+- ``xr-sum``: open the W1 store lazily and ``ds["data"].sum().compute()`` on the cluster.
+  Systems: ``bigarray`` (``chunks={}``: segment-aligned chunks of ~``array.chunk-size``),
+  ``bigarray-32MiB`` (the same with ``array.chunk-size=32MiB``, zarr's chunk size), and the
+  peer ``zarr`` (the same Dataset written by ``to_zarr`` uncompressed, 65,536-row chunks,
+  opened with ``xr.open_zarr``). Figure: GB/s; goal: bigarray >= 3x zarr.
+- ``xr-open-1M``: open the W1-1M store (1,000,000 segments) through xarray, with the segment
+  table read at open (default), lazy without indexes, and without the table.
+
+Run: ``python -m benchmarks.bench_xarray --size smoke|W1 [--repeat 5] [--workdir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.workloads import Workload, make_workload
+
+
+def _write_store(path: Path, wl: Workload, data: np.ndarray) -> None:
+    from bigarray import PointerArrayWriter
+
+    with PointerArrayWriter(
+        str(path), shape=(0, wl.n_features), dtype=wl.dtype, remove_exist=True
+    ) as w:
+        w.write(wl.segment_dict(data))
+
+
+def _timed(fn: Any, repeat: int) -> tuple[list[float], Any]:
+    fn()  # warm: page cache, imports, worker state
+    times, value = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - t)
+    return times, value
+
+
+def _sum_cases(size: str, repeat: int, workdir: Path, log: Any) -> list[dict[str, Any]]:
+    import dask
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    import bigarray.xarray_backend  # noqa: F401  (registers nothing needed; fail early if broken)
+
+    wl = make_workload("ragged", size)
+    log(f"generating {wl.label}: {wl.n_segments:,} segments, {wl.nbytes / 1e9:.2f} GB")
+    data = wl.materialize()
+    store = workdir / "w1.bigarray"
+    zpath = workdir / "w1.zarr"
+    log("writing the bigarray store and the zarr copy")
+    _write_store(store, wl, data)
+    del data
+    src = xr.open_dataset(store, engine="bigarray", chunks={}, segments=False)
+    src[["data"]].chunk({"row": 65_536}).to_zarr(
+        zpath,
+        mode="w",
+        consolidated=False,
+        encoding={"data": {"compressors": None, "chunks": (65_536, wl.n_features)}},
+    )
+    src.close()
+    nbytes = wl.nbytes
+
+    def bigarray_sum() -> float:
+        with xr.open_dataset(store, engine="bigarray", chunks={}) as ds:
+            return float(ds["data"].sum().compute())
+
+    def zarr_sum() -> float:
+        with xr.open_zarr(zpath, consolidated=False) as ds:
+            return float(ds["data"].sum().compute())
+
+    results = []
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    try:
+        with Client(cluster):
+            systems: list[tuple[str, Any, dict[str, Any]]] = [
+                ("zarr", zarr_sum, {}),
+                ("bigarray", bigarray_sum, {}),
+                ("bigarray-32MiB", bigarray_sum, {"array.chunk-size": "32MiB"}),
+            ]
+            values = {}
+            for name, fn, config in systems:
+                with dask.config.set(config):
+                    log(f"xr-sum: {name}")
+                    times, value = _timed(fn, repeat)
+                values[name] = value
+                med = statistics.median(times)
+                results.append(
+                    {
+                        "case": "xr-sum",
+                        "system": name,
+                        "median_s": med,
+                        "unit_value": nbytes / med / 1e9,
+                        "unit": "GB/s",
+                        "times": times,
+                    }
+                )
+            ref = values["zarr"]
+            for name, v in values.items():
+                if not np.isclose(v, ref, rtol=1e-4):
+                    raise ValueError(f"{name} summed to {v}, zarr to {ref}: a wrong result")
+    finally:
+        cluster.close()
+    base = next(r for r in results if r["system"] == "zarr")["median_s"]
+    for r in results:
+        r["ratio_vs_zarr"] = base / r["median_s"]
+    with xr.open_dataset(store, engine="bigarray", chunks={}) as ds:
+        chunks = ds["data"].chunks[0]
+    with xr.open_zarr(zpath, consolidated=False) as ds:
+        zchunks = ds["data"].chunks[0]
+    for r in results:
+        r["chunks"] = len(zchunks) if r["system"] == "zarr" else len(chunks)
+    results[-1]["chunks"] = None  # depends on the config it ran under; not re-measured here
+    shutil.rmtree(zpath, ignore_errors=True)
+    shutil.rmtree(store, ignore_errors=True)
+    return results
+
+
+def _open_cases(size: str, repeat: int, workdir: Path, log: Any) -> list[dict[str, Any]]:
+    import xarray as xr
+
+    wl = make_workload("tiny", size)
+    log(f"generating {wl.label}: {wl.n_segments:,} segments, {wl.nbytes / 1e9:.2f} GB")
+    data = wl.materialize()
+    store = workdir / "w1m.bigarray"
+    _write_store(store, wl, data)
+    del data
+    variants = [
+        ("segments=True (default)", {}),
+        ("segments=True, chunks={}", {"chunks": {}}),
+        (
+            "segments='lazy', create_default_indexes=False",
+            {"segments": "lazy", "create_default_indexes": False},
+        ),
+        ("segments=False", {"segments": False}),
+    ]
+    results = []
+    for name, kw in variants:
+
+        def run(kw: dict[str, Any] = kw) -> int:
+            ds = xr.open_dataset(store, engine="bigarray", **kw)
+            n = ds.sizes.get("segment", 0)
+            ds.close()
+            return n
+
+        times, _ = _timed(run, max(repeat, 3))
+        med = statistics.median(times)
+        results.append(
+            {
+                "case": "xr-open-1M",
+                "system": name,
+                "median_s": med,
+                "unit_value": med * 1e3,
+                "unit": "ms",
+                "segments": wl.n_segments,
+                "times": times,
+            }
+        )
+    shutil.rmtree(store, ignore_errors=True)
+    return results
+
+
+def run(size: str, repeat: int = 5, workdir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Run both cases at ``size`` (``smoke``, ``W1``, ``large``); return one dict per system."""
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    own = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="bigarray-xr-bench-") if own else workdir)  # type: ignore[arg-type]
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        return _sum_cases(size, repeat, wd, log) + _open_cases(size, repeat, wd, log)
+    finally:
+        if own:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """The results as a plain-text table."""
+    lines = [f"{'case':<12} {'system':<48} {'median':>10} {'figure':>14} {'vs zarr':>8}"]
+    for r in results:
+        ratio = f"{r['ratio_vs_zarr']:.2f}x" if "ratio_vs_zarr" in r else ""
+        lines.append(
+            f"{r['case']:<12} {r['system']:<48} {r['median_s'] * 1e3:>8.1f}ms "
+            f"{r['unit_value']:>9.2f} {r['unit']:<4} {ratio:>8}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="smoke", choices=["smoke", "W1", "large"])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+    print(format_table(run(args.size, args.repeat, args.workdir)))
+
+
+if __name__ == "__main__":
+    main()
