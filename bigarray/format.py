@@ -76,7 +76,10 @@ def dtype_from_manifest(text: Any, where: str) -> np.dtype:
             f"{where}: dtype {text!r} is not a plain numeric, bool, datetime or fixed-width "
             "string type (expected something like '<f4', '<i8', '|b1', '<M8[ns]', '<U16')"
         )
-    return normalize_dtype(text)
+    try:
+        return normalize_dtype(text)
+    except SchemaError as exc:  # '<U0', '<M8[xx]': the manifest is at fault, not user data
+        raise HostileInputError(f"{where}: {exc}") from None
 
 
 def dtype_to_str(dt: np.dtype) -> str:
