@@ -56,8 +56,9 @@ joined along their last dim by xarray's ``concat_characters`` decoder; pass
 
 Several stores concatenate along rows with
 ``xr.open_mfdataset(paths, engine="bigarray", combine="nested", concat_dim="row",
-segments=False)``: the segment tables of different stores cannot be concatenated by
-xarray (their row offsets differ), so leave them out.
+segments=False)``: xarray cannot join the stores' segment tables (each counts rows from its
+own start, and concatenation runs along one dim), so leave them out, or use
+:func:`open_mfdataset` here, which shifts and joins them.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ __all__ = [
     "BigArrayDataArrayAccessor",
     "BigArrayDataStore",
     "BigArrayDatasetAccessor",
+    "open_mfdataset",
     "segment_chunks",
     "to_bigarray",
 ]
@@ -857,6 +859,79 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
             raise
         ds.set_close(store.close)
         return ds
+
+
+def open_mfdataset(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    chunks: Any = None,
+    row_dim: str = DEFAULT_ROW_DIM,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """Open several stores as one Dataset, rows concatenated in order, segment tables joined.
+
+    ``xr.open_mfdataset`` cannot join segment tables (each store's ``segment_start`` and
+    ``segment_stop`` count from its own first row, and xarray concatenates along one dim
+    only); here every store's table is shifted by the rows before it and the tables are
+    concatenated along ``segment``. Variables along neither dim come from the first store.
+
+    Parameters
+    ----------
+    paths
+        Store paths or URLs, in row order.
+    chunks
+        As for :func:`xarray.open_dataset` (``{}`` for segment-aligned dask chunks).
+    row_dim
+        The row dimension the stores share.
+    **kwargs
+        Passed to ``xr.open_dataset(..., engine="bigarray")`` for every store.
+
+    Returns
+    -------
+    xarray.Dataset
+        Closing it closes every store.
+
+    Examples
+    --------
+    >>> ds = open_mfdataset(["a.bigarray", "b.bigarray"], chunks={})   # doctest: +SKIP
+    """
+    if not paths:
+        raise BigArrayError("open_mfdataset needs at least one store path; got none")
+    parts = [xr.open_dataset(p, engine="bigarray", chunks=chunks, **kwargs) for p in paths]
+    try:
+        offset = 0
+        row_parts, seg_parts = [], []
+        for ds in parts:
+            rows = ds.sizes.get(row_dim, 0)
+            seg = ds[[v for v in ds.variables if SEGMENT_DIM in ds[v].dims]]
+            if SEGMENT_START in seg and SEGMENT_STOP in seg:
+                seg = seg.assign_coords({
+                    SEGMENT_START: seg[SEGMENT_START] + offset,
+                    SEGMENT_STOP: seg[SEGMENT_STOP] + offset,
+                })
+            seg_parts.append(seg)
+            row_parts.append(ds[[v for v in ds.variables if row_dim in ds[v].dims]])
+            offset += rows
+        rest = parts[0].drop_vars(
+            [v for v in parts[0].variables if {row_dim, SEGMENT_DIM} & set(parts[0][v].dims)]
+        )
+        pieces = [xr.concat(row_parts, row_dim, data_vars="minimal", coords="minimal",
+                            compat="override", join="override")]
+        if any(SEGMENT_DIM in p.dims for p in seg_parts):
+            pieces.append(xr.concat(seg_parts, SEGMENT_DIM, data_vars="minimal",
+                                    coords="minimal", compat="override", join="override"))
+        out = xr.merge([*pieces, rest], compat="override", join="outer", combine_attrs="override")
+    except BaseException:
+        for ds in parts:
+            ds.close()
+        raise
+
+    def close() -> None:
+        for ds in parts:
+            ds.close()
+
+    out.set_close(close)
+    return out
 
 
 # =============================================================================== writing

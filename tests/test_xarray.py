@@ -28,7 +28,12 @@ from bigarray.errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from bigarray.xarray_backend import BigArrayBackendEntrypoint, segment_chunks, to_bigarray
+from bigarray.xarray_backend import (
+    BigArrayBackendEntrypoint,
+    open_mfdataset,
+    segment_chunks,
+    to_bigarray,
+)
 
 ENGINE = "bigarray"
 
@@ -460,6 +465,22 @@ def test_open_mfdataset_concatenates_stores_along_rows(tmp_path: Any) -> None:
     assert len(ds["data"].chunks[0]) == 3  # one chunk per store: its preferred chunks
     np.testing.assert_array_equal(ds["data"].values, want)
     ds.close()
+
+
+def test_open_mfdataset_helper_joins_segment_tables(tmp_path: Any) -> None:
+    rng = np.random.default_rng(4)
+    parts = [ragged(rng, k, f=3) for k in (5, 8, 3)]
+    parts = [{f"p{i}_{n}": v for n, v in p.items()} for i, p in enumerate(parts)]
+    paths = [seed_store(tmp_path / f"p{i}.bigarray", p) for i, p in enumerate(parts)]
+    ds = open_mfdataset(paths, chunks={})
+    every = {k: v for p in parts for k, v in p.items()}
+    assert list(ds["segment"].values) == list(every)
+    for name in ["p0_utt0000", "p1_utt0007", "p2_utt0002"]:
+        np.testing.assert_array_equal(ds.bigarray.segment(name)["data"].values, every[name])
+    assert ds["segment_start"].dtype == np.int64
+    ds.close()
+    with pytest.raises(BigArrayError, match="at least one store"):
+        open_mfdataset([])
 
 
 def test_lazy_segment_table(store: str) -> None:
