@@ -28,14 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from dask.delayed import Delayed
 
 from .errors import BigArrayError, SchemaError, StoreExistsError
 from .lazy import LazyArray, is_local, open_array
 
 __all__ = [
     "BigArrayTarget",
-    "CommitDelayed",
     "from_bigarray",
     "map_segments",
     "to_bigarray",
@@ -475,6 +473,7 @@ class BigArrayTarget:
                 "replace the store, or write to another path or variable"
             )
         self._table = _segment_table(segments, shape[0])
+        self._recorded = False
         # declared rows stay 0: if the write fails, closing commits nothing
         self._writer = StoreWriter(
             path,
@@ -515,10 +514,10 @@ class BigArrayTarget:
             raise BigArrayError(
                 f"BigArrayTarget({self.path!r}).close() ran in process {os.getpid()}, not in "
                 f"the process that created it ({w.handoff()['owner_pid']}): only that one can "
-                "commit. Call close() (or compute a to_bigarray(..., compute=False) result "
-                "with .compute()/dask.compute) in the creating process."
+                "commit. Call close() in the creating process (to_bigarray(..., "
+                "compute=False) results commit wherever they are computed)."
             )
-        self._record_rows()
+        self.record_segments()
         w.close()
 
     def abort(self) -> None:
@@ -527,9 +526,26 @@ class BigArrayTarget:
         if w.closed:
             return
         w.abort()
-        w.close()
+        if not w.is_owner:
+            w.close()
+            return
+        # End the session without a commit: close() would commit, and tasks still running
+        # when a sibling failed may journal rows after abort(). Their rows stay garbage
+        # beyond the committed row count. TODO: a public StoreWriter.discard() (writer.py).
+        w._closed = True
+        w._journal.end()
+        fd = w._fd
+        if fd is not None and w._fd_pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        w._fd = None
 
-    def _record_rows(self) -> None:
+    def record_segments(self) -> None:
+        """Publish the segment names (and the row count) in the writer session's journal,
+        once; the commit merges them with what the workers wrote. Called by :meth:`close`,
+        or early by :func:`to_bigarray` so that the names never travel with the graph."""
+        if self._recorded:
+            return
         from .index import SegmentArrays
         from .journal import Journal, Record
 
@@ -541,8 +557,28 @@ class BigArrayTarget:
         else:
             starts = stops = np.zeros(0, np.int64)
             record = Record(self.variable, None, rows)
-        # through the session journal: the commit merges it with the workers' records
         Journal(self.path, self._writer.handoff()["session"]).append(record, starts, stops)
+        self._recorded = True
+
+    def commit_anywhere(self) -> None:
+        """Commit from whichever process runs this (the final task of a delayed write).
+
+        In the creating process this is :meth:`close`. Elsewhere (dask runs the final step
+        of ``compute`` as a task, on a worker for processes and ``distributed``) the segment
+        names were journaled when the write was built, so this process joins the writer
+        session and commits it: everything it needs is in the store's journal.
+        """
+        if self._writer.is_owner:
+            self.close()
+            return
+        from .writer import StoreWriter
+
+        heir = StoreWriter.attach(self._writer.handoff())
+        # Hand the commit over to this process: the journal holds every record of the
+        # session, and the commit runs under the store lock like any other.
+        # TODO: a public StoreWriter API for this hand-over (writer.py).
+        heir._owner_pid = os.getpid()
+        heir.close()
 
     def __enter__(self) -> BigArrayTarget:
         return self
@@ -568,40 +604,16 @@ def _target_ref(writer: Any, path: str, variable: str, shape: tuple[int, ...]) -
     t = BigArrayTarget.__new__(BigArrayTarget)
     t._writer = writer
     t._table = None
+    t._recorded = True  # the names stay with the creating process
     t.path, t.variable, t.shape = path, variable, shape
     t.dtype = writer.dtype
     t.ndim = len(shape)
     return t
 
 
-class CommitDelayed(Delayed):
-    """A ``Delayed`` that writes a store: computing it (``.compute()``, ``dask.compute``)
-    runs the write tasks and then commits, in the calling process, which must be the one
-    that built it (the writer's owner)."""
-
-    __slots__ = ("_target",)
-
-    def __init__(
-        self, key: Any, dsk: Any, *, target: BigArrayTarget, layer: Any = None
-    ) -> None:
-        super().__init__(key, dsk, layer=layer)
-        self._target = target
-
-    def __dask_postcompute__(self) -> Any:
-        return _finish_commit, (self._target,)
-
-    def __dask_postpersist__(self) -> Any:
-        return self._rebuild_commit, ()
-
-    def _rebuild_commit(self, dsk: Any, *, rename: Any = None) -> CommitDelayed:
-        base = Delayed._rebuild(self, dsk, rename=rename)
-        return CommitDelayed(
-            base.key, base.dask, target=self._target, layer=base.__dask_layers__()[0]
-        )
-
-
-def _finish_commit(result: Any, target: BigArrayTarget) -> None:
-    target.close()
+def _commit_task(total: Any, target: BigArrayTarget) -> None:
+    """Final task of a delayed :func:`to_bigarray`: runs after every write task."""
+    target.commit_anywhere()
 
 
 def to_bigarray(
@@ -638,8 +650,8 @@ def to_bigarray(
     variable
         Variable name.
     compute
-        ``False`` returns a ``dask.delayed.Delayed`` whose ``.compute()`` (or
-        ``dask.compute``) writes and then commits in the calling process.
+        ``False`` returns a ``dask.delayed.Delayed`` whose computation (on any scheduler,
+        ``client.compute`` included) writes and then commits, in its final task.
     storage_options
         fsspec options for remote URLs.
     remove_exist
@@ -671,7 +683,7 @@ def to_bigarray(
         )
     target_url = os.fspath(path)
     if not is_local(target_url):
-        from .remote_writer import to_bigarray_sharded  # type: ignore[import-not-found]
+        from .remote_writer import to_bigarray_sharded
 
         return to_bigarray_sharded(
             x,
@@ -679,7 +691,10 @@ def to_bigarray(
             segments=segments,
             variable=variable,
             compute=compute,
-            storage_options=storage_options,
+            storage_options=dict(storage_options or {}),
+            remove_exist=remove_exist,
+            dims=dims,
+            attrs=attrs,
         )
     if target_url.startswith("file://"):
         target_url = target_url[len("file://") :]
@@ -720,11 +735,11 @@ def to_bigarray(
         meta=np.empty((0,) * x.ndim, np.int64),
     )
     total = written.sum()
+    target.record_segments()  # the names stay here, in the journal: never in the graph
     if not compute:
-        (done,) = total.to_delayed().reshape(-1).tolist()
-        return CommitDelayed(
-            done.key, done.dask, target=target, layer=done.__dask_layers__()[0]
-        )
+        import dask
+
+        return dask.delayed(_commit_task, pure=False)(total, target)
     try:
         total.compute()
     except BaseException:

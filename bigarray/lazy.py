@@ -352,6 +352,19 @@ def _fingerprint(store: Any, var: Variable, local: bool) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _sample_crc(opened: _Opened, rows: int) -> int:
+    """crc32 of the first and last few KiB of the committed rows: they never change on
+    append, and almost surely change when the store is replaced by another one."""
+    import zlib
+
+    if not opened.local or rows == 0 or opened.var.row_nbytes == 0:
+        return 0
+    k = max(1, 4096 // opened.var.row_nbytes)
+    head = np.ascontiguousarray(opened.read(0, min(rows, k)))
+    tail = np.ascontiguousarray(opened.read(max(0, rows - k), rows))
+    return zlib.crc32(tail.view(np.uint8).tobytes(), zlib.crc32(head.view(np.uint8).tobytes()))
+
+
 class LazyArray:
     """A read-only, array-like view of one committed variable; holds no data.
 
@@ -604,6 +617,13 @@ class LazyArray:
             local = is_local(self.url)
             self._check_same(store, local)
             opened = _Opened(store, self._var, local)
+            if local and _sample_crc(opened, len(self)) != self._fp[-1]:
+                raise SchemaError(
+                    f"the store {self.url!r} changed after this array was opened: its first "
+                    "and last rows hold other bytes now (the store was replaced). The rows "
+                    "this array (or dask graph) refers to are gone; open the store again "
+                    "and rebuild the computation."
+                )
         except BaseException:
             close = getattr(store, "close", None)
             if close is not None:
@@ -625,7 +645,7 @@ class LazyArray:
             why = f"it now holds {var.rows} rows, fewer than the {self._var.rows} expected"
         elif local:
             now_fp = _fingerprint(store, self._var, local)
-            for (path, ino, _, _), (_, ino_now, _, _) in zip(self._fp, now_fp):
+            for (path, ino, _, _), (_, ino_now, _, _) in zip(self._fp[:-1], now_fp):
                 if ino != ino_now:
                     why = f"its data file {path!r} was replaced"
                     break
@@ -712,9 +732,11 @@ def open_array(
     try:
         var = store.variable(variable)
         generation = store.manifest.generation
-        fp = _fingerprint(store, var, local)
-        handle = LazyArray(url, var, generation, fp, storage_options)
         opened = _Opened(store, var, local)
+        fp = _fingerprint(store, var, local)
+        if local:
+            fp = (*fp, _sample_crc(opened, var.rows))
+        handle = LazyArray(url, var, generation, fp, storage_options)
     except BaseException:
         close = getattr(store, "close", None)
         if close is not None:
