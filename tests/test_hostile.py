@@ -33,7 +33,7 @@ REFUSED: list[str] = []  # what this module saw refused (for the closing figures
 
 def make_store(path: Path) -> dict[str, np.ndarray]:
     segs = {"a": np.arange(12, dtype="f4").reshape(3, 4), "b": np.ones((2, 4), "f4")}
-    w = StoreWriter(path, dtype="f4", shape=(0, 4))
+    w = StoreWriter(path, dtype="f4", shape=(0, 4), fsync=False)
     w.write_rows(list(segs.values()), list(segs))
     w.close()
     return segs
