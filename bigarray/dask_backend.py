@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -302,12 +303,30 @@ class _AttachedWriters:
 _ATTACHED = _AttachedWriters(_MAX_ATTACHED)
 
 
+#: The writers created in this process, by session: a copy of one that comes back here
+#: (a target unpickled in its own creating process) must write through the original,
+#: whose in-memory records the commit reads.
+_OWNERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
 def _writer_here(writer: Any) -> Any:
-    """The writer to use in this process: the owner itself, or this process's attached copy
-    of the owner's session (a pickled writer would open a descriptor per task)."""
-    if writer.is_owner:
+    """The writer to use in this process for ``writer`` (a StoreWriter or its handoff):
+    the owner itself in the creating process, elsewhere this process's attached copy of
+    the session (a pickled writer would open a descriptor per task)."""
+    handoff = writer if isinstance(writer, Mapping) else writer.handoff()
+    if int(handoff["owner_pid"]) == os.getpid():
+        original = _OWNERS.get(str(handoff["session"]))
+        if original is not None:
+            return original
+        if isinstance(writer, Mapping):
+            raise BigArrayError(
+                f"the writer of {handoff['path']!r} was closed or garbage-collected in this "
+                "process before its tasks ran; keep the target (or writer) alive until the "
+                "computation finished and close() it afterwards"
+            )
+        _OWNERS[str(handoff["session"])] = writer
         return writer
-    return _ATTACHED.get(writer.handoff())
+    return _ATTACHED.get(handoff)
 
 
 def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None = None) -> None:
@@ -486,6 +505,8 @@ class BigArrayTarget:
             attrs=attrs,
             fsync=fsync,
         )
+        self._handoff = self._writer.handoff()
+        _OWNERS[str(self._handoff["session"])] = self._writer
         self.path = path
         self.variable = variable
         self.shape = shape
@@ -494,36 +515,44 @@ class BigArrayTarget:
 
     @property
     def writer(self) -> Any:
-        """The underlying :class:`~bigarray.writer.StoreWriter`."""
-        return self._writer
+        """The underlying :class:`~bigarray.writer.StoreWriter` (None in other processes)."""
+        return self._owner_writer()
+
+    def _owner_writer(self) -> Any:
+        if self._writer is not None:
+            return self._writer
+        if int(self._handoff["owner_pid"]) == os.getpid():
+            return _OWNERS.get(str(self._handoff["session"]))
+        return None
 
     @property
     def is_owner(self) -> bool:
         """True in the process that created the target (the one that commits)."""
-        return bool(self._writer.is_owner)
+        return int(self._handoff["owner_pid"]) == os.getpid()
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        write_region(self._writer, key, value, self.shape)
+        write_region(self._writer if self._writer is not None else self._handoff, key, value,
+                     self.shape)
 
     def close(self) -> None:
         """Record the segment names and commit everything every process wrote."""
-        w = self._writer
-        if w.closed:
-            return
-        if not w.is_owner:
+        w = self._owner_writer()
+        if w is None:
             raise BigArrayError(
                 f"BigArrayTarget({self.path!r}).close() ran in process {os.getpid()}, not in "
-                f"the process that created it ({w.handoff()['owner_pid']}): only that one can "
-                "commit. Call close() in the creating process (to_bigarray(..., "
+                f"the process that created it ({self._handoff['owner_pid']}): only that one "
+                "can commit. Call close() in the creating process (to_bigarray(..., "
                 "compute=False) results commit wherever they are computed)."
             )
+        if w.closed:
+            return
         self.record_segments()
         w.close()
 
     def abort(self) -> None:
         """Forget what was written (nothing is committed) and release the writer."""
-        w = self._writer
-        if w.closed:
+        w = self._owner_writer()
+        if w is None or w.closed:
             return
         w.abort()
         if not w.is_owner:
@@ -557,7 +586,7 @@ class BigArrayTarget:
         else:
             starts = stops = np.zeros(0, np.int64)
             record = Record(self.variable, None, rows)
-        Journal(self.path, self._writer.handoff()["session"]).append(record, starts, stops)
+        Journal(self.path, str(self._handoff["session"])).append(record, starts, stops)
         self._recorded = True
 
     def commit_anywhere(self) -> None:
@@ -568,12 +597,12 @@ class BigArrayTarget:
         names were journaled when the write was built, so this process joins the writer
         session and commits it: everything it needs is in the store's journal.
         """
-        if self._writer.is_owner:
+        if self._owner_writer() is not None:
             self.close()
             return
         from .writer import StoreWriter
 
-        heir = StoreWriter.attach(self._writer.handoff())
+        heir = StoreWriter.attach(self._handoff)
         # Hand the commit over to this process: the journal holds every record of the
         # session, and the commit runs under the store lock like any other.
         # TODO: a public StoreWriter API for this hand-over (writer.py).
@@ -591,7 +620,10 @@ class BigArrayTarget:
 
     def __reduce__(self) -> Any:
         # by reference: the writer session, never the segment table
-        return (_target_ref, (self._writer, self.path, self.variable, self.shape))
+        return (
+            _target_ref,
+            (self._handoff, self.path, self.variable, self.shape, str(self.dtype)),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -600,13 +632,16 @@ class BigArrayTarget:
         )
 
 
-def _target_ref(writer: Any, path: str, variable: str, shape: tuple[int, ...]) -> BigArrayTarget:
+def _target_ref(
+    handoff: dict[str, Any], path: str, variable: str, shape: tuple[int, ...], dtype: str
+) -> BigArrayTarget:
     t = BigArrayTarget.__new__(BigArrayTarget)
-    t._writer = writer
+    t._writer = None
+    t._handoff = handoff
     t._table = None
     t._recorded = True  # the names stay with the creating process
     t.path, t.variable, t.shape = path, variable, shape
-    t.dtype = writer.dtype
+    t.dtype = np.dtype(dtype)
     t.ndim = len(shape)
     return t
 
