@@ -382,12 +382,12 @@ def test_write_reopen_identical(tmp_path: Any, ds: xr.Dataset, use_dask: bool) -
     src = ds.chunk({"row": 7}) if use_dask else ds
     with dask.config.set(scheduler="threads"):
         to_bigarray(src, path, mode="w", fsync=False)
-    with xr.open_dataset(path, engine=ENGINE, concat_characters=False) as back:
+    with xr.open_dataset(path, engine=ENGINE) as back:
         loaded = back.load()
     xr.testing.assert_identical(loaded, ds)
     for name, var in ds.variables.items():
         assert loaded[name].dtype == var.dtype or var.dtype.kind == "O", name
-    with xr.open_dataset(path, engine=ENGINE, chunks={}, concat_characters=False) as back:
+    with xr.open_dataset(path, engine=ENGINE, chunks={}) as back:
         xr.testing.assert_identical(back.compute(), ds)
 
 
