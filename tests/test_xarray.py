@@ -550,3 +550,15 @@ def test_dask_write_chunks_in_a_thread_pool_from_numpy_to_dask(tmp_path: Any) ->
         to_bigarray(ds, tmp_path / "th.bigarray")
     back = xr.open_dataset(tmp_path / "th.bigarray", engine=ENGINE)
     np.testing.assert_array_equal(back["x"].values, x.compute())
+
+
+@pytest.mark.distributed
+def test_benchmark_smoke(tmp_path: Any) -> None:
+    from benchmarks import bench_xarray
+
+    results = bench_xarray.run("smoke", repeat=1, workdir=tmp_path)
+    by = {(r["case"], r["system"]): r for r in results}
+    assert {s for c, s in by if c == "xr-sum"} == {"zarr", "bigarray", "bigarray-32MiB"}
+    assert all(r["median_s"] > 0 for r in results)
+    assert by[("xr-sum", "zarr")]["ratio_vs_zarr"] == 1.0
+    assert "xr-open-1M" in bench_xarray.format_table(results)
