@@ -326,6 +326,7 @@ class BigArrayBackendArray(BackendArray):
                 block, local = self.reader.read(lo, hi), k0 - lo
         else:  # an integer
             i = int(k0)
+            i = i + rows if i < 0 else i
             block, local = self.reader.read(i, i + 1), 0
         if isinstance(local, slice) and local == slice(None) and all(
             isinstance(k, slice) and k == slice(None) for k in rest
@@ -357,6 +358,8 @@ class _SegmentTableArray(BackendArray):
 
     def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
         (k,) = key
+        if not isinstance(k, slice) and k < 0:
+            k += self.shape[0]
         start, stop, step = (k.indices(self.shape[0]) if isinstance(k, slice) else (k, k + 1, 1))
         with _StoreCache.get(self.path, self.storage_options, self.index_files) as store:
             arrays = store.index.arrays
