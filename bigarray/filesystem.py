@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from .errors import (
@@ -48,8 +49,9 @@ DEFAULT_GAP = 1 << 20
 #: Ranges longer than this are fetched as several concurrent requests (and merged ranges
 #: never grow past it), so one large read uses the bandwidth of many connections.
 DEFAULT_PART = 16 << 20
-#: Above this many files to size, list their directories instead of asking one by one.
-_LIST_THRESHOLD = 8
+#: Above this many files to size, list their directories (one request per 1,000 objects
+#: on S3) instead of asking for each file.
+_LIST_THRESHOLD = 1
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 # Libraries whose exceptions are I/O failures even when they do not derive from OSError.
 _IO_MODULES = frozenset(
@@ -335,9 +337,7 @@ class FileAccess:
         out = []
         for (rel, a, b), item in zip(reqs, got, strict=True):
             if isinstance(item, BaseException):
-                err = translate_error(
-                    item, self.where(rel), missing=lambda r=rel: self._missing_listed(r)
-                )
+                err = translate_error(item, self.where(rel), missing=self._missing_for(rel))
                 raise err from item
             view = memoryview(item)
             if view.nbytes != b - a:
@@ -348,6 +348,9 @@ class FileAccess:
                 )
             out.append(view)
         return out
+
+    def _missing_for(self, rel: str) -> Callable[[], BigArrayError]:
+        return partial(self._missing_listed, rel)
 
     def _missing_listed(self, rel: str) -> StoreCorruptedError:
         return StoreCorruptedError(
@@ -376,9 +379,9 @@ class FileAccess:
                 by_dir.setdefault(rel.rpartition("/")[0], []).append(rel)
             for d, members in by_dir.items():
                 listing = self._call(
-                    lambda d=d: self.fs.ls(self.full(d), detail=True),
+                    partial(self.fs.ls, self.full(d), detail=True),
                     d,
-                    missing=lambda d=d, m=members[0]: self._missing_listed(d or m),
+                    missing=self._missing_for(d or members[0]),
                 )
                 found = {self._norm(e["name"]): e.get("size") for e in listing}
                 for rel in members:
@@ -390,7 +393,7 @@ class FileAccess:
             return out
         for rel in rels:
             try:
-                info = self._call(lambda rel=rel: self.fs.info(self.full(rel)), rel)
+                info = self._call(partial(self.fs.info, self.full(rel)), rel)
             except StoreNotFoundError:
                 out[rel] = None
                 continue
@@ -405,7 +408,7 @@ class FileAccess:
         ``data`` may be a list of byte-like parts, joined here once. Returns the bytes written.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            data = b"".join(data)
+            data = b"".join(data)  # type: ignore[arg-type]
         full = self.full(rel)
 
         def run() -> None:

@@ -174,7 +174,8 @@ def write_index_files(access: FileAccess, generation: int, seg: SegmentArrays) -
     }
     files, offsets = {}, {}
     for role in INDEX_ROLES:
-        arr = np.ascontiguousarray(arrays[role], _ROLE_DTYPES[role])
+        role_dtype = np.dtype(str(_ROLE_DTYPES[role]))
+        arr = np.ascontiguousarray(arrays[role], dtype=role_dtype)
         header = npy_header(arr.dtype, arr.shape)
         rel = f"{INDEX_DIR}/g{generation}-{role}.npy"
         access.pipe(rel, [header, as_bytes(arr)])

@@ -54,7 +54,7 @@ def is_store(path: str, storage_options: dict[str, Any] | None = None) -> bool:
         try:
             from .filesystem import FileAccess
 
-            raw = FileAccess(path, storage_options).cat(MANIFEST_NAME)  # type: ignore[arg-type]
+            raw = FileAccess(path, storage_options).cat(MANIFEST_NAME)
             return b'"format": "bigarray"' in raw[:4096]
         except Exception:
             return False
@@ -456,13 +456,14 @@ class RemoteStore:
     def check_shards(self, var: Variable, shards: Sequence[Shard] | None = None) -> None:
         """Check the size of each shard object against the manifest (once per shard).
 
-        When more than one shard is unchecked, all shards of the variable are sized together
-        (one listing on object stores), so a many-shard store pays one request, not one each.
+        On a listable filesystem (object stores) the first check sizes every shard of the
+        variable with one listing, so a many-shard store pays one request, not one per shard;
+        elsewhere (HTTP) each shard is sized when first read.
         """
         todo = [s for s in (var.shards if shards is None else shards) if s.path not in self._checked]
         if not todo:
             return
-        if len(todo) > 1:
+        if len(var.shards) > 1 and (len(todo) > 1 or self._access.listable):
             todo = [s for s in var.shards if s.path not in self._checked]
         sizes = self._access.sizes([s.path for s in todo])
         for shard in todo:
@@ -513,7 +514,7 @@ class RemoteStore:
             (buf,) = self._access.fetch([(shard.path, lo, hi)])
             return np.frombuffer(buf, var.dtype).reshape(shape)
         out = np.empty(shape, var.dtype)
-        flat = memoryview(out.reshape(-1).view(np.uint8))
+        flat = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         jobs, pos = [], 0
         for shard, lo, hi in pieces:
             jobs.append((shard.path, lo, flat[pos : pos + hi - lo]))
