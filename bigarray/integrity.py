@@ -546,11 +546,11 @@ def _verify_index(report: VerifyReport, path: str, manifest: Manifest, store: An
                 "its segments entry was removed after the commit"
             )
         return None
-    entries = [
-        v.checksums.get("index")
-        for v in manifest.variables.values()
-        if isinstance(v.checksums, Mapping) and isinstance(v.checksums.get("index"), Mapping)
-    ]
+    entries: list[Mapping[str, Any]] = []
+    for v in manifest.variables.values():
+        entry = v.checksums.get("index") if isinstance(v.checksums, Mapping) else None
+        if isinstance(entry, Mapping):
+            entries.append(entry)
     current = [e for e in entries if e.get("generation") == spec.generation]
     if not current:
         report.notes.append(
