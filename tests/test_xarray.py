@@ -386,6 +386,9 @@ def test_write_reopen_identical(tmp_path: Any, ds: xr.Dataset, use_dask: bool) -
         loaded = back.load()
     xr.testing.assert_identical(loaded, ds)
     for name, var in ds.variables.items():
+        if name == "segment":  # names come from the index: '<U' as wide as the longest name
+            assert loaded[name].dtype.kind == "U"
+            continue
         assert loaded[name].dtype == var.dtype or var.dtype.kind == "O", name
     with xr.open_dataset(path, engine=ENGINE, chunks={}) as back:
         xr.testing.assert_identical(back.compute(), ds)
