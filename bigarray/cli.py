@@ -36,15 +36,10 @@ def _options(text: str | None) -> dict[str, Any] | None:
 
 
 def _open_any(path: str, options: dict[str, Any] | None) -> Any:
-    """A store from a local path or (when the remote layer is installed) any fsspec URL."""
-    from . import store as store_mod
+    """A store at a local path (memory-mapped) or any fsspec URL (byte ranges)."""
+    from .store import open_store
 
-    opener = getattr(store_mod, "open_store", None)
-    if opener is not None:
-        return opener(path, storage_options=options)
-    if options:
-        raise BigArrayError("storage options need a URL, not a local path")
-    return store_mod.Store(path)
+    return open_store(path, storage_options=options)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -108,13 +103,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_cp(args: argparse.Namespace) -> int:
     from .copy import copy_store
 
-    copy_store(
+    report = copy_store(
         args.src,
         args.dst,
         src_options=_options(args.src_options),
         dst_options=_options(args.dst_options),
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
+    print(report)
     return 0
 
 
@@ -178,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst")
     s.add_argument("--src-options", help="fsspec options for SRC as JSON")
     s.add_argument("--dst-options", help="fsspec options for DST as JSON")
+    s.add_argument("--overwrite", action="store_true", help="replace a store at DST")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_cp)
 

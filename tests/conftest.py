@@ -35,7 +35,7 @@ def cluster() -> Iterator[Any]:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",
         memory_limit="4GiB",
     ) as cl:
         yield cl
@@ -83,6 +83,7 @@ def s3_bucket(s3_options: dict[str, Any]) -> str:
     s3fs = pytest.importorskip("s3fs")
     fs = s3fs.S3FileSystem(**s3_options)
     name = f"test-{uuid.uuid4().hex[:12]}"
-    fs.mkdir(name)
+    # mkdir() sends LocationConstraint=us-east-1, which S3 (and moto) refuse
+    fs.call_s3("create_bucket", Bucket=name)
     fs.invalidate_cache()
     return name
