@@ -494,7 +494,7 @@ class BigArrayTarget:
         self._table = _segment_table(segments, shape[0])
         self._recorded = False
         # declared rows stay 0: if the write fails, closing commits nothing
-        self._writer = StoreWriter(
+        self._writer: Any = StoreWriter(
             path,
             variable=variable,
             shape=(0, *shape[1:]),
@@ -579,12 +579,13 @@ class BigArrayTarget:
         from .journal import Journal, Record
 
         rows = self.shape[0]
-        names, starts, stops = self._table if self._table is not None else ([], None, None)
+        empty = np.zeros(0, np.int64)
+        names, starts, stops = self._table if self._table is not None else ([], empty, empty)
         if names:
             seg = SegmentArrays.from_names(names, starts, stops)
             record = Record(self.variable, seg, rows)
         else:
-            starts = stops = np.zeros(0, np.int64)
+            starts = stops = empty
             record = Record(self.variable, None, rows)
         Journal(self.path, str(self._handoff["session"])).append(record, starts, stops)
         self._recorded = True
