@@ -28,25 +28,10 @@ _SESSION_ENV = "BIGARRAY_WRITER_SESSION_"
 
 
 def _open_consistent(path: str, named: bool) -> Store:
-    """Open a store and (``named``) its index at once, so that an array keeps the index of
-    the commit it maps even after later commits delete that index generation. A commit
-    landing between the manifest read and the index open can delete the files just named:
-    then the manifest has moved on, and opening again gives the newer commit."""
-    from .errors import StoreCorruptedError
-    from .store import read_manifest
+    """The store with (``named``) its index mapped now: see :func:`bigarray.store.open_local`."""
+    from .store import open_local
 
-    for attempt in range(8):
-        store = Store(path)
-        if not named:
-            return store
-        try:
-            store.index  # noqa: B018 - opens (maps or reads) the index files now
-            return store
-        except StoreCorruptedError:
-            store.close()
-            if attempt == 7 or read_manifest(path).generation == store.manifest.generation:
-                raise
-    raise AssertionError("unreachable")
+    return open_local(path, with_index=named)
 
 
 #: Largest remote store PointerArray(url) copies into memory (see ``max_bytes``).

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BigArrayError, SchemaError, StoreNotFoundError
+from .errors import SchemaError, StoreNotFoundError
 from .format import Shard, Variable, normalize_dtype
 
 __all__ = ["LazyArray", "open_array", "segment_chunks", "target_rows"]
@@ -54,25 +54,13 @@ def _local_path(url: str) -> str:
 
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Open the store at ``url``: the one place where local paths and fsspec URLs part.
+    """Open the store at ``url`` (a memory-mapped local store, or an fsspec reader)."""
+    from .store import open_local
+    from .store import open_store as open_any
 
-    A local path (or ``file://``) opens a :class:`bigarray.store.Store`; any other URL goes
-    to ``bigarray.store.open_store(url, storage_options=...)`` (the fsspec reader).
-    """
     if is_local(url):
-        from .store import Store
-
-        return Store(_local_path(url))
-    from . import store as store_mod
-
-    opener = getattr(store_mod, "open_store", None)
-    if opener is None:
-        raise BigArrayError(
-            f"cannot open {url!r}: this bigarray has no reader for remote URLs "
-            "(bigarray.store.open_store is missing). Copy the store to a local path, or "
-            "upgrade bigarray."
-        )
-    return opener(url, storage_options=dict(storage_options or {}))
+        return open_local(_local_path(url))
+    return open_any(url, storage_options=dict(storage_options or {}))
 
 
 def _options_key(options: Mapping[str, Any] | None) -> str:

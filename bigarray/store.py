@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -105,7 +106,7 @@ def open_store(
 
     if is_local(url_or_path):
         check_local_options(url_or_path, storage_options)
-        return Store(local_path(url_or_path))
+        return open_local(local_path(url_or_path))
     return RemoteStore(os.fspath(url_or_path), storage_options)
 
 
@@ -113,8 +114,17 @@ def read_manifest(path: str) -> Manifest:
     """Read and validate the committed manifest of the store at ``path``."""
     mpath = os.path.join(path, MANIFEST_NAME)
     try:
-        with open(mpath, "rb") as f:
-            raw = f.read(64 << 20)
+        # O_NONBLOCK: a FIFO planted as the manifest must not hang the reader
+        fd = os.open(mpath, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotAStoreError(
+                    f"{mpath!r} is not a regular file; a bigarray manifest is a plain JSON file"
+                )
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read(64 << 20)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         if not os.path.exists(path):
             raise StoreNotFoundError(
@@ -160,13 +170,24 @@ def resolve_inside(store: str, rel: str) -> str:
 
 
 def file_size(full: str, where: str) -> int:
+    """Size of a file the manifest names; missing or not a regular file is corruption."""
     try:
-        return os.stat(full).st_size
+        st = os.stat(full)
     except FileNotFoundError:
         raise StoreCorruptedError(
             f"{where}: file {full!r} listed in the manifest is missing; the store was damaged "
             "after its last commit. Restore the file or the whole store from a copy."
         ) from None
+    _require_regular(st, full, where)
+    return st.st_size
+
+
+def _require_regular(st: os.stat_result, full: str, where: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreCorruptedError(
+            f"{where}: {full!r} listed in the manifest is not a regular file (a directory, "
+            "device or pipe); the store was damaged or tampered with after its last commit"
+        )
 
 
 class Store:
@@ -214,12 +235,14 @@ class Store:
 
     def _load(self, full: str, need: int, role: str) -> Any:
         try:
-            fd = os.open(full, os.O_RDONLY)
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             file_size(full, self.path)  # raises the clear error
             raise
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            _require_regular(st, full, self.path)
+            size = st.st_size
             if size < need:
                 raise StoreCorruptedError(
                     f"{self.path}: index file {full!r} ({role}) holds {size:,} bytes but the "
@@ -564,3 +587,25 @@ class RemoteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Store:
+    """Open a local store and (``with_index``) its segment index at once.
+
+    The index files of a generation are deleted two commits later, so a reader keeps the
+    index of the commit it read by mapping it right away. A commit landing between the
+    manifest read and the index open can delete the files just named: then the manifest
+    has moved on, and opening again gives the newer commit.
+    """
+    for attempt in range(8):
+        store = Store(path)
+        if not with_index:
+            return store
+        try:
+            store.index  # noqa: B018 - maps (or reads) the index files now
+            return store
+        except StoreCorruptedError:
+            store.close()
+            if attempt == 7 or read_manifest(store.path).generation == store.manifest.generation:
+                raise
+    raise AssertionError("unreachable")

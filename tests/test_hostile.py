@@ -222,20 +222,16 @@ def test_manifest_over_the_size_limit_is_refused(store: Path) -> None:
 
 
 # --------------------------------------------------------------------------- file kinds
-# These three are bugs in bigarray/store.py (reported to its owner): a directory or a FIFO
-# where the manifest names a file. They are strict xfails so that the fix shows up.
+# A directory or a FIFO
+# where the manifest names a file is refused, never read (or waited on).
 
 
-@pytest.mark.xfail(strict=True, raises=IsADirectoryError,
-                   reason="store.py maps a directory named as data file (reported)")
 def test_data_file_that_is_a_directory_is_refused(store: Path) -> None:
     (store / "data.npy").unlink()
     (store / "data.npy").mkdir()
     refused(store, StoreCorruptedError, "not a regular file|holds", "data.npy directory")
 
 
-@pytest.mark.xfail(strict=True, raises=IsADirectoryError,
-                   reason="store.py reads a directory named as index file (reported)")
 def test_index_file_that_is_a_directory_is_refused(store: Path) -> None:
     rel = json.loads((store / "manifest.json").read_bytes())["segments"]["files"]["bounds"]
     (store / rel).unlink()
@@ -243,7 +239,6 @@ def test_index_file_that_is_a_directory_is_refused(store: Path) -> None:
     refused(store, StoreCorruptedError, "not a regular file|holds", "index directory")
 
 
-@pytest.mark.xfail(strict=True, reason="store.py blocks forever opening a FIFO manifest (reported)")
 def test_manifest_that_is_a_fifo_does_not_hang(store: Path) -> None:
     (store / "manifest.json").unlink()
     os.mkfifo(store / "manifest.json")
@@ -261,7 +256,7 @@ def test_manifest_that_is_a_fifo_does_not_hang(store: Path) -> None:
 def test_fifo_data_file_is_refused(store: Path) -> None:
     (store / "data.npy").unlink()
     os.mkfifo(store / "data.npy")
-    refused(store, StoreCorruptedError, "holds 0 bytes", "data.npy FIFO")
+    refused(store, StoreCorruptedError, "not a regular file", "data.npy FIFO")
 
 
 # --------------------------------------------------------------------------- legacy pickle
