@@ -559,15 +559,8 @@ class BigArrayTarget:
             w.close()
             return
         # End the session without a commit: close() would commit, and tasks still running
-        # when a sibling failed may journal rows after abort(). Their rows stay garbage
-        # beyond the committed row count. TODO: a public StoreWriter.discard() (writer.py).
-        w._closed = True
-        w._journal.end()
-        fd = w._fd
-        if fd is not None and w._fd_pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        w._fd = None
+        # when a sibling failed may journal rows after this.
+        w.discard()
 
     def record_segments(self) -> None:
         """Publish the segment names (and the row count) in the writer session's journal,
@@ -606,8 +599,7 @@ class BigArrayTarget:
         heir = StoreWriter.attach(self._handoff)
         # Hand the commit over to this process: the journal holds every record of the
         # session, and the commit runs under the store lock like any other.
-        # TODO: a public StoreWriter API for this hand-over (writer.py).
-        heir._owner_pid = os.getpid()
+        heir.take_ownership()
         heir.close()
 
     def __enter__(self) -> BigArrayTarget:

@@ -817,12 +817,41 @@ class StoreWriter:
         try:
             self._commit()
         finally:
-            self._closed = True
+            self._release()
+
+    def discard(self) -> None:
+        """End the session without committing (the owner's way to give up a write).
+
+        Rows written since the last commit stay in the data file as garbage past the
+        committed row count; records journaled later by still-running processes of this
+        session are never merged.
+        """
+        if self._closed:
+            return
+        self.abort()
+        self._release()
+
+    def take_ownership(self) -> None:
+        """Make this process the owner of the session (to commit a write whose owner is
+        elsewhere, e.g. the final task of a delayed dask write)."""
+        self._owner_pid = os.getpid()
+
+    def _release(self) -> None:
+        self._closed = True
+        if self.is_owner:
             self._journal.end()
-            if self._fd is not None and self._fd_pid == os.getpid():
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)
-            self._fd = None
+        if self._fd is not None and self._fd_pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        # Commit what was fully written even when the block raised: every journaled
+        # write is complete, and committing it loses nothing the caller can see.
+        self.close()
 
     @property
     def closed(self) -> bool:
