@@ -38,10 +38,18 @@ def _api() -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------------ writing
-def write_segments(path: str | Path, workload: Workload, segments: dict[str, np.ndarray]) -> None:
-    """Write all ``segments`` in ONE ``write`` call and commit (cases ``write``, ``write-tiny``)."""
+def write_segments(
+    path: str | Path, workload: Workload, segments: dict[str, np.ndarray], *, fsync: bool = True
+) -> None:
+    """Write all ``segments`` in ONE ``write`` call and commit (cases ``write``, ``write-tiny``).
+
+    ``fsync=False`` commits without forcing the data to disk (still safe against a killed
+    process, not against power loss): the same promise the page-cache peers make.
+    """
     writer_cls, _ = _api()
-    w = writer_cls(str(path), shape=workload.shape, dtype=workload.dtype, remove_exist=True)
+    w = writer_cls(
+        str(path), shape=workload.shape, dtype=workload.dtype, remove_exist=True, fsync=fsync
+    )
     w.write(segments)
     w.close()
 

@@ -4,15 +4,15 @@ What is summed
 --------------
 Every commit of a :class:`~bigarray.writer.StoreWriter` records, in the manifest entry of
 the variable it wrote (``variables.<name>.checksums``, an object the v1 format already
-allows), a ``zlib.crc32`` of every *block* of rows of the variable's data and of every file
+allows), a CRC-32C (``google_crc32c``) of every *block* of rows of the variable's data and of every file
 of the segment index generation it wrote::
 
     "checksums": {
-      "algorithm": "crc32",
+      "algorithm": "crc32c",
       "block_rows": 2048,          rows per block (blocks of about 1 MiB; the last is shorter)
       "rows": 2003456,             rows covered (equals the variable's shape[0] when current)
       "layout": 1234567890,        crc32 of the canonical JSON of {dtype, shape, shards}
-      "blocks": "base64...",       crc32 of each block's bytes, little-endian uint32, base64
+      "blocks": "base64...",       crc32c of each block's bytes, little-endian uint32, base64
       "index": {                   present when this variable's writer wrote the index
         "generation": 7,           the index generation summed (ignored when stale)
         "spec": 987654321,         crc32 of the canonical JSON of the manifest's "segments"
@@ -63,7 +63,18 @@ __all__ = [
     "verify_store",
 ]
 
-ALGORITHM = "crc32"
+ALGORITHM = "crc32c"
+
+
+def _load_crc32c() -> Any:
+    """CRC-32C (Castagnoli) from google-crc32c: hardware-accelerated, ~10 GB/s here against
+    ~4 GB/s for zlib.crc32, which is what lets a commit sum its data at page-cache speed."""
+    import google_crc32c
+
+    return google_crc32c.extend
+
+
+_extend = _load_crc32c()
 #: Target size of one checksummed block of rows (bytes).
 BLOCK_BYTES = 1 << 20
 _INLINE_BYTES = 8 << 20  # below this, sum in the calling thread (threads cost more)
@@ -193,7 +204,7 @@ def _crc_range(fd: int, offset: int, nbytes: int, value: int = 0) -> int:
             raise IntegrityError(
                 f"file ended {nbytes:,} bytes early at byte {offset:,} while checksumming"
             )
-        value = zlib.crc32(chunk, value)
+        value = _extend(value, chunk)
         offset += len(chunk)
         nbytes -= len(chunk)
     return value
