@@ -73,8 +73,13 @@ def _build(root: Path, size: str) -> tuple[str, str, list[tuple[str, int]]]:
             )
     zpath = str(root / "w1.zarr")
     z = zarr.create_array(
-        store=zpath, shape=(int(off[-1]), 128), dtype="f4",
-        chunks=(ZARR_CHUNK_ROWS, 128), compressors=None, filters=None, zarr_format=3,
+        store=zpath,
+        shape=(int(off[-1]), 128),
+        dtype="f4",
+        chunks=(ZARR_CHUNK_ROWS, 128),
+        compressors=None,
+        filters=None,
+        zarr_format=3,
         overwrite=True,
     )
     src = np.load(os.path.join(ba, "data.npy"), mmap_mode="r")
@@ -104,8 +109,12 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 def _row(case: str, system: str, seconds: float, nbytes: int, **extra: Any) -> dict[str, Any]:
     return {
-        "case": case, "system": system, "median_s": round(seconds, 4),
-        "unit_value": round(nbytes / seconds / 1e9, 3), "unit": "GB/s", **extra,
+        "case": case,
+        "system": system,
+        "median_s": round(seconds, 4),
+        "unit_value": round(nbytes / seconds / 1e9, 3),
+        "unit": "GB/s",
+        **extra,
     }
 
 
@@ -194,13 +203,24 @@ def run(size: str = "smoke", repeat: int | None = None) -> list[dict[str, Any]]:
         t_np, _ = _median_time(lambda: float(np.load(npy, mmap_mode="r").sum()), repeat)
         results += [
             _row("sum-threads", "numpy.sum on memmap (1 thread)", t_np, nbytes),
-            _row("sum-threads", "bigarray from_bigarray, threads", t_ba, nbytes,
-                 ratio=round(t_np / t_ba, 2), goal=GOALS["sum-threads"]),
+            _row(
+                "sum-threads",
+                "bigarray from_bigarray, threads",
+                t_ba,
+                nbytes,
+                ratio=round(t_np / t_ba, 2),
+                goal=GOALS["sum-threads"],
+            ),
         ]
 
         # --------------------------------------------------------------- distributed
-        kw = dict(threads_per_worker=1, processes=True, host="127.0.0.1",
-                  dashboard_address=None, memory_limit="8GiB")
+        kw = dict(
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit="8GiB",
+        )
         with LocalCluster(n_workers=2, **kw) as cluster, Client(cluster) as client:
             z = da.from_zarr(zpath)
             t_z, vz = _median_time(lambda: float(z.sum().compute()), repeat)
@@ -209,9 +229,16 @@ def run(size: str = "smoke", repeat: int | None = None) -> list[dict[str, Any]]:
             mem_sum = _peaks(client, lambda: x.sum().compute())
             results += [
                 _row("sum-distributed", "dask + zarr (65,536-row chunks), 2 workers", t_z, nbytes),
-                _row("sum-distributed", "bigarray from_bigarray, 2 workers", t_b, nbytes,
-                     ratio=round(t_z / t_b, 2), goal=GOALS["sum-distributed"], memory=mem_sum,
-                     chunks=len(x.chunks[0])),
+                _row(
+                    "sum-distributed",
+                    "bigarray from_bigarray, 2 workers",
+                    t_b,
+                    nbytes,
+                    ratio=round(t_z / t_b, 2),
+                    goal=GOALS["sum-distributed"],
+                    memory=mem_sum,
+                    chunks=len(x.chunks[0]),
+                ),
             ]
 
         # --------------------------------------------------------------- parallel write
@@ -222,6 +249,7 @@ def run(size: str = "smoke", repeat: int | None = None) -> list[dict[str, Any]]:
         mem_write: dict[str, Any] = {}
         for n in (1, 2):
             with LocalCluster(n_workers=n, **kw) as cluster, Client(cluster) as client:
+
                 def write() -> None:
                     to_bigarray(src, out, segments=segments, remove_exist=True, fsync=False)
 
@@ -232,9 +260,15 @@ def run(size: str = "smoke", repeat: int | None = None) -> list[dict[str, Any]]:
         assert got.shape == shape and float(got[-1, -1]) == 1.0
         results += [
             _row("to_bigarray", "to_bigarray, 1 worker process", write_times[1], nbytes),
-            _row("to_bigarray", "to_bigarray, 2 worker processes", write_times[2], nbytes,
-                 ratio=round(write_times[1] / write_times[2], 2), goal=GOALS["to_bigarray"],
-                 memory=mem_write),
+            _row(
+                "to_bigarray",
+                "to_bigarray, 2 worker processes",
+                write_times[2],
+                nbytes,
+                ratio=round(write_times[1] / write_times[2], 2),
+                goal=GOALS["to_bigarray"],
+                memory=mem_write,
+            ),
         ]
     finally:
         shutil.rmtree(root, ignore_errors=True)

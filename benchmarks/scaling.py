@@ -65,8 +65,14 @@ def build(root: str, gb: float) -> tuple[str, str, list[tuple[str, int]]]:
                     start_position=int(off[i]),
                 )
         z = zarr.create_array(
-            store=zp, shape=(rows, FEATURES), dtype="f4", chunks=(ZARR_CHUNK_ROWS, FEATURES),
-            compressors=None, filters=None, zarr_format=3, overwrite=True,
+            store=zp,
+            shape=(rows, FEATURES),
+            dtype="f4",
+            chunks=(ZARR_CHUNK_ROWS, FEATURES),
+            compressors=None,
+            filters=None,
+            zarr_format=3,
+            overwrite=True,
         )
         src = np.load(os.path.join(ba, "data.npy"), mmap_mode="r")
         for a in range(0, rows, ZARR_CHUNK_ROWS * 8):
@@ -93,8 +99,9 @@ def timed(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
-def measure(n: int, ba: str, zp: str, segments: list[tuple[str, int]], root: str,
-            repeat: int) -> dict[str, float]:
+def measure(
+    n: int, ba: str, zp: str, segments: list[tuple[str, int]], root: str, repeat: int
+) -> dict[str, float]:
     import dask.array as da
     from distributed import Client, LocalCluster
 
@@ -102,8 +109,17 @@ def measure(n: int, ba: str, zp: str, segments: list[tuple[str, int]], root: str
 
     nbytes = os.path.getsize(os.path.join(ba, "data.npy"))
     out: dict[str, float] = {}
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, memory_limit=0) as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=0,
+        ) as cluster,
+        Client(cluster),
+    ):
         x = from_bigarray(ba)
         z = da.from_zarr(zp)
         out["bigarray sum"] = nbytes / timed(lambda: x.sum(dtype="f8").compute(), repeat) / 1e9
@@ -120,8 +136,14 @@ def measure(n: int, ba: str, zp: str, segments: list[tuple[str, int]], root: str
 
             shutil.rmtree(wz, ignore_errors=True)
             target = zarr.create_array(
-                store=wz, shape=src.shape, dtype="f4", chunks=(ZARR_CHUNK_ROWS, FEATURES),
-                compressors=None, filters=None, zarr_format=3, overwrite=True,
+                store=wz,
+                shape=src.shape,
+                dtype="f4",
+                chunks=(ZARR_CHUNK_ROWS, FEATURES),
+                compressors=None,
+                filters=None,
+                zarr_format=3,
+                overwrite=True,
             )
             da.store(src, target, lock=False)
 
@@ -148,20 +170,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table: dict[int, dict[str, float]] = {}
     for n in counts:
         table[n] = measure(n, ba, zp, segments, args.dir, args.repeat)
-        print(f"{n} workers: " + ", ".join(f"{k} {v:.2f} GB/s" for k, v in table[n].items()),
-              flush=True)
+        print(
+            f"{n} workers: " + ", ".join(f"{k} {v:.2f} GB/s" for k, v in table[n].items()),
+            flush=True,
+        )
     cases = ["bigarray sum", "zarr sum", "bigarray write", "zarr write"]
     print(f"\nGB/s (median of {args.repeat}), {args.gb} GB, {os.cpu_count()} cores")
     print(f"{'case':<16}" + "".join(f"{n:>8}" for n in counts))
     for c in cases:
         print(f"{c:<16}" + "".join(f"{table[n][c]:>8.2f}" for n in counts))
-    print(f"{'sum ratio':<16}" + "".join(
-        f"{table[n]['bigarray sum'] / table[n]['zarr sum']:>8.2f}" for n in counts))
-    print(f"{'write ratio':<16}" + "".join(
-        f"{table[n]['bigarray write'] / table[n]['zarr write']:>8.2f}" for n in counts))
+    print(
+        f"{'sum ratio':<16}"
+        + "".join(f"{table[n]['bigarray sum'] / table[n]['zarr sum']:>8.2f}" for n in counts)
+    )
+    print(
+        f"{'write ratio':<16}"
+        + "".join(f"{table[n]['bigarray write'] / table[n]['zarr write']:>8.2f}" for n in counts)
+    )
     result = {
-        "gb": args.gb, "repeat": args.repeat, "cpus": os.cpu_count(),
-        "machine": platform.platform(), "workers": counts,
+        "gb": args.gb,
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "workers": counts,
         "gbps": {str(n): table[n] for n in counts},
     }
     with open(args.out, "w") as f:

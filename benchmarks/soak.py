@@ -51,9 +51,13 @@ def soak_kills(kills: int, seeds: int = 8) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
             print(f"  seed {seed}: {total.kills} kills so far", flush=True)
     out = {
-        "kills": total.kills, "stores": total.stores, "commits": total.commits_seen,
-        "segments_checked": total.segments_checked, "modes": dict(total.modes),
-        "steps": dict(total.steps), "seconds": round(time.perf_counter() - t0, 1),
+        "kills": total.kills,
+        "stores": total.stores,
+        "commits": total.commits_seen,
+        "segments_checked": total.segments_checked,
+        "modes": dict(total.modes),
+        "steps": dict(total.steps),
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     print(f"crash soak: {out}")
     return out
@@ -64,8 +68,9 @@ def soak_fuzz(examples: int, seed: int = 100) -> dict[str, Any]:
     totals: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bigarray-fuzz-soak-") as d:
         for mode in test_fuzz.MODES:
-            stats = test_fuzz.run_attack(mode, examples // len(test_fuzz.MODES), seed,
-                                         Path(d) / f"{mode}.json", timeout=3600)
+            stats = test_fuzz.run_attack(
+                mode, examples // len(test_fuzz.MODES), seed, Path(d) / f"{mode}.json", timeout=3600
+            )
             totals[mode] = stats["cases"]
             print(f"  {mode}: {stats['cases']} cases, all read correctly or refused", flush=True)
     print(f"fuzz soak: {sum(totals.values())} damaged stores, {totals}")
@@ -78,8 +83,9 @@ def _write_commit(path: Path, data: np.ndarray, checksums: bool, fsync: bool) ->
     if path.exists():
         shutil.rmtree(path)
     t0 = time.perf_counter()
-    w = StoreWriter(path, dtype=data.dtype, shape=(0, data.shape[1]), checksums=checksums,
-                    fsync=fsync)
+    w = StoreWriter(
+        path, dtype=data.dtype, shape=(0, data.shape[1]), checksums=checksums, fsync=fsync
+    )
     w.write_rows([data], ["all"])
     w.close()
     return time.perf_counter() - t0
@@ -101,21 +107,25 @@ def run(size: str = "small", repeat: int = 3) -> list[dict[str, Any]]:
                     times[checksums].append(_write_commit(path, data, checksums, fsync))
             for checksums in (False, True):
                 med = statistics.median(times[checksums])
-                results.append({
-                    "case": f"write+commit {data.nbytes / 1e9:.2f} GB, fsync={fsync}",
-                    "system": f"bigarray checksums={checksums}",
-                    "median_s": med,
-                    "unit_value": data.nbytes / med / 1e9,
-                    "unit": "GB/s",
-                })
+                results.append(
+                    {
+                        "case": f"write+commit {data.nbytes / 1e9:.2f} GB, fsync={fsync}",
+                        "system": f"bigarray checksums={checksums}",
+                        "median_s": med,
+                        "unit_value": data.nbytes / med / 1e9,
+                        "unit": "GB/s",
+                    }
+                )
             on = statistics.median(times[True])
             off = statistics.median(times[False])
             results[-1]["ratio_vs_off"] = on / off
     print(f"{'case':40s} {'system':28s} {'median s':>9s} {'GB/s':>6s} {'on/off':>7s}")
     for r in results:
         ratio = f"{r['ratio_vs_off']:.2f}x" if "ratio_vs_off" in r else ""
-        print(f"{r['case']:40s} {r['system']:28s} {r['median_s']:9.3f} {r['unit_value']:6.2f} "
-              f"{ratio:>7s}")
+        print(
+            f"{r['case']:40s} {r['system']:28s} {r['median_s']:9.3f} {r['unit_value']:6.2f} "
+            f"{ratio:>7s}"
+        )
     return results
 
 

@@ -88,7 +88,8 @@ class MmapArray(np.memmap):
     """
 
     _bigarray_root: tuple[str, str | None, int] | None
-    _bigarray_store: Store | None
+    _bigarray_store: Any  # Store or RemoteStore of the root array; None on views
+    _bigarray_plain: np.ndarray | None
     _bigarray_options: dict[str, Any] | None = None  # set on arrays of remote stores
 
     def __new__(

@@ -390,8 +390,14 @@ def from_npy(
     array = np.load(src, mmap_mode="r", allow_pickle=False)
     part = _Part(None, shape[0], _sliced(array, shape[0]))
     _write_parts(
-        [part], dst, dtype=dtype, trailing=tuple(shape[1:]), named=False,
-        remove_exist=remove_exist, progress=progress, desc=Path(src).name,
+        [part],
+        dst,
+        dtype=dtype,
+        trailing=tuple(shape[1:]),
+        named=False,
+        remove_exist=remove_exist,
+        progress=progress,
+        desc=Path(src).name,
     )
 
 
@@ -467,8 +473,14 @@ def from_npz(
         for k, m in keys.items()
     ]
     _write_parts(
-        parts, dst, dtype=first[2], trailing=tuple(first[0][1:]), named=named,
-        remove_exist=remove_exist, progress=progress, desc=Path(src).name,
+        parts,
+        dst,
+        dtype=first[2],
+        trailing=tuple(first[0][1:]),
+        named=named,
+        remove_exist=remove_exist,
+        progress=progress,
+        desc=Path(src).name,
     )
 
 
@@ -547,9 +559,14 @@ def from_hdf5(
             for name, ds in datasets
         ]
         _write_parts(
-            parts, dst, dtype=checked[0][1], trailing=checked[0][2][1:],
-            named=datasets[0][0] is not None, remove_exist=remove_exist,
-            progress=progress, desc=Path(path).name,
+            parts,
+            dst,
+            dtype=checked[0][1],
+            trailing=checked[0][2][1:],
+            named=datasets[0][0] is not None,
+            remove_exist=remove_exist,
+            progress=progress,
+            desc=Path(path).name,
         )
 
 
@@ -609,8 +626,14 @@ def from_zarr(
     _check_schema(path, [(inner or Path(path).name, node.dtype, tuple(node.shape))])
     part = _Part(None, node.shape[0], _sliced(node, node.shape[0]), node.chunks[0])
     _write_parts(
-        [part], dst, dtype=node.dtype, trailing=tuple(node.shape[1:]), named=False,
-        remove_exist=remove_exist, progress=progress, desc=Path(path).name,
+        [part],
+        dst,
+        dtype=node.dtype,
+        trailing=tuple(node.shape[1:]),
+        named=False,
+        remove_exist=remove_exist,
+        progress=progress,
+        desc=Path(path).name,
     )
     return None
 
@@ -623,8 +646,14 @@ def _zarr_group(path: str, group: Any, dst: str, remove_exist: bool, progress: b
     parts = [_Part(n, a.shape[0], _sliced(a, a.shape[0]), a.chunks[0]) for n, a in members]
     first = members[0][1]
     _write_parts(
-        parts, dst, dtype=first.dtype, trailing=tuple(first.shape[1:]), named=True,
-        remove_exist=remove_exist, progress=progress, desc=Path(path).name,
+        parts,
+        dst,
+        dtype=first.dtype,
+        trailing=tuple(first.shape[1:]),
+        named=True,
+        remove_exist=remove_exist,
+        progress=progress,
+        desc=Path(path).name,
     )
     return None
 
@@ -673,8 +702,7 @@ def _task_progress(progress: bool, desc: str) -> Iterator[None]:
             cb.bar.close()
 
 
-def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool,
-                         desc: str) -> None:
+def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool, desc: str) -> None:
     from .writer import remove_store
 
     backend = _xarray_backend()
@@ -702,14 +730,16 @@ def _select(ds: Any, variable: str | None, where: str) -> Any:
     return ds[[variable]]
 
 
-def _from_xarray_zarr(path: str, dst: str, remove_exist: bool, progress: bool,
-                      variable: str | None = None) -> None:
+def _from_xarray_zarr(
+    path: str, dst: str, remove_exist: bool, progress: bool, variable: str | None = None
+) -> None:
     import xarray as xr
 
     # consolidated=False: reads any zarr group (the consolidated file is optional)
     with xr.open_zarr(path, chunks={}, consolidated=False) as ds:
-        _dataset_to_bigarray(_select(ds, variable, path), dst, remove_exist, progress,
-                             Path(path).name)
+        _dataset_to_bigarray(
+            _select(ds, variable, path), dst, remove_exist, progress, Path(path).name
+        )
 
 
 def _netcdf_engine(path: str) -> str:
@@ -749,8 +779,9 @@ def from_netcdf(
     engine = _netcdf_engine(path)
     _xarray_backend()
     with xr.open_dataset(path, engine=engine, chunks={}) as ds:
-        _dataset_to_bigarray(_select(ds, variable, path), os.fspath(dst), remove_exist,
-                             progress, Path(path).name)
+        _dataset_to_bigarray(
+            _select(ds, variable, path), os.fspath(dst), remove_exist, progress, Path(path).name
+        )
 
 
 def _open_store_dataset(src: str, variable: str | None) -> Any:
@@ -915,7 +946,10 @@ def convert(
                 "directory (or pass --to zarr|netcdf to convert it)"
             )
         (to_zarr if out == "zarr" else to_netcdf)(
-            split_source(src)[0], dst, variable=variable, remove_exist=remove_exist,
+            split_source(src)[0],
+            dst,
+            variable=variable,
+            remove_exist=remove_exist,
             progress=progress,
         )
         return fmt
@@ -939,8 +973,13 @@ def convert(
         else:
             from_npy(path, dst, remove_exist=remove_exist, progress=progress)
     elif fmt == "npz":
-        from_npz(path, dst, variable=variable if variable is not None else inner,
-                 remove_exist=remove_exist, progress=progress)
+        from_npz(
+            path,
+            dst,
+            variable=variable if variable is not None else inner,
+            remove_exist=remove_exist,
+            progress=progress,
+        )
     elif fmt == "hdf5":
         from_hdf5(src, dst, variable=variable, remove_exist=remove_exist, progress=progress)
     elif fmt == "zarr":

@@ -358,8 +358,11 @@ def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None 
     for i, k in enumerate(key[1:], 1):
         if k == slice(None):
             continue
-        full = isinstance(k, slice) and k.step in (None, 1) and (k.start or 0) == 0 and (
-            k.stop is None or (i - 1 < len(trailing) and k.stop >= trailing[i - 1])
+        full = (
+            isinstance(k, slice)
+            and k.step in (None, 1)
+            and (k.start or 0) == 0
+            and (k.stop is None or (i - 1 < len(trailing) and k.stop >= trailing[i - 1]))
         )
         if not full:
             raise SchemaError(
@@ -377,9 +380,7 @@ def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None 
     _writer_here(writer).write_rows([value], None, start_position=start)
 
 
-def _segment_table(
-    segments: Any, rows: int
-) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.ndarray] | None:
     """Normalise ``segments`` to (names, starts, stops) in row order, validated."""
     if segments is None:
         return None
@@ -531,8 +532,9 @@ class BigArrayTarget:
         return int(self._handoff["owner_pid"]) == os.getpid()
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        write_region(self._writer if self._writer is not None else self._handoff, key, value,
-                     self.shape)
+        write_region(
+            self._writer if self._writer is not None else self._handoff, key, value, self.shape
+        )
 
     def close(self) -> None:
         """Record the segment names and commit everything every process wrote."""

@@ -159,7 +159,8 @@ def run_demo(
         ds = xr.open_dataset(store_path, engine="bigarray", chunks={})
         t_open = time.perf_counter() - t0
         data = ds["data"]
-        _say("xr.open_dataset(engine='bigarray')", t_open, f"{len(data.chunks[0])} chunks")
+        n_chunks = len(data.chunks[0]) if data.chunks else 1
+        _say("xr.open_dataset(engine='bigarray')", t_open, f"{n_chunks} chunks")
 
         # 5a. per-utterance computation on the cluster: one result row per utterance
         t0 = time.perf_counter()

@@ -367,4 +367,10 @@ def as_bytes(array: np.ndarray) -> memoryview:
 
     ``memoryview(array)`` refuses datetime64 and friends, so go through a ``uint8`` view.
     """
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return byte_view(array.reshape(-1).view(np.uint8))
+
+
+def byte_view(array: np.ndarray) -> memoryview:
+    """``memoryview(array)``: numpy arrays are buffers, though numpy's stubs for Python < 3.12
+    do not say so (no ``__buffer__``), hence the one ignore here rather than at every use."""
+    return memoryview(array)  # type: ignore[arg-type]

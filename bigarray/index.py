@@ -32,9 +32,9 @@ from .errors import (
     SegmentNotFoundError,
     StoreCorruptedError,
 )
-from .format import INDEX_DIR, INDEX_ROLES, IndexFiles
+from .format import INDEX_DIR, INDEX_ROLES, IndexFiles, byte_view
 
-_ROLE_DTYPES = {
+_ROLE_DTYPES: dict[str, np.dtype] = {
     "names": np.dtype(np.uint8),
     "name_offsets": np.dtype("<i8"),
     "bounds": np.dtype("<i8"),
@@ -159,8 +159,8 @@ def merge(committed: SegmentArrays, new: SegmentArrays, rows_hint: str = "") -> 
     drop: set[int] = set()
     if same.size:
         groups: dict[int, list[int]] = {}
-        for j in same:
-            groups.setdefault(int(h[j]), []).extend((int(order[j]), int(order[j + 1])))
+        for k in same.tolist():
+            groups.setdefault(int(h[k]), []).extend((int(order[k]), int(order[k + 1])))
         for members in groups.values():
             seen: dict[bytes, int] = {}
             for i in sorted(set(members)):
@@ -191,10 +191,10 @@ def merge(committed: SegmentArrays, new: SegmentArrays, rows_hint: str = "") -> 
         nb = b[nonempty]
         clash = np.flatnonzero(nb[1:, 0] < nb[:-1, 1])
         if clash.size:
-            i, j = int(nonempty[clash[0]]), int(nonempty[clash[0] + 1])
+            p, q = int(nonempty[int(clash[0])]), int(nonempty[int(clash[0]) + 1])
             raise OverlapError(
-                f"segments {merged.name(i)!r} rows [{b[i, 0]}, {b[i, 1]}) and {merged.name(j)!r} "
-                f"rows [{b[j, 0]}, {b[j, 1]}) overlap{rows_hint}. Each segment needs its own rows: "
+                f"segments {merged.name(p)!r} rows [{b[p, 0]}, {b[p, 1]}) and {merged.name(q)!r} "
+                f"rows [{b[q, 0]}, {b[q, 1]}) overlap{rows_hint}. Each segment needs its own rows: "
                 "write at disjoint start_position values, or append with start_position=None."
             )
     return merged
@@ -240,7 +240,7 @@ def write_index(store_dir: str, generation: int, seg: SegmentArrays, *, fsync: b
     for role in INDEX_ROLES:
         rel = f"{INDEX_DIR}/g{generation}-{role}.npy"
         offsets[role] = save_npy(
-            os.path.join(store_dir, rel), arrays[role].astype(_ROLE_DTYPES[role]), fsync=fsync
+            os.path.join(store_dir, rel), np.asarray(arrays[role], _ROLE_DTYPES[role]), fsync=fsync
         )
         files[role] = rel
     return IndexFiles(seg.count, generation, len(table), files, offsets)
@@ -295,10 +295,10 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
             raise StoreCorruptedError(f"{where}: segment name offsets are not increasing")
         self.arrays = arrays
         # memoryviews give Python ints in ~30 ns, far cheaper than numpy scalar indexing
-        self._noff = memoryview(noff).cast("B").cast("q") if n >= 0 else None
-        self._bounds = memoryview(arrays.bounds.reshape(-1)).cast("B").cast("q")
-        self._table = memoryview(table).cast("B").cast("q")
-        self._names = memoryview(arrays.names)
+        self._noff = byte_view(noff).cast("B").cast("q")
+        self._bounds = byte_view(arrays.bounds.reshape(-1)).cast("B").cast("q")
+        self._table = byte_view(table).cast("B").cast("q")
+        self._names = byte_view(arrays.names)
         self._mask = spec.table_size - 1
 
     @classmethod
@@ -359,7 +359,7 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         for i in range(self._count):
             yield _decode_name(raw[offs[i] : offs[i + 1]], i)
 
-    def items(self):  # type: ignore[override]
+    def items(self):  # a sized iterator in row order, not a set-like view
         """Pairs ``(name, (start, stop))`` in row order, decoded in one pass."""
         bounds = self.arrays.bounds.tolist()
         return _ItemsView(zip(iter(self), map(tuple, bounds)), self._count)

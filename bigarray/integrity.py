@@ -230,7 +230,12 @@ class BlockSums:
     """
 
     def __init__(
-        self, fd: int, data_offset: int, row_nbytes: int, rows: int, block_rows: int,
+        self,
+        fd: int,
+        data_offset: int,
+        row_nbytes: int,
+        rows: int,
+        block_rows: int,
         which: np.ndarray,
     ) -> None:
         self.which = np.asarray(which, np.int64)
@@ -262,9 +267,7 @@ class BlockSums:
             self._pool.shutdown(wait=True)
 
 
-def dirty_blocks(
-    ranges: Iterable[tuple[int, int]], block_rows: int, nblocks: int
-) -> np.ndarray:
+def dirty_blocks(ranges: Iterable[tuple[int, int]], block_rows: int, nblocks: int) -> np.ndarray:
     """Boolean mask of the blocks that the row ranges ``[start, stop)`` touch."""
     mask = np.zeros(nblocks, bool)
     for start, stop in ranges:
@@ -439,7 +442,9 @@ def _check_npy_header(fd: int, var: Variable, shard_rows: int, offset: int) -> s
         )
         shape, fortran, dtype = read(f, max_header_size=1 << 16)
     except Exception as exc:  # numpy parses hostile header text with the tokenizer: any error
-        return f"its .npy header is damaged ({type(exc).__name__}: {exc}); numpy.load cannot open it"
+        return (
+            f"its .npy header is damaged ({type(exc).__name__}: {exc}); numpy.load cannot open it"
+        )
     if f.tell() != offset:
         return f"its .npy header ends at byte {f.tell()}, but the data starts at byte {offset}"
     if dtype != var.dtype or fortran or tuple(shape[1:]) != var.shape[1:] or not shape:

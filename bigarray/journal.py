@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import StoreCorruptedError
 from .fileutil import wrap_os_error
-from .format import JOURNAL_DIR
+from .format import JOURNAL_DIR, byte_view
 from .index import SegmentArrays
 
 _MAGIC = b"BAJ1"
@@ -93,7 +93,9 @@ def decode_record(raw: bytes, where: str) -> Record:
             offs = np.frombuffer(raw, "<i8", n + 1, pos + 16 * n).astype(np.int64)
             names = np.frombuffer(raw, np.uint8, int(offs[-1]), pos + 24 * n + 8)
             hashes = np.fromiter(
-                (zlib.crc32(names[offs[i] : offs[i + 1]]) for i in range(n)), np.uint32, n
+                (zlib.crc32(byte_view(names[offs[i] : offs[i + 1]])) for i in range(n)),
+                np.uint32,
+                n,
             )
             seg = SegmentArrays(names, offs, np.stack([starts, stops], 1).astype(np.int64), hashes)
     except ValueError as exc:

@@ -167,9 +167,7 @@ def segment_chunks(
     big = gaps > target
     picks = np.arange(1, -(-rows // target), dtype=np.int64) * target
     chosen = cand[np.searchsorted(cand, picks, "right") - 1]
-    cuts = _unique(
-        np.concatenate([[0, rows], chosen, cand[:-1][big], cand[1:][big], forced_arr])
-    )
+    cuts = _unique(np.concatenate([[0, rows], chosen, cand[:-1][big], cand[1:][big], forced_arr]))
     cuts = cuts[(cuts >= 0) & (cuts <= rows)]
     sizes = np.diff(cuts)
     if split:
@@ -732,4 +730,3 @@ def open_array(
         raise
     _CACHE.put(handle._key(), opened)
     return handle
-

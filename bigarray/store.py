@@ -308,9 +308,7 @@ class Store:
             return np.zeros((0, *var.shape[1:]), var.dtype)
         return np.concatenate(parts)
 
-    def read_ranges(
-        self, name: str | None, ranges: Sequence[tuple[int, int]]
-    ) -> list[np.ndarray]:
+    def read_ranges(self, name: str | None, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Rows ``[start, stop)`` of each range (views where one shard holds a range)."""
         return [self.read_rows(name, int(a), int(b)) for a, b in ranges]
 
@@ -437,7 +435,11 @@ class RemoteStore:
         spec = self.manifest.segments
         assert spec is not None
         rels = list(dict.fromkeys(spec.files[r] for r in INDEX_ROLES))
-        got = dict(zip(rels, self._access.cat_many(rels, missing=self._access._missing_listed), strict=True))
+        got = dict(
+            zip(
+                rels, self._access.cat_many(rels, missing=self._access._missing_listed), strict=True
+            )
+        )
         buffers = {role: got[spec.files[role]] for role in INDEX_ROLES}
         off = spec.offsets["name_offsets"]
         need = off + index_nbytes(spec, "name_offsets")
@@ -483,7 +485,9 @@ class RemoteStore:
         variable with one listing, so a many-shard store pays one request, not one per shard;
         elsewhere (HTTP) each shard is sized when first read.
         """
-        todo = [s for s in (var.shards if shards is None else shards) if s.path not in self._checked]
+        todo = [
+            s for s in (var.shards if shards is None else shards) if s.path not in self._checked
+        ]
         if not todo:
             return
         if len(var.shards) > 1 and (len(todo) > 1 or self._access.listable):
@@ -545,9 +549,7 @@ class RemoteStore:
         self._access.read_into(jobs)
         return out
 
-    def read_ranges(
-        self, name: str | None, ranges: Sequence[tuple[int, int]]
-    ) -> list[np.ndarray]:
+    def read_ranges(self, name: str | None, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Rows ``[start, stop)`` of each range, fetched together.
 
         Neighbouring ranges (closer than :data:`bigarray.filesystem.DEFAULT_GAP` bytes) go

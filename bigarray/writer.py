@@ -127,9 +127,7 @@ def _interrupted_creation(path: str) -> bool:
             return False
     except OSError:
         return False
-    return all(
-        n in (LOCK_NAME, INDEX_DIR) or n.startswith(MANIFEST_NAME + ".tmp-") for n in names
-    )
+    return all(n in (LOCK_NAME, INDEX_DIR) or n.startswith(MANIFEST_NAME + ".tmp-") for n in names)
 
 
 def remove_store(path: str) -> None:
@@ -191,6 +189,11 @@ class StoreWriter:
         since the previous commit are summed. ``False`` drops the variable's checksums.
     """
 
+    _trailing: tuple[int, ...] | None
+    _dtype: np.dtype | None
+    _dims: tuple[str, ...] | None
+    _attrs: dict[str, Any]
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -210,9 +213,12 @@ class StoreWriter:
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
         self._declared_rows = int(shape[0]) if shape is not None else 0
-        self._trailing = tuple(int(s) for s in shape[1:]) if shape is not None else None
-        self._dtype = normalize_dtype(dtype) if dtype is not None else None
-        self._dims = tuple(dims) if dims is not None else None
+        if shape is not None:
+            self._trailing = tuple(int(s) for s in shape[1:])
+        if dtype is not None:
+            self._dtype = normalize_dtype(dtype)
+        if dims is not None:
+            self._dims = tuple(dims)
         self._attrs = dict(attrs or {})
 
         if remove_exist:
@@ -250,10 +256,10 @@ class StoreWriter:
         self.fsync = fsync
         self.checksums = True
         self._declared_rows = 0
-        self._trailing: tuple[int, ...] | None = None
-        self._dtype: np.dtype | None = None
-        self._dims: tuple[str, ...] | None = None
-        self._attrs: dict[str, Any] = {}
+        self._trailing = None
+        self._dtype = None
+        self._dims = None
+        self._attrs = {}
         self._owner_pid = os.getpid()
         self._session = os.urandom(8).hex()
         self._closed = False
@@ -430,9 +436,9 @@ class StoreWriter:
         if not out:
             return out
         if self._dtype is None or self._trailing is None:
-            dtype = self._dtype if self._dtype is not None else normalize_dtype(out[0].dtype)
-            trailing = self._trailing if self._trailing is not None else out[0].shape[1:]
-            self._ensure_variable(dtype, tuple(trailing))
+            first = self._dtype if self._dtype is not None else normalize_dtype(out[0].dtype)
+            rows_shape = self._trailing if self._trailing is not None else out[0].shape[1:]
+            self._ensure_variable(first, tuple(rows_shape))
         dtype, trailing = self._dtype, self._trailing
         assert dtype is not None and trailing is not None
         bad = [i for i, a in enumerate(out) if a.shape[1:] != trailing]

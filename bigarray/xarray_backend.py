@@ -108,9 +108,25 @@ _ROLE_COORD = "coordinate"
 _ROLE_DATA = "data"
 # encoding keys that describe one opened file, not how to write a variable again
 _RUNTIME_ENCODING = frozenset(
-    {"source", "original_shape", "preferred_chunks", "chunks", "chunksizes", "compressor",
-     "compressors", "filters", "serializer", "zlib", "complevel", "shuffle", "fletcher32",
-     "contiguous", "bigarray_variable", "bigarray_rows", "storage_options"}
+    {
+        "source",
+        "original_shape",
+        "preferred_chunks",
+        "chunks",
+        "chunksizes",
+        "compressor",
+        "compressors",
+        "filters",
+        "serializer",
+        "zlib",
+        "complevel",
+        "shuffle",
+        "fletcher32",
+        "contiguous",
+        "bigarray_variable",
+        "bigarray_rows",
+        "storage_options",
+    }
 )
 _GRANULARITY = mmap.ALLOCATIONGRANULARITY
 
@@ -183,8 +199,11 @@ class _LocalRows:
             # No MAP_POPULATE: on a writable private map it pre-faults every page for
             # writing, i.e. copies the whole range (measured 13x slower than faulting in).
             m = mmap.mmap(
-                fd, lo - base + nbytes, flags=mmap.MAP_PRIVATE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base,
+                fd,
+                lo - base + nbytes,
+                flags=mmap.MAP_PRIVATE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                offset=base,
             )
         finally:
             os.close(fd)
@@ -328,8 +347,10 @@ class BigArrayBackendArray(BackendArray):
             i = int(k0)
             i = i + rows if i < 0 else i
             block, local = self.reader.read(i, i + 1), 0
-        if isinstance(local, slice) and local == slice(None) and all(
-            isinstance(k, slice) and k == slice(None) for k in rest
+        if (
+            isinstance(local, slice)
+            and local == slice(None)
+            and all(isinstance(k, slice) and k == slice(None) for k in rest)
         ):
             return block
         return indexing.NumpyIndexingAdapter(block).oindex[indexing.OuterIndexer((local, *rest))]
@@ -344,8 +365,13 @@ class _SegmentTableArray(BackendArray):
     __slots__ = ("column", "dtype", "index_files", "path", "shape", "storage_options")
 
     def __init__(
-        self, path: str, column: str, n: int, dtype: np.dtype,
-        storage_options: Mapping[str, Any] | None, index_files: Any,
+        self,
+        path: str,
+        column: str,
+        n: int,
+        dtype: np.dtype,
+        storage_options: Mapping[str, Any] | None,
+        index_files: Any,
     ) -> None:
         self.path, self.column, self.index_files = path, column, index_files
         self.shape, self.dtype = (n,), dtype
@@ -360,16 +386,18 @@ class _SegmentTableArray(BackendArray):
         (k,) = key
         if not isinstance(k, slice) and k < 0:
             k += self.shape[0]
-        start, stop, step = (k.indices(self.shape[0]) if isinstance(k, slice) else (k, k + 1, 1))
+        start, stop, step = k.indices(self.shape[0]) if isinstance(k, slice) else (k, k + 1, 1)
         with _StoreCache.get(self.path, self.storage_options, self.index_files) as store:
             arrays = store.index.arrays
             if self.column == SEGMENT_DIM:
                 a, b = (start, stop) if step > 0 else (stop + 1, start + 1)
                 out = decode_names(arrays, max(a, 0), max(a, b), self.dtype)
-                out = out[:: step] if step > 0 else out[::-1][:: -step]
+                out = out[::step] if step > 0 else out[::-1][::-step]
             else:
                 col = 0 if self.column == SEGMENT_START else 1
-                out = np.array(arrays.bounds[k, col] if isinstance(k, slice) else arrays.bounds[k:k + 1, col])
+                out = np.array(
+                    arrays.bounds[k, col] if isinstance(k, slice) else arrays.bounds[k : k + 1, col]
+                )
         return out if isinstance(k, slice) else out[0]
 
 
@@ -398,7 +426,11 @@ class _StoreCache:
         key = (path, repr(sorted((storage_options or {}).items())))
         with cls._lock:
             store = cls._stores.get(key)
-            if store is not None and index_files is not None and store.manifest.segments != index_files:
+            if (
+                store is not None
+                and index_files is not None
+                and store.manifest.segments != index_files
+            ):
                 cls._stores.pop(key).close()
                 store = None
             if store is None:
@@ -438,8 +470,10 @@ def decode_names(arrays: Any, start: int, stop: int, dtype: np.dtype | None = No
     if raw.size and (raw.max() >= 0x80 or not raw.all()):
         base = int(noff[0])
         buf = raw.tobytes()
-        text = [buf[a - base : b - base].decode("utf-8", "surrogatepass")
-                for a, b in zip(noff[:-1].tolist(), noff[1:].tolist())]
+        text = [
+            buf[a - base : b - base].decode("utf-8", "surrogatepass")
+            for a, b in zip(noff[:-1].tolist(), noff[1:].tolist())
+        ]
         return np.array(text, dtype=dtype or None) if text else np.zeros(0, "<U1")
     if bool(np.all(lens == width)):
         grid = raw
@@ -532,7 +566,9 @@ def encode_json(value: Any, where: str) -> Any:
             dt = normalize_dtype(arr.dtype)
         except SchemaError:
             if arr.dtype.kind == "O":
-                return encode_json(arr.tolist(), where) if arr.ndim else encode_json(arr.item(), where)
+                return (
+                    encode_json(arr.tolist(), where) if arr.ndim else encode_json(arr.item(), where)
+                )
             raise
         data = np.ascontiguousarray(arr, dt)
         return {
@@ -565,7 +601,7 @@ def decode_json(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
-        (tag, body), = value.items()
+        ((tag, body),) = value.items()
         if tag == "$float" and body in ("nan", "inf", "-inf"):
             return float(body)
         if tag == "$bytes" and isinstance(body, str):
@@ -577,7 +613,9 @@ def decode_json(value: Any) -> Any:
             shape = tuple(int(s) for s in body.get("shape", ()))
             raw = base64.b64decode(body.get("b64", ""))
             if len(raw) != dt.itemsize * math.prod(shape):
-                raise StoreCorruptedError(f"attribute array of shape {shape} {dt} has {len(raw)} bytes")
+                raise StoreCorruptedError(
+                    f"attribute array of shape {shape} {dt} has {len(raw)} bytes"
+                )
             arr = np.frombuffer(raw, dt).reshape(shape).copy()
             return arr[()] if body.get("scalar") else arr
     return {k: decode_json(v) for k, v in value.items()}
@@ -662,13 +700,22 @@ class BigArrayDataStore(AbstractDataStore):
         return out
 
     def _variable(
-        self, store: Any, var: Variable, m: Manifest, bounds: np.ndarray | None, target: int,
-        row_nbytes: int, row_chunks: dict[int, tuple[int, ...]],
+        self,
+        store: Any,
+        var: Variable,
+        m: Manifest,
+        bounds: np.ndarray | None,
+        target: int,
+        row_nbytes: int,
+        row_chunks: dict[int, tuple[int, ...]],
     ) -> xr.Variable:
         enc = dict(var.encoding)
         meta = enc.pop("bigarray", {}) if isinstance(enc.get("bigarray"), dict) else {}
-        encoding = {k: decode_json(v) for k, v in enc.get("xarray", {}).items()} if isinstance(
-            enc.get("xarray"), dict) else {}
+        encoding = (
+            {k: decode_json(v) for k, v in enc.get("xarray", {}).items()}
+            if isinstance(enc.get("xarray"), dict)
+            else {}
+        )
         attrs = {k: decode_json(v) for k, v in var.attrs.items()}
         reader = _reader_for(store, var, self.storage_options)
         encoding.update(source=store.path, bigarray_variable=var.name)
@@ -686,7 +733,10 @@ class BigArrayDataStore(AbstractDataStore):
             first = row_chunks[rows]
         else:
             first = segment_chunks(np.zeros((0, 2), np.int64), var.rows, var.row_nbytes, target)
-        encoding["preferred_chunks"] = {var.dims[0]: first, **dict(zip(var.dims[1:], var.shape[1:]))}
+        encoding["preferred_chunks"] = {
+            var.dims[0]: first,
+            **dict(zip(var.dims[1:], var.shape[1:])),
+        }
         encoding["bigarray_rows"] = var.rows
         return xr.Variable(var.dims, data, attrs, encoding)
 
@@ -699,8 +749,11 @@ class BigArrayDataStore(AbstractDataStore):
                 noff = idx.arrays.name_offsets
                 width = max(int(np.max(np.diff(np.asarray(noff)))), 1)
             cols: dict[str, Any] = {}
-            for col, dt in ((SEGMENT_DIM, np.dtype(f"<U{width}")), (SEGMENT_START, np.dtype("<i8")),
-                            (SEGMENT_STOP, np.dtype("<i8"))):
+            for col, dt in (
+                (SEGMENT_DIM, np.dtype(f"<U{width}")),
+                (SEGMENT_START, np.dtype("<i8")),
+                (SEGMENT_STOP, np.dtype("<i8")),
+            ):
                 if col in self.drop:
                     continue
                 arr = _SegmentTableArray(
@@ -714,7 +767,8 @@ class BigArrayDataStore(AbstractDataStore):
                 cols[SEGMENT_DIM] = decode_names(idx.arrays, 0, n)
         return {
             k: xr.Variable((SEGMENT_DIM,), v, encoding={"source": store.path})
-            for k, v in cols.items() if k not in self.drop
+            for k, v in cols.items()
+            if k not in self.drop
         }
 
     # ------------------------------------------------------------------ AbstractDataStore
@@ -908,21 +962,39 @@ def open_mfdataset(
             rows = ds.sizes.get(row_dim, 0)
             seg = ds[[v for v in ds.variables if SEGMENT_DIM in ds[v].dims]]
             if SEGMENT_START in seg and SEGMENT_STOP in seg:
-                seg = seg.assign_coords({
-                    SEGMENT_START: seg[SEGMENT_START] + offset,
-                    SEGMENT_STOP: seg[SEGMENT_STOP] + offset,
-                })
+                seg = seg.assign_coords(
+                    {
+                        SEGMENT_START: seg[SEGMENT_START] + offset,
+                        SEGMENT_STOP: seg[SEGMENT_STOP] + offset,
+                    }
+                )
             seg_parts.append(seg)
             row_parts.append(ds[[v for v in ds.variables if row_dim in ds[v].dims]])
             offset += rows
         rest = parts[0].drop_vars(
             [v for v in parts[0].variables if {row_dim, SEGMENT_DIM} & set(parts[0][v].dims)]
         )
-        pieces = [xr.concat(row_parts, row_dim, data_vars="minimal", coords="minimal",
-                            compat="override", join="override")]
+        pieces = [
+            xr.concat(
+                row_parts,
+                row_dim,
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+                join="override",
+            )
+        ]
         if any(SEGMENT_DIM in p.dims for p in seg_parts):
-            pieces.append(xr.concat(seg_parts, SEGMENT_DIM, data_vars="minimal",
-                                    coords="minimal", compat="override", join="override"))
+            pieces.append(
+                xr.concat(
+                    seg_parts,
+                    SEGMENT_DIM,
+                    data_vars="minimal",
+                    coords="minimal",
+                    compat="override",
+                    join="override",
+                )
+            )
         out = xr.merge([*pieces, rest], compat="override", join="outer", combine_attrs="override")
     except BaseException:
         for ds in parts:
@@ -1062,7 +1134,9 @@ def to_bigarray(
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
     if not isinstance(ds, xr.Dataset):
-        raise SchemaError(f"to_bigarray writes an xarray Dataset or DataArray, not {type(ds).__name__}")
+        raise SchemaError(
+            f"to_bigarray writes an xarray Dataset or DataArray, not {type(ds).__name__}"
+        )
     if mode not in ("w-", "w"):
         raise BigArrayError(f"mode={mode!r}; expected 'w-' (new store only) or 'w' (replace)")
     path = os.path.abspath(os.fspath(path))
@@ -1073,7 +1147,8 @@ def to_bigarray(
             )
         remove_store(path)
     bad = [n for n in ds.variables if not isinstance(n, str)] + [
-        d for d in ds.dims if not isinstance(d, str)]
+        d for d in ds.dims if not isinstance(d, str)
+    ]
     if bad:
         raise SchemaError(f"variable and dim names must be str to be stored; got {bad[0]!r}")
     if row_dim is None:
@@ -1110,8 +1185,11 @@ def to_bigarray(
                 f"segment {names[i]!r} covers rows [{starts[i]}, {stops[i]}) but the Dataset has "
                 f"{rows} rows along {row_dim!r}; segments must lie within [0, {rows})"
             )
-        seg_arrays = merge(SegmentArrays.empty(), SegmentArrays.from_names(names, starts, stops),
-                           f" in the segment table written to {path!r}")
+        seg_arrays = merge(
+            SegmentArrays.empty(),
+            SegmentArrays.from_names(names, starts, stops),
+            f" in the segment table written to {path!r}",
+        )
 
     # the variables
     plan = []
@@ -1139,10 +1217,14 @@ def to_bigarray(
             for k, v in var.encoding.items()
             if k not in _RUNTIME_ENCODING and _json_able(v)
         }
-        attrs = {k: encode_json(v, f"variable {name!r} attribute {k!r}") for k, v in var.attrs.items()}
+        attrs = {
+            k: encode_json(v, f"variable {name!r} attribute {k!r}") for k, v in var.attrs.items()
+        }
         bad_attr = [k for k in var.attrs if not isinstance(k, str)]
         if bad_attr:
-            raise SchemaError(f"variable {name!r}: attribute names must be str, got {bad_attr[0]!r}")
+            raise SchemaError(
+                f"variable {name!r}: attribute names must be str, got {bad_attr[0]!r}"
+            )
         plan.append((name, data, is_dask, scalar, shape, dims, meta, enc, attrs))
     ds_attrs = {}
     for k, v in ds.attrs.items():
@@ -1156,8 +1238,13 @@ def to_bigarray(
     try:
         for name, data, is_dask, scalar, shape, dims, _meta, _enc, _attrs in plan:
             w = StoreWriter(
-                path, variable=name, shape=shape, dtype=normalize_dtype(data.dtype), dims=dims,
-                named=False, fsync=fsync,
+                path,
+                variable=name,
+                shape=shape,
+                dtype=normalize_dtype(data.dtype),
+                dims=dims,
+                named=False,
+                fsync=fsync,
             )
             writers.append(w)
             if is_dask:
@@ -1188,8 +1275,14 @@ def to_bigarray(
         for vname, var in m.variables.items():
             _, _, _, _, _, _, meta, enc, attrs = specs[vname]
             new_vars[vname] = Variable(
-                var.name, var.dtype, var.shape, var.dims, var.shards, attrs,
-                {"bigarray": meta, "xarray": enc}, var.checksums,
+                var.name,
+                var.dtype,
+                var.shape,
+                var.dims,
+                var.shards,
+                attrs,
+                {"bigarray": meta, "xarray": enc},
+                var.checksums,
             )
         seg_files = m.segments
         if seg_arrays is not None:
@@ -1215,7 +1308,9 @@ def _json_able(value: Any) -> bool:
 def _segment_bounds(obj: xr.Dataset | xr.DataArray, name: str) -> tuple[int, int, int | None]:
     """``(start, stop, position in the segment table or None)`` of segment ``name``."""
     if not isinstance(name, str):
-        raise SegmentNotFoundError(f"segment names are str; got {name!r} of type {type(name).__name__}")
+        raise SegmentNotFoundError(
+            f"segment names are str; got {name!r} of type {type(name).__name__}"
+        )
     if (
         SEGMENT_DIM in obj.coords
         and SEGMENT_START in obj.coords

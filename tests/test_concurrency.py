@@ -135,8 +135,9 @@ def test_eight_writers_and_readers(tmp_path: Path) -> None:
         p.join(120)
     assert [p.exitcode for p in writers] == [0] * WRITERS
     assert [p.exitcode for p in readers] == [0, 0], "a reader failed (see its traceback)"
-    commits = sum(json.loads((tmp_path / f"w{i}.json").read_text())["commits"]
-                  for i in range(WRITERS))
+    commits = sum(
+        json.loads((tmp_path / f"w{i}.json").read_text())["commits"] for i in range(WRITERS)
+    )
     reads = [json.loads((tmp_path / f"r{j}.json").read_text()) for j in range(2)]
     assert commits == WRITERS * SEGMENTS // BATCH // COMMIT_EVERY
     # nothing lost: every segment of every writer, with its data, and checksums intact
@@ -152,8 +153,9 @@ def test_eight_writers_and_readers(tmp_path: Path) -> None:
     )
 
 
-def _commit_at_once(path: str, barrier: Any, names: list[str], start: int | None,
-                    result: str) -> None:
+def _commit_at_once(
+    path: str, barrier: Any, names: list[str], start: int | None, result: str
+) -> None:
     w = StoreWriter(path)
     h = np.fromiter((zlib.crc32(s.encode()) for s in names), np.int64, len(names))
     w.write_rows(list(seg_data(h)), names, start_position=start)
@@ -174,8 +176,9 @@ def _race(tmp_path: Path, jobs: list[tuple[list[str], int | None]]) -> list[dict
     fork = multiprocessing.get_context("fork")
     barrier = fork.Barrier(len(jobs))
     procs = [
-        fork.Process(target=_commit_at_once,
-                     args=(path, barrier, names, start, str(tmp_path / f"c{j}.json")))
+        fork.Process(
+            target=_commit_at_once, args=(path, barrier, names, start, str(tmp_path / f"c{j}.json"))
+        )
         for j, (names, start) in enumerate(jobs)
     ]
     for p in procs:

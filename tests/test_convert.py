@@ -91,8 +91,13 @@ def test_detect_formats(tmp_path):
         w.write({"a": np.zeros((1, 2))})
     (tmp_path / "legacy.dat").write_bytes(b"mmapdata" + b"       2" + b"xx")
     expected = {
-        "a.npy": "npy", "a.npz": "npz", "a.h5": "hdf5", "a3.zarr": "zarr", "a2.zarr": "zarr",
-        "s": "bigarray", "legacy.dat": "legacy",
+        "a.npy": "npy",
+        "a.npz": "npz",
+        "a.h5": "hdf5",
+        "a3.zarr": "zarr",
+        "a2.zarr": "zarr",
+        "s": "bigarray",
+        "legacy.dat": "legacy",
     }
     assert {n: conv.detect_format(tmp_path / n) for n in expected} == expected
     assert conv.detect_format(f"{tmp_path / 'a.h5'}:/x") == "hdf5"
@@ -270,7 +275,10 @@ def test_hdf5_errors(tmp_path):
 def test_zarr_array_round_trip(tmp_path, small_blocks, zarr_format):
     a = np.arange(600, dtype="uint16").reshape(200, 3)
     z = zarr.create_array(
-        str(tmp_path / "a.zarr"), shape=a.shape, chunks=(9, 3), dtype=a.dtype,
+        str(tmp_path / "a.zarr"),
+        shape=a.shape,
+        chunks=(9, 3),
+        dtype=a.dtype,
         zarr_format=zarr_format,
     )
     z[:] = a
@@ -332,8 +340,14 @@ def test_blocks_are_bounded(tmp_path, small_blocks):
 
     segs = {f"s{i}": np.full((n, 4), i, "float64") for i, n in enumerate([1, 200, 3, 0, 57])}
     conv._write_parts(
-        [part(k, v) for k, v in segs.items()], str(tmp_path / "s"), dtype="float64",
-        trailing=(4,), named=True, remove_exist=False, progress=False, desc="t",
+        [part(k, v) for k, v in segs.items()],
+        str(tmp_path / "s"),
+        dtype="float64",
+        trailing=(4,),
+        named=True,
+        remove_exist=False,
+        progress=False,
+        desc="t",
     )
     assert max(seen) * 4 * 8 <= small_blocks
     assert len(seen) >= 200 * 32 // small_blocks
@@ -422,9 +436,7 @@ def test_store_out_and_back(tmp_path, out):
     dst = tmp_path / f"out.{out}"
     assert conv.convert(src, dst, progress=True) == "bigarray"
     with xr.open_dataset(src, engine="bigarray") as want:
-        opened = (
-            xr.open_zarr(dst) if out == "zarr" else xr.open_dataset(dst, engine="h5netcdf")
-        )
+        opened = xr.open_zarr(dst) if out == "zarr" else xr.open_dataset(dst, engine="h5netcdf")
         with opened as got:
             xr.testing.assert_identical(got.load(), want.load())
     assert conv.detect_format(dst) == ("zarr" if out == "zarr" else "netcdf")

@@ -88,7 +88,9 @@ def _write_loop(w: StoreWriter, log_fd: int, tag: str, seed: int, commit: bool) 
             _announce(log_fd, "C")
 
 
-def owner_child(path: str, log: str, tag: str, seed: int, crash_at: str | None, fsync: bool) -> None:
+def owner_child(
+    path: str, log: str, tag: str, seed: int, crash_at: str | None, fsync: bool
+) -> None:
     """Child process owning its writer: writes and commits until killed."""
     if crash_at:
         os.environ[CRASH_ENV] = crash_at
@@ -204,8 +206,9 @@ def _kill(proc: Any, rng: random.Random, crash_at: str | None, ready_log: Path) 
         )
 
 
-def run_kills(root: Path, kills: int, seed: int, *, kills_per_store: int = 10,
-              spawn_every: int = 8) -> CrashStats:
+def run_kills(
+    root: Path, kills: int, seed: int, *, kills_per_store: int = 10, spawn_every: int = 8
+) -> CrashStats:
     """Kill writers ``kills`` times (stores under ``root``), checking the store after each."""
     rng = random.Random(seed)
     stats = CrashStats()
@@ -234,8 +237,8 @@ def run_kills(root: Path, kills: int, seed: int, *, kills_per_store: int = 10,
         stats.steps[crash_at.split("@")[0] if crash_at else "random time"] += 1
         if mode == "owner":
             proc = ctx.Process(
-                target=owner_child, args=(str(path), str(log), tag, rng.randrange(1 << 30),
-                                          crash_at, fsync),
+                target=owner_child,
+                args=(str(path), str(log), tag, rng.randrange(1 << 30), crash_at, fsync),
             )
             proc.start()
             _kill(proc, rng, crash_at, log)

@@ -68,8 +68,9 @@ def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
         request.getfixturevalue("client")  # the client registers itself as the default
         yield name
     elif name == "processes":
-        with dask.config.set({"scheduler": "processes", "multiprocessing.context": "spawn",
-                              "num_workers": 2}):
+        with dask.config.set(
+            {"scheduler": "processes", "multiprocessing.context": "spawn", "num_workers": 2}
+        ):
             yield name
     else:
         with dask.config.set(scheduler="threads"):
@@ -314,8 +315,9 @@ def test_retried_tasks_are_idempotent(tmp_path: Path, client: Any) -> None:
 def test_delayed_write_commits_on_a_worker(tmp_path: Path, client: Any) -> None:
     data = np.arange(800, dtype=np.float32).reshape(200, 4)
     out = str(tmp_path / "fut")
-    d = to_bigarray(da.from_array(data, chunks=(50, 4)), out, segments=[("a", 120), ("b", 80)],
-                    compute=False)
+    d = to_bigarray(
+        da.from_array(data, chunks=(50, 4)), out, segments=[("a", 120), ("b", 80)], compute=False
+    )
     client.compute(d).result()  # the final task (the commit) runs on a worker process
     p = PointerArray(out)
     np.testing.assert_array_equal(p["b"], data[120:])

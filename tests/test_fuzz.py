@@ -40,8 +40,10 @@ _EXAMPLES = int(os.environ.get("BIGARRAY_FUZZ_EXAMPLES", "250"))
 
 def make_segments() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    segs = {f"seg-{i}": rng.standard_normal((int(rng.integers(1, 30)), 4)).astype("f4")
-            for i in range(40)}
+    segs = {
+        f"seg-{i}": rng.standard_normal((int(rng.integers(1, 30)), 4)).astype("f4")
+        for i in range(40)
+    }
     segs["ünïcode-名前"] = np.arange(12, dtype="f4").reshape(3, 4)
     segs["empty"] = np.zeros((0, 4), "f4")
     return segs
@@ -62,10 +64,43 @@ def build_store(path: Path, checksums: bool = True) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- damage
 
 _HOSTILE_VALUES: list[Any] = [
-    None, True, False, -1, 0, 1, 7, 2**31, 2**63, 2**70, -(2**40), 1.5, float("nan"), "",
-    "../../etc/passwd", "/etc/passwd", "index/../data.npy", "data.npy", "<f4", "|O", "O",
-    "V8", "|V16", "[('a', '<i4')]", "<U0", "<f4,<i4", "(2,)<f4", [], {}, [1, 2], [[1]],
-    {"a": 1}, "x" * 10000, [2**62, 2**62], [-1, 4], "AAAA", "crc32",
+    None,
+    True,
+    False,
+    -1,
+    0,
+    1,
+    7,
+    2**31,
+    2**63,
+    2**70,
+    -(2**40),
+    1.5,
+    float("nan"),
+    "",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "index/../data.npy",
+    "data.npy",
+    "<f4",
+    "|O",
+    "O",
+    "V8",
+    "|V16",
+    "[('a', '<i4')]",
+    "<U0",
+    "<f4,<i4",
+    "(2,)<f4",
+    [],
+    {},
+    [1, 2],
+    [[1]],
+    {"a": 1},
+    "x" * 10000,
+    [2**62, 2**62],
+    [-1, 4],
+    "AAAA",
+    "crc32",
 ]
 
 
@@ -158,8 +193,14 @@ def read_everything(store: Path, segs: dict[str, np.ndarray], verify: bool) -> s
         return type(exc).__name__
 
 
-def attack_once(template: Path, work: Path, mode: str, draw: Any, segs: dict[str, np.ndarray],
-                outcomes: Counter[str]) -> None:
+def attack_once(
+    template: Path,
+    work: Path,
+    mode: str,
+    draw: Any,
+    segs: dict[str, np.ndarray],
+    outcomes: Counter[str],
+) -> None:
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(template, work, symlinks=True)
@@ -171,7 +212,9 @@ def attack_once(template: Path, work: Path, mode: str, draw: Any, segs: dict[str
     else:
         what = ", ".join(
             damage_file(f, draw)
-            for f in {files[draw(st.integers(0, len(files) - 1))] for _ in range(draw(st.integers(1, 3)))}
+            for f in {
+                files[draw(st.integers(0, len(files) - 1))] for _ in range(draw(st.integers(1, 3)))
+            }
             if f.exists()
         )
     verified = read_everything(work, segs, verify=mode != "files-no-checksums")
@@ -184,7 +227,6 @@ def attack_once(template: Path, work: Path, mode: str, draw: Any, segs: dict[str
         rep = f"verify-{type(exc).__name__}"
     outcomes[f"{mode}: verified={verified} plain={plain} {rep}"] += 1
     del what
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         work = root / "work"
 
         @hseed(args.seed)
-        @settings(max_examples=args.examples, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=args.examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(st.data())
         def run(data: Any) -> None:
             attack_once(template, work, args.mode, data.draw, segs, outcomes)
@@ -219,18 +265,36 @@ def main(argv: list[str] | None = None) -> int:
         run()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-        Path(args.out).write_text(json.dumps({"cases": sum(outcomes.values()),
-                                              "outcomes": outcomes}))
+        Path(args.out).write_text(
+            json.dumps({"cases": sum(outcomes.values()), "outcomes": outcomes})
+        )
     return 0
 
 
-def run_attack(mode: str, examples: int, seed: int, out: Path, timeout: float = 600) -> dict[str, Any]:
+def run_attack(
+    mode: str, examples: int, seed: int, out: Path, timeout: float = 600
+) -> dict[str, Any]:
     """Run the attack loop in a subprocess; return its stats (fails on a nonzero exit)."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(
-        [sys.executable, "-X", "faulthandler", __file__, "--mode", mode, "--examples",
-         str(examples), "--seed", str(seed), "--out", str(out)],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            __file__,
+            "--mode",
+            mode,
+            "--examples",
+            str(examples),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
         cwd=str(Path(__file__).resolve().parents[1]),
     )
     if proc.returncode != 0:
@@ -252,9 +316,13 @@ def test_damaged_store_reads_correctly_or_raises(tmp_path: Path, mode: str) -> N
     outcomes = Counter(stats["outcomes"])
     if mode != "files-no-checksums":
         # the damage was seen: some reads were refused by verify, some damage was harmless
-        assert any("verified=IntegrityError" in k or "verified=StoreCorruptedError" in k
-                   or "verified=HostileInputError" in k or "verified=FormatError" in k
-                   for k in outcomes), outcomes
+        assert any(
+            "verified=IntegrityError" in k
+            or "verified=StoreCorruptedError" in k
+            or "verified=HostileInputError" in k
+            or "verified=FormatError" in k
+            for k in outcomes
+        ), outcomes
     print(f"\nfuzz {mode}: {stats['cases']} cases; outcomes {dict(outcomes.most_common(8))}")
 
 

@@ -60,16 +60,32 @@ def store(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- paths
 
 BAD_PATHS = [
-    "../outside.npy", "/etc/passwd", "index/../../outside.npy", "..", ".", "./data.npy",
-    "a//b", "data.npy/", "\\\\server\\share", "C:/x.npy", "data\x00.npy", "dätä.npy",
-    "~/x.npy", "x" * 300, "a/" * 600 + "b", "", " data.npy",
+    "../outside.npy",
+    "/etc/passwd",
+    "index/../../outside.npy",
+    "..",
+    ".",
+    "./data.npy",
+    "a//b",
+    "data.npy/",
+    "\\\\server\\share",
+    "C:/x.npy",
+    "data\x00.npy",
+    "dätä.npy",
+    "~/x.npy",
+    "x" * 300,
+    "a/" * 600 + "b",
+    "",
+    " data.npy",
 ]
 
 
 @pytest.mark.parametrize("bad", BAD_PATHS)
 def test_shard_path_leaving_the_store_is_refused(store: Path, bad: str) -> None:
     edit_manifest(store, lambda d: d["variables"]["data"]["shards"][0].update(path=bad))
-    refused(store, HostileInputError, "not a plain relative path inside the store", f"shard {bad!r}")
+    refused(
+        store, HostileInputError, "not a plain relative path inside the store", f"shard {bad!r}"
+    )
 
 
 @pytest.mark.parametrize("bad", BAD_PATHS[:6])
@@ -168,7 +184,9 @@ def test_absurd_shapes_are_refused(store: Path, shape: Any, exc: type, match: st
         ("start", 1, "shards do not tile"),
     ],
 )
-def test_shard_numbers_out_of_range_are_refused(store: Path, key: str, value: int, match: str) -> None:
+def test_shard_numbers_out_of_range_are_refused(
+    store: Path, key: str, value: int, match: str
+) -> None:
     edit_manifest(store, lambda d: d["variables"]["data"]["shards"][0].update({key: value}))
     refused(store, BigArrayError, match, f"shard {key}={value}")
 
@@ -180,8 +198,27 @@ def test_huge_segment_count_is_refused_before_mapping(store: Path) -> None:
 
 @pytest.mark.parametrize(
     "dtype",
-    ["|O", "O", "object", "|V8", "V16", "[('a', '<i4')]", "<f4,<i4", "(2,)<f4", "<U0", "|S0",
-     "<M8[xx]", "int", "float32", "<f16", ">f4;import os", 42, None, ["<f4"], {"names": ["a"]}],
+    [
+        "|O",
+        "O",
+        "object",
+        "|V8",
+        "V16",
+        "[('a', '<i4')]",
+        "<f4,<i4",
+        "(2,)<f4",
+        "<U0",
+        "|S0",
+        "<M8[xx]",
+        "int",
+        "float32",
+        "<f16",
+        ">f4;import os",
+        42,
+        None,
+        ["<f4"],
+        {"names": ["a"]},
+    ],
 )
 def test_dtype_strings_that_are_not_plain_types_are_refused(store: Path, dtype: Any) -> None:
     edit_manifest(store, lambda d: d["variables"]["data"].update(dtype=dtype))
@@ -206,8 +243,14 @@ def test_writer_refuses_object_and_structured_data(tmp_path: Path, data: np.ndar
 
 @pytest.mark.parametrize(
     "raw",
-    [b"[" * 200_000, b'{"format": "bigarray", "version": 1' + b', "a": [' * 50_000, b"\xff\xfe\x00",
-     b'{"format": "bigarray", "version": 1, "generation": NaN}', b"null", b"1e999"],
+    [
+        b"[" * 200_000,
+        b'{"format": "bigarray", "version": 1' + b', "a": [' * 50_000,
+        b"\xff\xfe\x00",
+        b'{"format": "bigarray", "version": 1, "generation": NaN}',
+        b"null",
+        b"1e999",
+    ],
 )
 def test_manifest_bombs_are_refused(store: Path, raw: bytes) -> None:
     (store / "manifest.json").write_bytes(raw)

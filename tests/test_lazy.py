@@ -66,9 +66,19 @@ def test_handle_attributes_and_reads_match_numpy(store: tuple[str, np.ndarray]) 
     assert (h.shape, h.dtype, h.ndim, len(h), h.size) == (data.shape, data.dtype, 2, 30, 90)
     assert h.nbytes == data.nbytes
     for key in [
-        3, -1, slice(2, 9), slice(None, None, 3), slice(20, 2, -4), (slice(1, 4), 2),
-        (Ellipsis, 1), (4, Ellipsis), np.array([0, 29, 3]), data[:, 0] > 0.5, (..., slice(0, 2)),
-        (slice(0, 0),), (np.array([[1, 2], [3, 4]]), 0),
+        3,
+        -1,
+        slice(2, 9),
+        slice(None, None, 3),
+        slice(20, 2, -4),
+        (slice(1, 4), 2),
+        (Ellipsis, 1),
+        (4, Ellipsis),
+        np.array([0, 29, 3]),
+        data[:, 0] > 0.5,
+        (..., slice(0, 2)),
+        (slice(0, 0),),
+        (np.array([[1, 2], [3, 4]]), 0),
     ]:
         np.testing.assert_array_equal(h[key], data[key], err_msg=repr(key))
         assert type(h[key]) is np.ndarray

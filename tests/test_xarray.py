@@ -39,7 +39,9 @@ ENGINE = "bigarray"
 
 
 # ------------------------------------------------------------------------------ helpers
-def ragged(rng: np.random.Generator, n: int, lo: int = 1, hi: int = 30, f: int = 4) -> dict[str, np.ndarray]:
+def ragged(
+    rng: np.random.Generator, n: int, lo: int = 1, hi: int = 30, f: int = 4
+) -> dict[str, np.ndarray]:
     lengths = rng.integers(lo, hi, n)
     return {f"utt{i:04d}": rng.random((int(k), f)).astype("f4") for i, k in enumerate(lengths)}
 
@@ -92,8 +94,17 @@ def test_guess_can_open_never_raises(tmp_path: Any, store: str) -> None:
     assert ep.guess_can_open(os.path.join(store, "manifest.json"))
     assert ep.guess_can_open(tmp_path / "a.bigarray")  # PathLike
     assert ep.guess_can_open("s3://bucket/audio.bigarray")  # judged by name, no network
-    for other in [tmp_path / "plain", tmp_path / "file.nc", tmp_path / "missing",
-                  "s3://bucket/a.zarr", "http://127.0.0.1:9/x", b"bytes", 3, None, object()]:
+    for other in [
+        tmp_path / "plain",
+        tmp_path / "file.nc",
+        tmp_path / "missing",
+        "s3://bucket/a.zarr",
+        "http://127.0.0.1:9/x",
+        b"bytes",
+        3,
+        None,
+        object(),
+    ]:
         assert not ep.guess_can_open(other)
     assert ep.description and ep.url and "segments" in ep.open_dataset_parameters
 
@@ -214,9 +225,7 @@ def _edges(ds: xr.Dataset) -> set[int]:
 
 
 @pytest.mark.parametrize("chunks", [{}, "auto"])
-def test_dask_chunk_boundaries_fall_on_segment_boundaries(
-    tmp_path: Any, chunks: Any
-) -> None:
+def test_dask_chunk_boundaries_fall_on_segment_boundaries(tmp_path: Any, chunks: Any) -> None:
     rng = np.random.default_rng(1)
     segs = ragged(rng, 300, 1, 60, f=16)
     segs["long"] = rng.random((900, 16)).astype("f4")  # longer than the target: may be split
@@ -302,7 +311,9 @@ def test_to_bigarray_from_dask_on_worker_processes(client: Any, tmp_path: Any) -
     to_bigarray(chunked, tmp_path / "d.bigarray", fsync=False)
     back = xr.open_dataset(tmp_path / "d.bigarray", engine=ENGINE, chunks={})
     xr.testing.assert_identical(back.compute(), src)
-    np.testing.assert_array_equal(PointerArray(str(tmp_path / "d.bigarray"), variable="x")[:], src.x.values)
+    np.testing.assert_array_equal(
+        PointerArray(str(tmp_path / "d.bigarray"), variable="x")[:], src.x.values
+    )
 
 
 # ------------------------------------------------------------------------------ round trips
@@ -319,7 +330,9 @@ def datasets(draw: Any) -> xr.Dataset:
         if dt.kind in "Mm":
             out = rng.integers(-(10**9), 10**9, shape).astype(dt)
             if out.size:
-                out.reshape(-1)[0] = np.datetime64("NaT") if dt.kind == "M" else np.timedelta64("NaT")
+                out.reshape(-1)[0] = (
+                    np.datetime64("NaT") if dt.kind == "M" else np.timedelta64("NaT")
+                )
             return out
         if dt.kind == "U":
             return rng.choice(np.array(["", "a", "bé", "xyz"]), shape).astype(dt)
@@ -375,7 +388,9 @@ def datasets(draw: Any) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords, attrs=draw(attrs_st))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ds=datasets(), use_dask=st.booleans())
 def test_write_reopen_identical(tmp_path: Any, ds: xr.Dataset, use_dask: bool) -> None:
     path = tmp_path / "rt.bigarray"
@@ -396,7 +411,9 @@ def test_write_reopen_identical(tmp_path: Any, ds: xr.Dataset, use_dask: bool) -
 
 def test_round_trip_keeps_datetimes_native_and_encoding_out_of_attrs(tmp_path: Any) -> None:
     t = np.array(["2020-01-01T00:00:00.123456789", "NaT", "1970-01-01"], "M8[ns]")
-    ds = xr.Dataset({"t": ("row", t), "d": ("row", np.array([1, -2, 3], "m8[ms]").astype("m8[ns]"))})
+    ds = xr.Dataset(
+        {"t": ("row", t), "d": ("row", np.array([1, -2, 3], "m8[ms]").astype("m8[ns]"))}
+    )
     ds["t"].encoding = {"units": "days since 2000-01-01", "dtype": np.dtype("i4")}
     to_bigarray(ds, tmp_path / "t.bigarray")
     back = xr.open_dataset(tmp_path / "t.bigarray", engine=ENGINE)
@@ -461,9 +478,7 @@ def test_open_mfdataset_concatenates_stores_along_rows(tmp_path: Any) -> None:
     rng = np.random.default_rng(3)
     parts = [ragged(rng, k, f=3) for k in (5, 8, 3)]
     paths = [seed_store(tmp_path / f"p{i}.bigarray", p) for i, p in enumerate(parts)]
-    ds = xr.open_mfdataset(
-        paths, engine=ENGINE, combine="nested", concat_dim="row", segments=False
-    )
+    ds = xr.open_mfdataset(paths, engine=ENGINE, combine="nested", concat_dim="row", segments=False)
     want = np.concatenate([np.concatenate(list(p.values())) for p in parts])
     assert len(ds["data"].chunks[0]) == 3  # one chunk per store: its preferred chunks
     np.testing.assert_array_equal(ds["data"].values, want)
@@ -529,7 +544,9 @@ def test_dataset_accessor(store: str, segs: dict[str, np.ndarray], tmp_path: Any
     mem = ds.load()
     np.testing.assert_array_equal(mem.bigarray.segment("utt0039")["data"].values, segs["utt0039"])
     ds.bigarray.to_bigarray(tmp_path / "copy.bigarray")
-    xr.testing.assert_identical(xr.open_dataset(tmp_path / "copy.bigarray", engine=ENGINE).load(), mem)
+    xr.testing.assert_identical(
+        xr.open_dataset(tmp_path / "copy.bigarray", engine=ENGINE).load(), mem
+    )
     with pytest.raises(SegmentNotFoundError, match="was not opened from a store"):
         xr.Dataset({"data": ("row", [1, 2])}).bigarray.segment("a")
 
