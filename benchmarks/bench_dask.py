@@ -218,7 +218,7 @@ def run(size: str = "smoke", repeat: int | None = None) -> list[dict[str, Any]]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",
             memory_limit="8GiB",
         )
         with LocalCluster(n_workers=2, **kw) as cluster, Client(cluster) as client:

@@ -84,7 +84,7 @@ def _sum_cases(size: str, repeat: int, workdir: Path, log: Any) -> list[dict[str
 
     results = []
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     )
     try:
         with Client(cluster):

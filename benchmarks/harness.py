@@ -388,7 +388,7 @@ class Context:
                 n_workers=n_workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",
                 # Workers must not spill or pause on our 1 GB arrays, and their memory limit
                 # would only add noise to timings: the client watches peak RSS instead.
                 memory_limit=0,
