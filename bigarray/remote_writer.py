@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import os
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -158,7 +159,19 @@ def _write_shard(
         )
     header = npy_header(dt, arr.shape)
     nbytes = access.pipe(rel, [header, as_bytes(arr)])
+    # A sibling task may have failed while this one ran: the client then marks the session
+    # aborted *before* listing and deleting its shards, so a shard finished after that
+    # listing sees the mark here and removes itself. Nothing of a failed write survives.
+    access.invalidate()
+    if access.exists(_abort_mark(rel)):
+        access.remove([rel])
+        raise RuntimeError(f"write session of {rel!r} was aborted by a failed sibling task")
     return {"path": rel, "offset": len(header), "start": start, "stop": stop, "nbytes": nbytes}
+
+
+def _abort_mark(shard_rel: str) -> str:
+    """``shards/<prefix>.aborted`` for a shard ``shards/<prefix>-000007.npy``."""
+    return shard_rel.rsplit("-", 1)[0] + ".aborted"
 
 
 def write_index_files(access: FileAccess, generation: int, seg: SegmentArrays) -> IndexFiles:
@@ -236,10 +249,23 @@ def _commit(
 
 
 def _cleanup(access: FileAccess, prefix: str) -> None:
-    """Delete the shards of a write session that will never be committed (best effort)."""
+    """Delete the shards of a write session that will never be committed (best effort).
+
+    The abort mark goes first (see :func:`_write_shard`) and stays (zero bytes), so that a
+    task of this session still running when the error reached the client deletes its own
+    shard. The listing is repeated a few times to catch tasks finishing right now.
+    """
     with contextlib.suppress(Exception):
-        found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"))
-        access.fs.rm(list(found))
+        access.pipe(f"{SHARD_DIR}/{prefix}.aborted", b"")
+    for attempt in range(4):
+        with contextlib.suppress(Exception):
+            access.invalidate()
+            found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"))
+            if found:
+                access.fs.rm(list(found))
+            elif attempt:
+                return
+        time.sleep(0.25)
 
 
 # --------------------------------------------------------------------------- entry point
