@@ -223,27 +223,30 @@ def build_table(hashes: np.ndarray) -> np.ndarray:
     return table
 
 
-def write_index(store_dir: str, generation: int, seg: SegmentArrays, *, fsync: bool) -> IndexFiles:
-    """Write one generation of the index as ``.npy`` files; return their manifest entry."""
-    from .format import save_npy
-
-    os.makedirs(os.path.join(store_dir, INDEX_DIR), exist_ok=True)
-    table = build_table(seg.hashes)
+def index_arrays(seg: SegmentArrays) -> dict[str, np.ndarray]:
+    """The five arrays of one index generation, by role, in their on-disk dtypes."""
     arrays = {
         "names": seg.names,
         "name_offsets": seg.name_offsets,
         "bounds": seg.bounds,
         "hashes": seg.hashes,
-        "table": table,
+        "table": build_table(seg.hashes),
     }
+    return {r: np.ascontiguousarray(a, _ROLE_DTYPES[r]) for r, a in arrays.items()}
+
+
+def write_index(store_dir: str, generation: int, seg: SegmentArrays, *, fsync: bool) -> IndexFiles:
+    """Write one generation of the index as ``.npy`` files; return their manifest entry."""
+    from .format import save_npy
+
+    os.makedirs(os.path.join(store_dir, INDEX_DIR), exist_ok=True)
+    arrays = index_arrays(seg)
     files, offsets = {}, {}
     for role in INDEX_ROLES:
         rel = f"{INDEX_DIR}/g{generation}-{role}.npy"
-        offsets[role] = save_npy(
-            os.path.join(store_dir, rel), np.asarray(arrays[role], _ROLE_DTYPES[role]), fsync=fsync
-        )
+        offsets[role] = save_npy(os.path.join(store_dir, rel), arrays[role], fsync=fsync)
         files[role] = rel
-    return IndexFiles(seg.count, generation, len(table), files, offsets)
+    return IndexFiles(seg.count, generation, len(arrays["table"]), files, offsets)
 
 
 def index_nbytes(spec: IndexFiles, role: str, names_len: int | None = None) -> int:

@@ -51,7 +51,7 @@ from .format import (
     normalize_dtype,
     npy_header,
 )
-from .index import _ROLE_DTYPES, SegmentArrays, build_table, merge
+from .index import SegmentArrays, index_arrays, merge
 
 __all__ = ["SHARD_DIR", "shard_bounds", "to_bigarray_sharded", "write_index_files"]
 
@@ -177,23 +177,15 @@ def _abort_mark(shard_rel: str) -> str:
 def write_index_files(access: FileAccess, generation: int, seg: SegmentArrays) -> IndexFiles:
     """Write one generation of the segment index as ``.npy`` objects (same roles and
     layout as :func:`bigarray.index.write_index`, through fsspec)."""
-    table = build_table(seg.hashes)
-    arrays = {
-        "names": seg.names,
-        "name_offsets": seg.name_offsets,
-        "bounds": seg.bounds,
-        "hashes": seg.hashes,
-        "table": table,
-    }
+    arrays = index_arrays(seg)
     files, offsets = {}, {}
     for role in INDEX_ROLES:
-        role_dtype = np.dtype(str(_ROLE_DTYPES[role]))
-        arr = np.ascontiguousarray(arrays[role], dtype=role_dtype)
+        arr = arrays[role]
         header = npy_header(arr.dtype, arr.shape)
         rel = f"{INDEX_DIR}/g{generation}-{role}.npy"
         access.pipe(rel, [header, as_bytes(arr)])
         files[role], offsets[role] = rel, len(header)
-    return IndexFiles(seg.count, generation, len(table), files, offsets)
+    return IndexFiles(seg.count, generation, len(arrays["table"]), files, offsets)
 
 
 def _commit(
