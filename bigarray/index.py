@@ -181,9 +181,17 @@ def merge(committed: SegmentArrays, new: SegmentArrays, rows_hint: str = "") -> 
     if drop:
         keep[list(drop)] = False
     idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((bounds[idx, 1], bounds[idx, 0]))]
-    # appends arrive in row order: skip the gather when nothing moves
-    in_order = len(idx) == n and bool(np.all(idx == np.arange(n)))
+    kept = bounds[idx]
+    # appends arrive in row order: skip the sort and the gather when nothing moves
+    sorted_already = bool(
+        np.all(
+            (kept[1:, 0] > kept[:-1, 0])
+            | ((kept[1:, 0] == kept[:-1, 0]) & (kept[1:, 1] >= kept[:-1, 1]))
+        )
+    )
+    if not sorted_already:
+        idx = idx[np.lexsort((kept[:, 1], kept[:, 0]))]
+    in_order = len(idx) == n and (sorted_already or bool(np.all(idx == np.arange(n))))
     merged = both if in_order else both.take(idx)
     b = merged.bounds
     nonempty = np.flatnonzero(b[:, 1] > b[:, 0])

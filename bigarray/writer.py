@@ -37,13 +37,14 @@ Tests kill a writer at named steps of this sequence: set ``BIGARRAY_CRASH_AT=ste
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
 import signal
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,7 +76,8 @@ from .store import Store, is_store, read_manifest, resolve_inside
 
 _ALLOC_NAME = "alloc"
 _BATCH_BYTES = 32 << 20
-_VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
+_VECTOR_MIN_BYTES = 16 << 10
+_FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate  # mean segment size above which pwritev beats packing
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _CRASH_ENV = "BIGARRAY_CRASH_AT"
 _crash_hits: dict[str, int] = {}
@@ -425,30 +427,47 @@ class StoreWriter:
     def prepare(self, arrays: Sequence[Any]) -> list[np.ndarray]:
         """Validate arrays against the store's dtype and row shape (casting happens while
         writing, batch by batch, so a large write never holds a second full copy)."""
+        return self._prepare(arrays)[0]
+
+    def _prepare(self, arrays: Sequence[Any]) -> tuple[list[np.ndarray], np.ndarray]:
+        """:meth:`prepare`, plus the row count of each array (one pass over a million small
+        arrays costs ~0.1 s, so the checks share their passes)."""
         out = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
-        scalars = [i for i, a in enumerate(out) if a.ndim == 0]
-        if scalars:
-            i = scalars[0]
-            raise SchemaError(
-                f"array #{i} is a scalar ({out[i]!r}); write arrays with at least one row, "
-                "e.g. np.atleast_1d(x)"
-            )
         if not out:
-            return out
+            return out, np.zeros(0, np.int64)
+        if len(out) >= _FAST_MIN_ARRAYS and self._dtype is not None and self._trailing is not None:
+            # Many small arrays: they are packed with np.concatenate anyway, which checks row
+            # shapes and casting itself (see _write_batches); here only the row counts.
+            try:
+                return out, np.fromiter(map(len, out), np.int64, len(out))
+            except TypeError:
+                pass  # a scalar: the full checks below say which
+        return out, self._check_arrays(out)
+
+    def _check_arrays(self, out: list[np.ndarray]) -> np.ndarray:
+        """Check every array's shape and dtype against the store; return the row counts."""
         if self._dtype is None or self._trailing is None:
             first = self._dtype if self._dtype is not None else normalize_dtype(out[0].dtype)
             rows_shape = self._trailing if self._trailing is not None else out[0].shape[1:]
-            self._ensure_variable(first, tuple(rows_shape))
+            if out[0].ndim:
+                self._ensure_variable(first, tuple(rows_shape))
         dtype, trailing = self._dtype, self._trailing
-        assert dtype is not None and trailing is not None
-        bad = [i for i, a in enumerate(out) if a.shape[1:] != trailing]
+        shapes = [a.shape for a in out]
+        bad = [i for i, sh in enumerate(shapes) if not sh or sh[1:] != trailing]
         if bad:
             i = bad[0]
+            if not shapes[i]:
+                raise SchemaError(
+                    f"array #{i} is a scalar ({out[i]!r}); write arrays with at least one row, "
+                    "e.g. np.atleast_1d(x)"
+                )
+            assert trailing is not None
             want = f"(n, {', '.join(map(str, trailing))})" if trailing else "(n,) (1-D)"
             raise SchemaError(
-                f"array #{i} has shape {out[i].shape}; rows of this store have shape "
+                f"array #{i} has shape {shapes[i]}; rows of this store have shape "
                 f"{trailing}, so arrays must have shape {want}"
             )
+        assert dtype is not None and trailing is not None
         for k in {a.dtype for a in out}:
             if k == dtype:
                 continue
@@ -458,9 +477,9 @@ class StoreWriter:
                     f"cannot store {k} data in this {dtype} store without losing information; "
                     f"convert it first (arr.astype({str(dtype)!r})) or write to a {k} store"
                 )
-        return out
+        return np.fromiter((sh[0] for sh in shapes), np.int64, len(shapes))
 
-    def _write_batches(self, arrays: list[np.ndarray], offset: int) -> None:
+    def _write_batches(self, arrays: list[np.ndarray], lengths: np.ndarray, offset: int) -> None:
         """``pwrite`` the arrays back to back from byte ``offset``.
 
         Small arrays are packed into ~32 MiB buffers first (one copy, one syscall for
@@ -468,7 +487,8 @@ class StoreWriter:
         """
         dtype = self._dtype
         fd = self._data_fd()
-        total = sum(a.nbytes for a in arrays)
+        ends = np.cumsum(lengths) * self._row_nbytes  # byte end of each array
+        total = int(ends[-1]) if len(ends) else 0
         if (
             arrays
             and total >= _VECTOR_MIN_BYTES * len(arrays)
@@ -476,38 +496,32 @@ class StoreWriter:
         ):
             # Segments large enough that the syscall count does not matter: hand the kernel
             # the caller's buffers (pwritev), saving a full copy of the data.
+            if len(arrays) >= _FAST_MIN_ARRAYS:
+                self._check_arrays(arrays)  # _prepare left the row shapes to np.concatenate
             pwrite_all(fd, [as_bytes(a) for a in arrays if a.size], offset, self.path)
             return
-        batch: list[np.ndarray] = []
-        batch_bytes = 0
+        if not arrays:
+            return
+        assert dtype is not None
+        casting: Literal["safe", "same_kind"] = "safe" if dtype.kind in "SU" else "same_kind"
+        # cut the list where the running byte count crosses each multiple of _BATCH_BYTES
+        marks = np.arange(_BATCH_BYTES, total, _BATCH_BYTES)
+        cuts = np.unique(np.searchsorted(ends, marks, side="left") + 1).tolist()
         pos = offset
-
-        def flush_batch() -> None:
-            nonlocal batch, batch_bytes, pos
-            if not batch:
-                return
+        for lo, hi in itertools.pairwise([0, *[c for c in cuts if c < len(arrays)], len(arrays)]):
+            batch = arrays[lo:hi]
             if len(batch) == 1 and batch[0].dtype == dtype and batch[0].flags.c_contiguous:
                 buf = batch[0]
             else:
-                # rows flattened to 1-D so concatenate sees one shape; casting was checked
-                buf = np.concatenate([b.reshape(-1) for b in batch], dtype=dtype, casting="unsafe")
+                try:
+                    buf = np.concatenate(batch, dtype=dtype, casting=casting)
+                except (ValueError, TypeError):
+                    # a bad row shape or dtype somewhere: the full checks name it
+                    self._check_arrays(arrays)
+                    raise
             pwrite_all(fd, [as_bytes(buf)], pos, self.path)
             _crash_point("mid-data")
             pos += buf.nbytes
-            batch, batch_bytes = [], 0
-
-        for a in arrays:
-            nbytes = a.size * dtype.itemsize  # type: ignore[union-attr]
-            if nbytes >= _BATCH_BYTES:
-                flush_batch()
-                batch = [a]
-                flush_batch()
-                continue
-            batch.append(a)
-            batch_bytes += nbytes
-            if batch_bytes >= _BATCH_BYTES:
-                flush_batch()
-        flush_batch()
 
     def _allocate(self, n: int, start: int | None) -> int:
         """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
@@ -579,15 +593,14 @@ class StoreWriter:
                 raise SchemaError(f"start_position must be >= 0, not {start_position}")
             start_position = int(start_position)
         seg = SegmentArrays.from_names(names, np.zeros(0), np.zeros(0)) if names else None
-        prepared = self.prepare(arrays)
-        lengths = np.fromiter((len(a) for a in prepared), np.int64, len(prepared))
+        prepared, lengths = self._prepare(arrays)
         total = int(lengths.sum())
         start = self._allocate(total, start_position)
         _crash_point("after-allocate")
         stop = start + total
         self._check_committed_overlap(start, stop)
         assert self._shard is not None
-        self._write_batches(prepared, self._shard.offset + start * self._row_nbytes)
+        self._write_batches(prepared, lengths, self._shard.offset + start * self._row_nbytes)
         _crash_point("after-data")
         starts = np.empty(len(prepared), np.int64)
         ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)

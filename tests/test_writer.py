@@ -232,3 +232,25 @@ def test_pickle_by_reference(tmp_path: Path) -> None:
     # a strided view is not a row range: it pickles by value, correctly
     x = PointerArray(small)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(x[::2, 1])), x[::2, 1])
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.ones((2, 3), np.float32), "array #4500 has shape \\(2, 3\\)"),
+        (np.ones((2, 2), np.float64) + 0.5, "cannot store float64 data in this int32"),
+        (np.int32(1), "array #4500 is a scalar"),
+    ],
+)
+def test_many_small_arrays_checked_too(tmp_path: Path, bad: np.ndarray, match: str) -> None:
+    """From thousands of arrays the checks ride on the packing step: same errors, no commit."""
+    segs = {f"s{i}": np.full((1 + i % 3, 2), i, np.int32) for i in range(9000)}
+    segs["s4500"] = bad
+    with PointerArrayWriter(tmp_path / "s", shape=(0, 2), dtype="int32") as w:
+        with pytest.raises(SchemaError, match=match):
+            w.write(segs)
+        del segs["s4500"]
+        w.write(segs)
+    x = PointerArray(tmp_path / "s")
+    assert len(x.indices) == 8999
+    np.testing.assert_array_equal(x["s8999"], np.full((3, 2), 8999))
