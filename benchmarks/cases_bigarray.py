@@ -71,7 +71,8 @@ def close_writer(writer: Any) -> None:
 
 
 def to_bigarray(dask_array: Any, path: str | Path, workload: Workload) -> None:
-    """Write a dask array (chunks on segment boundaries) with ``to_bigarray`` (``scale-write``).
+    """Write a dask array (chunks on segment boundaries) with ``to_bigarray`` (``scale-write``),
+    committing without fsync like the page-cache peers it is compared with.
 
     Runs on whatever dask scheduler is current (the case makes its Client current); the commit
     happens in this process after every task wrote its rows.
@@ -83,7 +84,8 @@ def to_bigarray(dask_array: Any, path: str | Path, workload: Workload) -> None:
             f"bigarray.dask_backend.to_bigarray not available: {exc}"
         ) from None
     segments = list(zip(workload.names, workload.lengths.tolist(), strict=True))
-    _to_bigarray(dask_array, str(path), segments=segments, remove_exist=True)
+    # fsync=False: zarr and the np.memmap/pwrite peers leave their data in the page cache too
+    _to_bigarray(dask_array, str(path), segments=segments, remove_exist=True, fsync=False)
 
 
 # ------------------------------------------------------------------------------ reading
