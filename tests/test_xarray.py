@@ -67,6 +67,13 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
 def mapped_files() -> str:
     with open("/proc/self/maps") as f:
         return f.read()
@@ -215,7 +222,10 @@ def test_close_releases_every_descriptor_and_map(tmp_path: Any, store: str) -> N
         ds.close()
         del ds
     gc.collect()
-    assert open_fds() - before == set()
+    # Compare what the new descriptors point at: other parts of a long test session (a
+    # cluster's sockets, thread pools) may open descriptors of their own meanwhile.
+    leaked = [fd_target(fd) for fd in open_fds() - before]
+    assert not [t for t in leaked if t.startswith(str(store))], leaked
     assert store not in mapped_files()
 
 
