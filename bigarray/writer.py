@@ -328,6 +328,11 @@ class StoreWriter:
             if is_store(self.path):  # another process won the race to create it
                 return
             empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})
+            if self._dtype is not None and self._trailing is not None:
+                # dtype and row shape known: the first commit already holds the variable, so
+                # no reader (and no crash) ever sees a store without it
+                self._commit_new_variable(empty, self._dtype, self._trailing)
+                return
             atomic_write(os.path.join(self.path, MANIFEST_NAME), empty.dumps(), fsync=self.fsync)
 
     def _adopt(self, var: Variable) -> None:
@@ -359,35 +364,42 @@ class StoreWriter:
             if self.variable in manifest.variables:
                 self._adopt(manifest.variables[self.variable])
                 return
-            self._dtype, self._trailing = dtype, trailing
-            fname = data_file_name(self.variable)
-            full = os.path.join(self.path, fname)
-            header = npy_header(dtype, (0, *trailing))
-            capacity = len(header) + self._declared_rows * self._row_nbytes
-            try:
-                with open(full, "wb") as f:
-                    f.write(header)
-                    f.truncate(capacity)
-                    if self.fsync:
-                        os.fsync(f.fileno())
-            except OSError as exc:
-                raise wrap_os_error(exc, full) from None
-            ndim = 1 + len(trailing)
-            dims = self._dims or (manifest.row_dim, *[f"dim_{i}" for i in range(1, ndim)])
-            if len(dims) != ndim:
-                raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
-            self._dims = tuple(dims)
-            shard = Shard(fname, len(header), 0, 0)
-            var = Variable(self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs)
-            new = Manifest(
-                manifest.generation + 1,
-                {**manifest.variables, self.variable: var},
-                manifest.segments,
-                manifest.row_dim,
-                manifest.attrs,
-            )
-            atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
-            self._shard = shard
+            self._commit_new_variable(manifest, dtype, trailing)
+
+    def _commit_new_variable(
+        self, manifest: Manifest, dtype: np.dtype, trailing: tuple[int, ...]
+    ) -> None:
+        """Create the variable's data file, then commit a manifest that names it (caller
+        holds the store lock). The file is complete and durable before any manifest names it."""
+        self._dtype, self._trailing = dtype, trailing
+        fname = data_file_name(self.variable)
+        full = os.path.join(self.path, fname)
+        header = npy_header(dtype, (0, *trailing))
+        capacity = len(header) + self._declared_rows * self._row_nbytes
+        try:
+            with open(full, "wb") as f:
+                f.write(header)
+                f.truncate(capacity)
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise wrap_os_error(exc, full) from None
+        ndim = 1 + len(trailing)
+        dims = self._dims or (manifest.row_dim, *[f"dim_{i}" for i in range(1, ndim)])
+        if len(dims) != ndim:
+            raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
+        self._dims = tuple(dims)
+        shard = Shard(fname, len(header), 0, 0)
+        var = Variable(self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs)
+        new = Manifest(
+            manifest.generation + 1,
+            {**manifest.variables, self.variable: var},
+            manifest.segments,
+            manifest.row_dim,
+            manifest.attrs,
+        )
+        atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+        self._shard = shard
 
     @property
     def _row_nbytes(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import pickle
@@ -254,3 +255,14 @@ def test_many_small_arrays_checked_too(tmp_path: Path, bad: np.ndarray, match: s
     x = PointerArray(tmp_path / "s")
     assert len(x.indices) == 8999
     np.testing.assert_array_equal(x["s8999"], np.full((3, 2), 8999))
+
+
+def test_first_commit_holds_the_variable(tmp_path: Path) -> None:
+    """With dtype and row shape known, creating the store and its variable is one commit: a
+    reader (or a writer killed right after creating it) never sees a store without it."""
+    w = PointerArrayWriter(tmp_path / "s", shape=(0, 3), dtype="float32")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["generation"] == 1 and list(manifest["variables"]) == ["data"]
+    x = PointerArray(tmp_path / "s")
+    assert x.shape == (0, 3) and x.dtype == np.float32 and len(x.indices) == 0
+    w.close()
