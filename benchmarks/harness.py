@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from benchmarks.memory import proc_field_kib
 from benchmarks.workloads import Workload, make_workload
 
 Unit = Literal["GB/s", "us/segment", "ms", "s"]
@@ -478,7 +479,7 @@ def settle_page_cache() -> None:
     dirty (its first repetition ran 3-10x slower in our runs), so the order of systems would
     decide the result. Every timed write then starts from the same clean page cache.
     """
-    dirty = _meminfo_kib("Dirty")
+    dirty = proc_field_kib("Dirty", "/proc/meminfo")
     # os.sync() flushes the whole machine; skip it when little is dirty (smoke runs, and tests
     # running beside us would otherwise pay for our flushes and we for theirs).
     if hasattr(os, "sync") and (dirty is None or dirty > SETTLE_DIRTY_KIB):
@@ -487,18 +488,6 @@ def settle_page_cache() -> None:
 
 #: Dirty page-cache size (KiB) above which :func:`settle_page_cache` flushes.
 SETTLE_DIRTY_KIB = 128 * 1024
-
-
-def _meminfo_kib(field: str) -> int | None:
-    """``field`` of ``/proc/meminfo`` in KiB, or None where there is no such file."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def warm_file(path: str | Path) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.peers import fill_segments
+
 MAGIC = b"mmapdata"
 _HEADER_SPAN = 8 + 8 + 486
 
@@ -35,13 +37,7 @@ def write_legacy_pointer_file(path: str | Path, segments: dict[str, np.ndarray])
         f.write(MAGIC + b"%8d" % len(meta) + meta)
         f.truncate(offset + data_bytes)
     mm = np.memmap(str(path), dtype=dtype, mode="r+", offset=offset, shape=shape)
-    index: dict[str, tuple[int, int]] = {}
-    pos = 0
-    for name, arr in segments.items():
-        stop = pos + len(arr)
-        mm[pos:stop] = arr
-        index[name] = (pos, stop)
-        pos = stop
+    index = fill_segments(mm, segments)
     del mm
     blob = pickle.dumps(index)
     with open(path, "ab") as f:

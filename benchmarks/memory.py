@@ -21,10 +21,10 @@ from typing import Any
 _CLEAR_REFS = "/proc/self/clear_refs"
 
 
-def _read_status_kib(field: str) -> int | None:
-    """Return ``field`` (e.g. ``"VmHWM"``) of ``/proc/self/status`` in KiB, or None."""
+def proc_field_kib(field: str, path: str = "/proc/self/status") -> int | None:
+    """Return ``field`` (e.g. ``"VmHWM"``) of a ``/proc`` key-value file in KiB, or None."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -46,7 +46,7 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     """This process's peak RSS in bytes (since the last :func:`reset_peak_rss` if it worked)."""
-    hwm = _read_status_kib("VmHWM")
+    hwm = proc_field_kib("VmHWM")
     if hwm is not None:
         return hwm * 1024
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -61,7 +61,7 @@ def current_rss_bytes() -> int:
 
         return int(psutil.Process(os.getpid()).memory_info().rss)
     except ImportError:  # pragma: no cover - psutil is in the bench extra
-        rss = _read_status_kib("VmRSS")
+        rss = proc_field_kib("VmRSS")
         return (rss or 0) * 1024
 
 

@@ -238,6 +238,19 @@ def graph_pickle_bytes(x: Any) -> int:
 
 
 # ------------------------------------------------------------------------------ tiny segments
+def fill_segments(mm: np.ndarray, segments: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """Store ``segments`` back to back into ``mm`` (a loop of slice stores, as the 2020 library
+    did); return ``name -> (start, stop)``."""
+    index: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for name, arr in segments.items():
+        stop = pos + len(arr)
+        mm[pos:stop] = arr
+        index[name] = (pos, stop)
+        pos = stop
+    return index
+
+
 def npy_dict_write_segments(
     path: str | Path, segments: dict[str, np.ndarray], index_format: str = "pickle"
 ) -> None:
@@ -253,13 +266,7 @@ def npy_dict_write_segments(
     mm = open_memmap(
         str(p / "data.npy"), mode="w+", dtype=first.dtype, shape=(n_rows, *first.shape[1:])
     )
-    index: dict[str, tuple[int, int]] = {}
-    pos = 0
-    for name, arr in segments.items():
-        stop = pos + len(arr)
-        mm[pos:stop] = arr
-        index[name] = (pos, stop)
-        pos = stop
+    index = fill_segments(mm, segments)
     del mm
     if index_format == "pickle":
         with open(p / "index.pkl", "wb") as f:

@@ -19,19 +19,12 @@ import numpy as np
 
 from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
 from .index import SegmentIndex
-from .store import Store
+from .store import open_local
 from .writer import StoreWriter
 
 __all__ = ["MmapArray", "MmapArrayWriter", "PointerArray", "PointerArrayWriter"]
 
 _SESSION_ENV = "BIGARRAY_WRITER_SESSION_"
-
-
-def _open_consistent(path: str, named: bool) -> Store:
-    """The store with (``named``) its index mapped now: see :func:`bigarray.store.open_local`."""
-    from .store import open_local
-
-    return open_local(path, with_index=named)
 
 
 #: Largest remote store PointerArray(url) copies into memory (see ``max_bytes``).
@@ -117,7 +110,7 @@ class MmapArray(np.memmap):
             from .integrity import verify_store
 
             verify_store(path).raise_if_bad()
-        store = _open_consistent(path, named=issubclass(cls, PointerArray))
+        store = open_local(path, with_index=issubclass(cls, PointerArray))
         var = store.variable(variable)
         if len(var.shards) > 1:
             raise SchemaError(
