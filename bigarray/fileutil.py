@@ -8,15 +8,20 @@ fresh files and turns a full disk into an ``OSError`` we can report.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .errors import ReadOnlyError, WriteFailedError
 
 _IOV_MAX = 1024
+#: Bytes per ``pwritev`` call when the caller follows progress (see :func:`pwrite_all`).
+_CALL_BYTES = 16 << 20
 
 
 @contextlib.contextmanager
@@ -82,34 +87,129 @@ def wrap_os_error(exc: OSError, path: str) -> Exception:
     return WriteFailedError(exc.errno, f"writing {path!r} failed: {exc.strerror}")
 
 
-def pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int, path: str) -> None:
-    """Write ``buffers`` back to back at ``offset``, batching them into ``pwritev`` calls."""
+def pwrite_all(
+    fd: int,
+    buffers: Sequence[memoryview],
+    offset: int,
+    path: str,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write ``buffers`` back to back at ``offset``, batching them into ``pwritev`` calls.
+
+    With ``progress``, calls carry at most :data:`_CALL_BYTES` (a larger buffer is split)
+    and ``progress(n)`` is called after each with the bytes written so far, so that a
+    caller can checksum and start writeback of the written part while the rest is written.
+    """
+    if progress is not None:
+        buffers = _split(buffers, _CALL_BYTES)
     i = 0
+    written = 0
     try:
         while i < len(buffers):
-            batch = buffers[i : i + _IOV_MAX]
+            batch = _next_call(buffers, i, _CALL_BYTES if progress is not None else None)
             want = sum(b.nbytes for b in batch)
             done = os.pwritev(fd, batch, offset)
-            if done == want:
-                offset += done
-                i += len(batch)
-                continue
-            # A short write (signals, >2 GiB): finish this batch buffer by buffer.
-            for b in batch:
-                n = b.nbytes
-                if done >= n:
-                    done -= n
-                else:
-                    view = b[done:] if done else b
-                    pos = offset + done
-                    while view.nbytes:
-                        k = os.pwrite(fd, view, pos)
-                        view, pos = view[k:], pos + k
-                    done = 0
-                offset += n
+            if done != want:
+                # A short write (signals, >2 GiB): finish this batch buffer by buffer.
+                at = offset
+                for b in batch:
+                    n = b.nbytes
+                    if done >= n:
+                        done -= n
+                    else:
+                        view = b[done:] if done else b
+                        pos = at + done
+                        while view.nbytes:
+                            k = os.pwrite(fd, view, pos)
+                            view, pos = view[k:], pos + k
+                        done = 0
+                    at += n
+            offset += want
+            written += want
             i += len(batch)
+            if progress is not None:
+                progress(written)
     except OSError as exc:
         raise wrap_os_error(exc, path) from None
+
+
+def _split(buffers: Sequence[memoryview], limit: int) -> Sequence[memoryview]:
+    """``buffers`` with each one larger than ``limit`` bytes cut into parts of ``limit``."""
+    if all(b.nbytes <= limit for b in buffers):
+        return buffers
+    out: list[memoryview] = []
+    for b in buffers:
+        if b.nbytes <= limit:
+            out.append(b)
+        else:
+            flat = b.cast("B") if b.format != "B" or b.ndim != 1 else b
+            out.extend(flat[k : k + limit] for k in range(0, flat.nbytes, limit))
+    return out
+
+
+def _next_call(buffers: Sequence[memoryview], i: int, limit: int | None) -> Sequence[memoryview]:
+    """The buffers of the next ``pwritev`` from ``i``: at most ``_IOV_MAX`` of them, and
+    (with ``limit``) at most ``limit`` bytes unless one buffer alone is larger."""
+    batch = buffers[i : i + _IOV_MAX]
+    if limit is None:
+        return batch
+    total = 0
+    for k, b in enumerate(batch):
+        total += b.nbytes
+        if total > limit and k:
+            return batch[:k]
+    return batch
+
+
+# Linux fallocate(2)/sync_file_range(2) through libc; None where they do not exist.
+_FALLOC_FL_KEEP_SIZE = 0x01
+_SYNC_FILE_RANGE_WRITE = 0x02
+
+
+def _libc_call(name: str) -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    if name == "fallocate":  # fallocate(fd, mode, offset, len)
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _libc_call("fallocate")
+_sync_file_range = _libc_call("sync_file_range")
+
+
+def preallocate(fd: int, offset: int, length: int, path: str) -> None:
+    """Reserve disk blocks for bytes ``[offset, offset + length)`` before writing them.
+
+    Why: ext4 writes into a hole of a sparse file reserve a block per page (delayed
+    allocation); into fallocated (unwritten) extents they do not, which made a 1 GB
+    buffered write about 25% faster here. The file size is kept (``FALLOC_FL_KEEP_SIZE``):
+    sizing stays with the allocator's ``ftruncate`` under the store lock. A full disk is
+    reported here, before any byte is written. Where the call or the file system lacks
+    support, this does nothing.
+    """
+    if _fallocate is None or length <= 0:
+        return
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise wrap_os_error(OSError(err, os.strerror(err)), path)
+    # EOPNOTSUPP, ENOSYS, EINVAL, ENODEV...: not supported here; the write allocates instead
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing bytes ``[offset, offset + length)`` to disk now
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so that a later ``fsync`` finds most of
+    the data already written. A hint only: durability still comes from ``fsync``."""
+    if _sync_file_range is not None and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def map_readonly(fd: int, length: int) -> mmap.mmap:
