@@ -15,7 +15,12 @@ live one and discard the uncommitted records of the dead.
 Record layout (little endian)::
 
     b"BAJ1" | u32 header length | JSON header | int64 starts[n] | int64 stops[n]
-            | int64 name_offsets[n + 1] | names (UTF-8) | u32 crc32 of everything before
+            | int64 name_offsets[n + 1] | names (UTF-8)          (named records only)
+            | int64 blocks[k] | u32 block_crc32c[k]            (k = header "sums", or none)
+            | u32 crc32 of everything before
+
+The optional block sums are those the writing process computed of the whole blocks it
+wrote (:class:`bigarray.integrity.WrittenSums`), so the commit need not read them back.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .errors import StoreCorruptedError
 from .fileutil import wrap_os_error
 from .format import JOURNAL_DIR, byte_view
 from .index import SegmentArrays
+from .integrity import WrittenSums
 
 _MAGIC = b"BAJ1"
 _SUFFIX = ".rec"
@@ -49,14 +55,17 @@ class Record:
     segments: SegmentArrays | None  # named segments, or None for unnamed rows
     stop: int  # the highest row written (exclusive)
     start: int | None = None  # the lowest row written (None: unknown); for checksums
+    sums: WrittenSums | None = None  # sums of whole blocks, computed while writing
 
 
 def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> bytes:
     seg = record.segments
     n = len(starts)
-    header = json.dumps(
-        {"variable": record.variable, "n": n, "named": seg is not None, "stop": record.stop}
-    ).encode()
+    head = {"variable": record.variable, "n": n, "named": seg is not None, "stop": record.stop}
+    sums = record.sums
+    if sums is not None:
+        head.update(sums=len(sums.blocks), block_rows=sums.block_rows)
+    header = json.dumps(head).encode()
     parts = [
         _MAGIC,
         len(header).to_bytes(4, "little"),
@@ -66,6 +75,8 @@ def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> byte
     ]
     if seg is not None:
         parts += [np.asarray(seg.name_offsets, "<i8").tobytes(), seg.names.tobytes()]
+    if sums is not None:
+        parts += [np.asarray(sums.blocks, "<i8").tobytes(), np.asarray(sums.crcs, "<u4").tobytes()]
     body = b"".join(parts)
     return body + zlib.crc32(body).to_bytes(4, "little")
 
@@ -82,6 +93,7 @@ def decode_record(raw: bytes, where: str) -> Record:
     try:
         head = json.loads(raw[8 : 8 + hlen])
         n, named, variable, stop = head["n"], head["named"], head["variable"], head["stop"]
+        k, block_rows = int(head.get("sums", -1)), int(head.get("block_rows", 0))
     except (ValueError, KeyError, TypeError) as exc:
         raise bad(f"header: {exc}") from None
     pos = 8 + hlen
@@ -98,9 +110,18 @@ def decode_record(raw: bytes, where: str) -> Record:
                 n,
             )
             seg = SegmentArrays(names, offs, np.stack([starts, stops], 1).astype(np.int64), hashes)
+            pos += 24 * n + 8 + int(offs[-1])
+        else:
+            pos += 16 * n
+        sums = None
+        if k >= 0:
+            blocks = np.frombuffer(raw, "<i8", k, pos).astype(np.int64)
+            crcs = np.frombuffer(raw, "<u4", k, pos + 8 * k).astype(np.uint32)
+            sums = WrittenSums(block_rows, blocks, crcs)
     except ValueError as exc:
         raise bad(str(exc)) from None
-    return Record(variable, seg, int(stop), int(starts.min()) if n else int(stop))
+    start = int(starts.min()) if n else int(stop)
+    return Record(variable, seg, int(stop), start, sums)
 
 
 class Journal:

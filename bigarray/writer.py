@@ -43,7 +43,7 @@ import re
 import shutil
 import signal
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -57,7 +57,14 @@ from .errors import (
     SchemaError,
     StoreExistsError,
 )
-from .fileutil import atomic_write, fsync_dir, locked, pwrite_all, wrap_os_error
+from .fileutil import (
+    atomic_write,
+    fsync_dir,
+    locked,
+    preallocate,
+    pwrite_all,
+    wrap_os_error,
+)
 from .format import (
     DEFAULT_ROW_DIM,
     INDEX_DIR,
@@ -76,8 +83,9 @@ from .store import Store, is_store, read_manifest, resolve_inside
 
 _ALLOC_NAME = "alloc"
 _BATCH_BYTES = 32 << 20
-_VECTOR_MIN_BYTES = 16 << 10
-_FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate  # mean segment size above which pwritev beats packing
+_VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
+_FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
+_PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _CRASH_ENV = "BIGARRAY_CRASH_AT"
 _crash_hits: dict[str, int] = {}
@@ -491,30 +499,64 @@ class StoreWriter:
                 )
         return np.fromiter((sh[0] for sh in shapes), np.int64, len(shapes))
 
-    def _write_batches(self, arrays: list[np.ndarray], lengths: np.ndarray, offset: int) -> None:
-        """``pwrite`` the arrays back to back from byte ``offset``.
+    def _write_batches(
+        self, arrays: list[np.ndarray], lengths: np.ndarray, start: int
+    ) -> integrity.WrittenSums | None:
+        """``pwrite`` the arrays back to back from row ``start``; return the sums of the whole
+        blocks written when they were computed on the way (see :class:`WriteFollower`).
 
         Small arrays are packed into ~32 MiB buffers first (one copy, one syscall for
         thousands of segments); large ones go straight from the caller's memory.
         """
+        if not arrays:
+            return None
         dtype = self._dtype
+        assert dtype is not None and self._shard is not None
         fd = self._data_fd()
+        offset = self._shard.offset + start * self._row_nbytes
         ends = np.cumsum(lengths) * self._row_nbytes  # byte end of each array
         total = int(ends[-1]) if len(ends) else 0
-        if (
-            arrays
-            and total >= _VECTOR_MIN_BYTES * len(arrays)
-            and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
-        ):
-            # Segments large enough that the syscall count does not matter: hand the kernel
-            # the caller's buffers (pwritev), saving a full copy of the data.
-            if len(arrays) >= _FAST_MIN_ARRAYS:
-                self._check_arrays(arrays)  # _prepare left the row shapes to np.concatenate
-            pwrite_all(fd, [as_bytes(a) for a in arrays if a.size], offset, self.path)
-            return
-        if not arrays:
-            return
+        follow = integrity.WriteFollower.start(
+            fd,
+            self._shard.offset,
+            self._row_nbytes,
+            start,
+            start + int(lengths.sum()),
+            writeback=self.fsync,
+            checksum=self.checksums,
+        )
+        progress = follow.advance if follow is not None else None
+        try:
+            if total >= _VECTOR_MIN_BYTES * len(arrays) and all(
+                a.dtype == dtype and a.flags.c_contiguous for a in arrays
+            ):
+                # Segments large enough that the syscall count does not matter: hand the
+                # kernel the caller's buffers (pwritev), saving a full copy of the data.
+                if len(arrays) >= _FAST_MIN_ARRAYS:
+                    self._check_arrays(arrays)  # _prepare left the row shapes to np.concatenate
+                bufs = [as_bytes(a) for a in arrays if a.size]
+                pwrite_all(fd, bufs, offset, self.path, progress)
+            else:
+                self._write_packed(fd, arrays, ends, offset, progress)
+        except BaseException:
+            if follow is not None:
+                follow.cancel()
+            raise
+        return follow.result() if follow is not None else None
+
+    def _write_packed(
+        self,
+        fd: int,
+        arrays: list[np.ndarray],
+        ends: np.ndarray,
+        offset: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Concatenate runs of arrays into ~32 MiB buffers (casting on the way) and write
+        each with one ``pwrite``."""
+        dtype = self._dtype
         assert dtype is not None
+        total = int(ends[-1])
         casting: Literal["safe", "same_kind"] = "safe" if dtype.kind in "SU" else "same_kind"
         # cut the list where the running byte count crosses each multiple of _BATCH_BYTES
         marks = np.arange(_BATCH_BYTES, total, _BATCH_BYTES)
@@ -534,6 +576,8 @@ class StoreWriter:
             pwrite_all(fd, [as_bytes(buf)], pos, self.path)
             _crash_point("mid-data")
             pos += buf.nbytes
+            if progress is not None:
+                progress(pos - offset)
 
     def _allocate(self, n: int, start: int | None) -> int:
         """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
@@ -552,6 +596,10 @@ class StoreWriter:
                     os.ftruncate(fd, need)
             except OSError as exc:
                 raise wrap_os_error(exc, self.path) from None
+        if n * self._row_nbytes >= _PREALLOCATE_MIN_BYTES:
+            preallocate(
+                fd, self._shard.offset + begin * self._row_nbytes, n * self._row_nbytes, self.path
+            )
         return begin
 
     def _check_committed_overlap(self, start: int, stop: int) -> None:
@@ -612,7 +660,7 @@ class StoreWriter:
         stop = start + total
         self._check_committed_overlap(start, stop)
         assert self._shard is not None
-        self._write_batches(prepared, lengths, self._shard.offset + start * self._row_nbytes)
+        sums = self._write_batches(prepared, lengths, start)
         _crash_point("after-data")
         starts = np.empty(len(prepared), np.int64)
         ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
@@ -621,7 +669,7 @@ class StoreWriter:
             seg = SegmentArrays(
                 seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes
             )
-        record = Record(self.variable, seg, stop, start)
+        record = Record(self.variable, seg, stop, start, sums)
         if self.is_owner:
             self._pending.append((record, starts, ends))
         else:
@@ -737,6 +785,7 @@ class StoreWriter:
                         (r.start, r.stop) if r.start is not None else (0, r.stop) for r in mine
                     ]
                     plan, todo = integrity.plan_commit(var, new_var, ranges)
+                    todo = integrity.reuse_written_sums(plan, todo, ranges, [r.sums for r in mine])
                     sums = integrity.BlockSums(
                         fd, shard.offset, self._row_nbytes, rows, plan.block_rows, todo
                     )

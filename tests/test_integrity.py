@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bigarray import MmapArray, PointerArray, StoreWriter
+from bigarray import MmapArray, PointerArray, StoreWriter, integrity
 from bigarray.errors import IntegrityError, StoreNotFoundError
 from bigarray.integrity import (
     BLOCK_BYTES,
@@ -190,3 +191,90 @@ def test_header_row_count_may_run_ahead_but_not_behind(tmp_path: Path) -> None:
 def test_verify_missing_store_raises(tmp_path: Path) -> None:
     with pytest.raises(StoreNotFoundError, match="does not exist"):
         verify_store(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------ sums computed while writing
+def _spy_sums(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[int]]]:
+    """Record which thread summed which blocks (the writer's follower or the commit)."""
+    calls: list[tuple[str, list[int]]] = []
+    real = integrity.sum_blocks
+
+    def spy(*args: Any) -> np.ndarray:
+        calls.append((threading.current_thread().name, [int(b) for b in args[-1]]))
+        return real(*args)
+
+    monkeypatch.setattr(integrity, "sum_blocks", spy)
+    return calls
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_large_write_is_summed_while_writing_and_the_commit_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    path = tmp_path / "s"
+    calls = _spy_sums(monkeypatch)
+    w = StoreWriter(path, dtype="f4", shape=(0, ROW), fsync=fsync)
+    w.write_rows([seg(1, 100)], ["head"])  # the big write below starts inside block 0
+    n = 20 * BR + 123
+    w.write_rows(
+        [seg(i, n // 20) for i in range(20)] + [seg(21, n % 20)], [f"s{i}" for i in range(21)]
+    )
+    w.close()
+    follower = sorted(b for name, bs in calls if name.startswith("bigarray-write-crc") for b in bs)
+    commit = sorted(
+        b for name, bs in calls if not name.startswith("bigarray-write-crc") for b in bs
+    )
+    # rows [100, 100 + n): whole blocks 1 .. 19 summed while writing; the commit reads back
+    # only block 0 (shared with "head") and the partial last block 20
+    assert follower == list(range(1, 20))
+    assert commit == [0, 20]
+    report = verify_store(path)
+    assert report.ok and report.blocks_checked == 21
+    assert (
+        checksums(path).blocks.tolist()
+        == integrity.sum_blocks(*_whole_file_args(path), np.arange(21)).tolist()
+    )
+
+
+def _whole_file_args(path: Path) -> tuple[int, int, int, int, int]:
+    import os
+
+    doc = json.loads((path / "manifest.json").read_bytes())
+    rows = doc["variables"]["data"]["shape"][0]
+    fd = os.open(path / "data.npy", os.O_RDONLY)
+    return fd, data_offset(path), ROW * 4, rows, BR
+
+
+def _child_writes_blocks(w: StoreWriter) -> None:
+    w.write_rows([seg(5, 16 * BR)], start_position=0)
+
+
+def test_sums_of_blocks_written_twice_before_a_commit_are_not_reused(tmp_path: Path) -> None:
+    """A child sums blocks 0..15 as it writes them, then the owner rewrites part of blocks 4
+    and 5 before the commit: the child's sums of those blocks are stale and must be re-read."""
+    path = tmp_path / "s"
+    w = StoreWriter(path, dtype="f4", shape=(0, ROW), named=False, fsync=False)
+    p = multiprocessing.get_context("fork").Process(target=_child_writes_blocks, args=(w,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    w.write_rows([seg(9, 2 * BR - 10)], start_position=4 * BR + 10)
+    w.close()
+    assert verify_store(path).ok
+    got = np.asarray(MmapArray(path))
+    assert (got[4 * BR + 10 : 6 * BR] == seg(9, 2 * BR - 10)).all()
+    assert (got[: 4 * BR + 10] == seg(5, 16 * BR)[: 4 * BR + 10]).all()
+
+
+def test_reuse_written_sums_only_for_blocks_one_record_touches() -> None:
+    from bigarray.integrity import WrittenSums, reuse_written_sums
+
+    plan = DataChecksums(10, 100, 0, np.zeros(10, np.uint32))
+    todo = np.arange(10)
+    a = WrittenSums(10, np.arange(0, 6), np.arange(100, 106, dtype=np.uint32))  # rows [0, 60)
+    b = WrittenSums(10, np.arange(6, 10), np.arange(206, 210, dtype=np.uint32))  # rows [55, 100)
+    left = reuse_written_sums(plan, todo, [(0, 60), (55, 100)], [a, b])
+    assert left.tolist() == [5]  # both records touch block 5
+    assert plan.blocks.tolist() == [100, 101, 102, 103, 104, 0, 206, 207, 208, 209]
+    other_layout = WrittenSums(20, np.arange(0, 2), np.ones(2, np.uint32))
+    assert reuse_written_sums(plan, todo, [(0, 40)], [other_layout]).tolist() == todo.tolist()
