@@ -89,12 +89,13 @@ def wrap_os_error(exc: OSError, path: str) -> Exception:
 
 def pwrite_all(
     fd: int,
-    buffers: Sequence[memoryview],
+    buffers: Sequence[Any],
     offset: int,
     path: str,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write ``buffers`` back to back at ``offset``, batching them into ``pwritev`` calls.
+    """Write ``buffers`` (C-contiguous objects with ``nbytes``: memoryviews, byte-exporting
+    ndarrays) back to back at ``offset``, batching them into ``pwritev`` calls.
 
     With ``progress``, calls carry at most :data:`_CALL_BYTES` (a larger buffer is split)
     and ``progress(n)`` is called after each with the bytes written so far, so that a
@@ -117,7 +118,7 @@ def pwrite_all(
                     if done >= n:
                         done -= n
                     else:
-                        view = b[done:] if done else b
+                        view = memoryview(b).cast("B")[done:]
                         pos = at + done
                         while view.nbytes:
                             k = os.pwrite(fd, view, pos)
@@ -133,7 +134,7 @@ def pwrite_all(
         raise wrap_os_error(exc, path) from None
 
 
-def _split(buffers: Sequence[memoryview], limit: int) -> Sequence[memoryview]:
+def _split(buffers: Sequence[Any], limit: int) -> Sequence[Any]:
     """``buffers`` with each one larger than ``limit`` bytes cut into parts of ``limit``."""
     if all(b.nbytes <= limit for b in buffers):
         return buffers
@@ -142,12 +143,12 @@ def _split(buffers: Sequence[memoryview], limit: int) -> Sequence[memoryview]:
         if b.nbytes <= limit:
             out.append(b)
         else:
-            flat = b.cast("B") if b.format != "B" or b.ndim != 1 else b
+            flat = memoryview(b).cast("B")
             out.extend(flat[k : k + limit] for k in range(0, flat.nbytes, limit))
     return out
 
 
-def _next_call(buffers: Sequence[memoryview], i: int, limit: int | None) -> Sequence[memoryview]:
+def _next_call(buffers: Sequence[Any], i: int, limit: int | None) -> Sequence[Any]:
     """The buffers of the next ``pwritev`` from ``i``: at most ``_IOV_MAX`` of them, and
     (with ``limit``) at most ``limit`` bytes unless one buffer alone is larger."""
     batch = buffers[i : i + _IOV_MAX]

@@ -534,7 +534,10 @@ class StoreWriter:
                 # kernel the caller's buffers (pwritev), saving a full copy of the data.
                 if len(arrays) >= _FAST_MIN_ARRAYS:
                     self._check_arrays(arrays)  # _prepare left the row shapes to np.concatenate
-                bufs = [as_bytes(a) for a in arrays if a.size]
+                if dtype.kind in "mM":  # datetimes do not export the buffer protocol
+                    bufs: Sequence[Any] = [as_bytes(a) for a in arrays if a.size]
+                else:  # C-contiguous arrays are buffers: no per-array view (~0.3 us each)
+                    bufs = arrays
                 pwrite_all(fd, bufs, offset, self.path, progress)
             else:
                 self._write_packed(fd, arrays, ends, offset, progress)

@@ -62,3 +62,23 @@ def test_preallocate_reserves_blocks_and_keeps_the_size(tmp_path: Path) -> None:
         assert os.pread(fd, 4, 3 << 20) == b"xxxx"
     finally:
         os.close(fd)
+
+
+def test_pwrite_all_finishes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pwritev may write less than asked (signals; > 2 GiB on Linux): the rest is written
+    buffer by buffer, for memoryviews and ndarrays alike."""
+    real = os.pwritev
+
+    def short(fd: int, buffers: list, offset: int) -> int:  # type: ignore[type-arg]
+        first = memoryview(buffers[0]).cast("B")
+        return real(fd, [first[: first.nbytes // 2 + 1]], offset)
+
+    monkeypatch.setattr(os, "pwritev", short)
+    rows = [np.arange(i * 10, i * 10 + 30, dtype="f4").reshape(10, 3) for i in range(5)]
+    bufs = [*rows, memoryview(b"tail-bytes")]
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        pwrite_all(fd, bufs, 3, str(tmp_path / "f"))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes()[3:] == b"".join(bytes(b) for b in bufs)
