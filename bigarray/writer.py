@@ -964,6 +964,14 @@ class StoreWriter:
         )
 
     def __del__(self) -> None:
+        # Every copy (a worker's too) closes the descriptor it opened: a dask task unpickles
+        # a writer per task, and a leaked descriptor would pin the data file's page cache
+        # even after the store is deleted.
+        fd = getattr(self, "_fd", None)
+        if fd is not None and getattr(self, "_fd_pid", None) == os.getpid():
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if getattr(self, "_closed", True) or not getattr(self, "is_owner", False):
             return
         if self._pending or self._journal.pending():

@@ -266,3 +266,41 @@ def test_first_commit_holds_the_variable(tmp_path: Path) -> None:
     x = PointerArray(tmp_path / "s")
     assert x.shape == (0, 3) and x.dtype == np.float32 and len(x.indices) == 0
     w.close()
+
+
+def _copy_writes_then_is_dropped(blob: bytes, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    import gc
+
+    w = pickle.loads(blob)
+    w.write({"from-child": np.ones((10, 4), "f4")})
+    data = os.path.realpath(os.path.join(w.writer.path, "data.npy"))
+
+    def open_files() -> list[str]:
+        out = []
+        for f in os.listdir("/proc/self/fd"):
+            try:
+                out.append(os.path.realpath(os.readlink(f"/proc/self/fd/{f}")))
+            except OSError:
+                pass  # the descriptor listdir itself used
+        return out
+
+    before = data in open_files()
+    del w
+    gc.collect()
+    out.put((before, data in open_files()))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_dropped_copy_of_a_writer_closes_its_data_file(tmp_path: Path) -> None:
+    """A dask task unpickles one writer per task: each copy must close the descriptor it
+    opened, or a worker pins the data file (and its page cache, even once deleted)."""
+    w = PointerArrayWriter(str(tmp_path / "s"), shape=(0, 4), dtype="float32")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_copy_writes_then_is_dropped, args=(pickle.dumps(w), q))
+    p.start()
+    held_while_alive, held_after_drop = q.get(timeout=60)
+    p.join(60)
+    w.close()
+    assert held_while_alive and not held_after_drop
+    assert "from-child" in PointerArray(str(tmp_path / "s")).indices
