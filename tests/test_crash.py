@@ -60,10 +60,16 @@ class CrashCheckError(AssertionError):
     """A store did not show a committed state after a kill (the harness's failure)."""
 
 
+#: Rows of a "-big" segment: 9 checksum blocks of 1 MiB (24-byte rows), large enough that
+#: the writer sums its blocks while writing and the journal record carries the sums.
+BIG_ROWS = 9 * ((1 << 20) // (8 * ROW)) + 5
+
+
 def expected(name: str) -> np.ndarray:
-    """The data of segment ``name``: 1 to 7 rows, a function of the name only."""
+    """The data of segment ``name``: 1 to 7 rows (``BIG_ROWS`` for a name ending in "-big"),
+    a function of the name only."""
     h = zlib.crc32(name.encode())
-    n = 1 + h % 7
+    n = BIG_ROWS if name.endswith("-big") else 1 + h % 7
     return np.arange(ROW * n, dtype=np.int64).reshape(n, ROW) + h
 
 
@@ -77,6 +83,8 @@ def _write_loop(w: StoreWriter, log_fd: int, tag: str, seed: int, commit: bool) 
     i = 0
     while True:
         names = [f"{tag}-{i}-{j}" for j in range(rng.randint(1, 40))]
+        if rng.random() < 0.15:  # kills also land while large writes are being summed
+            names.insert(rng.randrange(len(names) + 1), f"{tag}-{i}-big")
         i += 1
         if rng.random() < 0.2:  # several write calls per batch
             for n in names:
