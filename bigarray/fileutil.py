@@ -21,7 +21,7 @@ from .errors import ReadOnlyError, WriteFailedError
 
 _IOV_MAX = 1024
 #: Bytes per ``pwritev`` call when the caller follows progress (see :func:`pwrite_all`).
-_CALL_BYTES = 16 << 20
+_CALL_BYTES = 4 << 20
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ def test_pwrite_all_splits_large_buffers_and_reports_progress(tmp_path: Path) ->
         pwrite_all(fd, bufs, 7, str(tmp_path / "f"), seen.append)
     finally:
         os.close(fd)
-    # calls of at most 16 MiB (a single larger buffer is cut), progress after each
+    # calls of at most _CALL_BYTES (a single larger buffer is cut), progress after each
     assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == total
     assert all(b - a <= fileutil._CALL_BYTES for a, b in zip([0, *seen], seen, strict=False))
     got = (tmp_path / "f").read_bytes()
