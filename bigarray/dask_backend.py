@@ -271,7 +271,8 @@ def map_segments(
 # ============================================================================== writing
 class _AttachedWriters:
     """Per-process cache of non-owner writers, one per writer session, so tasks of the same
-    write share one file descriptor per process instead of opening one each."""
+    write attach once per process. Their data file is opened per task and closed after it
+    (:func:`write_region`): a cached writer holds no descriptor."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -377,7 +378,12 @@ def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None 
         raise SchemaError("a store writer writes rows; got a scalar value")
     if not len(value):
         return
-    _writer_here(writer).write_rows([value], None, start_position=start)
+    w = _writer_here(writer)
+    w.write_rows([value], None, start_position=start)
+    if not w.is_owner:
+        # A worker may hold attached writers of many sessions: an open descriptor each
+        # would pin every store it ever wrote (and their page cache, once deleted).
+        w.close_data_file()
 
 
 def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.ndarray] | None:
@@ -578,10 +584,10 @@ class BigArrayTarget:
         names, starts, stops = self._table if self._table is not None else ([], empty, empty)
         if names:
             seg = SegmentArrays.from_names(names, starts, stops)
-            record = Record(self.variable, seg, rows)
+            record = Record(self.variable, seg, rows, data=False)
         else:
             starts = stops = empty
-            record = Record(self.variable, None, rows)
+            record = Record(self.variable, None, rows, data=False)
         Journal(self.path, str(self._handoff["session"])).append(record, starts, stops)
         self._recorded = True
 

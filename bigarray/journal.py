@@ -56,6 +56,7 @@ class Record:
     stop: int  # the highest row written (exclusive)
     start: int | None = None  # the lowest row written (None: unknown); for checksums
     sums: WrittenSums | None = None  # sums of whole blocks, computed while writing
+    data: bool = True  # False: the record only names rows that other records wrote
 
 
 def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> bytes:
@@ -65,6 +66,8 @@ def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> byte
     sums = record.sums
     if sums is not None:
         head.update(sums=len(sums.blocks), block_rows=sums.block_rows)
+    if not record.data:
+        head["data"] = False
     header = json.dumps(head).encode()
     parts = [
         _MAGIC,
@@ -94,6 +97,7 @@ def decode_record(raw: bytes, where: str) -> Record:
         head = json.loads(raw[8 : 8 + hlen])
         n, named, variable, stop = head["n"], head["named"], head["variable"], head["stop"]
         k, block_rows = int(head.get("sums", -1)), int(head.get("block_rows", 0))
+        data = bool(head.get("data", True))
     except (ValueError, KeyError, TypeError) as exc:
         raise bad(f"header: {exc}") from None
     pos = 8 + hlen
@@ -121,7 +125,7 @@ def decode_record(raw: bytes, where: str) -> Record:
     except ValueError as exc:
         raise bad(str(exc)) from None
     start = int(starts.min()) if n else int(stop)
-    return Record(variable, seg, int(stop), start, sums)
+    return Record(variable, seg, int(stop), start, sums, data)
 
 
 class Journal:

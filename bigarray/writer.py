@@ -698,7 +698,7 @@ class StoreWriter:
                 f"segment {names[i]!r} rows [{b[i]}, {e[i]}) are not a range 0 <= start <= stop"
             )
         seg = SegmentArrays.from_names(list(names), b, e)
-        record = Record(self.variable, seg, int(e.max()) if len(e) else 0)
+        record = Record(self.variable, seg, int(e.max()) if len(e) else 0, data=False)
         if self.is_owner:
             self._pending.append((record, b, e))
         else:
@@ -784,11 +784,14 @@ class StoreWriter:
                 if self.checksums:
                     # Sum only the blocks written since the last commit, in threads, while
                     # the data is made durable below.
+                    # (records that only name rows wrote nothing: the rows they name were
+                    # written, and are summed, under records of their own)
+                    wrote = [r for r in mine if r.data]
                     ranges = [
-                        (r.start, r.stop) if r.start is not None else (0, r.stop) for r in mine
+                        (r.start, r.stop) if r.start is not None else (0, r.stop) for r in wrote
                     ]
                     plan, todo = integrity.plan_commit(var, new_var, ranges)
-                    todo = integrity.reuse_written_sums(plan, todo, ranges, [r.sums for r in mine])
+                    todo = integrity.reuse_written_sums(plan, todo, ranges, [r.sums for r in wrote])
                     sums = integrity.BlockSums(
                         fd, shard.offset, self._row_nbytes, rows, plan.block_rows, todo
                     )
@@ -923,10 +926,19 @@ class StoreWriter:
         self._closed = True
         if self.is_owner:
             self._journal.end()
-        if self._fd is not None and self._fd_pid == os.getpid():
+        self.close_data_file()
+
+    def close_data_file(self) -> None:
+        """Close this process's descriptor of the data file (the next write reopens it).
+
+        Workers that write one block per task call this after each (see
+        :func:`bigarray.dask_backend.write_region`), so that no long-lived worker process
+        pins the file, or its page cache once the store is deleted.
+        """
+        fd, self._fd = self._fd, None
+        if fd is not None and self._fd_pid == os.getpid():
             with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd = None
+                os.close(fd)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -964,14 +976,11 @@ class StoreWriter:
         )
 
     def __del__(self) -> None:
-        # Every copy (a worker's too) closes the descriptor it opened: a dask task unpickles
-        # a writer per task, and a leaked descriptor would pin the data file's page cache
+        # Every copy (a worker's too) closes the descriptor it opened: a Pool child gets a
+        # writer per message, and a leaked descriptor would pin the data file's page cache
         # even after the store is deleted.
-        fd = getattr(self, "_fd", None)
-        if fd is not None and getattr(self, "_fd_pid", None) == os.getpid():
-            self._fd = None
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if getattr(self, "_fd", None) is not None:
+            self.close_data_file()
         if getattr(self, "_closed", True) or not getattr(self, "is_owner", False):
             return
         if self._pending or self._journal.pending():

@@ -18,10 +18,11 @@ def test_record_round_trip(named: bool, with_sums: bool) -> None:
     stops = np.array([20, 35, 36], np.int64)
     seg = SegmentArrays.from_names(["a", "bé", "c"], starts, stops) if named else None
     sums = WrittenSums(4, np.array([3, 4, 5], np.int64), np.array([7, 8, 2**32 - 1], np.uint32))
-    rec = Record("data", seg, 36, 10, sums if with_sums else None)
+    rec = Record("data", seg, 36, 10, sums if with_sums else None, data=not named)
     raw = encode_record(rec, starts, stops)
     got = decode_record(raw, "r")
     assert (got.variable, got.stop, got.start) == ("data", 36, 10)
+    assert got.data is (not named)  # a names-only record says it wrote no data
     if named:
         assert got.segments is not None and got.segments.count == 3
         assert got.segments.bounds.tolist() == [[10, 20], [20, 35], [35, 36]]
