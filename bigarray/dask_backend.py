@@ -272,7 +272,7 @@ def map_segments(
 class _AttachedWriters:
     """Per-process cache of non-owner writers, one per writer session, so tasks of the same
     write attach once per process. Their data file is opened per task and closed after it
-    (:func:`write_region`): a cached writer holds no descriptor."""
+    (see :meth:`StoreWriter.close_data_file`): a cached writer holds no descriptor."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -378,12 +378,9 @@ def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None 
         raise SchemaError("a store writer writes rows; got a scalar value")
     if not len(value):
         return
-    w = _writer_here(writer)
-    w.write_rows([value], None, start_position=start)
-    if not w.is_owner:
-        # A worker may hold attached writers of many sessions: an open descriptor each
-        # would pin every store it ever wrote (and their page cache, once deleted).
-        w.close_data_file()
+    # (a worker's writer closes the data file after each write: a worker may hold attached
+    # writers of many sessions, and must not pin every store it ever wrote)
+    _writer_here(writer).write_rows([value], None, start_position=start)
 
 
 def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.ndarray] | None:
