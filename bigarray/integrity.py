@@ -82,6 +82,7 @@ BLOCK_BYTES = 1 << 20
 _INLINE_BYTES = 8 << 20  # below this, sum in the calling thread (threads cost more)
 _THREADS = 2
 _READ_BYTES = 4 << 20
+_WRITEBACK_ALIGN = 1 << 20
 
 
 def block_rows_for(row_nbytes: int) -> int:
@@ -356,12 +357,15 @@ class WriteFollower:
         _, data_offset, row_nbytes = self._args
         upto = min((self._start + nbytes // row_nbytes) // self.block_rows, self._end)
         end_byte = data_offset + self._start * row_nbytes + nbytes
+        # Write back whole MiBs only: a page under writeback that the next call writes into
+        # (the partial page at the write head) makes that call wait for the disk.
+        end_byte -= end_byte % _WRITEBACK_ALIGN
         if upto > self._next or (self._writeback and end_byte > self._synced):
             self._futures.append(
                 self._pool.submit(self._job, self._next, upto, self._synced, end_byte)
             )
             self._next = max(self._next, upto)
-            self._synced = end_byte
+            self._synced = max(self._synced, end_byte)
 
     def _job(self, a: int, b: int, sync_from: int, sync_to: int) -> np.ndarray:
         fd, data_offset, row_nbytes = self._args

@@ -191,12 +191,16 @@ class StoreWriter:
     dims
         Dimension names (default ``("row", "dim_1", ...)``).
     fsync
-        Make commits durable against power loss (default). ``False`` is still crash-safe
-        against a killed process, and faster on slow disks.
+        Make commits durable against power loss (default): large writes start the data's
+        writeback as they go, and the commit calls ``fsync``. ``False`` is still crash-safe
+        against a killed process (the promise h5py, zarr and ``np.memmap`` make), and
+        writes at page-cache speed, which is faster than most disks.
     checksums
-        Record crc32 checksums of the data blocks and index files written at every commit
-        (default), checked by :func:`bigarray.integrity.verify_store`. Only blocks written
-        since the previous commit are summed. ``False`` drops the variable's checksums.
+        Record CRC-32C checksums of the data blocks and index files written at every
+        commit (default), checked by :func:`bigarray.integrity.verify_store`. A write of 8
+        blocks (8 MiB) or more sums its whole blocks in a background thread while it
+        writes; the commit sums only the other blocks written since the previous commit.
+        ``False`` drops the variable's checksums.
     """
 
     _trailing: tuple[int, ...] | None
