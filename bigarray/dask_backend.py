@@ -271,8 +271,9 @@ def map_segments(
 # ============================================================================== writing
 class _AttachedWriters:
     """Per-process cache of non-owner writers, one per writer session, so tasks of the same
-    write attach once per process. Their data file is opened per task and closed after it
-    (see :meth:`StoreWriter.close_data_file`): a cached writer holds no descriptor."""
+    write attach once per process. A worker copy opens the data file for each write and
+    closes it after (see :meth:`StoreWriter.write_rows`): a cached writer holds no
+    descriptor, and the threads of a worker share it safely."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -378,8 +379,6 @@ def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None 
         raise SchemaError("a store writer writes rows; got a scalar value")
     if not len(value):
         return
-    # (a worker's writer closes the data file after each write: a worker may hold attached
-    # writers of many sessions, and must not pin every store it ever wrote)
     _writer_here(writer).write_rows([value], None, start_position=start)
 
 

@@ -44,6 +44,7 @@ from .integrity import WrittenSums
 
 _MAGIC = b"BAJ1"
 _SUFFIX = ".rec"
+_INFLIGHT = ".inflight"
 _OWNER_LOCK = "owner.lock"
 
 
@@ -57,6 +58,7 @@ class Record:
     start: int | None = None  # the lowest row written (None: unknown); for checksums
     sums: WrittenSums | None = None  # sums of whole blocks, computed while writing
     data: bool = True  # False: the record only names rows that other records wrote
+    mark: str | None = None  # file name of the write's in-flight mark (Journal.begin_write)
 
 
 def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> bytes:
@@ -68,6 +70,8 @@ def encode_record(record: Record, starts: np.ndarray, stops: np.ndarray) -> byte
         head.update(sums=len(sums.blocks), block_rows=sums.block_rows)
     if not record.data:
         head["data"] = False
+    if record.mark is not None:
+        head["mark"] = record.mark
     header = json.dumps(head).encode()
     parts = [
         _MAGIC,
@@ -98,6 +102,8 @@ def decode_record(raw: bytes, where: str) -> Record:
         n, named, variable, stop = head["n"], head["named"], head["variable"], head["stop"]
         k, block_rows = int(head.get("sums", -1)), int(head.get("block_rows", 0))
         data = bool(head.get("data", True))
+        mark = head.get("mark")
+        mark = str(mark) if mark is not None else None
     except (ValueError, KeyError, TypeError) as exc:
         raise bad(f"header: {exc}") from None
     pos = 8 + hlen
@@ -125,7 +131,7 @@ def decode_record(raw: bytes, where: str) -> Record:
     except ValueError as exc:
         raise bad(str(exc)) from None
     start = int(starts.min()) if n else int(stop)
-    return Record(variable, seg, int(stop), start, sums, data)
+    return Record(variable, seg, int(stop), start, sums, data, mark)
 
 
 class Journal:
@@ -164,6 +170,47 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise wrap_os_error(exc, self.dir) from None
+
+    def begin_write(self, start: int, stop: int) -> str:
+        """Mark rows ``[start, stop)`` as being written by this process (an empty file whose
+        name holds the range); :meth:`end_write` removes the mark once the write's record is
+        published. A mark left behind (the write raised, or the process was killed) tells
+        the commit that those rows changed with no record saying how, so it must not trust
+        sums computed of them before (see :func:`bigarray.integrity.reuse_written_sums`)."""
+        name = f"{start}-{stop}-{os.getpid()}-{os.urandom(4).hex()}{_INFLIGHT}"
+        path = os.path.join(self.dir, name)
+        for attempt in (0, 1):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                os.makedirs(self.dir, exist_ok=True)
+            except OSError as exc:
+                raise wrap_os_error(exc, self.dir) from None
+        return path
+
+    @staticmethod
+    def end_write(mark: str) -> None:
+        """The write marked by :meth:`begin_write` finished and its record is published."""
+        with contextlib.suppress(FileNotFoundError):  # the session ended meanwhile
+            os.unlink(mark)
+
+    def unfinished_writes(self) -> dict[str, tuple[int, int]]:
+        """Marks (:meth:`begin_write`) of writes not ended, in progress, failed or killed:
+        ``{mark file name: (start, stop)}``."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for n in names:
+            if n.endswith(_INFLIGHT):
+                a, b, *_ = n.split("-")
+                with contextlib.suppress(ValueError):
+                    out[n] = (int(a), int(b))
+        return out
 
     def pending(self) -> list[str]:
         try:

@@ -280,6 +280,9 @@ class StoreWriter:
         self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
         self._fd: int | None = None
         self._fd_pid: int | None = None
+        self._wrote_pid: int | None = None  # a worker copy: the process that wrote through it
+        self._unrecorded: list[tuple[int, int]] = []  # the owner's failed writes' rows
+        self._seen_marks: set[str] = set()  # marks of writes a commit saw still running
         self._shard: Shard | None = None
         self._seen_manifest: tuple[int, int] | None = None
         self._committed_bounds: np.ndarray | None = None
@@ -293,6 +296,7 @@ class StoreWriter:
             "variable": self.variable,
             "named": self.named,
             "fsync": self.fsync,
+            "checksums": self.checksums,
             "session": self._session,
             "owner_pid": self._owner_pid,
         }
@@ -310,6 +314,7 @@ class StoreWriter:
         )
         self._session = str(handoff["session"])
         self._owner_pid = int(handoff["owner_pid"])
+        self.checksums = bool(handoff.get("checksums", True))
         self._journal = Journal(self.path, self._session)
         manifest = read_manifest(self.path)
         if self.variable in manifest.variables:
@@ -434,19 +439,23 @@ class StoreWriter:
             )
 
     def _data_fd(self) -> int:
+        """The owner's descriptor of the data file, opened once and kept until ``close``."""
         # Descriptors do not survive pickling, and a forked child must not share the
         # parent's file offset machinery: every process opens its own (pwrite needs none).
         if self._fd is None or self._fd_pid != os.getpid():
-            assert self._shard is not None
-            # a stranger's store may hold a data file that is a symlink out of the directory:
-            # never write through it
-            full = resolve_inside(self.path, self._shard.path)
-            try:
-                self._fd = os.open(full, os.O_RDWR)
-            except OSError as exc:
-                raise wrap_os_error(exc, self.path) from None
+            self._fd = self._open_data_file()
             self._fd_pid = os.getpid()
         return self._fd
+
+    def _open_data_file(self) -> int:
+        assert self._shard is not None
+        # a stranger's store may hold a data file that is a symlink out of the directory:
+        # never write through it
+        full = resolve_inside(self.path, self._shard.path)
+        try:
+            return os.open(full, os.O_RDWR)
+        except OSError as exc:
+            raise wrap_os_error(exc, self.path) from None
 
     def prepare(self, arrays: Sequence[Any]) -> list[np.ndarray]:
         """Validate arrays against the store's dtype and row shape (casting happens while
@@ -504,7 +513,7 @@ class StoreWriter:
         return np.fromiter((sh[0] for sh in shapes), np.int64, len(shapes))
 
     def _write_batches(
-        self, arrays: list[np.ndarray], lengths: np.ndarray, start: int
+        self, fd: int, arrays: list[np.ndarray], lengths: np.ndarray, start: int
     ) -> integrity.WrittenSums | None:
         """``pwrite`` the arrays back to back from row ``start``; return the sums of the whole
         blocks written when they were computed on the way (see :class:`WriteFollower`).
@@ -516,7 +525,6 @@ class StoreWriter:
             return None
         dtype = self._dtype
         assert dtype is not None and self._shard is not None
-        fd = self._data_fd()
         offset = self._shard.offset + start * self._row_nbytes
         ends = np.cumsum(lengths) * self._row_nbytes  # byte end of each array
         total = int(ends[-1]) if len(ends) else 0
@@ -586,7 +594,7 @@ class StoreWriter:
             if progress is not None:
                 progress(pos - offset)
 
-    def _allocate(self, n: int, start: int | None) -> int:
+    def _allocate(self, n: int, start: int | None, fd: int) -> int:
         """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
         data file large enough, under the store lock so that processes never race."""
         assert self._shard is not None
@@ -597,7 +605,6 @@ class StoreWriter:
             if end > alloc:
                 atomic_write(self._alloc_path, end.to_bytes(8, "little"), fsync=False)
             need = self._shard.offset + end * self._row_nbytes
-            fd = self._data_fd()
             try:
                 if os.fstat(fd).st_size < need:  # only ever grow: others may be past us
                     os.ftruncate(fd, need)
@@ -662,31 +669,44 @@ class StoreWriter:
         seg = SegmentArrays.from_names(names, np.zeros(0), np.zeros(0)) if names else None
         prepared, lengths = self._prepare(arrays)
         total = int(lengths.sum())
-        start = self._allocate(total, start_position)
-        _crash_point("after-allocate")
-        stop = start + total
-        self._check_committed_overlap(start, stop)
-        assert self._shard is not None
-        sums = self._write_batches(prepared, lengths, start)
-        _crash_point("after-data")
-        starts = np.empty(len(prepared), np.int64)
-        ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
-        starts[:] = ends - lengths
-        if seg is not None:
-            seg = SegmentArrays(
-                seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes
-            )
-        record = Record(self.variable, seg, stop, start, sums)
-        if self.is_owner:
-            self._pending.append((record, starts, ends))
-        else:
-            # A worker (Pool child, dask task) does not keep the data file open between
-            # writes: it holds no store open, and the page cache of a store deleted later
-            # is freed at once, not when this copy is garbage-collected (~0.2 s per GB,
-            # in whatever that process does next).
-            self.close_data_file()
-            self._journal.append(record, starts, ends)
-            _crash_point("after-journal")
+        owner = self.is_owner
+        # A worker (Pool child, dask task thread) opens the data file for this write only:
+        # threads of one worker share this object, a long-lived worker holds no store open,
+        # and the page cache of a store deleted later is freed at once.
+        fd = self._data_fd() if owner else self._open_data_file()
+        try:
+            start = self._allocate(total, start_position, fd)
+            _crash_point("after-allocate")
+            stop = start + total
+            self._check_committed_overlap(start, stop)
+            mark = None if owner else self._journal.begin_write(start, stop)
+            try:
+                sums = self._write_batches(fd, prepared, lengths, start)
+            except BaseException:
+                if owner:  # the rows changed, but no record will say so
+                    self._unrecorded.append((start, stop))
+                raise
+            _crash_point("after-data")
+            starts = np.empty(len(prepared), np.int64)
+            ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
+            starts[:] = ends - lengths
+            if seg is not None:
+                seg = SegmentArrays(
+                    seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes
+                )
+            mark_name = os.path.basename(mark) if mark is not None else None
+            record = Record(self.variable, seg, stop, start, sums, mark=mark_name)
+            if owner:
+                self._pending.append((record, starts, ends))
+            else:
+                self._journal.append(record, starts, ends)
+                _crash_point("after-journal")
+                assert mark is not None
+                self._journal.end_write(mark)
+        finally:
+            if not owner:
+                os.close(fd)
+                self._wrote_pid = os.getpid()
         return start, stop
 
     def name_rows(self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]) -> None:
@@ -722,8 +742,12 @@ class StoreWriter:
         """
         self._check_open()
         if not self.is_owner:
-            if self._fd is not None and self._fd_pid == os.getpid() and self.fsync:
-                os.fsync(self._fd)
+            if self.fsync and self._wrote_pid == os.getpid():
+                fd = self._open_data_file()
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             return
         self._commit()
 
@@ -731,6 +755,11 @@ class StoreWriter:
         with locked(self._lock_path):
             _crash_point("commit-locked")
             manifest = read_manifest(self.path)
+            # Marks before records: a write still running now may publish its record before
+            # the records are listed; remembering its mark keeps its sums, taken before this
+            # commit, from being trusted later (its blocks are read back instead).
+            unfinished = self._journal.unfinished_writes()
+            self._seen_marks.update(unfinished)
             files = self._journal.pending()
             records = [r for r in self._journal.read(files)]
             records += [r for r, _, _ in self._pending]
@@ -799,8 +828,14 @@ class StoreWriter:
                     ranges = [
                         (r.start, r.stop) if r.start is not None else (0, r.stop) for r in wrote
                     ]
+                    sums_of = [None if r.mark in self._seen_marks else r.sums for r in wrote]
+                    # Writes with no record (raised, killed, or still running) changed rows
+                    # too: their blocks are read back, whatever sums other records bring.
+                    unrecorded = self._unrecorded + list(unfinished.values())
+                    ranges += unrecorded
+                    sums_of += [None] * len(unrecorded)
                     plan, todo = integrity.plan_commit(var, new_var, ranges)
-                    todo = integrity.reuse_written_sums(plan, todo, ranges, [r.sums for r in wrote])
+                    todo = integrity.reuse_written_sums(plan, todo, ranges, sums_of)
                     sums = integrity.BlockSums(
                         fd, shard.offset, self._row_nbytes, rows, plan.block_rows, todo
                     )
@@ -863,6 +898,7 @@ class StoreWriter:
                 atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
             self._journal.discard(files)
             self._pending.clear()
+            self._unrecorded.clear()  # this commit read their blocks back
             _crash_point("after-discard")
             self._drop_old_index(segments.generation if segments else None, manifest)
 
@@ -935,14 +971,10 @@ class StoreWriter:
         self._closed = True
         if self.is_owner:
             self._journal.end()
-        self.close_data_file()
+        self._close_data_file()
 
-    def close_data_file(self) -> None:
-        """Close this process's descriptor of the data file (the next write reopens it).
-
-        A worker copy calls it after each write, so that no long-lived worker process pins
-        the file, or its page cache once the store is deleted.
-        """
+    def _close_data_file(self) -> None:
+        """Close the owner's descriptor of the data file (worker copies open it per write)."""
         fd, self._fd = self._fd, None
         if fd is not None and self._fd_pid == os.getpid():
             with contextlib.suppress(OSError):
@@ -966,6 +998,9 @@ class StoreWriter:
         state["_fd"] = None
         state["_fd_pid"] = None
         state["_pending"] = []  # the owner's in-memory records stay with the owner
+        state["_unrecorded"] = []
+        state["_seen_marks"] = set()
+        state["_wrote_pid"] = None
         state["_committed_bounds"] = None
         state["_seen_manifest"] = None
         state.pop("_committed_names", None)
@@ -984,11 +1019,8 @@ class StoreWriter:
         )
 
     def __del__(self) -> None:
-        # Every copy (a worker's too) closes the descriptor it opened: a Pool child gets a
-        # writer per message, and a leaked descriptor would pin the data file's page cache
-        # even after the store is deleted.
-        if getattr(self, "_fd", None) is not None:
-            self.close_data_file()
+        if getattr(self, "_fd", None) is not None:  # an owner dropped without close()
+            self._close_data_file()
         if getattr(self, "_closed", True) or not getattr(self, "is_owner", False):
             return
         if self._pending or self._journal.pending():

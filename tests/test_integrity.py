@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from bigarray import MmapArray, PointerArray, StoreWriter, integrity
-from bigarray.errors import IntegrityError, StoreNotFoundError
+from bigarray.errors import IntegrityError, SchemaError, StoreNotFoundError
 from bigarray.integrity import (
     BLOCK_BYTES,
     DataChecksums,
@@ -278,3 +280,92 @@ def test_reuse_written_sums_only_for_blocks_one_record_touches() -> None:
     assert plan.blocks.tolist() == [100, 101, 102, 103, 104, 0, 206, 207, 208, 209]
     other_layout = WrittenSums(20, np.arange(0, 2), np.ones(2, np.uint32))
     assert reuse_written_sums(plan, todo, [(0, 40)], [other_layout]).tolist() == todo.tolist()
+
+
+KIB_ROWS = 1024  # int64 x 128 = 1 KiB rows: 1,024 rows per 1 MiB block
+
+
+def test_a_write_that_failed_midway_is_read_back_at_commit(tmp_path: Path) -> None:
+    """A rewrite that raises after its first 32 MiB reached the file leaves no record: the
+    commit must read those blocks back, not reuse the first write's (now stale) sums."""
+    path = tmp_path / "s"
+    w = StoreWriter(path, dtype="int64", shape=(0, 128), named=False, fsync=False)
+    w.write_rows([np.ones((40 * KIB_ROWS, 128), np.int64)])  # 40 blocks, summed while written
+    arrays = [np.full((8, 128), 2, np.int64) for _ in range(5000)] + [np.zeros((8, 7), np.int64)]
+    with pytest.raises(SchemaError):
+        w.write_rows(arrays, start_position=0)  # packed: the first batch is written first
+    w.close()
+    assert verify_store(path).ok
+    got = np.asarray(MmapArray(path))
+    assert (got[:8] == 2).all() and (got[-8:] == 1).all()  # the failed write did land, in part
+
+
+def _write_ones(w: StoreWriter) -> None:
+    w.write_rows([np.ones((40 * KIB_ROWS, 128), np.int64)], start_position=0)
+
+
+def _rewrite_and_die(w: StoreWriter) -> None:
+    os.environ["BIGARRAY_CRASH_AT"] = "mid-data"  # SIGKILL after the first 32 MiB batch
+    w.write_rows([np.full((8, 128), 2, np.int64) for _ in range(5000)], start_position=0)
+
+
+def test_a_worker_killed_midway_leaves_its_rows_to_be_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    w = StoreWriter(path, dtype="int64", shape=(0, 128), named=False, fsync=False)
+    ctx = multiprocessing.get_context("fork")
+    for target, code in ((_write_ones, 0), (_rewrite_and_die, -9)):
+        p = ctx.Process(target=target, args=(w,))
+        p.start()
+        p.join(60)
+        assert p.exitcode == code
+    w.close()
+    assert verify_store(path).ok
+    assert (np.asarray(MmapArray(path))[:8] == 2).all()
+
+
+def test_attached_copies_follow_the_owners_checksums_setting(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "s", dtype="f4", shape=(0, 4), fsync=False, checksums=False)
+    assert StoreWriter.attach(w.handoff()).checksums is False
+    w.close()
+
+
+def _slow_to_publish(w: StoreWriter, go: Any) -> None:
+    from bigarray import journal
+
+    real = journal.Journal.append
+
+    def late(self: Any, *args: Any) -> None:
+        go.wait(60)
+        real(self, *args)
+
+    journal.Journal.append = late  # type: ignore[method-assign]
+    w.write_rows([np.full((16 * KIB_ROWS, 128), 1, np.int64)], start_position=0)
+
+
+def test_sums_of_a_write_a_commit_saw_running_are_not_trusted(tmp_path: Path) -> None:
+    """Process A writes and sums rows but publishes its record late; B rewrites the same
+    rows and a commit merges B's record meanwhile. A's sums predate B's bytes: the commit
+    that finally merges A's record must read the blocks back."""
+    path = tmp_path / "s"
+    w = StoreWriter(path, dtype="int64", shape=(0, 128), named=False, fsync=False)
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    a = ctx.Process(target=_slow_to_publish, args=(w, go))
+    a.start()
+    deadline = time.monotonic() + 60
+    while not list((path / "journal").glob("*/*.inflight")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # A's data and sums are done; it waits to publish
+    b = ctx.Process(target=_write_twos, args=(w,))
+    b.start()
+    b.join(60)
+    w.flush()  # merges B's record; A's write is still marked as running
+    go.set()
+    a.join(60)
+    w.close()  # merges A's record alone
+    assert (a.exitcode, b.exitcode) == (0, 0)
+    assert verify_store(path).ok
+
+
+def _write_twos(w: StoreWriter) -> None:
+    w.write_rows([np.full((16 * KIB_ROWS, 128), 2, np.int64)], start_position=0)

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -303,3 +304,65 @@ def test_a_worker_copy_does_not_keep_the_data_file_open(tmp_path: Path) -> None:
     assert held == (False, False)
     x = PointerArray(str(tmp_path / "s"))
     assert set(x.indices) == {"from-child", "again"} and float(x["again"].sum()) == 40.0
+
+
+def _threads_share_one_copy(w: Any, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    import threading
+
+    errors: list[str] = []
+
+    def job(t: int) -> None:
+        for i in range(50):
+            k = t * 50 + i
+            try:
+                w.write_rows([np.full((64, 16), k, np.int64)], start_position=k * 64)
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=job, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(errors)
+
+
+def test_threads_of_a_worker_share_its_writer_copy(tmp_path: Path) -> None:
+    """A dask worker with several threads runs tasks through one attached writer: one
+    thread's write must never close or reuse the descriptor another is writing through."""
+    from bigarray import StoreWriter
+    from bigarray.integrity import verify_store
+
+    w = StoreWriter(str(tmp_path / "s"), dtype="int64", shape=(0, 16), named=False, fsync=False)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_threads_share_one_copy, args=(w, q))
+    p.start()
+    errors = q.get(timeout=120)
+    p.join(60)
+    w.close()
+    assert errors == []
+    got = np.asarray(MmapArray(str(tmp_path / "s")))[:, 0]
+    assert (got == np.repeat(np.arange(200), 64)).all()
+    assert verify_store(str(tmp_path / "s")).ok
+
+
+def _flush_in_worker(w: Any, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    calls = []
+    real = os.fsync
+    os.fsync = lambda fd: (calls.append(fd), real(fd))[1]  # type: ignore[assignment]
+    w.write({"c": np.ones((4, 4), "f4")})
+    w.flush()  # in a worker: makes its own rows durable, commits nothing
+    out.put(len(calls))
+
+
+def test_flush_in_a_worker_makes_its_rows_durable(tmp_path: Path) -> None:
+    w = PointerArrayWriter(str(tmp_path / "s"), shape=(0, 4), dtype="float32")
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_flush_in_worker, args=(w, q))
+    p.start()
+    assert q.get(timeout=60) == 1
+    p.join(60)
+    w.close()
+    assert "c" in PointerArray(str(tmp_path / "s")).indices
