@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from dask.delayed import Delayed
+from open_files import open_paths
 
 import bigarray
 from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
@@ -312,16 +313,6 @@ def test_retried_tasks_are_idempotent(tmp_path: Path, client: Any) -> None:
     assert len(p.indices) == 10 and p.indices["s9"] == (450, 500)
 
 
-def _open_paths() -> list[str]:
-    out = []
-    for f in os.listdir("/proc/self/fd"):
-        try:
-            out.append(os.path.realpath(os.readlink(f"/proc/self/fd/{f}")))
-        except OSError:
-            pass  # the descriptor listdir itself used
-    return out
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 def test_workers_hold_no_descriptor_of_a_written_store(tmp_path: Path, client: Any) -> None:
     """Workers keep attached writers between tasks, but not their data file open: a worker
@@ -331,7 +322,7 @@ def test_workers_hold_no_descriptor_of_a_written_store(tmp_path: Path, client: A
     out = str(tmp_path / "held")
     to_bigarray(da.from_array(data, chunks=(500, 8)), out, segments=[("a", 4000)])
     target = os.path.realpath(os.path.join(out, "data.npy"))
-    held = client.run(lambda: target in _open_paths())
+    held = client.run(lambda: target in open_paths())
     assert len(held) == 2 and not any(held.values()), held
     np.testing.assert_array_equal(PointerArray(out)["a"], data)
 

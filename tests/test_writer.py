@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from open_files import open_paths
 
 from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
 from bigarray.errors import (
@@ -269,23 +270,13 @@ def test_first_commit_holds_the_variable(tmp_path: Path) -> None:
     w.close()
 
 
-def _open_files() -> list[str]:
-    out = []
-    for f in os.listdir("/proc/self/fd"):
-        try:
-            out.append(os.path.realpath(os.readlink(f"/proc/self/fd/{f}")))
-        except OSError:
-            pass  # the descriptor listdir itself used
-    return out
-
-
 def _copy_writes_twice(blob: bytes, out: mp.Queue) -> None:  # type: ignore[type-arg]
     w = pickle.loads(blob)
     data = os.path.realpath(os.path.join(w.writer.path, "data.npy"))
     w.write({"from-child": np.ones((10, 4), "f4")})
-    after_first = data in _open_files()
+    after_first = data in open_paths()
     w.write({"again": np.full((5, 4), 2, "f4")})  # reopens the file
-    out.put((after_first, data in _open_files()))
+    out.put((after_first, data in open_paths()))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
