@@ -36,10 +36,25 @@ ZARR_CHUNK_ROWS = 65_536
 FEATURES = 128
 
 
-def build(root: str, gb: float) -> tuple[str, str, list[tuple[str, int]]]:
-    """Write the bigarray store and the zarr copy (once; reused when present)."""
+def _zarr_array(path: str, shape: tuple[int, ...]) -> Any:
+    """An empty uncompressed zarr v3 float32 array in ``ZARR_CHUNK_ROWS``-row chunks (this
+    script runs outside the package, so it does not use ``benchmarks.peers.zarr_create``)."""
     import zarr
 
+    return zarr.create_array(
+        store=path,
+        shape=shape,
+        dtype="f4",
+        chunks=(ZARR_CHUNK_ROWS, FEATURES),
+        compressors=None,
+        filters=None,
+        zarr_format=3,
+        overwrite=True,
+    )
+
+
+def build(root: str, gb: float) -> tuple[str, str, list[tuple[str, int]]]:
+    """Write the bigarray store and the zarr copy (once; reused when present)."""
     from bigarray import PointerArrayWriter
 
     rows_target = int(gb * 1e9 / (FEATURES * 4))
@@ -64,16 +79,7 @@ def build(root: str, gb: float) -> tuple[str, str, list[tuple[str, int]]]:
                     {names[k]: block[off[k] - off[i] : off[k + 1] - off[i]] for k in range(i, j)},
                     start_position=int(off[i]),
                 )
-        z = zarr.create_array(
-            store=zp,
-            shape=(rows, FEATURES),
-            dtype="f4",
-            chunks=(ZARR_CHUNK_ROWS, FEATURES),
-            compressors=None,
-            filters=None,
-            zarr_format=3,
-            overwrite=True,
-        )
+        z = _zarr_array(zp, (rows, FEATURES))
         src = np.load(os.path.join(ba, "data.npy"), mmap_mode="r")
         for a in range(0, rows, ZARR_CHUNK_ROWS * 8):
             z[a : a + ZARR_CHUNK_ROWS * 8] = src[a : a + ZARR_CHUNK_ROWS * 8]
@@ -132,19 +138,8 @@ def measure(
             to_bigarray(src, wb, segments=segments, remove_exist=True, fsync=False)
 
         def write_zarr() -> None:
-            import zarr
-
             shutil.rmtree(wz, ignore_errors=True)
-            target = zarr.create_array(
-                store=wz,
-                shape=src.shape,
-                dtype="f4",
-                chunks=(ZARR_CHUNK_ROWS, FEATURES),
-                compressors=None,
-                filters=None,
-                zarr_format=3,
-                overwrite=True,
-            )
+            target = _zarr_array(wz, src.shape)
             da.store(src, target, lock=False)
 
         out["bigarray write"] = nbytes / timed(write_ba, repeat) / 1e9
