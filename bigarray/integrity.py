@@ -319,7 +319,7 @@ class WriteFollower:
         stop: int,
         *,
         writeback: bool,
-        checksum: bool = True,
+        checksum: bool,
     ) -> None:
         self.block_rows = br = block_rows_for(row_nbytes)
         self._checksum = checksum
@@ -333,24 +333,11 @@ class WriteFollower:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="bigarray-write-crc")
         self._futures: list[Future[np.ndarray]] = []
 
-    @classmethod
-    def start(
-        cls,
-        fd: int,
-        data_offset: int,
-        row_nbytes: int,
-        start: int,
-        stop: int,
-        *,
-        writeback: bool,
-        checksum: bool,
-    ) -> WriteFollower | None:
-        """A follower for a write of rows ``[start, stop)``; None when it is too small or has
-        nothing to do."""
+    @staticmethod
+    def wanted(row_nbytes: int, start: int, stop: int) -> bool:
+        """Whether a write of rows ``[start, stop)`` covers enough whole blocks to follow."""
         br = block_rows_for(row_nbytes)
-        if not (writeback or checksum) or stop // br - -(-start // br) < FOLLOW_MIN_BLOCKS:
-            return None
-        return cls(fd, data_offset, row_nbytes, start, stop, writeback=writeback, checksum=checksum)
+        return stop // br - -(-start // br) >= FOLLOW_MIN_BLOCKS
 
     def advance(self, nbytes: int) -> None:
         """The first ``nbytes`` bytes of the write are in the file."""
@@ -404,11 +391,11 @@ def reuse_written_sums(
     writer's sum of a block is used only when no other record of the commit touches that
     block: a block written twice before a commit (two calls, two processes) is read back.
     """
+    if not any(w is not None and len(w.blocks) for w in written):
+        return todo
     br, nblocks = plan.block_rows, plan.nblocks
     pending = np.zeros(nblocks, bool)
     pending[todo] = True
-    if not any(w is not None and len(w.blocks) for w in written):
-        return todo
     touch = np.zeros(nblocks + 1, np.int64)
     for start, stop in ranges:
         a, b = max(0, start // br), min(nblocks, -(-stop // br))

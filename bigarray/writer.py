@@ -528,15 +528,20 @@ class StoreWriter:
         offset = self._shard.offset + start * self._row_nbytes
         ends = np.cumsum(lengths) * self._row_nbytes  # byte end of each array
         total = int(ends[-1]) if len(ends) else 0
-        follow = integrity.WriteFollower.start(
-            fd,
-            self._shard.offset,
-            self._row_nbytes,
-            start,
-            start + int(lengths.sum()),
-            writeback=self.fsync,
-            checksum=self.checksums,
-        )
+        stop = start + int(lengths.sum())
+        follow = None
+        if (self.fsync or self.checksums) and integrity.WriteFollower.wanted(
+            self._row_nbytes, start, stop
+        ):
+            follow = integrity.WriteFollower(
+                fd,
+                self._shard.offset,
+                self._row_nbytes,
+                start,
+                stop,
+                writeback=self.fsync,
+                checksum=self.checksums,
+            )
         progress = follow.advance if follow is not None else None
         try:
             if total >= _VECTOR_MIN_BYTES * len(arrays) and all(
