@@ -96,6 +96,8 @@ class MmapArray(np.memmap):
         max_bytes: int = REMOTE_MAX_BYTES,
     ) -> Any:
         if mode != "r":
+            if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+                _refuse_legacy(os.fspath(path))
             raise ReadOnlyError(
                 f"{cls.__name__} opens stores read-only (mode='r'), got mode={mode!r}; write "
                 "with MmapArrayWriter/PointerArrayWriter, which commit atomically"

@@ -658,13 +658,13 @@ class _LegacyItems(ItemsView[str, tuple[int, int]]):
 
 def _open_regular(path: str) -> BinaryIO:
     """Open ``path`` for reading without blocking on a FIFO; refuse anything but a file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))  # noqa: SIM115
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise NotAStoreError(f"{path!r} is not a regular file, not a legacy bigarray file")
-        return os.fdopen(fd, "rb")
+        return f
     except BaseException:
-        os.close(fd)
+        f.close()
         raise
 
 
