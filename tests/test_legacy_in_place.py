@@ -253,3 +253,24 @@ def test_converted_2020_file_reads_the_same_as_in_place(tmp_path: Path) -> None:
     assert list(old.indices.items()) == list(new.indices.items())
     np.testing.assert_array_equal(old, new)
     np.testing.assert_array_equal(old, data)
+
+
+def test_cp_refuses_a_2020_file_and_says_convert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_2020(tmp_path / "features.arr", "pointer", sample("float32", (3,)))
+    assert cli_main(["cp", "--quiet", str(tmp_path / "features.arr"), str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "2020 bigarray" in err and "bigarray convert" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_verify_true_checks_what_a_2020_file_allows(tmp_path: Path) -> None:
+    from bigarray.errors import IntegrityError
+
+    data = sample("float32", (3,))
+    path = write_2020(tmp_path / "features.arr", "pointer", data)
+    np.testing.assert_array_equal(PointerArray(path, verify=True), data)
+    write_legacy_pointer(path, data, {"a": (0, 5), "b": (5, 10**6)})  # an entry past the data
+    with pytest.raises(IntegrityError, match="'b'"):
+        MmapArray(path, verify=True)
