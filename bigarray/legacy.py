@@ -825,7 +825,7 @@ def check_legacy(path: str | os.PathLike[str]) -> tuple[bool, list[str]]:
                 )
                 if overlaps:
                     lines.append(
-                        f"note: {overlaps:,} segments share rows with another one (the 2020 "
+                        f"note: {overlaps:,} segment(s) share rows with another one (the 2020 "
                         "writer allowed it; `bigarray convert` refuses it)"
                     )
     except (StoreCorruptedError, HostileInputError, FormatError, NotAStoreError) as exc:
