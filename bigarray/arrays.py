@@ -146,13 +146,11 @@ class MmapArray(np.memmap):
 
     def __getitem__(self, key: Any) -> Any:
         res = super().__getitem__(key)
+        if type(key) is slice or type(key) is int:  # always views: the common case first
+            return res
         # Fancy and boolean indexing copy: the result maps no file, so it is a plain,
         # writable ndarray (as np.memmap gives), not a read-only array of this class.
-        if (
-            isinstance(res, MmapArray)
-            and type(key) is not slice
-            and not np.may_share_memory(res, self)
-        ):
+        if isinstance(res, MmapArray) and not np.may_share_memory(res, self):
             return res.view(np.ndarray)
         return res
 
