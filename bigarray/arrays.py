@@ -55,7 +55,9 @@ class MmapArray(np.memmap):
     Parameters
     ----------
     path
-        Store directory.
+        Store directory, or a file written by the 2020 library (``MmapArrayWriter`` or
+        ``PointerArrayWriter``), which opens read-only in place: its data is mapped where it
+        lies and its index read without ``pickle.load``.
     mode
         ``'r'`` (default). Stores are changed through writers only, so that every change
         is a commit; ``'r+'`` is refused with a :class:`~bigarray.errors.ReadOnlyError`.
