@@ -158,6 +158,13 @@ def legacy_open_reader(path: str | Path) -> SegmentReader:
     return SegmentReader(read)
 
 
+def legacy_in_place_open_and_read_one(path: str | Path, name: str) -> np.ndarray:
+    """Open a 2020-format file in place as ``PointerArray(path)`` and read one segment."""
+    from bigarray import PointerArray
+
+    return np.array(PointerArray(path)[name])
+
+
 def legacy_open_and_read_one(path: str | Path, name: str) -> np.ndarray:
     """Open a 2020-format file (pickled index) with the legacy reader and read one segment."""
     legacy = _read_legacy()(path)

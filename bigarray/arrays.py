@@ -55,7 +55,9 @@ class MmapArray(np.memmap):
     Parameters
     ----------
     path
-        Store directory.
+        Store directory, or a file written by the 2020 library (``MmapArrayWriter`` or
+        ``PointerArrayWriter``), which opens read-only in place: its data is mapped where it
+        lies and its index read without ``pickle.load``.
     mode
         ``'r'`` (default). Stores are changed through writers only, so that every change
         is a commit; ``'r+'`` is refused with a :class:`~bigarray.errors.ReadOnlyError`.
@@ -96,6 +98,8 @@ class MmapArray(np.memmap):
         max_bytes: int = REMOTE_MAX_BYTES,
     ) -> Any:
         if mode != "r":
+            if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+                _refuse_legacy(os.fspath(path))
             raise ReadOnlyError(
                 f"{cls.__name__} opens stores read-only (mode='r'), got mode={mode!r}; write "
                 "with MmapArrayWriter/PointerArrayWriter, which commit atomically"
@@ -107,9 +111,7 @@ class MmapArray(np.memmap):
         check_local_options(path, storage_options)
         path = local_path(path)
         if verify:
-            from .integrity import verify_store
-
-            verify_store(path).raise_if_bad()
+            _verify_local(path)
         store = open_local(path, with_index=issubclass(cls, PointerArray))
         var = store.variable(variable)
         if len(var.shards) > 1:
@@ -144,9 +146,20 @@ class MmapArray(np.memmap):
             return arr[()] if arr.shape == () else np.asarray(arr)
         return super().__array_wrap__(arr, context, return_scalar)
 
+    def __getitem__(self, key: Any) -> Any:
+        res = super().__getitem__(key)
+        if type(key) is slice or type(key) is int:  # always views: the common case first
+            return res
+        # Fancy and boolean indexing copy: the result maps no file, so it is a plain,
+        # writable ndarray (as np.memmap gives), not a read-only array of this class.
+        if isinstance(res, MmapArray) and not np.may_share_memory(res, self):
+            return res.view(np.ndarray)
+        return res
+
     def copy(self, order: Any = "C") -> Any:
-        """A copy in memory (numpy's ``copy``); warns when ``dask.array.from_array`` asks,
-        since that copies the whole store into the client and ships it with the graph."""
+        """A copy in memory, as a plain writable ``numpy.ndarray``; warns when
+        ``dask.array.from_array`` asks, since that copies the whole store into the client
+        and ships it with the graph."""
         caller = sys._getframe(1)
         if caller.f_code.co_name == "from_array" and caller.f_globals.get(
             "__name__", ""
@@ -158,9 +171,34 @@ class MmapArray(np.memmap):
                 BigArrayWarning,
                 stacklevel=3,
             )
-        return super().copy(order)
+        return np.asarray(super().copy(order))
+
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        """numpy's ``astype``; a converted copy is a plain writable ``numpy.ndarray``."""
+        res = super().astype(dtype, *args, **kwargs)
+        return res if res is self else np.asarray(res)
+
+    def take(self, *args: Any, **kwargs: Any) -> Any:
+        """numpy's ``take``, as a plain writable ``numpy.ndarray`` (it copies)."""
+        return np.asarray(super().take(*args, **kwargs))
+
+    def flatten(self, order: Any = "C") -> Any:
+        """numpy's ``flatten``, as a plain writable ``numpy.ndarray`` (it copies)."""
+        return np.asarray(super().flatten(order))
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        try:
+            store = self._root_array()._bigarray_store
+        except BigArrayError:
+            store = None
+        if getattr(store, "is_legacy", False):
+            from .legacy import convert_hint
+
+            raise ReadOnlyError(
+                f"{self.path!r} is a file of the 2020 bigarray, opened read-only in place. To "
+                f"write to it, convert it to a store first (`{convert_hint(self.path)}`) and "
+                "write there; to modify rows in memory, copy them (np.array(x))."
+            )
         raise ReadOnlyError(
             f"{type(self).__name__} is read-only: committed data is changed only through a "
             "writer. Copy it (np.array(x)) to modify it in memory, or write a new store."
@@ -229,7 +267,13 @@ class MmapArray(np.memmap):
         except BigArrayError:
             return np.asarray(self).__reduce__()
         path, variable, rows = root._bigarray_root  # type: ignore[misc]
-        if self.ndim == root.ndim and self.shape[1:] == root.shape[1:] and self.flags.c_contiguous:
+        # A view that reinterprets the dtype (x.view("uint32")) is no row range of the root.
+        if (
+            self.dtype == root.dtype
+            and self.ndim == root.ndim
+            and self.shape[1:] == root.shape[1:]
+            and self.flags.c_contiguous
+        ):
             offset = self.ctypes.data - root.ctypes.data
             row_bytes = max(root.strides[0], 1) if root.ndim else 1
             if root.size == 0 or self.size == 0:
@@ -277,7 +321,8 @@ class PointerArray(MmapArray):
         return idx
 
     def __getitem__(self, key: Any) -> Any:
-        if type(key) is str:
+        # numpy.str_ (names from np.array, pandas, xarray) and other str subclasses too
+        if type(key) is str or isinstance(key, str):
             plain = self._bigarray_plain
             if plain is None:
                 raise SchemaError(
@@ -345,6 +390,8 @@ class _Writer:
             # parent's writer instead of re-creating (and with remove_exist, deleting) the store.
             self._w = joined
             return
+        if not remove_exist and os.path.isfile(path):
+            _refuse_legacy(path)
         self._w = StoreWriter(
             path, shape=shape, dtype=dtype, remove_exist=remove_exist, named=self._named, **kwargs
         )
@@ -392,6 +439,35 @@ class _Writer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._w!r})"
+
+
+def _refuse_legacy(path: str) -> None:
+    """Writers never append to a file of the 2020 library: say how to convert it."""
+    from .legacy import convert_hint, is_legacy_file
+
+    if is_legacy_file(path):
+        raise ReadOnlyError(
+            f"{path!r} is a file of the 2020 bigarray, which this version reads in place "
+            f"(PointerArray(path)) but never writes. Convert it to a store first "
+            f"(`{convert_hint(path)}`) and write to the new store, or pass "
+            "remove_exist=True to replace the file with a new store."
+        )
+
+
+def _verify_local(path: str) -> None:
+    """``verify=True``: the checksums of a store; what a 2020 file allows (it has none)."""
+    from .legacy import check_legacy, is_legacy_file
+
+    if os.path.isfile(path) and is_legacy_file(path):
+        ok, lines = check_legacy(path)
+        if not ok:
+            from .errors import IntegrityError
+
+            raise IntegrityError("\n".join(lines))
+        return
+    from .integrity import verify_store
+
+    verify_store(path).raise_if_bad()
 
 
 def _path_key(path: str) -> str:

@@ -42,8 +42,35 @@ def _open_any(path: str, options: dict[str, Any] | None) -> Any:
     return open_store(path, storage_options=options)
 
 
+def _legacy_info(store: Any, args: argparse.Namespace) -> int:
+    """``bigarray info`` of a file written by the 2020 library (read in place)."""
+    var = store.variable()
+    nbytes = var.row_nbytes * var.rows
+    print(f"file       {args.path}")
+    print(f"format     {store.describe(args.path)}")
+    print(f"variable   {var.name}: {var.dtype.str} {tuple(var.shape)} {_human(nbytes)}, read-only")
+    index = store.index
+    if index is None:
+        print("segments   none (a 2020 MmapArray file)")
+    elif len(index):
+        lengths = index.stops - index.starts
+        print(
+            f"segments   {len(index):,}  rows per segment: min {int(lengths.min()):,}, mean "
+            f"{float(lengths.mean()):,.1f}, max {int(lengths.max()):,}; first "
+            f"{index.arrays.name(0)!r}"
+        )
+    else:
+        print("segments   0")
+    if args.json:
+        print(json.dumps(store.manifest.to_json(), indent=1))
+    store.close()
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     store = _open_any(args.path, _options(args.storage_options))
+    if getattr(store, "is_legacy", False):
+        return _legacy_info(store, args)
     m = store.manifest
     print(f"store      {args.path}")
     print(f"format     bigarray v1, generation {m.generation}, row dimension {m.row_dim!r}")
@@ -79,7 +106,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import os
+
     from .integrity import verify_store
+    from .legacy import check_legacy, is_legacy_file
+
+    if os.path.isfile(args.path) and is_legacy_file(args.path):
+        ok, lines = check_legacy(args.path)
+        print(f"bigarray verify {args.path}: {'OK' if ok else 'FAILED'}")
+        for line in lines:
+            print(f"  {line}")
+        return 0 if ok else 1
 
     report = verify_store(args.path)
     print(report)

@@ -100,6 +100,14 @@ def copy_store(
 
     t0 = time.perf_counter()
     source = open_store(src, src_options)  # clear errors for a missing or foreign source
+    if getattr(source, "is_legacy", False):  # opened in place for reading, but no store
+        from .errors import NotAStoreError
+        from .legacy import convert_hint
+
+        raise NotAStoreError(
+            f"{src!r} is a file of the 2020 bigarray, not a store: `bigarray cp` copies stores. "
+            f"Convert it (`{convert_hint(src)}`), then copy the new store."
+        )
     s_acc = _access(src, src_options)
     d_acc = _access(dst, dst_options)
     raw = s_acc.cat(MANIFEST_NAME)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,10 +370,10 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         for i in range(self._count):
             yield _decode_name(raw[offs[i] : offs[i + 1]], i)
 
-    def items(self):  # a sized iterator in row order, not a set-like view
-        """Pairs ``(name, (start, stop))`` in row order, decoded in one pass."""
-        bounds = self.arrays.bounds.tolist()
-        return _ItemsView(zip(iter(self), map(tuple, bounds)), self._count)
+    def items(self) -> ItemsView[str, tuple[int, int]]:
+        """Pairs ``(name, (start, stop))`` in row order, decoded in one pass per iteration:
+        a reusable view, like ``dict.items()``."""
+        return _ItemsView(self)
 
     @property
     def starts(self) -> np.ndarray:
@@ -397,14 +397,11 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         return f"<SegmentIndex {self._count:,} segments>"
 
 
-class _ItemsView:
-    """A sized, iterable ``items()`` result (row order) that does not build a dict."""
+class _ItemsView(ItemsView[str, tuple[int, int]]):
+    """``items()`` in row order: every iteration decodes the names afresh (no dict built)."""
 
-    def __init__(self, it: Iterator[tuple[str, Any]], n: int) -> None:
-        self._it, self._n = it, n
+    _mapping: SegmentIndex
 
-    def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return self._it
-
-    def __len__(self) -> int:
-        return self._n
+    def __iter__(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        bounds = self._mapping.arrays.bounds.tolist()
+        return zip(iter(self._mapping), map(tuple, bounds))

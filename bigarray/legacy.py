@@ -31,12 +31,16 @@ says "pointer array": a file that ends exactly at the end of the data is a plain
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import itertools
 import marshal
 import os
 import pickle
 import re
+import shlex
+import stat
+from collections.abc import ItemsView, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -53,7 +57,15 @@ from bigarray.errors import (
     StoreNotFoundError,
 )
 
-__all__ = ["LegacyArray", "convert_legacy", "is_legacy_file", "read_legacy"]
+__all__ = [
+    "LegacyArray",
+    "LegacyIndex",
+    "LegacyStore",
+    "check_legacy",
+    "convert_legacy",
+    "is_legacy_file",
+    "read_legacy",
+]
 
 MAGIC = b"mmapdata"
 _MAX_META = 486  # the original's _MAXIMUM_HEADER_SIZE
@@ -95,9 +107,9 @@ def is_legacy_file(path: str | os.PathLike[str]) -> bool:
     Never raises: a missing, unreadable or foreign path gives ``False``.
     """
     try:
-        with open(path, "rb") as f:
+        with _open_regular(os.fspath(path)) as f:  # a FIFO must not hang the check
             return f.read(len(MAGIC)) == MAGIC
-    except OSError:
+    except (OSError, TypeError, ValueError):  # NotAStoreError is a ValueError
         return False
 
 
@@ -271,7 +283,19 @@ def read_legacy(path: str | os.PathLike[str]) -> LegacyArray:
         raise NotAStoreError(f"{str(path)!r} is a directory, not a legacy bigarray file") from None
 
 
-def _read_open(path: Path, f: BinaryIO) -> LegacyArray:
+@dataclass(frozen=True)
+class _Layout:
+    """Where everything lies in a legacy file (checked against its size)."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int  # first byte of the data
+    size: int  # of the file
+    blob: tuple[int, int] | None  # (first byte, length) of the last index pickle, or None
+
+
+def _layout(path: Path, f: BinaryIO) -> _Layout:
+    """Parse and check the header and trailer; read nothing past them."""
     size = os.fstat(f.fileno()).st_size
     head = f.read(_HEADER_SPAN)
     if head[: len(MAGIC)] != MAGIC:
@@ -302,7 +326,7 @@ def _read_open(path: Path, f: BinaryIO) -> LegacyArray:
     data_end = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size < data_end:
         _corrupt(path, f"{dtype} {shape} needs {data_end} bytes, the file has {size}")
-    indices = None
+    blob = None
     if size > data_end:  # something was appended: the pointer index and its trailer
         if size - data_end < _TRAILER:
             _corrupt(path, f"{size - data_end} bytes after the data, too few for an index")
@@ -314,13 +338,38 @@ def _read_open(path: Path, f: BinaryIO) -> LegacyArray:
                 f"the trailer says the index has {blob_len} bytes, "
                 f"only {size - _TRAILER - data_end} follow the data",
             )
-        f.seek(size - _TRAILER - blob_len)
-        indices = _load_index(path, f.read(blob_len), shape[0])
+        blob = (size - _TRAILER - blob_len, blob_len)
+    return _Layout(dtype, shape, offset, size, blob)
+
+
+def _read_blob(path: Path, f: BinaryIO, layout: _Layout) -> bytes:
+    assert layout.blob is not None
+    f.seek(layout.blob[0])
+    blob = f.read(layout.blob[1])
+    if len(blob) != layout.blob[1]:
+        _corrupt(path, "the file was shortened while its index was read")
+    return blob
+
+
+def _map(path: Path, f: BinaryIO, layout: _Layout) -> np.ndarray:
+    """The data region, read-only (a plain zero-filled array when it holds no bytes:
+    ``mmap`` refuses an empty mapping)."""
+    if 0 in layout.shape:
+        array = np.zeros(layout.shape, layout.dtype)
+        array.flags.writeable = False
+        return array
     try:
-        array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return np.memmap(f, dtype=layout.dtype, mode="r", offset=layout.offset, shape=layout.shape)
     except (ValueError, OverflowError, OSError) as exc:
-        _corrupt(path, f"cannot map {dtype} {shape} at offset {offset}: {exc}")
-    return LegacyArray(array=array, indices=indices, path=path)
+        _corrupt(path, f"cannot map {layout.dtype} {layout.shape} at offset {layout.offset}: {exc}")
+
+
+def _read_open(path: Path, f: BinaryIO) -> LegacyArray:
+    layout = _layout(path, f)
+    indices = None
+    if layout.blob is not None:
+        indices = _load_index(path, _read_blob(path, f, layout), layout.shape[0])
+    return LegacyArray(array=_map(path, f, layout), indices=indices, path=path)  # type: ignore[arg-type]
 
 
 def _runs(
@@ -447,3 +496,340 @@ def convert_legacy(
     finally:
         bar.close()
     writer.close()
+
+
+# --------------------------------------------------------------------------- in place
+def _unpickle_index(path: Path, blob: bytes) -> dict[str, tuple[int, int]]:
+    """The index dict, through the restricted unpickler; entries are checked when used.
+
+    The collector is paused meanwhile: a million fresh tuples would otherwise trigger a
+    few hundred collections that find nothing to free.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        obj = _NoGlobalsUnpickler(io.BytesIO(blob)).load()
+    except HostileInputError:
+        raise
+    except Exception as exc:  # any other unpickling failure means damaged bytes
+        _corrupt(path, f"the pickled index does not load ({type(exc).__name__}: {exc})")
+    finally:
+        if paused:
+            gc.enable()
+    if type(obj) is not dict:
+        _corrupt(path, f"the pickled index is a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+class LegacyIndex(Mapping[str, tuple[int, int]]):
+    """The segment index of a 2020 file, read in place: ``name -> (start, stop)``.
+
+    Offers what :class:`~bigarray.index.SegmentIndex` offers. A lookup is a dict lookup
+    whose entry is checked when it is read, so opening a file and reading one segment costs
+    one (restricted) unpickling; the row-ordered arrays (``arrays``, ``starts``, ``find``,
+    iteration) are built and every entry checked on first use. Iteration is in row order,
+    as for a store.
+    """
+
+    def __init__(self, table: dict[str, tuple[int, int]], rows: int, where: str) -> None:
+        self._table = table
+        self._rows = rows
+        self._where = where
+        self._arrays: Any = None
+        self._positions: dict[str, int] | None = None
+
+    def _bad(self, name: object, span: object) -> NoReturn:
+        _corrupt(
+            Path(self._where),
+            f"index entry {name!r}: {span!r} is not (start, stop) in [0, {self._rows}]",
+        )
+
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        try:
+            span = self._table[name]
+        except (KeyError, TypeError):  # TypeError: an unhashable key
+            from bigarray.errors import SegmentNotFoundError
+
+            raise SegmentNotFoundError(self._missing(name)) from None
+        if type(span) is tuple and len(span) == 2:
+            start, stop = span
+            if type(start) is int and type(stop) is int and 0 <= start <= stop <= self._rows:
+                return span
+        self._bad(name, span)
+
+    def _missing(self, name: object) -> str:
+        if not isinstance(name, str):
+            return f"segment names are str; got {name!r} of type {type(name).__name__}"
+        first = next(iter(self._table), None)
+        hint = f" (the first is {first!r})" if first is not None else ""
+        return f"no segment named {name!r} among {len(self._table):,} segments{hint}"
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            return isinstance(name, str) and name in self._table
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def arrays(self) -> Any:
+        """The index as :class:`~bigarray.index.SegmentArrays` in row order (sorted by
+        start, then stop); every entry is checked here."""
+        if self._arrays is None:
+            from bigarray.index import SegmentArrays
+
+            names = list(self._table)
+            spans = list(self._table.values())
+            for name, span in zip(names, spans, strict=True):
+                if type(name) is not str or type(span) is not tuple or len(span) != 2:
+                    self._bad(name, span)
+            flat = list(itertools.chain.from_iterable(spans))
+            if not all(type(v) is int for v in flat):
+                i = next(k for k, v in enumerate(flat) if type(v) is not int) // 2
+                self._bad(names[i], spans[i])
+            try:
+                bounds = np.array(flat, np.int64).reshape(-1, 2)
+            except OverflowError:
+                i = next(k for k, v in enumerate(flat) if not -(1 << 63) <= v < 1 << 63) // 2
+                self._bad(names[i], spans[i])
+            bad = np.flatnonzero(
+                (bounds[:, 0] < 0) | (bounds[:, 0] > bounds[:, 1]) | (bounds[:, 1] > self._rows)
+            )
+            if bad.size:
+                i = int(bad[0])
+                self._bad(names[i], spans[i])
+            order = np.lexsort((bounds[:, 1], bounds[:, 0]))
+            seg = SegmentArrays.from_names(names, bounds[:, 0], bounds[:, 1])
+            if len(order) and bool(np.any(order[1:] < order[:-1])):
+                seg = seg.take(order)
+            self._arrays = seg
+        return self._arrays
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.arrays.bounds[:, 0]
+
+    @property
+    def stops(self) -> np.ndarray:
+        return self.arrays.bounds[:, 1]
+
+    def names_list(self) -> list[str]:
+        """Names in row order."""
+        a = self.arrays
+        raw = a.names.tobytes()
+        offs = a.name_offsets.tolist()
+        return [
+            raw[offs[i] : offs[i + 1]].decode("utf-8", "surrogatepass")
+            for i in range(len(offs) - 1)
+        ]
+
+    def find(self, name: str) -> int:
+        """Position (in row order) of segment ``name``, or -1."""
+        if self._positions is None:
+            self._positions = {n: i for i, n in enumerate(self.names_list())}
+        try:
+            return self._positions.get(name, -1)
+        except TypeError:
+            return -1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names_list())
+
+    def items(self) -> ItemsView[str, tuple[int, int]]:
+        """Pairs ``(name, (start, stop))`` in row order: a reusable view, like ``dict.items()``."""
+        return _LegacyItems(self)
+
+    def release(self) -> None:
+        """Nothing to release: the index lives in memory."""
+
+    def __repr__(self) -> str:
+        return f"<LegacyIndex {len(self):,} segments of {self._where!r}>"
+
+
+class _LegacyItems(ItemsView[str, tuple[int, int]]):
+    _mapping: LegacyIndex
+
+    def __iter__(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        bounds = self._mapping.arrays.bounds.tolist()
+        return zip(self._mapping.names_list(), map(tuple, bounds))
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """Open ``path`` for reading without blocking on a FIFO; refuse anything but a file."""
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))  # noqa: SIM115
+    try:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise NotAStoreError(f"{path!r} is not a regular file, not a legacy bigarray file")
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+def convert_hint(path: str | os.PathLike[str]) -> str:
+    """The ``bigarray convert`` command line that turns the 2020 file ``path`` into a store."""
+    src = os.fspath(path)
+    stem, ext = os.path.splitext(src)
+    dst = (stem if ext and os.path.basename(stem) else src) + ".bigarray"
+    return f"bigarray convert {shlex.quote(src)} {shlex.quote(dst)}"
+
+
+class LegacyStore:
+    """A 2020 file opened read-only in place, with the interface of :class:`~bigarray.store.Store`.
+
+    One variable, ``data``, whose single shard is the data region of the file, memory-mapped
+    where it lies; the segment index (a PointerArray file) through the restricted unpickler,
+    never ``pickle.load``. Generation 0 and no checksums: ``bigarray convert`` makes a store.
+
+    Parameters
+    ----------
+    path
+        The file.
+    with_index
+        Read the segment index now (otherwise on first use of ``index`` or ``manifest``).
+    """
+
+    is_remote = False
+    is_legacy = True
+    storage_options: dict[str, Any] | None = None
+
+    def __init__(self, path: str | os.PathLike[str], *, with_index: bool = True) -> None:
+        from bigarray.format import DEFAULT_ROW_DIM, DEFAULT_VARIABLE, Shard, Variable
+
+        self.path = os.fspath(path)
+        where = Path(self.path)
+        try:
+            f = _open_regular(self.path)
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"no legacy bigarray file at {self.path!r}") from None
+        with f:
+            self._layout = layout = _layout(where, f)
+            self._data = _map(where, f, layout)
+            blob = _read_blob(where, f, layout) if with_index and layout.blob else None
+        self._index: LegacyIndex | None = None
+        if blob is not None:
+            self._index = LegacyIndex(_unpickle_index(where, blob), layout.shape[0], self.path)
+        ndim = len(layout.shape)
+        # The shard path is absolute: os.path.join(store.path, shard.path) and
+        # resolve_inside(store.path, shard.path), which readers use, give the file itself.
+        shard = Shard(os.path.abspath(self.path), layout.offset, 0, layout.shape[0])
+        self._variable = Variable(
+            DEFAULT_VARIABLE,
+            layout.dtype,
+            layout.shape,
+            (DEFAULT_ROW_DIM, *[f"dim_{i}" for i in range(1, ndim)]),
+            (shard,),
+        )
+        self._manifest: Any = None
+
+    @property
+    def named(self) -> bool:
+        """Whether the file holds a segment index (a PointerArray file)."""
+        return self._layout.blob is not None
+
+    @property
+    def index(self) -> LegacyIndex | None:
+        """The segment index (``None`` for an MmapArray file)."""
+        if self._index is None and self._layout.blob is not None:
+            where = Path(self.path)
+            with _open_regular(self.path) as f:
+                if _layout(where, f) != self._layout:
+                    _corrupt(where, "it changed while it was open")
+                blob = _read_blob(where, f, self._layout)
+            self._index = LegacyIndex(
+                _unpickle_index(where, blob), self._layout.shape[0], self.path
+            )
+        return self._index
+
+    @property
+    def manifest(self) -> Any:
+        """A :class:`~bigarray.format.Manifest` describing the file (generation 0)."""
+        if self._manifest is None:
+            from bigarray.format import INDEX_ROLES, IndexFiles, Manifest
+
+            index = self.index
+            segments = None
+            if index is not None:
+                segments = IndexFiles(len(index), 0, 0, {}, dict.fromkeys(INDEX_ROLES, 0))
+            self._manifest = Manifest(0, {self._variable.name: self._variable}, segments)
+        return self._manifest
+
+    def variable(self, name: str | None = None) -> Any:
+        """The one variable, ``data`` (``name`` may be ``None`` or ``"data"``)."""
+        if name is not None and name != self._variable.name:
+            from bigarray.errors import VariableNotFoundError
+
+            raise VariableNotFoundError(
+                f"{self.path!r} is a 2020 bigarray file with one variable, 'data'; got "
+                f"variable={name!r}"
+            )
+        return self._variable
+
+    def shard_views(self, var: Any) -> list[np.ndarray]:
+        """The data region, memory-mapped read-only where it lies in the file."""
+        return [self._data]
+
+    def read_rows(self, name: str | None, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` (a view of the map)."""
+        self.variable(name)
+        return np.asarray(self._data[max(int(start), 0) : max(int(stop), 0)])
+
+    def read_ranges(self, name: str | None, ranges: Any) -> list[np.ndarray]:
+        """Rows ``[start, stop)`` of each range (views of the map)."""
+        return [self.read_rows(name, int(a), int(b)) for a, b in ranges]
+
+    def describe(self, name: str | None = None) -> str:
+        """One line: what the file is and how to convert it (``name``: the path as the user
+        gave it, for the command line shown)."""
+        kind = "segments" if self.named else "rows, no segment names"
+        count = len(self.index) if self.named else self._layout.shape[0]  # type: ignore[arg-type]
+        shape = "(" + ", ".join(f"{d:,}" for d in self._layout.shape) + ")"
+        return (
+            f"bigarray 2020 file: {count:,} {kind}, {self._layout.dtype} {shape}; convert it "
+            f"with `{convert_hint(name or self.path)}` to write to it or to get checksums"
+        )
+
+    def close(self) -> None:
+        """Drop the index (views handed out keep the data map alive)."""
+        self._index = None
+        self._manifest = None
+
+    def __enter__(self) -> LegacyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LegacyStore({self.path!r})"
+
+
+def check_legacy(path: str | os.PathLike[str]) -> tuple[bool, list[str]]:
+    """Check what a 2020 file allows: header, sizes, every index entry (no checksums exist).
+
+    Returns ``(ok, lines)``: the description of the file first, then any problem found.
+    """
+    lines: list[str] = []
+    try:
+        store = LegacyStore(path)
+        lines.append(store.describe(os.fspath(path)))
+        index = store.index
+        if index is not None:
+            bounds = index.arrays.bounds
+            if len(bounds):
+                reach = np.maximum.accumulate(bounds[:, 1])[:-1]
+                overlaps = int(
+                    np.count_nonzero((bounds[1:, 0] < reach) & (bounds[1:, 1] > bounds[1:, 0]))
+                )
+                if overlaps:
+                    lines.append(
+                        f"note: {overlaps:,} segment(s) share rows with another one (the 2020 "
+                        "writer allowed it; `bigarray convert` refuses it)"
+                    )
+    except (StoreCorruptedError, HostileInputError, FormatError, NotAStoreError) as exc:
+        lines.append(f"FAILED: {exc}")
+        return False, lines
+    lines.append("no checksums to verify in this format: every size and index entry is sound")
+    return True, lines

@@ -78,6 +78,7 @@ def open_store(
     url_or_path
         A directory, a ``file://`` URL (both memory-mapped), or any other fsspec URL
         (``s3://bucket/a.bigarray``, ``memory://a``, ``https://host/a.bigarray``, ...).
+        A local file written by the 2020 library opens read-only in place.
     storage_options
         Options for the fsspec filesystem of a URL (credentials, endpoint). Refused for a
         local path, where they would be ignored.
@@ -594,13 +595,22 @@ class RemoteStore:
 def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Store:
     """Open a local store and (``with_index``) its segment index at once.
 
+    A file written by the 2020 library opens in place as a read-only
+    :class:`~bigarray.legacy.LegacyStore` (same interface).
+
     The index files of a generation are deleted two commits later, so a reader keeps the
     index of the commit it read by mapping it right away. A commit landing between the
     manifest read and the index open can delete the files just named: then the manifest
     has moved on, and opening again gives the newer commit.
     """
     for attempt in range(8):
-        store = Store(path)
+        try:
+            store = Store(path)
+        except NotAStoreError:
+            legacy = _open_legacy(path, with_index)
+            if legacy is None:
+                raise
+            return legacy
         if not with_index:
             return store
         try:
@@ -611,3 +621,16 @@ def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Stor
             if attempt == 7 or read_manifest(store.path).generation == store.manifest.generation:
                 raise
     raise AssertionError("unreachable")
+
+
+def _open_legacy(path: str | os.PathLike[str], with_index: bool) -> Any:
+    """A file of the 2020 library opened in place (read-only), or None for any other file.
+
+    Tried only once ``path`` proved not to be a store directory, so opening a store pays
+    nothing for it.
+    """
+    from .legacy import LegacyStore, is_legacy_file
+
+    if not is_legacy_file(path):
+        return None
+    return LegacyStore(path, with_index=with_index)

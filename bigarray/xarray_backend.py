@@ -833,7 +833,8 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
     )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
-        """True for a local store directory (or its manifest.json) or a ``*.bigarray`` URL.
+        """True for a local store directory (or its manifest.json), a local file written by
+        the 2020 library (recognised by its header), or a ``*.bigarray`` URL.
 
         Never raises; never touches the network (a URL is judged by its name).
         """
@@ -851,6 +852,10 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
             path = local_path(text)
             if os.path.basename(path) == "manifest.json":
                 path = os.path.dirname(path)
+            if os.path.isfile(path):  # a 2020 file: its magic bytes, never its index
+                from .legacy import is_legacy_file
+
+                return is_legacy_file(path)
             return is_store(path)
         except Exception:
             return False

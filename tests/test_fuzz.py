@@ -1,6 +1,7 @@
 """Fuzzing damaged stores: flipped bytes, truncated and extended files, hostile manifests.
 
-Each hypothesis example copies a small committed store, damages it, and reads it every way
+Each hypothesis example copies a small committed store (or a file of the 2020 library, read
+in place), damages it, and reads it every way
 a user would (``PointerArray`` with and without ``verify=True``, ``x[name]`` for every name,
 ``np.sum``, ``Store.read_rows``, ``verify_store``). The rules:
 
@@ -34,7 +35,7 @@ from bigarray import PointerArray, Store, StoreWriter
 from bigarray.errors import BigArrayError
 from bigarray.integrity import verify_store
 
-MODES = ("files", "manifest-bytes", "manifest-json", "files-no-checksums")
+MODES = ("files", "manifest-bytes", "manifest-json", "files-no-checksums", "legacy")
 _EXAMPLES = int(os.environ.get("BIGARRAY_FUZZ_EXAMPLES", "250"))
 
 
@@ -193,6 +194,65 @@ def read_everything(store: Path, segs: dict[str, np.ndarray], verify: bool) -> s
         return type(exc).__name__
 
 
+def build_legacy(path: Path) -> dict[str, np.ndarray]:
+    """The same segments as a file of the 2020 library (PointerArrayWriter layout)."""
+    from legacy_files import write_legacy_pointer
+
+    segs = make_segments()
+    bounds, start = {}, 0
+    for name, a in segs.items():
+        bounds[name] = (start, start + len(a))
+        start += len(a)
+    write_legacy_pointer(path, np.concatenate(list(segs.values())), bounds)
+    return segs
+
+
+def damage_legacy(path: Path, draw: Any) -> str:
+    """Damage anywhere (as damage_file), or flip bytes in the header or the index pickle,
+    where a flip reaches the parsers rather than the data."""
+    where = draw(st.sampled_from(["anywhere", "header", "index", "index"]))
+    if where == "anywhere":
+        return damage_file(path, draw)
+    size = path.stat().st_size
+    blob = int.from_bytes(path.read_bytes()[-8:], "big")
+    lo, hi = (0, 520) if where == "header" else (max(size - 8 - blob, 0), size)
+    with open(path, "r+b") as f:
+        for _ in range(draw(st.integers(1, 4))):
+            pos = draw(st.integers(lo, max(hi - 1, lo)))
+            f.seek(pos)
+            old = f.read(1)
+            f.seek(pos)
+            f.write(bytes([(old[0] if old else 0) ^ draw(st.integers(1, 255))]))
+    return f"flip {where}"
+
+
+def read_legacy_in_place(path: Path) -> str:
+    """Read a 2020 file in place every way; return 'ok' or the BigArrayError class name.
+    The format has no checksums, so a flipped data byte reads back as it now is."""
+    import bigarray
+    from bigarray import MmapArray
+    from bigarray.legacy import check_legacy
+
+    try:
+        x = PointerArray(path)
+        for name in x.indices:
+            np.array(x[name])
+        np.sum(x, dtype=np.float64)
+        np.sum(MmapArray(path), dtype=np.float64)
+        np.asarray(bigarray.open(path)[:])
+        ok, _ = check_legacy(path)
+        del x
+        return "ok" if ok else "check-failed"
+    except BigArrayError as exc:
+        return type(exc).__name__
+
+
+def attack_legacy(template: Path, work: Path, draw: Any, outcomes: Counter[str]) -> None:
+    shutil.copyfile(template, work)
+    what = damage_legacy(work, draw)
+    outcomes[f"legacy {what}: {read_legacy_in_place(work)}"] += 1
+
+
 def attack_once(
     template: Path,
     work: Path,
@@ -247,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: Counter[str] = Counter()
     try:
         template = root / "template"
-        segs = build_store(template, checksums=args.mode != "files-no-checksums")
-        assert read_everything(template, segs, verify=True) == "ok"
+        if args.mode == "legacy":
+            segs = build_legacy(template)
+            assert read_legacy_in_place(template) == "ok"
+        else:
+            segs = build_store(template, checksums=args.mode != "files-no-checksums")
+            assert read_everything(template, segs, verify=True) == "ok"
         work = root / "work"
 
         @hseed(args.seed)
@@ -260,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         @given(st.data())
         def run(data: Any) -> None:
-            attack_once(template, work, args.mode, data.draw, segs, outcomes)
+            if args.mode == "legacy":
+                attack_legacy(template, work, data.draw, outcomes)
+            else:
+                attack_once(template, work, args.mode, data.draw, segs, outcomes)
 
         run()
     finally:
@@ -314,7 +381,12 @@ def test_damaged_store_reads_correctly_or_raises(tmp_path: Path, mode: str) -> N
     assert stats["cases"] >= _EXAMPLES // 2  # hypothesis may stop early only on exhaustion
     FUZZ_TOTAL[mode] += stats["cases"]
     outcomes = Counter(stats["outcomes"])
-    if mode != "files-no-checksums":
+    if mode == "legacy":  # damage to the header or the index was seen
+        assert any(
+            k.endswith(("StoreCorruptedError", "HostileInputError", "FormatError"))
+            for k in outcomes
+        ), outcomes
+    elif mode != "files-no-checksums":
         # the damage was seen: some reads were refused by verify, some damage was harmless
         assert any(
             "verified=IntegrityError" in k

@@ -333,6 +333,119 @@ def test_legacy_file_with_a_malicious_pickle_runs_nothing(tmp_path: Path) -> Non
     REFUSED.append("legacy pickle")
 
 
+def _read_in_place(entry: str, path: Path) -> Any:
+    """Read a 2020 file in place through one entry point, touching every segment."""
+    import bigarray
+    from bigarray.dask_backend import from_bigarray, map_segments
+
+    if entry == "PointerArray":
+        x = PointerArray(path)
+        return [np.array(x[n]) for n in x.indices], np.sum(x)
+    if entry == "MmapArray":
+        from bigarray import MmapArray
+
+        return np.sum(MmapArray(path))
+    if entry == "open":
+        return np.asarray(bigarray.open(path)[:])
+    if entry == "from_bigarray":
+        return from_bigarray(str(path), chunks="segments").compute(scheduler="sync")
+    if entry == "map_segments":
+        return map_segments(len, str(path)).compute(scheduler="sync")
+    if entry == "xarray":
+        import xarray as xr
+
+        with xr.open_dataset(path, engine="bigarray") as ds:
+            return ds.load()
+    from bigarray.cli import main
+
+    if main([entry, str(path)]) != 0:  # info, verify
+        raise StoreCorruptedError(f"bigarray {entry} failed")
+    return None
+
+
+IN_PLACE_ENTRIES = [
+    "PointerArray",
+    "MmapArray",
+    "open",
+    "from_bigarray",
+    "map_segments",
+    "xarray",
+    "info",
+    "verify",
+]
+
+
+def _damaged_2020_files(tmp_path: Path) -> dict[str, tuple[Path, type[BaseException]]]:
+    """Hostile and damaged 2020 files, each with the error every reader must raise."""
+    import marshal
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from legacy_files import (
+        append_index,
+        write_legacy_mmap,
+        write_legacy_pointer,
+        write_malicious_legacy,
+        write_raw_legacy,
+    )
+
+    data = np.arange(60, dtype="f4").reshape(15, 4)
+    index = {"a": (0, 5), "b": (5, 15)}
+    out: dict[str, tuple[Path, type[BaseException]]] = {}
+    for variant in ("protocol0", "protocol4"):
+        p = tmp_path / f"evil-{variant}.arr"
+        write_malicious_legacy(p, tmp_path / "pwned", variant)
+        out[f"malicious pickle {variant}"] = (p, HostileInputError)
+    p = tmp_path / "exploit.arr"
+    write_legacy_mmap(p, data)
+    append_index(p, pickle.dumps({"a": (0, 1), "b": _Exploit(str(tmp_path / "pwned"))}))
+    out["malicious pickle in an entry"] = (p, HostileInputError)
+    p = tmp_path / "truncated.arr"
+    write_legacy_mmap(p, data)
+    p.write_bytes(p.read_bytes()[:600])
+    out["truncated data"] = (p, StoreCorruptedError)
+    p = tmp_path / "lying-shape.arr"
+    write_raw_legacy(p, marshal.dumps(["float32", (10**6, 4)]), data.tobytes(), 504)
+    out["header shape larger than the file"] = (p, StoreCorruptedError)
+    p = tmp_path / "lying-trailer.arr"
+    write_legacy_mmap(p, data)
+    with open(p, "ab") as f:
+        f.write(b"\x80\x04N." + (10**9).to_bytes(8, "big"))
+    out["trailer longer than the file"] = (p, StoreCorruptedError)
+    p = tmp_path / "code.arr"
+    write_raw_legacy(p, marshal.dumps([compile("1", "x", "eval"), (3,)]), bytes(12), 504)
+    out["code object in the header"] = (p, HostileInputError)
+    p = tmp_path / "object.arr"
+    write_raw_legacy(p, marshal.dumps(["object", (3,)]), bytes(24), 504)
+    out["object dtype"] = (p, HostileInputError)
+    p = tmp_path / "entry.arr"
+    write_legacy_pointer(p, data, {"a": (0, 5), "b": (5, 10**6)})
+    out["index entry past the data"] = (p, StoreCorruptedError)
+    p = tmp_path / "not-a-dict.arr"
+    write_legacy_pointer(p, data, index)
+    append_index(p, pickle.dumps([("a", (0, 5))]))
+    out["index that is not a dict"] = (p, StoreCorruptedError)
+    return out
+
+
+@pytest.mark.parametrize("entry", IN_PLACE_ENTRIES)
+def test_hostile_2020_files_opened_in_place_raise_and_run_nothing(
+    tmp_path: Path, entry: str
+) -> None:
+    for what, (path, exc) in _damaged_2020_files(tmp_path).items():
+        in_index = "pickle" in what or "index" in what
+        # MmapArray never reads the index; bigarray.open unpickles it (restricted) but
+        # reads rows only, and an index entry is checked where it is used
+        if (entry == "MmapArray" and in_index) or (
+            entry == "open" and what == "index entry past the data"
+        ):
+            _read_in_place(entry, path)
+        else:
+            with pytest.raises(exc if entry not in ("info", "verify") else BigArrayError):
+                _read_in_place(entry, path)
+        assert not (tmp_path / "pwned").exists(), (entry, what)
+        REFUSED.append(f"2020 file in place: {what} via {entry}")
+
+
 def test_hostile_totals() -> None:
     if not REFUSED:
         pytest.skip("run with the hostile tests")
