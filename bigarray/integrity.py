@@ -83,7 +83,7 @@ def _load_crc32c() -> Any:
     try:
         import ctypes
 
-        from google_crc32c import _crc32c  # type: ignore[attr-defined]
+        from google_crc32c import _crc32c
 
         # dlsym on the extension's handle also finds the symbol in the libcrc32c it links
         native = ctypes.CDLL(_crc32c.__file__).crc32c_extend

@@ -14,6 +14,7 @@ with the same interface (``manifest``, ``index``, ``variable()``, ``read_rows()`
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import zlib
@@ -110,19 +111,41 @@ def open_store(
     return RemoteStore(os.fspath(url_or_path), storage_options)
 
 
-def read_manifest(path: str) -> Manifest:
-    """Read and validate the committed manifest of the store at ``path``."""
+#: Parsed manifests by (store path, manifest bytes): opening a store again reads the file
+#: (a commit replaces it) but skips the JSON validation when its bytes did not change.
+_PARSED: dict[tuple[str, bytes], Manifest] = {}
+_PARSED_MAX = 64
+_PARSED_MAX_BYTES = 256 << 10
+_MANIFEST_LIMIT = 64 << 20  # bytes read of a manifest (a hostile one may be endless)
+
+
+def read_manifest(path: str, *, cached: bool = False) -> Manifest:
+    """Read and validate the committed manifest of the store at ``path``.
+
+    ``cached=True`` returns the same :class:`Manifest` object as an earlier call that read
+    the same bytes (validation is most of the cost of a warm open); callers must treat it as
+    read-only, as every reader does.
+    """
     mpath = os.path.join(path, MANIFEST_NAME)
     try:
         # O_NONBLOCK: a FIFO planted as the manifest must not hang the reader
         fd = os.open(mpath, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise NotAStoreError(
                     f"{mpath!r} is not a regular file; a bigarray manifest is a plain JSON file"
                 )
-            with os.fdopen(os.dup(fd), "rb") as f:
-                raw = f.read(64 << 20)
+            # Reads sized by fstat: a buffered read(64 MiB) allocated (and faulted in) a 64 MiB
+            # buffer for a manifest of a few kB, a third of a warm open. A manifest is never
+            # changed in place (commits replace it), so the size holds; a bigger one reads on.
+            parts = [os.read(fd, min(st.st_size, _MANIFEST_LIMIT) + 1)]
+            got = len(parts[0])
+            while parts[-1] and got <= _MANIFEST_LIMIT:
+                parts.append(os.read(fd, 1 << 20))
+                got += len(parts[-1])
+            raw = b"".join(parts) if len(parts) > 1 else parts[0]
+            raw = raw[:_MANIFEST_LIMIT]
         finally:
             os.close(fd)
     except FileNotFoundError:
@@ -151,7 +174,16 @@ def read_manifest(path: str) -> Manifest:
         raise NotAStoreError(f"{mpath!r} is a directory, not a manifest file") from None
     except NotADirectoryError:
         raise NotAStoreError(f"{path!r} is a file, not a bigarray store directory") from None
-    return parse_manifest(raw, path)
+    if not cached or len(raw) > _PARSED_MAX_BYTES:
+        return parse_manifest(raw, path)
+    key = (path, raw)
+    manifest = _PARSED.get(key)
+    if manifest is None:
+        manifest = parse_manifest(raw, path)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = manifest
+    return manifest
 
 
 def resolve_inside(store: str, rel: str) -> str:
@@ -159,6 +191,8 @@ def resolve_inside(store: str, rel: str) -> str:
     from .errors import HostileInputError
 
     full = os.path.join(store, rel)
+    if _no_links_below(store, rel):
+        return full
     real_store = os.path.realpath(store)
     real = os.path.realpath(full)
     if real != real_store and not real.startswith(real_store + os.sep):
@@ -167,6 +201,21 @@ def resolve_inside(store: str, rel: str) -> str:
             "(a symlink leaving the directory); refusing to read it"
         )
     return full
+
+
+def _no_links_below(store: str, rel: str) -> bool:
+    """True when every component of ``rel`` under ``store`` exists and is no symlink: then
+    ``store/rel`` is inside the store without resolving whole paths (two ``realpath`` calls
+    cost more than opening a store should). ``rel`` was checked by ``check_relpath``."""
+    at = store
+    try:
+        for part in rel.split("/"):
+            at = os.path.join(at, part)
+            if stat.S_ISLNK(os.lstat(at).st_mode):
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def file_size(full: str, where: str) -> int:
@@ -203,9 +252,9 @@ class Store:
     is_remote = False
     storage_options: dict[str, Any] | None = None
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, cached: bool = False) -> None:
         self.path = os.fspath(path)
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_manifest(self.path, cached=cached)
         self._index: SegmentIndex | None = None
         self._maps: list[Any] = []
 
@@ -222,10 +271,19 @@ class Store:
         assert spec is not None
         buffers: dict[str, Any] = {}
         names_len = None
+        plain_dirs: dict[str, bool] = {}  # directories of index files, checked once
         for role in ("name_offsets", *[r for r in INDEX_ROLES if r != "name_offsets"]):
-            full = resolve_inside(self.path, spec.files[role])
+            rel = spec.files[role]
+            head = rel.rpartition("/")[0]
+            plain = plain_dirs.get(head)
+            if plain is None:
+                plain = plain_dirs[head] = not head or _no_links_below(self.path, head)
+            # In a directory without symlinks, O_NOFOLLOW on the file itself is the check;
+            # a symlinked file (or directory) goes through resolve_inside, which refuses one
+            # that leaves the store.
+            full = os.path.join(self.path, rel) if plain else resolve_inside(self.path, rel)
             need = spec.offsets[role] + index_nbytes(spec, role, names_len)
-            buffers[role] = self._load(full, need, role)
+            buffers[role] = self._load(full, need, role, rel if plain else None)
             if role == "name_offsets":
                 last = np.frombuffer(buffers[role], "<i8", 1, spec.offsets[role] + spec.count * 8)
                 names_len = int(last[0])
@@ -233,9 +291,19 @@ class Store:
                     raise StoreCorruptedError(f"{self.path}: negative segment name length")
         return SegmentIndex(buffers, spec, self.path)
 
-    def _load(self, full: str, need: int, role: str) -> Any:
+    def _load(self, full: str, need: int, role: str, nofollow: str | None = None) -> Any:
+        """Read (or map) the first ``need`` bytes of an index file. ``nofollow``: the file's
+        path relative to the store, whose directories hold no symlink; the file may be one,
+        and is then checked by :func:`resolve_inside`."""
+        flags = os.O_RDONLY | os.O_NONBLOCK
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                fd = os.open(full, flags | (os.O_NOFOLLOW if nofollow is not None else 0))
+            except OSError as exc:
+                if nofollow is None or exc.errno != errno.ELOOP:
+                    raise
+                full = resolve_inside(self.path, nofollow)
+                fd = os.open(full, flags)
         except FileNotFoundError:
             file_size(full, self.path)  # raises the clear error
             raise
@@ -591,7 +659,9 @@ class RemoteStore:
         self.close()
 
 
-def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Store:
+def open_local(
+    path: str | os.PathLike[str], *, with_index: bool = True, cached: bool = False
+) -> Store:
     """Open a local store and (``with_index``) its segment index at once.
 
     The index files of a generation are deleted two commits later, so a reader keeps the
@@ -600,7 +670,7 @@ def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Stor
     has moved on, and opening again gives the newer commit.
     """
     for attempt in range(8):
-        store = Store(path)
+        store = Store(path, cached=cached)
         if not with_index:
             return store
         try:

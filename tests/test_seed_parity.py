@@ -7,6 +7,8 @@ gives google-crc32c's sums; stores are removed and sized through the API and the
 
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bigarray import MmapArray, MmapArrayWriter, integrity
+from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter, integrity
+from bigarray import store as store_module
+from bigarray.errors import HostileInputError
 from bigarray.integrity import verify_store
 
 
@@ -61,3 +65,72 @@ def test_gil_free_crc_matches_google_crc32c(nbytes: int) -> None:
     data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
     assert integrity._extend(7, data) == google_crc32c.extend(7, data)
     assert integrity._extend(0, data.tobytes()) == google_crc32c.extend(0, data.tobytes())
+
+
+# --------------------------------------------------------------------------- open and slice
+
+
+def _named_store(path: Path) -> np.ndarray:
+    x = np.arange(6000 * 4, dtype="f8").reshape(6000, 4)
+    with PointerArrayWriter(path, dtype="float64", shape=(0, 4)) as w:
+        w.write({"a": x[:2500], "b": x[2500:]})
+    return x
+
+
+def test_reopening_an_unchanged_store_skips_manifest_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _named_store(tmp_path / "s")
+    PointerArray(tmp_path / "s")
+    calls = []
+    real = store_module.parse_manifest
+    monkeypatch.setattr(store_module, "parse_manifest", lambda *a: (calls.append(1), real(*a))[1])
+    for _ in range(3):
+        PointerArray(tmp_path / "s")
+        MmapArray(tmp_path / "s")
+    assert calls == []
+
+
+def test_reopening_after_a_commit_sees_the_new_commit(tmp_path: Path) -> None:
+    x = _named_store(tmp_path / "s")
+    assert len(PointerArray(tmp_path / "s")) == 6000
+    with PointerArrayWriter(tmp_path / "s") as w:
+        w.write({"c": x[:10]})
+    y = PointerArray(tmp_path / "s")
+    assert len(y) == 6010 and list(y.indices) == ["a", "b", "c"]
+    np.testing.assert_array_equal(y["c"], x[:10])
+
+
+def test_index_file_symlinked_inside_the_store_opens(tmp_path: Path) -> None:
+    x = _named_store(tmp_path / "s")
+    (bounds,) = (tmp_path / "s" / "index").glob("g*-bounds.npy")
+    bounds.rename(tmp_path / "s" / "bounds-real.npy")
+    bounds.symlink_to(os.path.join("..", "bounds-real.npy"))
+    np.testing.assert_array_equal(PointerArray(tmp_path / "s")["b"], x[2500:])
+
+
+def test_index_file_symlinked_out_of_the_store_is_refused(tmp_path: Path) -> None:
+    _named_store(tmp_path / "s")
+    (bounds,) = (tmp_path / "s" / "index").glob("g*-bounds.npy")
+    outside = tmp_path / "outside.npy"
+    bounds.rename(outside)
+    bounds.symlink_to(outside)
+    with pytest.raises(HostileInputError, match="outside the store"):
+        PointerArray(tmp_path / "s")
+
+
+def test_slices_keep_numpy_memmap_attributes_and_pickle_by_reference(tmp_path: Path) -> None:
+    x = _named_store(tmp_path / "s")
+    y = PointerArray(tmp_path / "s")
+    m = np.load(str(tmp_path / "s" / "data.npy"), mmap_mode="r")
+    for view, ref in [(y[100:356], m[100:356]), (y[100:356][10:20], m[100:356][10:20])]:
+        assert type(view) is PointerArray
+        assert view._mmap is y._mmap is not None
+        assert (view.filename, view.offset, view.mode) == (ref.filename, ref.offset, ref.mode)
+        np.testing.assert_array_equal(view, ref)
+        assert len(pickle.dumps(view)) < 1000
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(view)), ref)
+    total = y[:10] + 1  # a new array: not a map, plain values
+    assert total._mmap is None if isinstance(total, np.memmap) else True
+    np.testing.assert_array_equal(total, x[:10] + 1)
+    assert y[5, 1] == x[5, 1] and y["a"].shape == (2500, 4)
