@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from legacy_files import write_legacy_mmap
+from test_cli import _run
 
+import bigarray
 from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter, integrity
 from bigarray import store as store_module
-from bigarray.errors import HostileInputError
+from bigarray.errors import HostileInputError, NotAStoreError
 from bigarray.integrity import verify_store
 
 
@@ -134,3 +137,78 @@ def test_slices_keep_numpy_memmap_attributes_and_pickle_by_reference(tmp_path: P
     assert total._mmap is None if isinstance(total, np.memmap) else True
     np.testing.assert_array_equal(total, x[:10] + 1)
     assert y[5, 1] == x[5, 1] and y["a"].shape == (2500, 4)
+
+
+# --------------------------------------------------------------------------- remove and size
+
+
+def _files_size(path: Path) -> int:
+    return sum(
+        os.lstat(os.path.join(d, f)).st_size
+        for d, _, files in os.walk(path)
+        for f in files
+        if not os.path.islink(os.path.join(d, f))
+    )
+
+
+def test_remove_deletes_a_store_what_os_remove_did_for_a_2020_file(tmp_path: Path) -> None:
+    _named_store(tmp_path / "s")
+    x = PointerArray(tmp_path / "s")
+    bigarray.remove(tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    assert x["a"].shape == (2500, 4)  # an open array keeps its mapped pages
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        bigarray.remove(tmp_path / "s")
+    legacy = tmp_path / "old.bigarray"
+    write_legacy_mmap(legacy, np.arange(12, dtype="f4").reshape(3, 4))
+    bigarray.remove(str(legacy))
+    assert not legacy.exists()
+
+
+def test_remove_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    plain = tmp_path / "notes.txt"
+    plain.write_text("x")
+    for path in (mine, plain, tmp_path / "empty"):
+        if path.name == "empty":
+            path.mkdir()
+        with pytest.raises(NotAStoreError, match="refusing"):
+            bigarray.remove(path)
+    assert (mine / "thesis.tex").read_text() == "years of work" and plain.exists()
+
+
+def test_remove_of_a_symlink_to_a_store_removes_the_link(tmp_path: Path) -> None:
+    _named_store(tmp_path / "s")
+    (tmp_path / "link").symlink_to(tmp_path / "s")
+    bigarray.remove(tmp_path / "link")
+    assert not os.path.lexists(tmp_path / "link") and len(PointerArray(tmp_path / "s")) == 6000
+
+
+def test_getsize_adds_up_the_store_files(tmp_path: Path) -> None:
+    _named_store(tmp_path / "s")
+    size = bigarray.getsize(tmp_path / "s")
+    assert size == _files_size(tmp_path / "s")
+    assert size >= 6000 * 4 * 8
+    legacy = tmp_path / "old.bigarray"
+    write_legacy_mmap(legacy, np.arange(12, dtype="f4").reshape(3, 4))
+    assert bigarray.getsize(legacy) == os.path.getsize(legacy)
+    with pytest.raises(NotAStoreError):
+        bigarray.getsize(tmp_path)
+
+
+def test_cli_rm_and_the_size_in_info(tmp_path: Path) -> None:
+    _named_store(tmp_path / "s")
+    size = _files_size(tmp_path / "s")
+    info = _run("info", str(tmp_path / "s"))
+    assert info.returncode == 0, info.stderr
+    assert f"on disk    {size / 1024:,.1f} KiB ({size:,} bytes" in info.stdout
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "f").write_text("keep")
+    refused = _run("rm", str(tmp_path / "mine"))
+    assert refused.returncode == 1 and "NotAStoreError" in refused.stderr
+    assert (tmp_path / "mine" / "f").exists()
+    done = _run("rm", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "s").exists() and f"removed {tmp_path / 's'}" in done.stdout
