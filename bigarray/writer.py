@@ -543,6 +543,7 @@ class StoreWriter:
                 stop,
                 writeback=self.fsync,
                 checksum=self.checksums,
+                defer_sums=self.is_owner,  # the commit waits for them; write() need not
             )
         progress = follow.advance if follow is not None else None
         try:
@@ -564,6 +565,8 @@ class StoreWriter:
             if follow is not None:
                 follow.cancel()
             raise
+        if follow is not None:
+            follow.finish()
         return follow
 
     def _write_packed(
