@@ -7,6 +7,7 @@ gives google-crc32c's sums; stores are removed and sized through the API and the
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import threading
@@ -212,3 +213,16 @@ def test_cli_rm_and_the_size_in_info(tmp_path: Path) -> None:
     done = _run("rm", str(tmp_path / "s"))
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "s").exists() and f"removed {tmp_path / 's'}" in done.stdout
+
+
+def test_seed_script_benchmark_runs_on_a_small_shape(tmp_path: Path) -> None:
+    from benchmarks.seed_script import main
+
+    out = tmp_path / "r.json"
+    args = ["--shape", "600,5,8", "--repeat", "1", "--opens", "3", "--workdir", str(tmp_path)]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert all(result["correct"].values())
+    for key in ("write bigarray", "write h5py", "open MmapArray", "iterate MmapArray"):
+        assert result["median"][key] > 0
+    assert result["sizes"]["bigarray.getsize"] >= 600 * 5 * 8 * 8
