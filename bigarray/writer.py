@@ -782,7 +782,14 @@ class StoreWriter:
             files = self._journal.pending()
             records = [r for r in self._journal.read(files)]
             self._settle_followers()
-            records += [r for r, _, _ in self._pending]
+            # (a record whose follower is still unsettled, from a write racing this commit in
+            # another thread, brings no sums: its blocks are read back)
+            records += [
+                dataclasses.replace(r, sums=None)
+                if isinstance(r.sums, integrity.WriteFollower)
+                else r
+                for r, _, _ in self._pending
+            ]
             var = manifest.variables.get(self.variable)
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
