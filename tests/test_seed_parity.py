@@ -226,3 +226,22 @@ def test_seed_script_benchmark_runs_on_a_small_shape(tmp_path: Path) -> None:
     for key in ("write bigarray", "write h5py", "open MmapArray", "iterate MmapArray"):
         assert result["median"][key] > 0
     assert result["sizes"]["bigarray.getsize"] >= 600 * 5 * 8 * 8
+
+
+def test_reopening_a_checksummed_store_reads_its_index_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = _named_store(tmp_path / "s")
+    PointerArray(tmp_path / "s")
+    loads = []
+    real = store_module.Store._load
+    monkeypatch.setattr(
+        store_module.Store, "_load", lambda self, *a: (loads.append(a[0]), real(self, *a))[1]
+    )
+    np.testing.assert_array_equal(PointerArray(tmp_path / "s")["b"], x[2500:])
+    assert loads == []
+    (bounds,) = (tmp_path / "s" / "index").glob("g*-bounds.npy")
+    (tmp_path / "copy").write_bytes(bounds.read_bytes())
+    os.replace(tmp_path / "copy", bounds)  # replaced (another inode): read again
+    np.testing.assert_array_equal(PointerArray(tmp_path / "s")["b"], x[2500:])
+    assert len(loads) == 5
