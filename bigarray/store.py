@@ -238,7 +238,7 @@ def _map_memmap(
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     mm = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
     arr = np.ndarray.__new__(np.memmap, shape, dtype, buffer=mm, offset=offset - start)
-    arr._mmap = mm
+    arr._mmap = mm  # type: ignore[attr-defined]
     arr.filename = os.path.abspath(full)
     arr.offset = offset
     arr.mode = "r"
