@@ -208,6 +208,8 @@ def resolve_inside(store: str, rel: str) -> str:
 #: Small index files read for a cached manifest (see :meth:`Store._open_index`), by the id of
 #: that Manifest object (kept alive by the entry, so the id is not reused).
 _INDEX_BYTES: dict[int, tuple[Manifest, dict[str, Any], Any]] = {}
+_INDEX_CACHE_BYTES = 1 << 20  # larger indexes are read anew (at most 32 MiB held in all)
+_INDEX_CACHE_ENTRIES = 32
 
 
 def _index_pinned(manifest: Manifest) -> bool:
@@ -338,10 +340,14 @@ class Store:
                 if names_len < 0:
                     raise StoreCorruptedError(f"{self.path}: negative segment name length")
         index = SegmentIndex(buffers, spec, self.path)
-        if pinned and all(type(b) is bytes for b in buffers.values()):
+        if (
+            pinned
+            and all(type(b) is bytes for b in buffers.values())
+            and sum(len(b) for b in buffers.values()) <= _INDEX_CACHE_BYTES
+        ):
             stats = self._index_stats(spec)
             if stats is not None:
-                if len(_INDEX_BYTES) >= _PARSED_MAX:
+                if len(_INDEX_BYTES) >= _INDEX_CACHE_ENTRIES:
                     _INDEX_BYTES.clear()
                 _INDEX_BYTES[id(self.manifest)] = (self.manifest, buffers, stats)
         return index
