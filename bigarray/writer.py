@@ -199,9 +199,11 @@ class StoreWriter:
     checksums
         Record CRC-32C checksums of the data blocks and index files written at every
         commit (default), checked by :func:`bigarray.integrity.verify_store`. A write of 8
-        blocks (8 MiB) or more sums its whole blocks in a background thread while it
-        writes; the commit sums only the other blocks written since the previous commit.
-        ``False`` drops the variable's checksums.
+        blocks (8 MiB) or more sums its whole blocks in background threads: in the owner
+        from the moment ``write`` returns (the call itself costs what a ``pwrite`` costs),
+        in a worker process while it writes; the commit waits for those sums and sums only
+        the other blocks written since the previous commit. ``False`` drops the variable's
+        checksums.
     """
 
     _trailing: tuple[int, ...] | None
