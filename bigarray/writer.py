@@ -53,6 +53,7 @@ from . import integrity
 from .errors import (
     BigArrayWarning,
     ClosedError,
+    IntegrityError,
     NotAStoreError,
     OverlapError,
     SchemaError,
@@ -941,7 +942,7 @@ class StoreWriter:
         for f in followers:
             try:
                 settled[id(f)] = f.result()
-            except OSError:
+            except (OSError, IntegrityError):  # e.g. the file shrank: the commit reads back
                 settled[id(f)] = None
         self._pending = [
             (dataclasses.replace(r, sums=settled.get(id(r.sums))), b, e)
