@@ -9,6 +9,7 @@ from __future__ import annotations
 from .arrays import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
 from .errors import BigArrayError
 from .lazy import open_array as open
+from .manage import getsize, remove
 from .store import Store, is_store
 from .writer import StoreWriter
 
@@ -23,6 +24,8 @@ __all__ = [
     "Store",
     "StoreWriter",
     "__version__",
+    "getsize",
     "is_store",
     "open",
+    "remove",
 ]

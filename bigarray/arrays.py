@@ -82,10 +82,17 @@ class MmapArray(np.memmap):
     >>> x[:10].sum()                         # doctest: +SKIP
     """
 
-    _bigarray_root: tuple[str, str | None, int] | None
-    _bigarray_store: Any  # Store or RemoteStore of the root array; None on views
-    _bigarray_plain: np.ndarray | None
+    # Class-level defaults: a view (a slice) sets only what differs from them, which keeps
+    # x[i:i + 256] as cheap as the same slice of a numpy memmap.
+    _bigarray_root: tuple[str, str | None, int] | None = None
+    _bigarray_store: Any = None  # Store or RemoteStore of the root array; None on views
+    _bigarray_plain: np.ndarray | None = None
+    _bigarray_base: Any = None  # the root array a view was sliced from
     _bigarray_options: dict[str, Any] | None = None  # set on arrays of remote stores
+    _mmap: Any = None  # numpy.memmap's attributes, None where the memory is not the map's
+    filename: str | None = None
+    offset: int = None  # type: ignore[assignment]
+    mode: str = None  # type: ignore[assignment]
 
     def __new__(
         cls,
@@ -112,7 +119,7 @@ class MmapArray(np.memmap):
         path = local_path(path)
         if verify:
             _verify_local(path)
-        store = open_local(path, with_index=issubclass(cls, PointerArray))
+        store = open_local(path, with_index=issubclass(cls, PointerArray), cached=True)
         var = store.variable(variable)
         if len(var.shards) > 1:
             raise SchemaError(
@@ -130,15 +137,23 @@ class MmapArray(np.memmap):
         return obj
 
     def __array_finalize__(self, obj: Any) -> None:
-        super().__array_finalize__(obj)
+        # numpy.memmap's own version, with a cheap test first: a view whose base is ``obj``
+        # (or ``obj``'s base, numpy collapses chains) was cut from ``obj``'s memory, which
+        # np.may_share_memory would only confirm at a cost larger than the slice itself.
+        mm = getattr(obj, "_mmap", None)
+        if mm is not None:
+            b = self.base
+            if b is obj or (b is not None and b is obj.base) or np.may_share_memory(self, obj):
+                self._mmap = mm
+                self.filename = obj.filename
+                self.offset = obj.offset
+                self.mode = obj.mode
         # Views keep a pointer to the root so they can pickle as a row range by reference.
-        self._bigarray_root = None
-        self._bigarray_store = None
-        self._bigarray_plain = None
         base = getattr(obj, "_bigarray_base", None)
         if base is None and getattr(obj, "_bigarray_root", None) is not None:
             base = obj
-        self._bigarray_base = base
+        if base is not None:
+            self._bigarray_base = base
 
     # numpy's memmap reductions would return memmaps; plain results are what users expect
     def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
@@ -147,7 +162,9 @@ class MmapArray(np.memmap):
         return super().__array_wrap__(arr, context, return_scalar)
 
     def __getitem__(self, key: Any) -> Any:
-        res = super().__getitem__(key)
+        # numpy.memmap.__getitem__ only turns exact memmaps that are not views of the map into
+        # ndarrays: never one of these subclasses, so ndarray's (in C) gives the same results.
+        res = np.ndarray.__getitem__(self, key)
         if type(key) is slice or type(key) is int:  # always views: the common case first
             return res
         # Fancy and boolean indexing copy: the result maps no file, so it is a plain,
@@ -339,7 +356,7 @@ class PointerArray(MmapArray):
                     f"`bigarray verify {self.path}` for details."
                 )
             return plain[start:stop]
-        return super().__getitem__(key)
+        return MmapArray.__getitem__(self, key)
 
     def segment(self, name: str) -> np.ndarray:
         """Rows of segment ``name`` (same as ``x[name]``)."""

@@ -1,4 +1,4 @@
-"""The ``bigarray`` command line: info, verify, convert, cp, demo, bench.
+"""The ``bigarray`` command line: info, verify, rm, convert, cp, demo, bench.
 
 Each subcommand imports what it needs when it runs, so ``bigarray info`` stays quick
 and the core never imports dask, xarray or fsspec.
@@ -99,6 +99,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             print()
     print(f"data size  {_human(total)}")
+    if not getattr(store, "is_remote", False):
+        from .manage import getsize
+
+        on_disk = getsize(args.path)
+        print(f"on disk    {_human(on_disk)} ({on_disk:,} bytes, all files; bigarray.getsize)")
     if args.json:
         print(json.dumps(m.to_json(), indent=1))
     store.close()
@@ -121,6 +126,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_store(args.path)
     print(report)
     return 0 if report.ok else 1
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .manage import remove
+
+    for path in args.paths:
+        remove(path)
+        if not args.quiet:
+            print(f"removed {path}")
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -190,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check every checksum; report the first bad block")
     s.add_argument("path")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("rm", help="delete stores (and 2020 bigarray files); refuses anything else")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--quiet", action="store_true", help="print nothing")
+    s.set_defaults(func=cmd_rm)
 
     s = sub.add_parser(
         "convert",

@@ -14,6 +14,8 @@ with the same interface (``manifest``, ``index``, ``variable()``, ``read_rows()`
 from __future__ import annotations
 
 import contextlib
+import errno
+import mmap
 import os
 import stat
 import zlib
@@ -33,6 +35,7 @@ from .format import (
     DEFAULT_VARIABLE,
     INDEX_ROLES,
     MANIFEST_NAME,
+    IndexFiles,
     Manifest,
     Shard,
     Variable,
@@ -111,19 +114,41 @@ def open_store(
     return RemoteStore(os.fspath(url_or_path), storage_options)
 
 
-def read_manifest(path: str) -> Manifest:
-    """Read and validate the committed manifest of the store at ``path``."""
+#: Parsed manifests by (store path, manifest bytes): opening a store again reads the file
+#: (a commit replaces it) but skips the JSON validation when its bytes did not change.
+_PARSED: dict[tuple[str, bytes], Manifest] = {}
+_PARSED_MAX = 64
+_PARSED_MAX_BYTES = 256 << 10
+_MANIFEST_LIMIT = 64 << 20  # bytes read of a manifest (a hostile one may be endless)
+
+
+def read_manifest(path: str, *, cached: bool = False) -> Manifest:
+    """Read and validate the committed manifest of the store at ``path``.
+
+    ``cached=True`` returns the same :class:`Manifest` object as an earlier call that read
+    the same bytes (validation is most of the cost of a warm open); callers must treat it as
+    read-only, as every reader does.
+    """
     mpath = os.path.join(path, MANIFEST_NAME)
     try:
         # O_NONBLOCK: a FIFO planted as the manifest must not hang the reader
         fd = os.open(mpath, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise NotAStoreError(
                     f"{mpath!r} is not a regular file; a bigarray manifest is a plain JSON file"
                 )
-            with os.fdopen(os.dup(fd), "rb") as f:
-                raw = f.read(64 << 20)
+            # Reads sized by fstat: a buffered read(64 MiB) allocated (and faulted in) a 64 MiB
+            # buffer for a manifest of a few kB, a third of a warm open. A manifest is never
+            # changed in place (commits replace it), so the size holds; a bigger one reads on.
+            parts = [os.read(fd, min(st.st_size, _MANIFEST_LIMIT) + 1)]
+            got = len(parts[0])
+            while parts[-1] and got <= _MANIFEST_LIMIT:
+                parts.append(os.read(fd, 1 << 20))
+                got += len(parts[-1])
+            raw = b"".join(parts) if len(parts) > 1 else parts[0]
+            raw = raw[:_MANIFEST_LIMIT]
         finally:
             os.close(fd)
     except FileNotFoundError:
@@ -152,7 +177,16 @@ def read_manifest(path: str) -> Manifest:
         raise NotAStoreError(f"{mpath!r} is a directory, not a manifest file") from None
     except NotADirectoryError:
         raise NotAStoreError(f"{path!r} is a file, not a bigarray store directory") from None
-    return parse_manifest(raw, path)
+    if not cached or len(raw) > _PARSED_MAX_BYTES:
+        return parse_manifest(raw, path)
+    key = (path, raw)
+    manifest = _PARSED.get(key)
+    if manifest is None:
+        manifest = parse_manifest(raw, path)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = manifest
+    return manifest
 
 
 def resolve_inside(store: str, rel: str) -> str:
@@ -160,6 +194,8 @@ def resolve_inside(store: str, rel: str) -> str:
     from .errors import HostileInputError
 
     full = os.path.join(store, rel)
+    if _no_links_below(store, rel):
+        return full
     real_store = os.path.realpath(store)
     real = os.path.realpath(full)
     if real != real_store and not real.startswith(real_store + os.sep):
@@ -168,6 +204,63 @@ def resolve_inside(store: str, rel: str) -> str:
             "(a symlink leaving the directory); refusing to read it"
         )
     return full
+
+
+#: Small index files read for a cached manifest (see :meth:`Store._open_index`), by the id of
+#: that Manifest object (kept alive by the entry, so the id is not reused).
+_INDEX_BYTES: dict[int, tuple[Manifest, dict[str, Any], Any]] = {}
+_INDEX_CACHE_BYTES = 1 << 20  # larger indexes are read anew (at most 32 MiB held in all)
+_INDEX_CACHE_ENTRIES = 32
+
+
+def _index_pinned(manifest: Manifest) -> bool:
+    """Whether the manifest records the CRC-32C of every file of its index generation (a
+    commit with checksums does): then its bytes fix the index files' bytes, and an index
+    read for the same manifest bytes before may be reused without opening them again."""
+    spec = manifest.segments
+    if spec is None:
+        return False
+    for var in manifest.variables.values():
+        entry = var.checksums.get("index") if isinstance(var.checksums, dict) else None
+        if (
+            isinstance(entry, dict)
+            and entry.get("generation") == spec.generation
+            and isinstance(entry.get("files"), dict)
+            and set(entry["files"]) >= set(INDEX_ROLES)
+        ):
+            return True
+    return False
+
+
+def _map_memmap(
+    fd: int, full: str, dtype: np.dtype, offset: int, shape: tuple[int, ...], nbytes: int
+) -> np.memmap:
+    """The ``numpy.memmap(full, dtype, "r", offset, shape)`` of an open descriptor, built as
+    numpy builds it but without its Python file object, seek and second size check (half
+    the cost of a warm open of a store)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
+    arr = np.ndarray.__new__(np.memmap, shape, dtype, buffer=mm, offset=offset - start)
+    arr._mmap = mm  # type: ignore[attr-defined]
+    arr.filename = os.path.abspath(full)
+    arr.offset = offset
+    arr.mode = "r"
+    return arr
+
+
+def _no_links_below(store: str, rel: str) -> bool:
+    """True when every component of ``rel`` under ``store`` exists and is no symlink: then
+    ``store/rel`` is inside the store without resolving whole paths (two ``realpath`` calls
+    cost more than opening a store should). ``rel`` was checked by ``check_relpath``."""
+    at = store
+    try:
+        for part in rel.split("/"):
+            at = os.path.join(at, part)
+            if stat.S_ISLNK(os.lstat(at).st_mode):
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def file_size(full: str, where: str) -> int:
@@ -204,9 +297,10 @@ class Store:
     is_remote = False
     storage_options: dict[str, Any] | None = None
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, cached: bool = False) -> None:
         self.path = os.fspath(path)
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_manifest(self.path, cached=cached)
+        self._cached = cached
         self._index: SegmentIndex | None = None
         self._maps: list[Any] = []
 
@@ -221,22 +315,70 @@ class Store:
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
+        pinned = self._cached and _index_pinned(self.manifest)
+        if pinned:
+            hit = _INDEX_BYTES.get(id(self.manifest))
+            if hit is not None and hit[0] is self.manifest and hit[2] == self._index_stats(spec):
+                return SegmentIndex(hit[1], spec, self.path)
         buffers: dict[str, Any] = {}
         names_len = None
+        plain_dirs: dict[str, bool] = {}  # directories of index files, checked once
         for role in ("name_offsets", *[r for r in INDEX_ROLES if r != "name_offsets"]):
-            full = resolve_inside(self.path, spec.files[role])
+            rel = spec.files[role]
+            head = rel.rpartition("/")[0]
+            plain = plain_dirs.get(head)
+            if plain is None:
+                plain = plain_dirs[head] = not head or _no_links_below(self.path, head)
+            # In a directory without symlinks, O_NOFOLLOW on the file itself is the check;
+            # a symlinked file (or directory) goes through resolve_inside, which refuses one
+            # that leaves the store.
+            full = os.path.join(self.path, rel) if plain else resolve_inside(self.path, rel)
             need = spec.offsets[role] + index_nbytes(spec, role, names_len)
-            buffers[role] = self._load(full, need, role)
+            buffers[role] = self._load(full, need, role, rel if plain else None)
             if role == "name_offsets":
                 last = np.frombuffer(buffers[role], "<i8", 1, spec.offsets[role] + spec.count * 8)
                 names_len = int(last[0])
                 if names_len < 0:
                     raise StoreCorruptedError(f"{self.path}: negative segment name length")
-        return SegmentIndex(buffers, spec, self.path)
+        index = SegmentIndex(buffers, spec, self.path)
+        if (
+            pinned
+            and all(type(b) is bytes for b in buffers.values())
+            and sum(len(b) for b in buffers.values()) <= _INDEX_CACHE_BYTES
+        ):
+            stats = self._index_stats(spec)
+            if stats is not None:
+                if len(_INDEX_BYTES) >= _INDEX_CACHE_ENTRIES:
+                    _INDEX_BYTES.clear()
+                _INDEX_BYTES[id(self.manifest)] = (self.manifest, buffers, stats)
+        return index
 
-    def _load(self, full: str, need: int, role: str) -> Any:
+    def _index_stats(self, spec: IndexFiles) -> tuple[tuple[int, int, int], ...] | None:
+        """(inode, size, mtime) of each index file, never following a symlink (None when
+        one is missing): a file deleted, truncated or replaced since it was read is read
+        again, so damage is reported as on a first open."""
+        out = []
+        for role in INDEX_ROLES:
+            try:
+                st = os.lstat(os.path.join(self.path, spec.files[role]))
+            except OSError:
+                return None
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def _load(self, full: str, need: int, role: str, nofollow: str | None = None) -> Any:
+        """Read (or map) the first ``need`` bytes of an index file. ``nofollow``: the file's
+        path relative to the store, whose directories hold no symlink; the file may be one,
+        and is then checked by :func:`resolve_inside`."""
+        flags = os.O_RDONLY | os.O_NONBLOCK
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                fd = os.open(full, flags | (os.O_NOFOLLOW if nofollow is not None else 0))
+            except OSError as exc:
+                if nofollow is None or exc.errno != errno.ELOOP:
+                    raise
+                full = resolve_inside(self.path, nofollow)
+                fd = os.open(full, flags)
         except FileNotFoundError:
             file_size(full, self.path)  # raises the clear error
             raise
@@ -280,18 +422,29 @@ class Store:
             shape = (shard.stop - shard.start, *var.shape[1:])
             nbytes = var.row_nbytes * (shard.stop - shard.start)
             full = resolve_inside(self.path, shard.path)
-            size = file_size(full, self.path)
-            if size < shard.offset + nbytes:
-                raise StoreCorruptedError(
-                    f"data file {full!r} holds {size:,} bytes but the manifest needs "
-                    f"{shard.offset + nbytes:,} for shape {shape} {var.dtype}; the file was "
-                    "truncated or replaced after the last commit. Restore it, or run "
-                    f"`bigarray verify {self.path}` for details."
-                )
-            if nbytes == 0:
-                out.append(np.zeros(shape, var.dtype))
-            else:
-                out.append(np.memmap(full, var.dtype, "r", shard.offset, shape))
+            try:
+                # O_NONBLOCK: a FIFO planted as the data file must not hang the reader
+                fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+            except FileNotFoundError:
+                file_size(full, self.path)  # raises the clear error
+                raise
+            try:
+                # the size checked is the size of the file mapped (one descriptor for both)
+                st = os.fstat(fd)
+                _require_regular(st, full, self.path)
+                if st.st_size < shard.offset + nbytes:
+                    raise StoreCorruptedError(
+                        f"data file {full!r} holds {st.st_size:,} bytes but the manifest needs "
+                        f"{shard.offset + nbytes:,} for shape {shape} {var.dtype}; the file was "
+                        "truncated or replaced after the last commit. Restore it, or run "
+                        f"`bigarray verify {self.path}` for details."
+                    )
+                if nbytes == 0:
+                    out.append(np.zeros(shape, var.dtype))
+                else:
+                    out.append(_map_memmap(fd, full, var.dtype, shard.offset, shape, nbytes))
+            finally:
+                os.close(fd)
         return out
 
     def read_rows(self, name: str | None, start: int, stop: int) -> np.ndarray:
@@ -592,7 +745,9 @@ class RemoteStore:
         self.close()
 
 
-def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Store:
+def open_local(
+    path: str | os.PathLike[str], *, with_index: bool = True, cached: bool = False
+) -> Store:
     """Open a local store and (``with_index``) its segment index at once.
 
     A file written by the 2020 library opens in place as a read-only
@@ -605,7 +760,7 @@ def open_local(path: str | os.PathLike[str], *, with_index: bool = True) -> Stor
     """
     for attempt in range(8):
         try:
-            store = Store(path)
+            store = Store(path, cached=cached)
         except NotAStoreError:
             legacy = _open_legacy(path, with_index)
             if legacy is None:

@@ -37,6 +37,7 @@ Tests kill a writer at named steps of this sequence: set ``BIGARRAY_CRASH_AT=ste
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
@@ -52,6 +53,7 @@ from . import integrity
 from .errors import (
     BigArrayWarning,
     ClosedError,
+    IntegrityError,
     NotAStoreError,
     OverlapError,
     SchemaError,
@@ -198,9 +200,11 @@ class StoreWriter:
     checksums
         Record CRC-32C checksums of the data blocks and index files written at every
         commit (default), checked by :func:`bigarray.integrity.verify_store`. A write of 8
-        blocks (8 MiB) or more sums its whole blocks in a background thread while it
-        writes; the commit sums only the other blocks written since the previous commit.
-        ``False`` drops the variable's checksums.
+        blocks (8 MiB) or more sums its whole blocks in background threads: in the owner
+        from the moment ``write`` returns (the call itself costs what a ``pwrite`` costs),
+        in a worker process while it writes; the commit waits for those sums and sums only
+        the other blocks written since the previous commit. ``False`` drops the variable's
+        checksums.
     """
 
     _trailing: tuple[int, ...] | None
@@ -278,6 +282,7 @@ class StoreWriter:
         self._session = os.urandom(8).hex()
         self._closed = False
         self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
+        self._followers: list[integrity.WriteFollower] = []  # the owner's, still summing
         self._fd: int | None = None
         self._fd_pid: int | None = None
         self._wrote_pid: int | None = None  # a worker copy: the process that wrote through it
@@ -514,9 +519,9 @@ class StoreWriter:
 
     def _write_batches(
         self, fd: int, arrays: list[np.ndarray], lengths: np.ndarray, start: int
-    ) -> integrity.WrittenSums | None:
-        """``pwrite`` the arrays back to back from row ``start``; return the sums of the whole
-        blocks written when they were computed on the way (see :class:`WriteFollower`).
+    ) -> integrity.WriteFollower | None:
+        """``pwrite`` the arrays back to back from row ``start``; return the follower summing
+        the whole blocks written (see :class:`WriteFollower`), which may still be running.
 
         Small arrays are packed into ~32 MiB buffers first (one copy, one syscall for
         thousands of segments); large ones go straight from the caller's memory.
@@ -541,6 +546,7 @@ class StoreWriter:
                 stop,
                 writeback=self.fsync,
                 checksum=self.checksums,
+                defer_sums=self.is_owner,  # the commit waits for them; write() need not
             )
         progress = follow.advance if follow is not None else None
         try:
@@ -562,7 +568,9 @@ class StoreWriter:
             if follow is not None:
                 follow.cancel()
             raise
-        return follow.result() if follow is not None else None
+        if follow is not None:
+            follow.finish()
+        return follow
 
     def _write_packed(
         self,
@@ -686,11 +694,20 @@ class StoreWriter:
             self._check_committed_overlap(start, stop)
             mark = None if owner else self._journal.begin_write(start, stop)
             try:
-                sums = self._write_batches(fd, prepared, lengths, start)
+                follow = self._write_batches(fd, prepared, lengths, start)
             except BaseException:
                 if owner:  # the rows changed, but no record will say so
                     self._unrecorded.append((start, stop))
                 raise
+            sums: Any = None
+            if follow is not None and owner:
+                # The owner's write returns as soon as its bytes are in the page cache: the
+                # follower's sums (and, for a durable commit, the writeback it starts) finish
+                # in the background and the commit waits for them (_settle_followers).
+                sums = follow
+                self._followers.append(follow)
+            elif follow is not None:  # a worker's journal record must carry its sums
+                sums = follow.result()
             _crash_point("after-data")
             starts = np.empty(len(prepared), np.int64)
             ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
@@ -767,7 +784,15 @@ class StoreWriter:
             self._seen_marks.update(unfinished)
             files = self._journal.pending()
             records = [r for r in self._journal.read(files)]
-            records += [r for r, _, _ in self._pending]
+            self._settle_followers()
+            # (a record whose follower is still unsettled, from a write racing this commit in
+            # another thread, brings no sums: its blocks are read back)
+            records += [
+                dataclasses.replace(r, sums=None)
+                if isinstance(r.sums, integrity.WriteFollower)
+                else r
+                for r, _, _ in self._pending
+            ]
             var = manifest.variables.get(self.variable)
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
@@ -907,6 +932,25 @@ class StoreWriter:
             _crash_point("after-discard")
             self._drop_old_index(segments.generation if segments else None, manifest)
 
+    def _settle_followers(self) -> None:
+        """Wait for the owner's write followers and put their sums in the pending records
+        (a follower that failed leaves its blocks to be read back by the commit)."""
+        followers, self._followers = self._followers, []
+        settled: dict[int, integrity.WrittenSums | None] = {}
+        if self._fd_pid != os.getpid():
+            followers = []  # a forked copy: the threads ran in the parent; read blocks back
+        for f in followers:
+            try:
+                settled[id(f)] = f.result()
+            except (OSError, IntegrityError):  # e.g. the file shrank: the commit reads back
+                settled[id(f)] = None
+        self._pending = [
+            (dataclasses.replace(r, sums=settled.get(id(r.sums))), b, e)
+            if isinstance(r.sums, integrity.WriteFollower)
+            else (r, b, e)
+            for r, b, e in self._pending
+        ]
+
     def _clear_generation(self, generation: int) -> None:
         """Remove index files of ``generation`` left by a commit that crashed before its
         rename (never named by a manifest). Unlinking first also means a hostile store's
@@ -935,8 +979,15 @@ class StoreWriter:
 
     def abort(self) -> None:
         """Forget everything written since the last commit (the rows stay as garbage)."""
+        self._stop_followers()
         self._journal.discard(self._journal.pending())
         self._pending.clear()
+
+    def _stop_followers(self) -> None:
+        """Stop the owner's write followers (they read through the descriptor ``close`` shuts)."""
+        followers, self._followers = self._followers, []
+        for f in followers:
+            f.cancel()
 
     def close(self) -> None:
         """Commit (in the owner) and release the writer. Closing twice is harmless.
@@ -980,6 +1031,8 @@ class StoreWriter:
 
     def _close_data_file(self) -> None:
         """Close the owner's descriptor of the data file (worker copies open it per write)."""
+        if self._fd_pid == os.getpid():
+            self._stop_followers()
         fd, self._fd = self._fd, None
         if fd is not None and self._fd_pid == os.getpid():
             with contextlib.suppress(OSError):
@@ -1003,6 +1056,7 @@ class StoreWriter:
         state["_fd"] = None
         state["_fd_pid"] = None
         state["_pending"] = []  # the owner's in-memory records stay with the owner
+        state["_followers"] = []
         state["_unrecorded"] = []
         state["_seen_marks"] = set()
         state["_wrote_pid"] = None

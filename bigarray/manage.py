@@ -1,0 +1,111 @@
+"""Delete and size a store: what ``os.remove`` and ``os.path.getsize`` did for a 2020 file.
+
+A store is a directory, so ``os.remove(path)`` raises ``IsADirectoryError`` and
+``os.path.getsize(path)`` gives the size of the directory entry (4096), not of the data.
+:func:`remove` and :func:`getsize` take the same argument and do what those did on the
+2020 library's single file; ``bigarray rm PATH`` and ``bigarray info PATH`` are the
+command-line faces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+from .errors import BigArrayError, NotAStoreError, StoreNotFoundError
+
+__all__ = ["getsize", "remove"]
+
+
+def _local(path: str | os.PathLike[str], what: str) -> str:
+    from .filesystem import is_local, local_path
+
+    if not is_local(path):
+        raise BigArrayError(
+            f"bigarray.{what} works on local stores, not {os.fspath(path)!r}; remove or size a "
+            "store in an object store with its own tools (fsspec: fs.rm(url, recursive=True), "
+            "fs.du(url))"
+        )
+    return local_path(path)
+
+
+def _kind(path: str) -> str:
+    """``"store"``, ``"legacy"`` (a 2020 file) or ``"partial"`` (a directory a writer killed
+    while creating the store left, with nothing committed); anything else raises."""
+    from .legacy import is_legacy_file
+    from .store import is_store
+    from .writer import _interrupted_creation
+
+    if not os.path.lexists(path):
+        raise StoreNotFoundError(f"no bigarray store at {path!r}: the path does not exist")
+    if os.path.isdir(path):
+        if is_store(path):
+            return "store"
+        if os.listdir(path) and _interrupted_creation(path):
+            return "partial"
+        raise NotAStoreError(
+            f"{path!r} is a directory but not a bigarray store (no manifest.json); refusing to "
+            "touch it. Delete it yourself if it is yours."
+        )
+    if os.path.isfile(path) and is_legacy_file(path):
+        return "legacy"
+    raise NotAStoreError(
+        f"{path!r} is not a bigarray store (a store is a directory holding manifest.json; a "
+        "2020 bigarray file starts with b'mmapdata'); refusing to touch it"
+    )
+
+
+def remove(path: str | os.PathLike[str]) -> None:
+    """Delete the store at ``path`` (its directory and every file in it).
+
+    The replacement for ``os.remove(path)`` on a 2020 bigarray file (which it also deletes).
+    Anything that is neither a store nor a 2020 file is refused with
+    :class:`~bigarray.errors.NotAStoreError`, so a wrong path never deletes a directory of
+    yours; a missing path raises :class:`~bigarray.errors.StoreNotFoundError` (a
+    ``FileNotFoundError``). A symlink to a store is removed itself, as ``os.remove`` would.
+
+    Arrays already open keep reading the deleted files until they are closed (the mapped
+    pages stay valid); a writer still writing into the store loses what it had not committed.
+    """
+    full = _local(path, "remove")
+    kind = _kind(full)
+    if os.path.islink(full) or kind == "legacy":
+        os.remove(full)
+        return
+    try:
+        shutil.rmtree(full)
+    except FileNotFoundError:  # removed concurrently: it is gone, as asked
+        pass
+    except OSError as exc:
+        from .fileutil import wrap_os_error
+
+        raise wrap_os_error(exc, full) from None
+
+
+def getsize(path: str | os.PathLike[str]) -> int:
+    """Bytes the store at ``path`` occupies: the sizes of all its files added up.
+
+    The replacement for ``os.path.getsize(path)`` on a 2020 bigarray file (whose size it
+    also returns). Like ``os.path.getsize``, this is the files' apparent size: data files
+    are preallocated, so it can exceed the committed data (``bigarray info`` prints both).
+    Symlinks are counted as links, never followed.
+    """
+    full = _local(path, "getsize")
+    kind = _kind(full)
+    if kind == "legacy":
+        return os.path.getsize(full)
+    total = 0
+    stack = [os.path.realpath(full) if os.path.islink(full) else full]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed by a commit while we listed
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
