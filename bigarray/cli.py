@@ -1,4 +1,4 @@
-"""The ``bigarray`` command line: info, verify, convert, cp, demo, bench.
+"""The ``bigarray`` command line: info, verify, compact, convert, cp, demo, bench.
 
 Each subcommand imports what it needs when it runs, so ``bigarray info`` stays quick
 and the core never imports dask, xarray or fsspec.
@@ -61,7 +61,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("segments   none (an unnamed array)")
     else:
         index = store.index
-        bounds = index.arrays.bounds
+        bounds = index.bounds
         lengths = bounds[:, 1] - bounds[:, 0]
         print(f"segments   {seg.count:,}", end="")
         if seg.count:
@@ -71,6 +71,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             )
         else:
             print()
+        runs = seg.all_runs
+        sizes = ", ".join(f"{r.count:,}" for r in runs)
+        hint = "; `bigarray compact` merges them" if len(runs) > 1 else ""
+        print(f"index      {len(runs)} run{'s' if len(runs) > 1 else ''} ({sizes} segments){hint}")
     print(f"data size  {_human(total)}")
     if args.json:
         print(json.dumps(m.to_json(), indent=1))
@@ -84,6 +88,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_store(args.path)
     print(report)
     return 0 if report.ok else 1
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .index import compact
+    from .store import is_store
+
+    if not is_store(args.path):
+        print(f"bigarray compact: {args.path!r} is not a local bigarray store", file=sys.stderr)
+        return 2
+    spec = compact(args.path, progress=not args.quiet)
+    if spec is None:
+        print("no segment index: nothing to compact")
+    else:
+        print(f"index      1 run ({spec.count:,} segments)")
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -153,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check every checksum; report the first bad block")
     s.add_argument("path")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser(
+        "compact", help="merge the runs of a local store's segment index into one (a commit)"
+    )
+    s.add_argument("path")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_compact)
 
     s = sub.add_parser(
         "convert",

@@ -480,7 +480,7 @@ class LazyArray:
         idx = self._opened().store.index
         if idx is None:
             return None
-        b = idx.arrays.bounds
+        b = idx.bounds
         if len(b) and int(b[-1, 1]) > len(self):  # segments committed after this snapshot
             b = b[: int(np.searchsorted(b[:, 1], len(self), "right"))]
         return b

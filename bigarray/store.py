@@ -33,12 +33,13 @@ from .format import (
     DEFAULT_VARIABLE,
     INDEX_ROLES,
     MANIFEST_NAME,
+    IndexFiles,
     Manifest,
     Shard,
     Variable,
     parse_manifest,
 )
-from .index import SegmentIndex, index_nbytes
+from .index import IndexRun, SegmentIndex, index_nbytes
 
 # Index files smaller than this are read into memory: no descriptor or map is kept open.
 _MAP_THRESHOLD = 1 << 20
@@ -220,6 +221,9 @@ class Store:
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
+        return SegmentIndex([self._open_run(run) for run in spec.all_runs], spec)
+
+    def _open_run(self, spec: IndexFiles) -> IndexRun:
         buffers: dict[str, Any] = {}
         names_len = None
         for role in ("name_offsets", *[r for r in INDEX_ROLES if r != "name_offsets"]):
@@ -231,7 +235,7 @@ class Store:
                 names_len = int(last[0])
                 if names_len < 0:
                     raise StoreCorruptedError(f"{self.path}: negative segment name length")
-        return SegmentIndex(buffers, spec, self.path)
+        return IndexRun(buffers, spec, self.path)
 
     def _load(self, full: str, need: int, role: str) -> Any:
         try:
@@ -434,30 +438,34 @@ class RemoteStore:
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
-        rels = list(dict.fromkeys(spec.files[r] for r in INDEX_ROLES))
+        runs = spec.all_runs
+        rels = list(dict.fromkeys(r.files[role] for r in runs for role in INDEX_ROLES))
         got = dict(
             zip(
                 rels, self._access.cat_many(rels, missing=self._access._missing_listed), strict=True
             )
         )
-        buffers = {role: got[spec.files[role]] for role in INDEX_ROLES}
-        off = spec.offsets["name_offsets"]
-        need = off + index_nbytes(spec, "name_offsets")
-        noff = buffers["name_offsets"]
-        if len(noff) < need:
-            raise self._short_index("name_offsets", len(noff), need)
-        names_len = int(np.frombuffer(noff, "<i8", 1, off + spec.count * 8)[0])
-        if names_len < 0:
-            raise StoreCorruptedError(f"{self.url}: negative segment name length")
-        for role in INDEX_ROLES:
-            need = spec.offsets[role] + index_nbytes(spec, role, names_len)
-            if len(buffers[role]) < need:
-                raise self._short_index(role, len(buffers[role]), need)
-        return SegmentIndex(buffers, spec, self.url)
+        out = []
+        for run in runs:
+            buffers = {role: got[run.files[role]] for role in INDEX_ROLES}
+            off = run.offsets["name_offsets"]
+            need = off + index_nbytes(run, "name_offsets")
+            noff = buffers["name_offsets"]
+            if len(noff) < need:
+                raise self._short_index("name_offsets", len(noff), need, run)
+            names_len = int(np.frombuffer(noff, "<i8", 1, off + run.count * 8)[0])
+            if names_len < 0:
+                raise StoreCorruptedError(f"{self.url}: negative segment name length")
+            for role in INDEX_ROLES:
+                need = run.offsets[role] + index_nbytes(run, role, names_len)
+                if len(buffers[role]) < need:
+                    raise self._short_index(role, len(buffers[role]), need, run)
+            out.append(IndexRun(buffers, run, self.url))
+        return SegmentIndex(out, spec)
 
-    def _short_index(self, role: str, size: int, need: int) -> StoreCorruptedError:
-        spec = self.manifest.segments
-        assert spec is not None
+    def _short_index(
+        self, role: str, size: int, need: int, spec: IndexFiles
+    ) -> StoreCorruptedError:
         return StoreCorruptedError(
             f"{self.url}: index object {self._access.where(spec.files[role])!r} ({role}) holds "
             f"{size:,} bytes but the manifest needs {need:,}; it was truncated or replaced after "

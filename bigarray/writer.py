@@ -70,6 +70,7 @@ from .format import (
     INDEX_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
+    IndexFiles,
     Manifest,
     Shard,
     Variable,
@@ -77,7 +78,7 @@ from .format import (
     normalize_dtype,
     npy_header,
 )
-from .index import SegmentArrays, concat, merge, write_index
+from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
 from .journal import Journal, Record, collect_dead_sessions
 from .store import Store, is_store, read_manifest, resolve_inside
 
@@ -631,9 +632,8 @@ class StoreWriter:
         if stamp != self._seen_manifest:
             with Store(self.path) as store:
                 idx = store.index
-                self._committed_bounds = None if idx is None else np.array(idx.arrays.bounds)
-                if idx is not None:
-                    self._committed_names = idx.arrays
+                # bounds only: a many-run index gathers its names just for the error below
+                self._committed_bounds = None if idx is None else np.array(idx.bounds)
             self._seen_manifest = stamp
         b = self._committed_bounds
         if b is None or not len(b):
@@ -642,9 +642,12 @@ class StoreWriter:
         i = int(np.searchsorted(b[:, 0], stop, "left")) - 1
         while i >= 0 and b[i, 1] > start:
             if b[i, 1] > b[i, 0]:
+                with Store(self.path) as store:
+                    assert store.index is not None
+                    name = store.index.arrays.name(i)
                 raise OverlapError(
                     f"rows [{start}, {stop}) overlap committed segment "
-                    f"{self._committed_names.name(i)!r} rows [{b[i, 0]}, {b[i, 1]}) of "
+                    f"{name!r} rows [{b[i, 0]}, {b[i, 1]}) of "
                     f"{self.path!r}; committed data is never overwritten. Append with "
                     "start_position=None or pick free rows."
                 )
@@ -783,20 +786,12 @@ class StoreWriter:
             new_segments = [r.segments for r in mine if r.segments is not None]
             segments = manifest.segments
             if new_segments:
-                committed = SegmentArrays.empty()
-                if manifest.segments is not None:
-                    with Store(self.path) as store:
-                        assert store.index is not None
-                        a = store.index.arrays
-                        committed = SegmentArrays(
-                            np.array(a.names),
-                            np.array(a.name_offsets),
-                            np.array(a.bounds),
-                            np.array(a.hashes),
-                        )
-                merged = merge(committed, concat(new_segments), f" in {self.path!r}")
-                if merged.count and int(merged.bounds[:, 1].max()) > rows:
-                    rows = int(merged.bounds[:, 1].max())
+                # checked against every run of the committed index, which stays on disk
+                with Store(self.path) as store:
+                    plan_index = plan_commit(
+                        store.index, manifest.segments, concat(new_segments), f" in {self.path!r}"
+                    )
+                    rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()
             # Rows rewritten in place change committed blocks: with checksums on, that needs a
@@ -857,7 +852,7 @@ class StoreWriter:
             if new_segments:
                 try:
                     self._clear_generation(generation)
-                    segments = write_index(self.path, generation, merged, fsync=self.fsync)
+                    segments = plan_index.write(self.path, generation, fsync=self.fsync)
                     if self.fsync:
                         fsync_dir(os.path.join(self.path, INDEX_DIR))
                 except OSError as exc:
@@ -873,7 +868,7 @@ class StoreWriter:
                         else None
                     )
                     if new_segments and segments is not None:
-                        index = integrity.index_entry(self.path, segments)
+                        index = integrity.index_entry(self.path, segments, index)
                     plan.index = index
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
@@ -905,7 +900,7 @@ class StoreWriter:
             self._pending.clear()
             self._unrecorded.clear()  # this commit read their blocks back
             _crash_point("after-discard")
-            self._drop_old_index(segments.generation if segments else None, manifest)
+            self._drop_old_index(segments, manifest)
 
     def _clear_generation(self, generation: int) -> None:
         """Remove index files of ``generation`` left by a commit that crashed before its
@@ -919,19 +914,10 @@ class StoreWriter:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(d, name))
 
-    def _drop_old_index(self, current: int | None, previous: Manifest) -> None:
+    def _drop_old_index(self, current: IndexFiles | None, previous: Manifest) -> None:
         """Delete index generations older than the one the previous manifest named: readers
         that opened before this commit may still be reading that one."""
-        keep = {current}
-        if previous.segments is not None:
-            keep.add(previous.segments.generation)
-        d = os.path.join(self.path, INDEX_DIR)
-        with contextlib.suppress(OSError):
-            for name in os.listdir(d):
-                m = re.match(r"^g(\d+)-", name)
-                if m and int(m.group(1)) not in keep:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(d, name))
+        drop_unused_runs(self.path, current, previous.segments)
 
     def abort(self) -> None:
         """Forget everything written since the last commit (the rows stay as garbage)."""
