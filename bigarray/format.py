@@ -5,8 +5,8 @@ A store is a directory::
     store.bigarray/
       manifest.json            the commit point: replaced atomically by every commit
       data.npy                 one variable's rows, a standard .npy (C order, little endian)
-      index/g7-bounds.npy      the segment index of generation 7 (see :mod:`bigarray.index`)
-      index/g7-names.npy ...
+      index/g7-bounds.npy      a run of the segment index, written by commit 7
+      index/g7-names.npy ...   (see :mod:`bigarray.index`; an index is one or more runs)
       journal/<session>/...    segments recorded by writer processes, merged at commit
       .lock                    flock target serialising allocation and commit
 

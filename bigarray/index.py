@@ -1,7 +1,7 @@
-"""The segment index: ``name -> [start, stop)`` rows, memory-mapped, with an on-disk hash table.
+"""The segment index: ``name -> [start, stop)`` rows, memory-mapped, in immutable runs.
 
-One generation of the index is five standard ``.npy`` arrays, all in row order (sorted by
-``start``), so the index doubles as the chunk plan for dask:
+One **run** is five standard ``.npy`` arrays, all in row order (sorted by ``start``), so a
+run doubles as a chunk plan for dask:
 
 ``names``         uint8, the UTF-8 bytes of every name, concatenated
 ``name_offsets``  int64 (n + 1), where each name starts in ``names``
@@ -9,9 +9,32 @@ One generation of the index is five standard ``.npy`` arrays, all in row order (
 ``hashes``        uint32 (n), ``zlib.crc32`` of each name (kept so merges never rehash)
 ``table``         int64 (2**k >= 2 n), open addressing with linear probing; -1 is empty
 
-Opening maps the files and builds nothing: a lookup hashes the name, probes the table
-(one or two slots at a load factor of 1/2) and compares the bytes of one name, so the cost
-of open and of a lookup does not depend on the number of segments.
+The index is one run or several (the manifest's ``segments`` entry lists them, oldest
+first, under ``runs``; a one-run index keeps the entry form of the first format version).
+Every name lives in exactly one run: a commit probes each run's table for its new names
+(vectorised, no committed name is decoded) and binary-searches each run's bounds for its
+rows, refuses duplicates and overlaps, then writes **one** new run holding its segments
+merged with the newest runs while the next older run holds at most ``MERGE_FACTOR`` times
+what was gathered. Runs therefore shrink by more than that factor from oldest to newest:
+about ``log4(N / c) + 1`` runs for N segments committed c at a time, and each segment is
+rewritten O(log N) times in all. Files of a run never change once written; a run is named
+by the generation of the commit that wrote it (``index/g<generation>-<role>.npy``), the
+same names a single-generation index always had.
+
+Why crc32 and not a 64-bit hash: the table's slot is the hash modulo a power of two of at
+least twice the run's size, so 32 bits spread a run of up to 2**31 names evenly (a longer
+run would need a wider hash, recorded in the run's ``hash`` field); a hash match is always
+confirmed by comparing the name's bytes, so collisions cost one comparison, never a wrong
+answer, and keeping crc32 keeps every store written before runs existed readable as is.
+
+Opening maps the files and builds nothing: a lookup hashes the name, probes the largest
+run's table first (one or two slots at a load factor of 1/2), then the others, comparing
+the bytes of one name per candidate; the cost of open and of a lookup does not depend on
+the number of segments. Code that wants every segment in row order (``arrays``,
+``bounds``: dask chunk plans, xarray tables, ``verify``) gets the run's own memory map when
+there is one run, and a merge made once on first use otherwise (a concatenation when the
+runs follow each other in rows, the usual case of appends). ``bigarray compact`` merges
+all runs into one.
 """
 
 from __future__ import annotations
