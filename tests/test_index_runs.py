@@ -248,3 +248,27 @@ def test_store_lookups_match_across_runs_without_loading_names(tmp_path: Path) -
         hit = idx.first_overlap(np.array([[10**9, 10**9 + 1], [a5[0], a5[0] + 1]]))
         assert hit is not None and hit[0] == 1 and hit[1] == "a5"
         assert idx.first_overlap(np.array([[10**9, 10**9 + 5]])) is None
+
+
+def test_chunk_plan_of_a_store_that_fits_one_chunk_never_gathers_the_runs(
+    tmp_path: Path,
+) -> None:
+    from bigarray.dask_backend import from_bigarray
+    from bigarray.lazy import open_array, segment_chunks
+
+    path = tmp_path / "s"
+    append(path, [f"a{i}" for i in range(400)])
+    append(path, [f"b{i}" for i in range(7)])
+    arr = open_array(str(path))
+    assert arr.row_chunks("auto") == (len(arr),)
+    idx = arr.indices
+    assert len(idx.runs) == 2 and idx._bases is None  # the runs were never laid out in rows
+    # the same plan as from the segments, at every target that covers the rows
+    bounds = np.asarray(idx.bounds)
+    for target in (len(arr), 10 * len(arr)):
+        assert segment_chunks(bounds, len(arr), target) == arr.row_chunks(target)
+    # smaller targets still cut on segment boundaries
+    x = from_bigarray(str(path), chunks=50)
+    cuts = np.cumsum(x.chunks[0])[:-1]
+    assert set(cuts.tolist()) <= set(bounds[:, 0].tolist())
+    np.testing.assert_array_equal(x.compute(), np.asarray(PointerArray(path)))
