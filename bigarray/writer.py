@@ -286,7 +286,7 @@ class StoreWriter:
         self._seen_marks: set[str] = set()  # marks of writes a commit saw still running
         self._shard: Shard | None = None
         self._seen_manifest: tuple[int, int] | None = None
-        self._committed_bounds: np.ndarray | None = None
+        self._committed_rows = 0  # rows of the manifest last seen by a write
         self._journal = Journal(self.path, self._session)
 
     def handoff(self) -> dict[str, Any]:
@@ -630,28 +630,22 @@ class StoreWriter:
         st = os.stat(mpath)
         stamp = (st.st_ino, st.st_mtime_ns)
         if stamp != self._seen_manifest:
-            with Store(self.path) as store:
-                idx = store.index
-                # bounds only: a many-run index gathers its names just for the error below
-                self._committed_bounds = None if idx is None else np.array(idx.bounds)
+            var = read_manifest(self.path).variables.get(self.variable)
+            self._committed_rows = 0 if var is None else var.rows
             self._seen_manifest = stamp
-        b = self._committed_bounds
-        if b is None or not len(b):
+        if start >= self._committed_rows:  # an append: committed segments end before it
             return
-        # bounds are in row order: the only candidates end after `start`
-        i = int(np.searchsorted(b[:, 0], stop, "left")) - 1
-        while i >= 0 and b[i, 1] > start:
-            if b[i, 1] > b[i, 0]:
-                with Store(self.path) as store:
-                    assert store.index is not None
-                    name = store.index.arrays.name(i)
-                raise OverlapError(
-                    f"rows [{start}, {stop}) overlap committed segment "
-                    f"{name!r} rows [{b[i, 0]}, {b[i, 1]}) of "
-                    f"{self.path!r}; committed data is never overwritten. Append with "
-                    "start_position=None or pick free rows."
-                )
-            i -= 1
+        # rows written in place: a binary search in each run of the index, mapped, no copy
+        with Store(self.path) as store:
+            idx = store.index
+            hit = None if idx is None else idx.first_overlap(np.array([[start, stop]]))
+        if hit is not None:
+            _, name, a, b = hit
+            raise OverlapError(
+                f"rows [{start}, {stop}) overlap committed segment {name!r} rows [{a}, {b}) of "
+                f"{self.path!r}; committed data is never overwritten. Append with "
+                "start_position=None or pick free rows."
+            )
 
     def write_rows(
         self,
@@ -992,7 +986,7 @@ class StoreWriter:
         state["_unrecorded"] = []
         state["_seen_marks"] = set()
         state["_wrote_pid"] = None
-        state["_committed_bounds"] = None
+        state["_committed_rows"] = 0
         state["_seen_manifest"] = None
         state.pop("_committed_names", None)
         state.pop("_journal", None)

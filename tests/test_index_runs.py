@@ -272,3 +272,17 @@ def test_chunk_plan_of_a_store_that_fits_one_chunk_never_gathers_the_runs(
     cuts = np.cumsum(x.chunks[0])[:-1]
     assert set(cuts.tolist()) <= set(bounds[:, 0].tolist())
     np.testing.assert_array_equal(x.compute(), np.asarray(PointerArray(path)))
+
+
+def test_write_over_rows_of_an_older_run_is_refused_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    append(path, [f"a{i}" for i in range(300)])
+    append(path, ["b"])
+    a9 = PointerArray(path).indices["a9"]
+    before = np.asarray(PointerArray(path)["a9"]).copy()
+    with PointerArrayWriter(path) as w:
+        with pytest.raises(OverlapError, match="'a9'"):
+            w.write({"x": np.zeros((1, 2), np.int32)}, start_position=a9[0])
+        w.write({"y": np.zeros((1, 2), np.int32)})  # appending still works
+    np.testing.assert_array_equal(PointerArray(path)["a9"], before)
+    assert "y" in PointerArray(path).indices and "x" not in PointerArray(path).indices
