@@ -233,7 +233,7 @@ def merge(committed: SegmentArrays, new: SegmentArrays, rows_hint: str = "") -> 
     return merged
 
 
-def build_table(hashes: np.ndarray) -> np.ndarray:
+def build_table(hashes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Open-addressing table (linear probing) of size 2**k >= 2 n, built vectorised in rounds.
 
     Each round places, for every free slot some pending segment hashes (or has probed) to,
@@ -242,11 +242,13 @@ def build_table(hashes: np.ndarray) -> np.ndarray:
     which is all a lookup needs. Index arithmetic stays in 32 bits below 2**31 segments.
     """
     n = len(hashes)
-    size = 8
-    while size < 2 * n:
-        size *= 2
+    size = table_size(n)
     mask = size - 1
-    table = np.full(size, -1, np.int64)
+    if out is None:
+        table = np.full(size, -1, np.int64)
+    else:  # a memory-mapped file: the table of a big run need not sit in anonymous memory
+        table = out
+        table[:] = -1
     itype = np.int32 if size <= 1 << 31 else np.int64
     pending = np.arange(n, dtype=itype)
     slots = (np.asarray(hashes, np.uint32) & np.uint32(min(mask, 0xFFFFFFFF))).astype(itype)
@@ -260,8 +262,8 @@ def build_table(hashes: np.ndarray) -> np.ndarray:
         del cand, cs, free, stayed
         pending = pending[keep]
         slots = slots[keep]
-        slots += 1
-        slots &= mask
+        np.add(slots, 1, out=slots)
+        np.bitwise_and(slots, mask, out=slots)
     return table
 
 
@@ -301,6 +303,103 @@ def write_index(
         if written is not None:
             written(role)
     return IndexFiles(seg.count, generation, len(arrays["table"]), files, offsets)
+
+
+def table_size(n: int) -> int:
+    """Slots of the hash table of a run of ``n`` segments (a power of two >= 2 n, >= 8)."""
+    size = 8
+    while size < 2 * n:
+        size *= 2
+    return size
+
+
+def follow_in_rows(parts: Sequence[SegmentArrays]) -> bool:
+    """True when the parts, each in row order, are in row order one after the other, so
+    their concatenation is (the usual case: every commit appended after the last)."""
+    last = None
+    for p in parts:
+        if not p.count:
+            continue
+        first = p.bounds[0]
+        if last is not None and not (
+            first[0] > last[0] or (first[0] == last[0] and first[1] >= last[1])
+        ):
+            return False
+        last = p.bounds[-1]
+    return True
+
+
+def write_concat(
+    store_dir: str,
+    generation: int,
+    parts: Sequence[SegmentArrays],
+    *,
+    fsync: bool,
+    written: Callable[[str], None] | None = None,
+    block: int = 1 << 22,
+) -> IndexFiles:
+    """Write the concatenation of ``parts`` (see :func:`follow_in_rows`) as one run,
+    through memory-mapped output files, ``block`` segments at a time: merging runs of
+    hundreds of millions of segments needs no more anonymous memory than the hash table's
+    build (two 32-bit arrays of the run's size), not a copy of every run."""
+    from .writer import _crash_point
+
+    os.makedirs(os.path.join(store_dir, INDEX_DIR), exist_ok=True)
+    n = sum(p.count for p in parts)
+    names_len = sum(int(p.name_offsets[-1]) for p in parts)
+    rel = {r: f"{INDEX_DIR}/g{generation}-{r}.npy" for r in INDEX_ROLES}
+    full = {r: os.path.join(store_dir, rel[r]) for r in INDEX_ROLES}
+    shapes = {
+        "names": (names_len,),
+        "name_offsets": (n + 1,),
+        "bounds": (n, 2),
+        "hashes": (n,),
+        "table": (table_size(n),),
+    }
+    offsets: dict[str, int] = {}
+
+    def done(role: str, arr: Any) -> None:
+        arr.flush()
+        offsets[role] = int(arr.offset)
+        if fsync:
+            fd = os.open(full[role], os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _crash_point("mid-index")
+        if written is not None:
+            written(role)
+
+    def create(role: str) -> Any:
+        return np.lib.format.open_memmap(full[role], "w+", _ROLE_DTYPES[role], shapes[role])
+
+    for role in ("names", "name_offsets", "bounds", "hashes"):
+        out = create(role)
+        pos = shift = 0
+        for p in parts:
+            src = {"names": p.names, "bounds": p.bounds, "hashes": p.hashes}.get(role)
+            count = int(p.name_offsets[-1]) if role == "names" else p.count
+            for a in range(0, count, block):
+                b = min(count, a + block)
+                if role == "name_offsets":
+                    out[pos + a : pos + b] = np.asarray(p.name_offsets[a:b]) + shift
+                else:
+                    assert src is not None
+                    out[pos + a : pos + b] = src[a:b]
+            pos += count
+            shift += int(p.name_offsets[-1])
+        if role == "name_offsets":
+            out[n] = names_len
+        done(role, out)
+        del out
+    hashes = np.load(full["hashes"], mmap_mode="r")
+    table = create("table")
+    build_table(hashes, out=table)
+    del hashes
+    done("table", table)
+    del table
+    return IndexFiles(n, generation, shapes["table"][0], rel, offsets)
 
 
 def index_nbytes(spec: IndexFiles, role: str, names_len: int | None = None) -> int:
@@ -452,6 +551,10 @@ class IndexRun:
         bounds = np.asarray(bounds, np.int64).reshape(-1, 2)
         idx = np.flatnonzero(bounds[:, 1] > bounds[:, 0])
         if not n or not idx.size:
+            return None
+        last_start, last_stop = int(b[-1, 0]), int(b[-1, 1])
+        if last_stop > last_start and int(bounds[idx, 0].min()) >= last_stop:
+            # appends: a non-empty last segment ends every non-empty one of the run
             return None
         lo = np.zeros(idx.size, np.int64)
         hi = np.full(idx.size, n, np.int64)
@@ -740,17 +843,21 @@ class IndexCommit:
         """
         if not self.new.count:
             return self.previous
-        parts = [
-            SegmentArrays(
-                np.array(r.arrays.names),
-                np.array(r.arrays.name_offsets),
-                np.array(r.arrays.bounds),
-                np.array(r.arrays.hashes),
-            )
-            for r in self.merged
-        ]
-        seg = row_order(concat([*parts, self.new]))
-        run = write_index(store_dir, generation, seg, fsync=fsync)
+        parts = [r.arrays for r in self.merged]
+        if follow_in_rows([*parts, self.new]):  # appends: a streamed concatenation
+            run = write_concat(store_dir, generation, [*parts, self.new], fsync=fsync)
+        else:
+            copies = [
+                SegmentArrays(
+                    np.array(a.names),
+                    np.array(a.name_offsets),
+                    np.array(a.bounds),
+                    np.array(a.hashes),
+                )
+                for a in parts
+            ]
+            seg = row_order(concat([*copies, self.new]))
+            run = write_index(store_dir, generation, seg, fsync=fsync)
         return index_of_runs([*self.keep, run])
 
 
@@ -880,29 +987,41 @@ def compact(
                 desc=f"compact {len(index.runs)} runs",
             )
             with bar:
-                parts = []
-                for run in index.runs:
-                    a = run.arrays
-                    parts.append(
-                        SegmentArrays(
-                            np.array(a.names),
-                            np.array(a.name_offsets),
-                            np.array(a.bounds),
-                            np.array(a.hashes),
-                        )
-                    )
-                    bar.update(len(run))
-                seg = row_order(concat(parts))
-                del parts
                 prefix = f"g{generation}-"
                 d = os.path.join(path, INDEX_DIR)
                 for name in os.listdir(d):  # left by a compaction killed before its rename
                     if name.startswith(prefix):
                         os.unlink(os.path.join(d, name))
-                step = spec.count // len(INDEX_ROLES)
-                new = write_index(
-                    path, generation, seg, fsync=fsync, written=lambda _r: bar.update(step)
+                runs = sorted(
+                    (r for r in index.runs if len(r)),
+                    key=lambda r: (int(r.arrays.bounds[0, 0]), int(r.arrays.bounds[0, 1])),
                 )
+                parts = [r.arrays for r in runs]
+                step = spec.count // len(INDEX_ROLES)
+                if follow_in_rows(parts):  # streamed: no copy of the runs in memory
+                    bar.update(spec.count)
+                    new = write_concat(
+                        path, generation, parts, fsync=fsync, written=lambda _r: bar.update(step)
+                    )
+                else:
+                    copies = []
+                    for run in runs:
+                        a = run.arrays
+                        copies.append(
+                            SegmentArrays(
+                                np.array(a.names),
+                                np.array(a.name_offsets),
+                                np.array(a.bounds),
+                                np.array(a.hashes),
+                            )
+                        )
+                        bar.update(len(run))
+                    seg = row_order(concat(copies))
+                    del copies
+                    new = write_index(
+                        path, generation, seg, fsync=fsync, written=lambda _r: bar.update(step)
+                    )
+                del parts, runs
                 bar.update(2 * spec.count - bar.n)
         if fsync:
             fsync_dir(os.path.join(path, INDEX_DIR))

@@ -145,6 +145,10 @@ def test_runs_written_out_of_row_order_still_read_in_row_order(tmp_path: Path) -
     assert got == {n: len(seg(n)) for n in names}
     with dask.config.set(scheduler="sync"):
         assert verify_store(path).ok
+    compact(str(path))  # interleaved runs: merged in memory and sorted
+    assert len(runs_of(path)) == 1
+    check_all(path, names)
+    assert verify_store(path).ok
 
 
 def test_compact_merges_runs_into_one_and_readers_and_verify_follow(tmp_path: Path) -> None:
