@@ -345,6 +345,8 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
             if not 2 <= len(runs) <= MAX_INDEX_RUNS:
                 raise FormatError(f"{w}: {len(runs)} runs; expected 2 to {MAX_INDEX_RUNS}")
             parsed = tuple(_parse_run(r, f"{w} run {i}") for i, r in enumerate(runs))
+            if len({r.generation for r in parsed}) != len(parsed):
+                raise FormatError(f"{w}: two runs have the same generation (the same files)")
             count = _nonneg_int(seg.get("count"), f"{w} count")
             if count != sum(r.count for r in parsed):
                 raise FormatError(f"{w}: count {count} is not the sum of its runs' counts")

@@ -290,3 +290,27 @@ def test_write_over_rows_of_an_older_run_is_refused_before_writing(tmp_path: Pat
         w.write({"y": np.zeros((1, 2), np.int32)})  # appending still works
     np.testing.assert_array_equal(PointerArray(path)["a9"], before)
     assert "y" in PointerArray(path).indices and "x" not in PointerArray(path).indices
+
+
+def test_manifest_with_malformed_runs_is_refused(tmp_path: Path) -> None:
+    from bigarray.errors import FormatError
+
+    path = tmp_path / "s"
+    append(path, [f"a{i}" for i in range(100)])
+    append(path, ["b"])
+    doc = json.loads((path / "manifest.json").read_text())
+    good = json.loads(json.dumps(doc))
+    doc["segments"]["runs"][1]["generation"] = doc["segments"]["runs"][0]["generation"]
+    (path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match="same generation"):
+        PointerArray(path)
+    doc = json.loads(json.dumps(good))
+    doc["segments"]["count"] += 1
+    (path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match="sum of its runs"):
+        PointerArray(path)
+    doc = json.loads(json.dumps(good))
+    doc["segments"]["runs"][0]["files"]["names"] = "../escape.npy"
+    (path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match="plain relative path"):
+        PointerArray(path)
