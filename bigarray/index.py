@@ -359,9 +359,9 @@ def write_concat(
     offsets: dict[str, int] = {}
 
     def done(role: str, arr: Any) -> None:
-        arr.flush()
         offsets[role] = int(arr.offset)
-        if fsync:
+        if fsync:  # (msync only then: the shared map's pages are the page cache already)
+            arr.flush()
             fd = os.open(full[role], os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -598,6 +598,9 @@ class IndexRun:
 #: newest, so an index of N segments written c at a time keeps at most about
 #: log4(N / c) + 1 runs, and each segment is rewritten about 4 times per level (O(log N)).
 MERGE_FACTOR = 4
+#: Runs merged into one of at least this many segments are streamed through memory-mapped
+#: files (when they follow in rows) instead of being gathered in memory first.
+STREAM_MIN = 1 << 20
 
 
 class SegmentIndex(Mapping[str, tuple[int, int]]):
@@ -844,7 +847,8 @@ class IndexCommit:
         if not self.new.count:
             return self.previous
         parts = [r.arrays for r in self.merged]
-        if follow_in_rows([*parts, self.new]):  # appends: a streamed concatenation
+        total = self.new.count + sum(p.count for p in parts)
+        if total >= STREAM_MIN and follow_in_rows([*parts, self.new]):  # big appends
             run = write_concat(store_dir, generation, [*parts, self.new], fsync=fsync)
         else:
             copies = [
@@ -998,7 +1002,7 @@ def compact(
                 )
                 parts = [r.arrays for r in runs]
                 step = spec.count // len(INDEX_ROLES)
-                if follow_in_rows(parts):  # streamed: no copy of the runs in memory
+                if spec.count >= STREAM_MIN and follow_in_rows(parts):  # no copy in memory
                     bar.update(spec.count)
                     new = write_concat(
                         path, generation, parts, fsync=fsync, written=lambda _r: bar.update(step)

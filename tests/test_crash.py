@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bigarray import PointerArray, StoreWriter
+from bigarray import PointerArray, StoreWriter, index
 from bigarray.errors import NotAStoreError, StoreNotFoundError, VariableNotFoundError
 from bigarray.index import compact
 from bigarray.integrity import verify_store
@@ -117,6 +117,8 @@ def owner_child(
     else:
         os.environ.pop(CRASH_ENV, None)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # half the writers merge runs the way big indexes are merged (streamed, memory-mapped)
+    index.STREAM_MIN = 1 if seed % 2 else 1 << 20
     w = StoreWriter(path, dtype="int64", shape=(0, ROW), fsync=fsync)
     _announce(fd, "R")
     _write_loop(w, fd, tag, seed, commit=True)
@@ -380,6 +382,7 @@ def test_kill_at_each_commit_step(tmp_path: Path, step: str) -> None:
 
 def compact_child(path: str, crash_at: str) -> None:
     os.environ[CRASH_ENV] = crash_at
+    index.STREAM_MIN = 1  # the streamed merge of big runs, through memory-mapped files
     compact(path)
 
 

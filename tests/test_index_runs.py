@@ -314,3 +314,29 @@ def test_manifest_with_malformed_runs_is_refused(tmp_path: Path) -> None:
     (path / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(FormatError, match="plain relative path"):
         PointerArray(path)
+
+
+def test_big_merges_stream_through_memory_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of millions of segments are merged file to file; the threshold is lowered so
+    that small runs take that path here."""
+    import bigarray.index
+
+    monkeypatch.setattr(bigarray.index, "STREAM_MIN", 1)
+    path = tmp_path / "s"
+    names: list[str] = []
+    for c, size in enumerate((50, 40, 30, 20, 200, 7)):
+        batch = [f"c{c}-{j}" for j in range(size)]
+        append(path, batch)
+        names += batch
+    check_all(path, names)
+    assert verify_store(path).ok
+    for fsync in (False, True):
+        append(path, [f"f{fsync}"], fsync=fsync)
+        names.append(f"f{fsync}")
+    compact(str(path), fsync=True)
+    assert runs_of(path) == [len(names)]
+    check_all(path, names)
+    report = verify_store(path)
+    assert report.ok, report
