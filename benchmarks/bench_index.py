@@ -309,11 +309,17 @@ def _capped(fn: Callable[[str], Any], path: str, cap_gb: float) -> Any:
 def run_huge(root: str, n: int, cap_gb: float = 14.0) -> dict[str, Any]:
     path = os.path.join(root, f"huge{n}")
     out: dict[str, Any] = {"segments": n}
+    # the peer: the same commits into a store of 10 segments, in the same run
+    small = os.path.join(root, "small")
+    write_named(small, 10)
+    out["commit1000_into_10_ms"] = round(commit_times(small, 1000, 7, False, "h"), 2)
+    shutil.rmtree(small, ignore_errors=True)
     out["build_s"] = round(generate_store(path, n), 1)
     out["build_peak_rss_mb"] = round(_peak_rss_mb())
     print(json.dumps(out), flush=True)
     out["open_lookup_ms"] = round(open_lookup_ms(path, f"s{n // 3:09d}"), 3)
     out["commit1000_ms"] = round(commit_times(path, 1000, 7, False, "h"), 2)
+    out["commit1000_ratio_vs_10"] = round(out["commit1000_ms"] / out["commit1000_into_10_ms"], 2)
     out["commit1000_fsync_ms"] = round(commit_times(path, 1000, 7, True, "hd"), 2)
     out["runs_after"] = runs_of(path)
     out["open_lookup_after_commits_ms"] = round(open_lookup_ms(path, f"s{n // 3:09d}"), 3)

@@ -917,22 +917,6 @@ def plan_commit(
     return IndexCommit(spec, specs[: len(specs) - k], runs[len(runs) - k :], new)
 
 
-def index_files(spec: IndexFiles | None) -> list[str]:
-    """Relative paths of every file of the index ``spec`` (all runs)."""
-    if spec is None:
-        return []
-    return [run.files[role] for run in spec.all_runs for role in INDEX_ROLES]
-
-
-def describe_runs(spec: IndexFiles | None) -> list[dict[str, int]]:
-    """``[{"generation", "count"}]`` of every run, oldest first (for ``bigarray info``)."""
-    return (
-        []
-        if spec is None
-        else [{"generation": r.generation, "count": r.count} for r in spec.all_runs]
-    )
-
-
 def drop_unused_runs(store_dir: str, *specs: IndexFiles | None) -> None:
     """Delete the index files of every generation that no run of ``specs`` names (the
     caller passes the index just committed and the one before it: readers that opened
