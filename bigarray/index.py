@@ -634,7 +634,8 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
     def _layout(self) -> None:
         """Find whether the runs, taken by their first segment, are already in row order
         (the common case: every commit appended after the rows of the previous ones)."""
-        if self._bases is not None or self._inverse is not None:
+        # _bases is assigned last: a thread seeing it set sees the rest of the layout
+        if self._bases is not None:
             return
         runs = [r for r in self.runs if len(r)]
         runs.sort(key=lambda r: (int(r.arrays.bounds[0, 0]), int(r.arrays.bounds[0, 1])))
