@@ -12,7 +12,8 @@ Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock
    (idempotent duplicates dropped; duplicate names and overlaps refused);
 3. ``fsync`` the data file (it holds every row written by every process of the session);
 4. rewrite the row count in the data file's ``.npy`` header in place, ``fsync``;
-5. write the new index generation to new files, ``fsync`` each, then ``fsync`` the index
+5. write the commit's run of the index (its segments, merged with the newest runs; see
+   :mod:`bigarray.index`) to new files, ``fsync`` each, then ``fsync`` the index
    directory (so the new names are durable before the manifest names them);
 6. record checksums (:mod:`bigarray.integrity`): crc32 of the data blocks written since the
    last commit (summed in background threads while step 3 runs) and of the new index files;
@@ -630,8 +631,9 @@ class StoreWriter:
         st = os.stat(mpath)
         stamp = (st.st_ino, st.st_mtime_ns)
         if stamp != self._seen_manifest:
-            var = read_manifest(self.path).variables.get(self.variable)
-            self._committed_rows = 0 if var is None else var.rows
+            # every committed segment ends within the rows of the variable that named it
+            variables = read_manifest(self.path).variables.values()
+            self._committed_rows = max((v.rows for v in variables), default=0)
             self._seen_manifest = stamp
         if start >= self._committed_rows:  # an append: committed segments end before it
             return
