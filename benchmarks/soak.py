@@ -7,7 +7,9 @@
     python -m benchmarks.soak --checksum-cost 1GB     # write+commit with and without sums
 
 The crash and fuzz engines are the ones the tests use (``tests/test_crash.py``,
-``tests/test_fuzz.py``); this module only runs them longer and prints the totals.
+``tests/test_fuzz.py``); this module only runs them longer and prints the totals. The
+crash harness kills writers inside commits that merge index runs and inside
+``bigarray compact`` too (its steps are in ``tests/test_crash.py``: ``COMPACT_STEPS``).
 :func:`run` follows the benchmark convention (``run(size) -> list[dict]``) for the
 checksum cost: one write of the whole array and its commit, with checksums on and off,
 median of repetitions, as a ratio in the same run.

@@ -1,4 +1,4 @@
-"""The ``bigarray`` command line: info, verify, rm, convert, cp, demo, bench.
+"""The ``bigarray`` command line: info, verify, rm, compact, convert, cp, demo, bench.
 
 Each subcommand imports what it needs when it runs, so ``bigarray info`` stays quick
 and the core never imports dask, xarray or fsspec.
@@ -88,7 +88,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("segments   none (an unnamed array)")
     else:
         index = store.index
-        bounds = index.arrays.bounds
+        bounds = index.bounds
         lengths = bounds[:, 1] - bounds[:, 0]
         print(f"segments   {seg.count:,}", end="")
         if seg.count:
@@ -98,6 +98,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             )
         else:
             print()
+        runs = seg.all_runs
+        sizes = ", ".join(f"{r.count:,}" for r in runs)
+        hint = "; `bigarray compact` merges them" if len(runs) > 1 else ""
+        print(f"index      {len(runs)} run{'s' if len(runs) > 1 else ''} ({sizes} segments){hint}")
     print(f"data size  {_human(total)}")
     if not getattr(store, "is_remote", False):
         from .manage import getsize
@@ -135,6 +139,21 @@ def cmd_rm(args: argparse.Namespace) -> int:
         remove(path)
         if not args.quiet:
             print(f"removed {path}")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .index import compact
+    from .store import is_store
+
+    if not is_store(args.path):
+        print(f"bigarray compact: {args.path!r} is not a local bigarray store", file=sys.stderr)
+        return 2
+    spec = compact(args.path, progress=not args.quiet)
+    if spec is None:
+        print("no segment index: nothing to compact")
+    else:
+        print(f"index      1 run ({spec.count:,} segments)")
     return 0
 
 
@@ -210,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--quiet", action="store_true", help="print nothing")
     s.set_defaults(func=cmd_rm)
+
+    s = sub.add_parser(
+        "compact", help="merge the runs of a local store's segment index into one (a commit)"
+    )
+    s.add_argument("path")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_compact)
 
     s = sub.add_parser(
         "convert",

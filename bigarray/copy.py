@@ -125,8 +125,9 @@ def copy_store(
             n = shard.offset + var.row_nbytes * (shard.stop - shard.start)
             need[shard.path] = max(need.get(shard.path, 0), n)
     if manifest.segments is not None:
-        for role in INDEX_ROLES:
-            need.setdefault(manifest.segments.files[role], 0)
+        for run in manifest.segments.all_runs:
+            for role in INDEX_ROLES:
+                need.setdefault(run.files[role], 0)
     sizes = s_acc.sizes(need)
     for rel, n in need.items():
         size = sizes.get(rel)

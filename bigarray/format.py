@@ -5,8 +5,8 @@ A store is a directory::
     store.bigarray/
       manifest.json            the commit point: replaced atomically by every commit
       data.npy                 one variable's rows, a standard .npy (C order, little endian)
-      index/g7-bounds.npy      the segment index of generation 7 (see :mod:`bigarray.index`)
-      index/g7-names.npy ...
+      index/g7-bounds.npy      a run of the segment index, written by commit 7
+      index/g7-names.npy ...   (see :mod:`bigarray.index`; an index is one or more runs)
       journal/<session>/...    segments recorded by writer processes, merged at commit
       .lock                    flock target serialising allocation and commit
 
@@ -169,15 +169,35 @@ class Variable:
 
 @dataclass(frozen=True)
 class IndexFiles:
-    """Where generation ``generation`` of the segment index lives (see :mod:`bigarray.index`)."""
+    """Where the segment index lives (see :mod:`bigarray.index`).
+
+    An index is one or more immutable **runs**; each run is five ``.npy`` files written by
+    the commit of generation ``generation``. A single-run index is described by this object
+    itself (``runs`` empty: the only form before multi-run indexes, still written whenever
+    the index has one run, so older readers open compacted stores). A multi-run index has
+    ``runs`` (oldest first), ``count`` (all segments), the ``generation`` of its newest run
+    and no files of its own.
+    """
 
     count: int
     generation: int
     table_size: int
     files: dict[str, str]  # role -> relative path of a .npy file
     offsets: dict[str, int]  # role -> byte offset of the array in that file
+    runs: tuple[IndexFiles, ...] = ()
+
+    @property
+    def all_runs(self) -> tuple[IndexFiles, ...]:
+        """The runs of this index, oldest first (the index itself when it has one run)."""
+        return self.runs or (self,)
 
     def to_json(self) -> dict[str, Any]:
+        if self.runs:
+            return {
+                "count": self.count,
+                "generation": self.generation,
+                "runs": [r.to_json() for r in self.runs],
+            }
         return {
             "count": self.count,
             "generation": self.generation,
@@ -186,6 +206,20 @@ class IndexFiles:
             "files": self.files,
             "offsets": self.offsets,
         }
+
+
+def index_of_runs(runs: Sequence[IndexFiles]) -> IndexFiles:
+    """The manifest entry of an index made of ``runs`` (oldest first)."""
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise ValueError("an index has at least one run")
+    flat = tuple(r for run in runs for r in run.all_runs)
+    return IndexFiles(sum(r.count for r in flat), max(r.generation for r in flat), 0, {}, {}, flat)
+
+
+#: Most runs an index may list (a commit keeps about log4 of the segment count).
+MAX_INDEX_RUNS = 256
 
 
 INDEX_ROLES = ("names", "name_offsets", "bounds", "hashes", "table")
@@ -306,23 +340,42 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     seg = doc.get("segments")
     if seg is not None:
         w = f"{where}: segments"
-        files = _require(seg, "files", dict, w)
-        offsets = _require(seg, "offsets", dict, w)
-        if set(files) != set(INDEX_ROLES) or set(offsets) != set(INDEX_ROLES):
-            raise FormatError(f"{w}: index files must be exactly {INDEX_ROLES}")
-        if seg.get("hash") != "crc32":
-            raise FormatError(f"{w}: unknown name hash {seg.get('hash')!r}")
-        table_size = _nonneg_int(seg.get("table_size"), f"{w} table_size")
-        if table_size & (table_size - 1) or table_size == 0:
-            raise FormatError(f"{w}: table_size {table_size} must be a power of two")
-        segments = IndexFiles(
-            count=_nonneg_int(seg.get("count"), f"{w} count"),
-            generation=_nonneg_int(seg.get("generation"), f"{w} generation"),
-            table_size=table_size,
-            files={r: check_relpath(files[r], f"{w} {r}") for r in INDEX_ROLES},
-            offsets={r: _nonneg_int(offsets[r], f"{w} {r} offset") for r in INDEX_ROLES},
-        )
+        if isinstance(seg, dict) and "runs" in seg:
+            runs = _require(seg, "runs", list, w)
+            if not 2 <= len(runs) <= MAX_INDEX_RUNS:
+                raise FormatError(f"{w}: {len(runs)} runs; expected 2 to {MAX_INDEX_RUNS}")
+            parsed = tuple(_parse_run(r, f"{w} run {i}") for i, r in enumerate(runs))
+            if len({r.generation for r in parsed}) != len(parsed):
+                raise FormatError(f"{w}: two runs have the same generation (the same files)")
+            count = _nonneg_int(seg.get("count"), f"{w} count")
+            if count != sum(r.count for r in parsed):
+                raise FormatError(f"{w}: count {count} is not the sum of its runs' counts")
+            segments = IndexFiles(
+                count, _nonneg_int(seg.get("generation"), f"{w} generation"), 0, {}, {}, parsed
+            )
+        else:
+            segments = _parse_run(seg, w)
     return Manifest(generation, variables, segments, row_dim, attrs)
+
+
+def _parse_run(seg: Any, w: str) -> IndexFiles:
+    """One run of the segment index (the whole index when it has one run)."""
+    files = _require(seg, "files", dict, w)
+    offsets = _require(seg, "offsets", dict, w)
+    if set(files) != set(INDEX_ROLES) or set(offsets) != set(INDEX_ROLES):
+        raise FormatError(f"{w}: index files must be exactly {INDEX_ROLES}")
+    if seg.get("hash") != "crc32":
+        raise FormatError(f"{w}: unknown name hash {seg.get('hash')!r}")
+    table_size = _nonneg_int(seg.get("table_size"), f"{w} table_size")
+    if table_size & (table_size - 1) or table_size == 0:
+        raise FormatError(f"{w}: table_size {table_size} must be a power of two")
+    return IndexFiles(
+        count=_nonneg_int(seg.get("count"), f"{w} count"),
+        generation=_nonneg_int(seg.get("generation"), f"{w} generation"),
+        table_size=table_size,
+        files={r: check_relpath(files[r], f"{w} {r}") for r in INDEX_ROLES},
+        offsets={r: _nonneg_int(offsets[r], f"{w} {r} offset") for r in INDEX_ROLES},
+    )
 
 
 # --------------------------------------------------------------------------- .npy headers

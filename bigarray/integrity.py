@@ -208,18 +208,43 @@ class DataChecksums:
 def _valid_index_entry(index: Any) -> bool:
     if not isinstance(index, Mapping):
         return False
-    files = index.get("files")
 
     def is_u(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
+    def valid_files(files: Any) -> bool:
+        return (
+            isinstance(files, Mapping)
+            and set(files) == set(INDEX_ROLES)
+            and all(is_u(v) for v in files.values())
+        )
+
+    runs = index.get("runs")
+    if runs is not None:  # an index of several runs: the sums of each run's files
+        return (
+            is_u(index.get("generation"))
+            and is_u(index.get("spec"))
+            and isinstance(runs, list)
+            and len(runs) >= 1
+            and all(
+                isinstance(r, Mapping) and is_u(r.get("generation")) and valid_files(r.get("files"))
+                for r in runs
+            )
+        )
     return (
         is_u(index.get("generation"))
         and is_u(index.get("spec"))
-        and isinstance(files, Mapping)
-        and set(files) == set(INDEX_ROLES)
-        and all(is_u(v) for v in files.values())
+        and valid_files(index.get("files"))
     )
+
+
+def _entry_runs(index: Any) -> list[Mapping[str, Any]]:
+    """``[{"generation", "files"}]`` of a (valid) index checksums entry, either form."""
+    if not _valid_index_entry(index):
+        return []
+    if index.get("runs") is not None:
+        return list(index["runs"])
+    return [{"generation": index["generation"], "files": index["files"]}]
 
 
 # --------------------------------------------------------------------------- summing
@@ -530,13 +555,22 @@ def file_crc(path: str) -> int:
         os.close(fd)
 
 
-def index_entry(store_dir: str, spec: IndexFiles) -> dict[str, Any]:
-    """The ``index`` part of a variable's checksums for the index generation ``spec``."""
-    return {
-        "generation": spec.generation,
-        "spec": spec_crc(spec),
-        "files": {r: file_crc(os.path.join(store_dir, spec.files[r])) for r in INDEX_ROLES},
-    }
+def index_entry(store_dir: str, spec: IndexFiles, previous: Any = None) -> dict[str, Any]:
+    """The ``index`` part of a variable's checksums for the index ``spec``.
+
+    Runs are immutable: the sums of a run that ``previous`` (the entry recorded by the last
+    commit) already holds are kept, so a commit sums only the files of its new run.
+    """
+    known = {int(r["generation"]): r["files"] for r in _entry_runs(previous)}
+    runs = []
+    for run in spec.all_runs:
+        files = known.get(run.generation)
+        if files is None:
+            files = {r: file_crc(os.path.join(store_dir, run.files[r])) for r in INDEX_ROLES}
+        runs.append({"generation": run.generation, "files": dict(files)})
+    if not spec.runs:
+        return {"generation": spec.generation, "spec": spec_crc(spec), "files": runs[0]["files"]}
+    return {"generation": spec.generation, "spec": spec_crc(spec), "runs": runs}
 
 
 # --------------------------------------------------------------------------- verify
@@ -789,21 +823,29 @@ def _verify_index(report: VerifyReport, path: str, manifest: Manifest, store: An
                 "whose checksums were recorded; the manifest was edited or damaged"
             )
         else:
-            for role in INDEX_ROLES:
-                rel = spec.files[role]
-                try:
-                    actual = file_crc(resolve_inside(path, rel))
-                except BigArrayError as exc:
-                    report.problems.append(str(exc))
-                    continue
-                except OSError as exc:
-                    report.problems.append(f"index file {rel!r} ({role}): {exc.strerror}")
-                    continue
-                if actual != entry["files"][role]:
+            sums = {int(r["generation"]): r["files"] for r in _entry_runs(entry)}
+            for run in spec.all_runs:
+                recorded = sums.get(run.generation)
+                if recorded is None:
                     report.problems.append(
-                        f"index file {rel!r} ({role}): crc32 is {actual:#010x} but "
-                        f"{entry['files'][role]:#010x} was recorded at commit"
+                        f"index run of generation {run.generation} has no recorded checksums"
                     )
+                    continue
+                for role in INDEX_ROLES:
+                    rel = run.files[role]
+                    try:
+                        actual = file_crc(resolve_inside(path, rel))
+                    except BigArrayError as exc:
+                        report.problems.append(str(exc))
+                        continue
+                    except OSError as exc:
+                        report.problems.append(f"index file {rel!r} ({role}): {exc.strerror}")
+                        continue
+                    if actual != recorded[role]:
+                        report.problems.append(
+                            f"index file {rel!r} ({role}): crc32 is {actual:#010x} but "
+                            f"{recorded[role]:#010x} was recorded at commit"
+                        )
     try:
         idx = store.index
     except BigArrayError as exc:
@@ -824,6 +866,10 @@ def _verify_index(report: VerifyReport, path: str, manifest: Manifest, store: An
         nz = b[b[:, 1] > b[:, 0]]
         if len(nz) > 1 and bool(np.any(nz[1:, 0] < nz[:-1, 1])):
             problems.append("two segments overlap")
+    for run in idx.runs if len(idx.runs) > 1 else []:  # overlap checks bisect each run
+        rb = np.asarray(run.arrays.bounds)
+        if len(rb) > 1 and bool(np.any(rb[1:, 0] < rb[:-1, 0])):
+            problems.append(f"the run of generation {run.spec.generation} is not in row order")
     offs = np.asarray(a.name_offsets)
     raw = np.asarray(a.names).tobytes()
     hashes = np.asarray(a.hashes)

@@ -470,7 +470,10 @@ class LazyArray:
         hit = self._chunk_cache.get(key)
         if hit is None:
             forced = [s.start for s in self._var.shards[1:]]
-            hit = segment_chunks(self.segment_bounds(), len(self), target, forced, split=split)
+            # a target of every row cuts only at shard starts whatever the segments: the
+            # plan of a store that fits one chunk never reads its (maybe huge) index
+            bounds = None if target is not None and target >= len(self) else self.segment_bounds()
+            hit = segment_chunks(bounds, len(self), target, forced, split=split)
             self._chunk_cache[key] = hit
         return hit
 
@@ -480,7 +483,7 @@ class LazyArray:
         idx = self._opened().store.index
         if idx is None:
             return None
-        b = idx.arrays.bounds
+        b = idx.bounds
         if len(b) and int(b[-1, 1]) > len(self):  # segments committed after this snapshot
             b = b[: int(np.searchsorted(b[:, 1], len(self), "right"))]
         return b

@@ -608,6 +608,11 @@ class LegacyIndex(Mapping[str, tuple[int, int]]):
         return self._arrays
 
     @property
+    def bounds(self) -> np.ndarray:
+        """``(n, 2)`` ``[start, stop)`` of every segment in row order."""
+        return self.arrays.bounds
+
+    @property
     def starts(self) -> np.ndarray:
         return self.arrays.bounds[:, 0]
 

@@ -14,7 +14,6 @@ with the same interface (``manifest``, ``index``, ``variable()``, ``read_rows()`
 from __future__ import annotations
 
 import contextlib
-import errno
 import mmap
 import os
 import stat
@@ -41,7 +40,7 @@ from .format import (
     Variable,
     parse_manifest,
 )
-from .index import SegmentIndex, index_nbytes
+from .index import IndexRun, SegmentIndex, index_nbytes
 
 # Index files smaller than this are read into memory: no descriptor or map is kept open.
 _MAP_THRESHOLD = 1 << 20
@@ -315,43 +314,57 @@ class Store:
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
-        pinned = self._cached and _index_pinned(self.manifest)
+        # A one-run index recorded with checksums is reused while its files are unchanged
+        # (warm reopen of the seed arrays); an index of several runs is read anew.
+        pinned = self._cached and not spec.runs and _index_pinned(self.manifest)
         if pinned:
             hit = _INDEX_BYTES.get(id(self.manifest))
             if hit is not None and hit[0] is self.manifest and hit[2] == self._index_stats(spec):
-                return SegmentIndex(hit[1], spec, self.path)
+                return SegmentIndex([IndexRun(hit[1], spec, self.path)], spec)
+        dirs: dict[str, str] = {}
+        runs = []
+        for run_spec in spec.all_runs:
+            buffers = self._run_buffers(run_spec, dirs)
+            runs.append(IndexRun(buffers, run_spec, self.path))
+            if (
+                pinned
+                and all(type(b) is bytes for b in buffers.values())
+                and sum(len(b) for b in buffers.values()) <= _INDEX_CACHE_BYTES
+            ):
+                stats = self._index_stats(spec)
+                if stats is not None:
+                    if len(_INDEX_BYTES) >= _INDEX_CACHE_ENTRIES:
+                        _INDEX_BYTES.clear()
+                    _INDEX_BYTES[id(self.manifest)] = (self.manifest, buffers, stats)
+        return SegmentIndex(runs, spec)
+
+    def _inside(self, rel: str, dirs: dict[str, str]) -> str:
+        """:func:`resolve_inside` with the directory resolved once per open: a run is five
+        files, an index a few runs, and ``realpath`` costs a system call per component."""
+        head, _, tail = rel.rpartition("/")
+        if head not in dirs:
+            dirs[head] = resolve_inside(self.path, head) if head else self.path
+        full = os.path.join(dirs[head], tail)
+        try:
+            if not stat.S_ISLNK(os.lstat(full).st_mode):
+                return os.path.join(self.path, rel)
+        except OSError:
+            pass
+        return resolve_inside(self.path, rel)
+
+    def _run_buffers(self, spec: IndexFiles, dirs: dict[str, str]) -> dict[str, Any]:
         buffers: dict[str, Any] = {}
         names_len = None
-        plain_dirs: dict[str, bool] = {}  # directories of index files, checked once
         for role in ("name_offsets", *[r for r in INDEX_ROLES if r != "name_offsets"]):
-            rel = spec.files[role]
-            head = rel.rpartition("/")[0]
-            plain = plain_dirs.get(head)
-            if plain is None:
-                plain = plain_dirs[head] = not head or _no_links_below(self.path, head)
-            # In a directory without symlinks, O_NOFOLLOW on the file itself is the check;
-            # a symlinked file (or directory) goes through resolve_inside, which refuses one
-            # that leaves the store.
-            full = os.path.join(self.path, rel) if plain else resolve_inside(self.path, rel)
+            full = self._inside(spec.files[role], dirs)
             need = spec.offsets[role] + index_nbytes(spec, role, names_len)
-            buffers[role] = self._load(full, need, role, rel if plain else None)
+            buffers[role] = self._load(full, need, role)
             if role == "name_offsets":
                 last = np.frombuffer(buffers[role], "<i8", 1, spec.offsets[role] + spec.count * 8)
                 names_len = int(last[0])
                 if names_len < 0:
                     raise StoreCorruptedError(f"{self.path}: negative segment name length")
-        index = SegmentIndex(buffers, spec, self.path)
-        if (
-            pinned
-            and all(type(b) is bytes for b in buffers.values())
-            and sum(len(b) for b in buffers.values()) <= _INDEX_CACHE_BYTES
-        ):
-            stats = self._index_stats(spec)
-            if stats is not None:
-                if len(_INDEX_BYTES) >= _INDEX_CACHE_ENTRIES:
-                    _INDEX_BYTES.clear()
-                _INDEX_BYTES[id(self.manifest)] = (self.manifest, buffers, stats)
-        return index
+        return buffers
 
     def _index_stats(self, spec: IndexFiles) -> tuple[tuple[int, int, int], ...] | None:
         """(inode, size, mtime) of each index file, never following a symlink (None when
@@ -366,19 +379,10 @@ class Store:
             out.append((st.st_ino, st.st_size, st.st_mtime_ns))
         return tuple(out)
 
-    def _load(self, full: str, need: int, role: str, nofollow: str | None = None) -> Any:
-        """Read (or map) the first ``need`` bytes of an index file. ``nofollow``: the file's
-        path relative to the store, whose directories hold no symlink; the file may be one,
-        and is then checked by :func:`resolve_inside`."""
-        flags = os.O_RDONLY | os.O_NONBLOCK
+    def _load(self, full: str, need: int, role: str) -> Any:
+        """Read (or map) the first ``need`` bytes of an index file."""
         try:
-            try:
-                fd = os.open(full, flags | (os.O_NOFOLLOW if nofollow is not None else 0))
-            except OSError as exc:
-                if nofollow is None or exc.errno != errno.ELOOP:
-                    raise
-                full = resolve_inside(self.path, nofollow)
-                fd = os.open(full, flags)
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             file_size(full, self.path)  # raises the clear error
             raise
@@ -588,30 +592,34 @@ class RemoteStore:
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
-        rels = list(dict.fromkeys(spec.files[r] for r in INDEX_ROLES))
+        runs = spec.all_runs
+        rels = list(dict.fromkeys(r.files[role] for r in runs for role in INDEX_ROLES))
         got = dict(
             zip(
                 rels, self._access.cat_many(rels, missing=self._access._missing_listed), strict=True
             )
         )
-        buffers = {role: got[spec.files[role]] for role in INDEX_ROLES}
-        off = spec.offsets["name_offsets"]
-        need = off + index_nbytes(spec, "name_offsets")
-        noff = buffers["name_offsets"]
-        if len(noff) < need:
-            raise self._short_index("name_offsets", len(noff), need)
-        names_len = int(np.frombuffer(noff, "<i8", 1, off + spec.count * 8)[0])
-        if names_len < 0:
-            raise StoreCorruptedError(f"{self.url}: negative segment name length")
-        for role in INDEX_ROLES:
-            need = spec.offsets[role] + index_nbytes(spec, role, names_len)
-            if len(buffers[role]) < need:
-                raise self._short_index(role, len(buffers[role]), need)
-        return SegmentIndex(buffers, spec, self.url)
+        out = []
+        for run in runs:
+            buffers = {role: got[run.files[role]] for role in INDEX_ROLES}
+            off = run.offsets["name_offsets"]
+            need = off + index_nbytes(run, "name_offsets")
+            noff = buffers["name_offsets"]
+            if len(noff) < need:
+                raise self._short_index("name_offsets", len(noff), need, run)
+            names_len = int(np.frombuffer(noff, "<i8", 1, off + run.count * 8)[0])
+            if names_len < 0:
+                raise StoreCorruptedError(f"{self.url}: negative segment name length")
+            for role in INDEX_ROLES:
+                need = run.offsets[role] + index_nbytes(run, role, names_len)
+                if len(buffers[role]) < need:
+                    raise self._short_index(role, len(buffers[role]), need, run)
+            out.append(IndexRun(buffers, run, self.url))
+        return SegmentIndex(out, spec)
 
-    def _short_index(self, role: str, size: int, need: int) -> StoreCorruptedError:
-        spec = self.manifest.segments
-        assert spec is not None
+    def _short_index(
+        self, role: str, size: int, need: int, spec: IndexFiles
+    ) -> StoreCorruptedError:
         return StoreCorruptedError(
             f"{self.url}: index object {self._access.where(spec.files[role])!r} ({role}) holds "
             f"{size:,} bytes but the manifest needs {need:,}; it was truncated or replaced after "

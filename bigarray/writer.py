@@ -12,7 +12,8 @@ Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock
    (idempotent duplicates dropped; duplicate names and overlaps refused);
 3. ``fsync`` the data file (it holds every row written by every process of the session);
 4. rewrite the row count in the data file's ``.npy`` header in place, ``fsync``;
-5. write the new index generation to new files, ``fsync`` each, then ``fsync`` the index
+5. write the commit's run of the index (its segments, merged with the newest runs; see
+   :mod:`bigarray.index`) to new files, ``fsync`` each, then ``fsync`` the index
    directory (so the new names are durable before the manifest names them);
 6. record checksums (:mod:`bigarray.integrity`): crc32 of the data blocks written since the
    last commit (summed in background threads while step 3 runs) and of the new index files;
@@ -72,6 +73,7 @@ from .format import (
     INDEX_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
+    IndexFiles,
     Manifest,
     Shard,
     Variable,
@@ -79,7 +81,7 @@ from .format import (
     normalize_dtype,
     npy_header,
 )
-from .index import SegmentArrays, concat, merge, write_index
+from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
 from .journal import Journal, Record, collect_dead_sessions
 from .store import Store, is_store, read_manifest, resolve_inside
 
@@ -290,7 +292,7 @@ class StoreWriter:
         self._seen_marks: set[str] = set()  # marks of writes a commit saw still running
         self._shard: Shard | None = None
         self._seen_manifest: tuple[int, int] | None = None
-        self._committed_bounds: np.ndarray | None = None
+        self._committed_rows = 0  # rows of the manifest last seen by a write
         self._journal = Journal(self.path, self._session)
 
     def handoff(self) -> dict[str, Any]:
@@ -637,26 +639,23 @@ class StoreWriter:
         st = os.stat(mpath)
         stamp = (st.st_ino, st.st_mtime_ns)
         if stamp != self._seen_manifest:
-            with Store(self.path) as store:
-                idx = store.index
-                self._committed_bounds = None if idx is None else np.array(idx.arrays.bounds)
-                if idx is not None:
-                    self._committed_names = idx.arrays
+            # every committed segment ends within the rows of the variable that named it
+            variables = read_manifest(self.path).variables.values()
+            self._committed_rows = max((v.rows for v in variables), default=0)
             self._seen_manifest = stamp
-        b = self._committed_bounds
-        if b is None or not len(b):
+        if start >= self._committed_rows:  # an append: committed segments end before it
             return
-        # bounds are in row order: the only candidates end after `start`
-        i = int(np.searchsorted(b[:, 0], stop, "left")) - 1
-        while i >= 0 and b[i, 1] > start:
-            if b[i, 1] > b[i, 0]:
-                raise OverlapError(
-                    f"rows [{start}, {stop}) overlap committed segment "
-                    f"{self._committed_names.name(i)!r} rows [{b[i, 0]}, {b[i, 1]}) of "
-                    f"{self.path!r}; committed data is never overwritten. Append with "
-                    "start_position=None or pick free rows."
-                )
-            i -= 1
+        # rows written in place: a binary search in each run of the index, mapped, no copy
+        with Store(self.path) as store:
+            idx = store.index
+            hit = None if idx is None else idx.first_overlap(np.array([[start, stop]]))
+        if hit is not None:
+            _, name, a, b = hit
+            raise OverlapError(
+                f"rows [{start}, {stop}) overlap committed segment {name!r} rows [{a}, {b}) of "
+                f"{self.path!r}; committed data is never overwritten. Append with "
+                "start_position=None or pick free rows."
+            )
 
     def write_rows(
         self,
@@ -808,20 +807,12 @@ class StoreWriter:
             new_segments = [r.segments for r in mine if r.segments is not None]
             segments = manifest.segments
             if new_segments:
-                committed = SegmentArrays.empty()
-                if manifest.segments is not None:
-                    with Store(self.path) as store:
-                        assert store.index is not None
-                        a = store.index.arrays
-                        committed = SegmentArrays(
-                            np.array(a.names),
-                            np.array(a.name_offsets),
-                            np.array(a.bounds),
-                            np.array(a.hashes),
-                        )
-                merged = merge(committed, concat(new_segments), f" in {self.path!r}")
-                if merged.count and int(merged.bounds[:, 1].max()) > rows:
-                    rows = int(merged.bounds[:, 1].max())
+                # checked against every run of the committed index, which stays on disk
+                with Store(self.path) as store:
+                    plan_index = plan_commit(
+                        store.index, manifest.segments, concat(new_segments), f" in {self.path!r}"
+                    )
+                    rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()
             # Rows rewritten in place change committed blocks: with checksums on, that needs a
@@ -882,7 +873,7 @@ class StoreWriter:
             if new_segments:
                 try:
                     self._clear_generation(generation)
-                    segments = write_index(self.path, generation, merged, fsync=self.fsync)
+                    segments = plan_index.write(self.path, generation, fsync=self.fsync)
                     if self.fsync:
                         fsync_dir(os.path.join(self.path, INDEX_DIR))
                 except OSError as exc:
@@ -898,7 +889,7 @@ class StoreWriter:
                         else None
                     )
                     if new_segments and segments is not None:
-                        index = integrity.index_entry(self.path, segments)
+                        index = integrity.index_entry(self.path, segments, index)
                     plan.index = index
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
@@ -930,7 +921,7 @@ class StoreWriter:
             self._pending.clear()
             self._unrecorded.clear()  # this commit read their blocks back
             _crash_point("after-discard")
-            self._drop_old_index(segments.generation if segments else None, manifest)
+            self._drop_old_index(segments, manifest)
 
     def _settle_followers(self) -> None:
         """Wait for the owner's write followers and put their sums in the pending records
@@ -963,19 +954,10 @@ class StoreWriter:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(d, name))
 
-    def _drop_old_index(self, current: int | None, previous: Manifest) -> None:
+    def _drop_old_index(self, current: IndexFiles | None, previous: Manifest) -> None:
         """Delete index generations older than the one the previous manifest named: readers
         that opened before this commit may still be reading that one."""
-        keep = {current}
-        if previous.segments is not None:
-            keep.add(previous.segments.generation)
-        d = os.path.join(self.path, INDEX_DIR)
-        with contextlib.suppress(OSError):
-            for name in os.listdir(d):
-                m = re.match(r"^g(\d+)-", name)
-                if m and int(m.group(1)) not in keep:
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(d, name))
+        drop_unused_runs(self.path, current, previous.segments)
 
     def abort(self) -> None:
         """Forget everything written since the last commit (the rows stay as garbage)."""
@@ -1060,7 +1042,7 @@ class StoreWriter:
         state["_unrecorded"] = []
         state["_seen_marks"] = set()
         state["_wrote_pid"] = None
-        state["_committed_bounds"] = None
+        state["_committed_rows"] = 0
         state["_seen_manifest"] = None
         state.pop("_committed_names", None)
         state.pop("_journal", None)

@@ -185,3 +185,27 @@ def test_goal_directions() -> None:
     fast.metrics["graph_pickle_bytes"] = 2e6
     metric = Goal("t", "big", "max_metric", 1e6, metric="graph_pickle_bytes").evaluate(results)
     assert metric.met is False
+
+
+def test_index_commit_benchmark_reports_every_size(tmp_path: Path) -> None:
+    """``benchmarks.bench_index`` at smoke size, and its generated store (names, crc32s and
+    hash table computed with numpy) reads like one written by a writer."""
+    import numpy as np
+
+    from benchmarks import bench_index
+    from bigarray import PointerArray
+    from bigarray.integrity import verify_store
+
+    result = bench_index.main(["--size", "smoke", "--workdir", str(tmp_path)])
+    rows = result["table"]
+    assert [r["segments"] for r in rows] == bench_index.SIZES["smoke"]
+    for r in rows:
+        assert r["commit10_ms"] > 0 and r["open_lookup_ms"] > 0 and r["runs_after"]
+    assert rows[-1]["random_lookups"]["ratio"] > 0 and rows[-1]["dask"]["graph_bytes"] > 0
+    path = str(tmp_path / "gen")
+    bench_index.generate_store(path, 5000)
+    x = PointerArray(path)
+    assert len(x.indices) == 5000 and x.indices["s000004321"] == (4321, 4322)
+    assert list(x.indices)[:2] == ["s000000000", "s000000001"]
+    np.testing.assert_array_equal(x["s000000007"], np.zeros((1, 1), np.int8))
+    assert verify_store(path).ok

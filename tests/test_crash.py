@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bigarray import PointerArray, StoreWriter
+from bigarray import PointerArray, StoreWriter, index
 from bigarray.errors import NotAStoreError, StoreNotFoundError, VariableNotFoundError
+from bigarray.index import compact
 from bigarray.integrity import verify_store
 from bigarray.store import read_manifest
 
@@ -47,12 +48,20 @@ COMMIT_STEPS = (
     "commit-locked",
     "after-data-fsync",
     "after-header",
+    "mid-index",
     "after-index",
     "before-manifest",
     "after-manifest",
     "after-discard",
 )
 JOURNAL_STEPS = ("after-journal",)
+#: steps of ``bigarray compact`` (merging every run of the index into one; a commit too)
+COMPACT_STEPS = (
+    "mid-index",
+    "compact-after-index",
+    "compact-before-manifest",
+    "compact-after-manifest",
+)
 ROW = 3  # int64 columns per row
 
 
@@ -95,6 +104,8 @@ def _write_loop(w: StoreWriter, log_fd: int, tag: str, seed: int, commit: bool) 
         if commit and rng.random() < 0.4:
             w.flush()
             _announce(log_fd, "C")
+            if rng.random() < 0.15:  # merges of every run (commits merge a few themselves)
+                compact(w.path)
 
 
 def owner_child(
@@ -106,6 +117,8 @@ def owner_child(
     else:
         os.environ.pop(CRASH_ENV, None)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # half the writers merge runs the way big indexes are merged (streamed, memory-mapped)
+    index.STREAM_MIN = 1 if seed % 2 else 1 << 20
     w = StoreWriter(path, dtype="int64", shape=(0, ROW), fsync=fsync)
     _announce(fd, "R")
     _write_loop(w, fd, tag, seed, commit=True)
@@ -245,7 +258,11 @@ def run_kills(
         tag = f"s{seed}c{c}"
         fsync = rng.random() < 0.5
         mode = "worker" if rng.random() < 0.3 and base else "owner"
-        steps = (WRITE_STEPS + JOURNAL_STEPS) if mode == "worker" else (WRITE_STEPS + COMMIT_STEPS)
+        steps = (
+            (WRITE_STEPS + JOURNAL_STEPS)
+            if mode == "worker"
+            else (WRITE_STEPS + COMMIT_STEPS + COMPACT_STEPS)
+        )
         crash_at = None
         if rng.random() < 0.45:
             crash_at = f"{rng.choice(steps)}@{rng.randint(1, 3)}"
@@ -361,6 +378,44 @@ def test_kill_at_each_commit_step(tmp_path: Path, step: str) -> None:
     _check_data(path, names or set(), random.Random(0), set())
     _check_verify(path)
     _resume_and_check(path, names or set(), random.Random(0), CrashStats())
+
+
+def compact_child(path: str, crash_at: str) -> None:
+    os.environ[CRASH_ENV] = crash_at
+    index.STREAM_MIN = 1  # the streamed merge of big runs, through memory-mapped files
+    compact(path)
+
+
+@pytest.mark.parametrize("step", COMPACT_STEPS)
+def test_kill_at_each_compaction_step_keeps_the_last_commit(tmp_path: Path, step: str) -> None:
+    """A compaction killed anywhere leaves the last commit (its runs or the merged one);
+    the next commit and the next compaction go through."""
+    path = tmp_path / "s"
+    names: set[str] = set()
+    for c, size in enumerate((300, 30, 3)):  # each run > 4x the next: three runs
+        batch = [f"c{c}-{j}" for j in range(size)]
+        with StoreWriter(path, dtype="int64", shape=(0, ROW)) as w:
+            w.write_rows([expected(n) for n in batch], batch)
+        names |= set(batch)
+    spec = read_manifest(str(path)).segments
+    assert spec is not None and len(spec.runs) > 1
+    proc = multiprocessing.get_context("fork").Process(
+        target=compact_child, args=(str(path), f"{step}@2" if step == "mid-index" else step)
+    )
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL, f"{step} was never reached ({proc.exitcode})"
+    after = read_manifest(str(path)).segments
+    assert after is not None
+    merged = step == "compact-after-manifest"
+    assert (len(after.all_runs) == 1) if merged else (after == spec)
+    assert _store_names(path) == names
+    _check_data(path, names, random.Random(0), set())
+    _check_verify(path)
+    _resume_and_check(path, names, random.Random(0), CrashStats())
+    compact(str(path))
+    assert len(read_manifest(str(path)).segments.all_runs) == 1  # type: ignore[union-attr]
+    _check_verify(path)
 
 
 def test_killed_while_creating_the_store_can_be_created_again(tmp_path: Path) -> None:
