@@ -259,9 +259,10 @@ class BigArrayStore(AbstractWritableDataStore):
         for k, v in variables.items():
             try:
                 out[k] = self.encode_variable(v, name=k)
-            except Exception as e:
-                e.add_note(f"Raised while encoding variable {k!r} with value {v!r}")
+            except SchemaError:
                 raise
+            except ValueError as e:  # xarray's coders refuse it: a SchemaError, still a ValueError
+                raise SchemaError(f"variable {k!r} cannot be encoded: {e}") from e
         return out, dict(attributes)
 
     def encode_variable(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:
