@@ -297,9 +297,7 @@ class BigArrayStore(AbstractWritableDataStore):
         names = {k: _check_name(k) for k in variables}
         check = set(check_encoding_set)
         encoded, attrs = self.encode(variables, attributes)
-        prepared = [
-            self._prepare(names[k], v, k in check) for k, v in encoded.items()
-        ]
+        prepared = [self._prepare(names[k], v, k in check) for k, v in encoded.items()]
         ds_attrs = _json_attrs(attrs, "Dataset attribute")
         if self._appending:
             self._append(prepared, ds_attrs)
@@ -433,11 +431,13 @@ class BigArrayStore(AbstractWritableDataStore):
                     raise SchemaError(
                         f"the appended variables bring different row counts {sorted(lengths)}"
                     )
-            seg_arrays = None
+            seg_names = None
             if self.segments:
                 added = next(iter({p.shape[0] for p, _ in grow}), 0)
-                seg_arrays = _segment_arrays(self.segments, added, old_rows, self.path, store)
-        _append_all(self.path, m, grow, new, ds_attrs, seg_arrays, self.fsync)
+                # checks names and rows against the committed index before anything is written
+                _segment_arrays(self.segments, added, old_rows, self.path, store)
+                seg_names = _names_abs(self.segments, old_rows)
+        _append_all(self.path, m, grow, new, ds_attrs, seg_names, self.fsync)
 
 
 # =============================================================================== helpers
@@ -504,7 +504,9 @@ def _check_appendable(p: _Prepared, old: Variable, path: str) -> None:
         )
     dt = p.dtype
     if dt != old.dtype:
-        same_text = dt.kind == old.dtype.kind and dt.kind in "SU" and dt.itemsize <= old.dtype.itemsize
+        same_text = (
+            dt.kind == old.dtype.kind and dt.kind in "SU" and dt.itemsize <= old.dtype.itemsize
+        )
         if not same_text:
             raise SchemaError(
                 f"variable {p.name!r} is {dt} but the store holds {old.dtype}; appended rows must "
@@ -559,11 +561,18 @@ def _segment_arrays(
     return merge(committed, new, f" in the segment table written to {path!r}")
 
 
+_Names = tuple[list[str], np.ndarray, np.ndarray]
+
+
 def _write_rows(
-    path: str, plan: list[tuple[_Prepared, Any]], fsync: bool, start_of: Mapping[str, int]
+    path: str,
+    plan: list[tuple[_Prepared, Any]],
+    start_of: Mapping[str, int],
+    names: tuple[str, _Names] | None = None,
 ) -> None:
     """Write every variable's rows (dask blocks in parallel on the current scheduler), then
-    commit each writer."""
+    commit each writer; ``names`` = (variable, segments) names rows through that variable's
+    writer, so the storage core commits the index (with its checksums) with its rows."""
     import dask
     import dask.array as da
 
@@ -574,6 +583,8 @@ def _write_rows(
     writers = [w for _, w in plan]
     try:
         for p, w in plan:
+            if p.data is None:
+                continue
             start = start_of.get(p.name, 0)
             if p.is_dask:
                 arr = p.data.reshape(1) if p.scalar else p.data
@@ -586,6 +597,9 @@ def _write_rows(
                 w.write_rows([np.asarray(p.data).reshape(p.shape)], start_position=start)
         if sources:
             dask.compute(da.store(sources, targets, lock=False, compute=False))
+        for p, w in plan:
+            if names is not None and p.name == names[0]:
+                w.name_rows(*names[1])
         for w in writers:
             w.close()
     except BaseException:
@@ -611,6 +625,12 @@ def _meta(p: _Prepared) -> dict[str, Any]:
     return {"bigarray": {"scalar": True}} if p.scalar else {}
 
 
+def _names_abs(segments: Mapping[str, tuple[int, int]], offset: int) -> _Names:
+    names = list(segments)
+    b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2) + offset
+    return names, b[:, 0].copy(), b[:, 1].copy()
+
+
 def _write_all(
     path: str,
     prepared: list[_Prepared],
@@ -620,12 +640,20 @@ def _write_all(
     fsync: bool,
 ) -> None:
     """Write a complete new store at ``path`` (a fresh directory)."""
-    from .index import write_index
     from .writer import StoreWriter, update_manifest
 
-    rows = next((p.shape[0] for p in prepared if p.dims[0] == row_dim and not p.scalar), 0)
-    seg_arrays = _segment_arrays(segments, rows, 0, path) if segments else None
-    # no fsync inside the hidden directory: one fsync pass before the rename makes it durable
+    row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
+    rows = row_vars[0].shape[0] if row_vars else 0
+    names = None
+    if segments:
+        seg = _segment_arrays(segments, rows, 0, path)  # checks before anything is written
+        if not row_vars:
+            raise SchemaError(
+                f"the Dataset has a segment table but no variable along its row dim "
+                f"{row_dim!r}; segments name rows of a row variable"
+            )
+        del seg
+        names = (row_vars[0].name, _names_abs(segments, 0))
     plan = [
         (
             p,
@@ -641,17 +669,12 @@ def _write_all(
         )
         for p in prepared
     ]
-    _write_rows(path, plan, fsync, {})
+    _write_rows(path, plan, {}, names)
     specs = {p.name: p for p in prepared}
 
     def change(m: Manifest) -> Manifest:
-        new_vars = {
-            n: _with_meta(v, specs[n]) if n in specs else v for n, v in m.variables.items()
-        }
-        seg_files = m.segments
-        if seg_arrays is not None:
-            seg_files = write_index(path, m.generation + 1, seg_arrays, fsync=fsync)
-        return Manifest(m.generation, new_vars, seg_files, row_dim, ds_attrs)
+        new_vars = {n: _with_meta(v, specs[n]) if n in specs else v for n, v in m.variables.items()}
+        return Manifest(m.generation, new_vars, m.segments, row_dim, ds_attrs)
 
     if not prepared:  # a Dataset with no variables: an empty store
         os.makedirs(path, exist_ok=True)
@@ -663,48 +686,93 @@ def _with_meta(v: Variable, p: _Prepared) -> Variable:
     return Variable(v.name, v.dtype, v.shape, v.dims, v.shards, p.attrs, _meta(p), v.checksums)
 
 
+def _stage_new_variables(
+    path: str, new: list[_Prepared], row_dim: str, fsync: bool
+) -> dict[str, Variable]:
+    """Write the variables an append adds as a complete store aside (the storage core's
+    own commits and checksums), then move their data files into the store at ``path``,
+    where nothing names them until the append's manifest commit does."""
+    from . import integrity
+    from .fileutil import fsync_dir
+    from .format import Shard
+    from .store import read_manifest
+
+    parent = os.path.dirname(path)
+    stage = os.path.join(parent, f".{os.path.basename(path)}.stage-{uuid.uuid4().hex[:12]}")
+    out: dict[str, Variable] = {}
+    try:
+        _write_all(stage, new, {}, row_dim, None, fsync)
+        staged = read_manifest(stage)
+        for p in new:
+            v = staged.variables[p.name]
+            (shard,) = v.shards
+            stem, ext = os.path.splitext(os.path.basename(shard.path))
+            fname = f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+            os.rename(os.path.join(stage, shard.path), os.path.join(path, fname))
+            moved = Variable(
+                v.name,
+                v.dtype,
+                v.shape,
+                v.dims,
+                (Shard(fname, shard.offset, shard.start, shard.stop),),
+                v.attrs,
+                v.encoding,
+                None,
+            )
+            checksums = None
+            if v.checksums is not None:
+                # the bytes moved unchanged: the core's block sums hold; only the layout
+                # (which names the file) is the new one
+                sums = integrity.DataChecksums.from_json(v.checksums, f"staged {p.name!r}")
+                sums.layout = integrity.layout_crc(moved)
+                checksums = sums.to_json()
+            out[p.name] = Variable(
+                v.name, v.dtype, v.shape, v.dims, moved.shards, v.attrs, v.encoding, checksums
+            )
+        if fsync:
+            fsync_dir(path)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stage)
+    return out
+
+
 def _append_all(
     path: str,
     m: Manifest,
     grow: list[tuple[_Prepared, Variable]],
     new: list[_Prepared],
     ds_attrs: dict[str, Any],
-    seg_arrays: Any,
+    seg_names: _Names | None,
     fsync: bool,
 ) -> None:
-    from .index import write_index
     from .writer import StoreWriter, update_manifest
 
-    plan = []
-    start_of = {}
-    for p, old in grow:
-        plan.append((p, StoreWriter(path, variable=p.name, named=False, fsync=fsync)))
-        start_of[p.name] = old.rows
-    for p in new:
-        w = StoreWriter(
-            path, variable=p.name, shape=p.shape, dtype=p.dtype, dims=p.dims, named=False,
-            fsync=fsync,
-        )
-        plan.append((p, w))
-    _write_rows(path, plan, fsync, start_of)
-    specs = {p.name: p for p in new}
+    added = _stage_new_variables(path, new, m.row_dim, fsync) if new else {}
+    plan = [(p, StoreWriter(path, variable=p.name, named=False, fsync=fsync)) for p, _ in grow]
+    names = (grow[0][0].name, seg_names) if seg_names is not None and grow else None
+    _write_rows(path, plan, {p.name: old.rows for p, old in grow}, names)
     attr_updates = {p.name: p.attrs for p, _ in grow}
 
     def change(cur: Manifest) -> Manifest:
         new_vars = {}
         for n, v in cur.variables.items():
-            if n in specs:
-                v = _with_meta(v, specs[n])
-            elif n in attr_updates:
+            if n in attr_updates:
                 v = Variable(
-                    v.name, v.dtype, v.shape, v.dims, v.shards, {**v.attrs, **attr_updates[n]},
-                    v.encoding, v.checksums,
+                    v.name,
+                    v.dtype,
+                    v.shape,
+                    v.dims,
+                    v.shards,
+                    {**v.attrs, **attr_updates[n]},
+                    v.encoding,
+                    v.checksums,
                 )
             new_vars[n] = v
-        seg_files = cur.segments
-        if seg_arrays is not None:
-            seg_files = write_index(path, cur.generation + 1, seg_arrays, fsync=fsync)
-        return Manifest(cur.generation, new_vars, seg_files, cur.row_dim, {**cur.attrs, **ds_attrs})
+        new_vars.update(added)
+        return Manifest(
+            cur.generation, new_vars, cur.segments, cur.row_dim, {**cur.attrs, **ds_attrs}
+        )
 
     update_manifest(path, change, fsync=fsync)
 
