@@ -190,9 +190,9 @@ def _packed_cases(size: str, repeat: int, workdir: Path, log: Any) -> list[dict[
     ):
         log(f"{case}: {system}")
         times, value = _timed(fn, repeat)
-        if case == "xr-packed-read":  # decoded values: equal to the data within the packing
-            if not np.allclose(value, data, atol=scale):
-                raise ValueError(f"{system} read back wrong values")
+        # decoded values: equal to the data within the packing
+        if case == "xr-packed-read" and not np.allclose(value, data, atol=scale):
+            raise ValueError(f"{system} read back wrong values")
         med = statistics.median(times)
         results.append(
             {

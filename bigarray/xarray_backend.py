@@ -85,18 +85,17 @@ from .errors import (
     SchemaError,
     SegmentNotFoundError,
     StoreCorruptedError,
-    StoreExistsError,
 )
 from .format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
 
 __all__ = [
     "BigArrayBackendArray",
-    "BigArrayStore",
-    "InvalidNameError",
     "BigArrayBackendEntrypoint",
     "BigArrayDataArrayAccessor",
     "BigArrayDataStore",
     "BigArrayDatasetAccessor",
+    "BigArrayStore",
+    "InvalidNameError",
     "open_mfdataset",
     "segment_chunks",
     "to_bigarray",

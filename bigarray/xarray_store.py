@@ -203,12 +203,17 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"{self.path!r} already exists; pass mode='w' to replace it, mode='a' to "
                 "append to it, or choose another path"
             )
-        if mode == "w" and exists and os.path.isdir(self.path) and not is_store(self.path):
-            if os.listdir(self.path):
-                raise StoreExistsError(
-                    f"{self.path!r} is a non-empty directory that is not a bigarray store; "
-                    "refusing to replace it. Remove it yourself or choose another path."
-                )
+        if (
+            mode == "w"
+            and exists
+            and os.path.isdir(self.path)
+            and not is_store(self.path)
+            and os.listdir(self.path)
+        ):
+            raise StoreExistsError(
+                f"{self.path!r} is a non-empty directory that is not a bigarray store; "
+                "refusing to replace it. Remove it yourself or choose another path."
+            )
         if mode == "a" and exists and not is_store(self.path):
             raise SchemaError(
                 f"mode='a': {self.path!r} exists but is not a bigarray store; choose a store "
@@ -232,10 +237,10 @@ class BigArrayStore(AbstractWritableDataStore):
             self._reader = BigArrayDataStore(self.path)
         return self._reader
 
-    def get_variables(self) -> dict[Hashable, xr.Variable]:
+    def get_variables(self) -> dict[str, xr.Variable]:
         return dict(self._read().get_variables())
 
-    def get_attrs(self) -> dict[Hashable, Any]:
+    def get_attrs(self) -> dict[str, Any]:
         return dict(self._read().get_attrs())
 
     def get_dimensions(self) -> dict[Hashable, int]:
@@ -279,7 +284,7 @@ class BigArrayStore(AbstractWritableDataStore):
         return var
 
     # ------------------------------------------------------------------ writing
-    def store(  # type: ignore[override]
+    def store(
         self,
         variables: Mapping[Hashable, xr.Variable],
         attributes: Mapping[Hashable, Any],
@@ -308,7 +313,7 @@ class BigArrayStore(AbstractWritableDataStore):
             self._reader = None
 
     def store_dataset(self, dataset: xr.Dataset) -> None:
-        self.store(dataset, dataset.attrs)
+        self.store(dataset.variables, dataset.attrs)
 
     def _prepare(self, name: str, var: xr.Variable, check: bool) -> _Prepared:
         import dask.array as da

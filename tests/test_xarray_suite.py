@@ -52,9 +52,8 @@ class TestBigArrayData(backends.CFEncodedBase):
 
     @contextlib.contextmanager
     def create_store(self) -> Iterator[Any]:
-        with _tmp_store() as path:
-            with BigArrayStore(path, mode="w") as store:
-                yield store
+        with _tmp_store() as path, BigArrayStore(path, mode="w") as store:
+            yield store
 
     def save(self, dataset: Any, path: Any, **kwargs: Any) -> Any:
         return to_bigarray(dataset, path, **kwargs)
