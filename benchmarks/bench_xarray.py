@@ -158,7 +158,8 @@ def _packed_cases(size: str, repeat: int, workdir: Path, log: Any) -> list[dict[
             "segment_stop": ("segment", stops),
         },
     )
-    scale = float(np.abs(data).max()) / 32000 or 1.0
+    # a float32 scale_factor: xarray decodes int16 * float32 to float32, the data's dtype
+    scale = np.float32(float(np.abs(data).max()) / 32000 or 1.0)
     packing = {"dtype": "int16", "scale_factor": scale, "_FillValue": np.int16(-32768)}
     bpath, zpath = workdir / "packed.bigarray", workdir / "packed.zarr"
     nbytes = data.nbytes
