@@ -42,17 +42,14 @@ dask chunks.
 
 Writing
 -------
-:func:`to_bigarray` (and ``ds.bigarray.to_bigarray(path)``) stores values natively:
-datetime64/timedelta64 as themselves, never CF-encoded numbers; attributes and encodings as
-JSON in the manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects,
-never pickles). A ``segment`` table (the three variables above) becomes the store's segment
-index. Reopening gives ``xr.testing.assert_identical`` equality.
-
-Attributes named by CF (``_FillValue``, ``scale_factor``, ``units`` with ``since``, ...)
-are stored as given, so xarray's decoders apply them on open, as for netCDF; pass
-``decode_cf=False`` or ``mask_and_scale=False`` to see the raw values. 'S1' arrays are
-joined along their last dim by xarray's ``concat_characters`` decoder; pass
-``concat_characters=False`` to keep them.
+:func:`to_bigarray` (and ``ds.bigarray.to_bigarray(path)``) writes through
+:class:`BigArrayStore` (:mod:`bigarray.xarray_store`), an xarray writable store: xarray's own
+CF coders encode every variable, as for its zarr and netCDF engines (``encoding=`` packing,
+``_FillValue``, ``scale_factor``, ``units``, the ``coordinates`` attribute); bools and
+datetime64/timedelta64 without a CF encoding are stored natively. Attributes are JSON in the
+manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects, never pickles). A
+``segment`` table (the three variables above) becomes the store's segment index. Reopening
+gives ``xr.testing.assert_identical`` equality; ``decode_cf=False`` shows the stored values.
 
 Several stores concatenate along rows with
 ``xr.open_mfdataset(paths, engine="bigarray", combine="nested", concat_dim="row",
