@@ -219,3 +219,22 @@ def test_dataset_write_publishes_every_variable_in_one_manifest(tmp_path: Any) -
         with xr.decode_cf(store) as back:
             assert set(back.variables) == {"x", "label", "f"}
             assert back.attrs == {"title": "t"}
+
+
+def test_load_async_reads_a_remote_store(tmp_path: Any) -> None:
+    import asyncio
+
+    import fsspec
+
+    path = tmp_path / "as.bigarray"
+    to_bigarray(_ds(), path)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(path), "/xr-async/as.bigarray", recursive=True)
+    try:
+        with xr.open_dataset("memory://xr-async/as.bigarray", engine=ENGINE) as ds:
+            assert not ds["x"].variable._in_memory
+            loaded = asyncio.run(ds.load_async())
+            assert ds["x"].variable._in_memory
+            xr.testing.assert_identical(loaded, _ds())
+    finally:
+        fs.rm("/xr-async", recursive=True)
