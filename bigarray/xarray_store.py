@@ -192,7 +192,15 @@ class BigArrayStore(AbstractWritableDataStore):
             raise BigArrayError(
                 f"append_dim={append_dim!r} needs mode='a' (got mode={mode!r}); pass mode='a'"
             )
-        self.path = os.path.abspath(os.fspath(path))
+        from .filesystem import is_local, local_path
+
+        if not is_local(path):
+            raise BigArrayError(
+                f"{os.fspath(path)!r}: the xarray writer writes local stores (and file:// URLs); "
+                "write a store at a URL from dask with bigarray.dask_backend.to_bigarray, or "
+                "write locally and copy it with `bigarray cp`"
+            )
+        self.path = os.path.abspath(local_path(path))
         self.append_dim = append_dim
         self.row_dim = row_dim
         self.segments = dict(segments) if segments is not None else None

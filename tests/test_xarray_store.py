@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from bigarray import PointerArray
-from bigarray.errors import SchemaError, StoreExistsError
+from bigarray.errors import BigArrayError, SchemaError, StoreExistsError
 from bigarray.format import MANIFEST_NAME
 from bigarray.integrity import verify_store
 from bigarray.xarray_backend import BigArrayStore, InvalidNameError, to_bigarray
@@ -238,3 +238,10 @@ def test_load_async_reads_a_remote_store(tmp_path: Any) -> None:
             xr.testing.assert_identical(loaded, _ds())
     finally:
         fs.rm("/xr-async", recursive=True)
+
+
+def test_a_url_is_refused_with_the_way_to_write_one(tmp_path: Any) -> None:
+    with pytest.raises(BigArrayError, match="dask_backend.to_bigarray"):
+        to_bigarray(_ds(), "memory://nowhere/x.bigarray")
+    to_bigarray(_ds(), f"file://{tmp_path}/f.bigarray")  # a file:// URL is local
+    assert (tmp_path / "f.bigarray").is_dir()
