@@ -68,7 +68,6 @@ _CODERS = (
     cf_variables.DefaultFillvalueCoder(),
 )
 _NATIVE_TIME_CODERS = _CODERS[2:]
-_TIME_ENCODING = ("units", "calendar", "dtype")
 # encoding keys another engine (or an opened file) leaves on a variable: meaningless here
 _IGNORED_ENCODING = frozenset(
     {
@@ -118,7 +117,12 @@ def _check_name(name: Hashable) -> str:
 
 
 def _wants_cf_time(var: xr.Variable) -> bool:
-    return var.dtype.kind not in "mM" or any(k in var.encoding for k in _TIME_ENCODING)
+    enc = var.encoding
+    if var.dtype.kind not in "mM" or "units" in enc or "calendar" in enc:
+        return True
+    # dtype: int64 etc. asks for CF numbers; a datetime dtype (read back from a native
+    # variable) does not
+    return "dtype" in enc and np.dtype(enc["dtype"]).kind not in "mM"
 
 
 class _Prepared:
@@ -309,6 +313,8 @@ class BigArrayStore(AbstractWritableDataStore):
             )
         names = {k: _check_name(k) for k in variables}
         check = set(check_encoding_set)
+        if self._appending:
+            variables = self._with_store_encoding(variables, names, check)
         encoded, attrs = self.encode(variables, attributes)
         prepared = [self._prepare(names[k], v, k in check) for k, v in encoded.items()]
         ds_attrs = _json_attrs(attrs, "Dataset attribute")
@@ -319,6 +325,45 @@ class BigArrayStore(AbstractWritableDataStore):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+    def _with_store_encoding(
+        self,
+        variables: Mapping[Hashable, xr.Variable],
+        names: Mapping[Hashable, str],
+        check: set[Hashable],
+    ) -> dict[Hashable, xr.Variable]:
+        """Variables already in the store take its CF encoding (as zarr's appends do): the
+        rows appended are packed, masked and time-encoded like the rows there."""
+        from .store import read_manifest
+
+        held = read_manifest(self.path).variables
+        present = [k for k in variables if names[k] in held]
+        if not present:
+            return dict(variables)
+        given = [k for k in present if k in check]
+        if given:
+            raise SchemaError(
+                f"variable {given[0]!r} already exists in {self.path!r}, but encoding was "
+                "provided for it; appended values take the store's encoding, so pass no "
+                "encoding for variables that exist"
+            )
+        stored = self._read().get_variables()
+        decoded = conventions.decode_cf_variables(
+            {n: stored[n] for n in (names[k] for k in present)}, {}, decode_coords=False
+        )[0]
+        out = dict(variables)
+        for k in present:
+            var = variables[k].copy(deep=False)
+            enc = {
+                e: v for e, v in decoded[names[k]].encoding.items() if e not in _IGNORED_ENCODING
+            }
+            if "dtype" in enc and np.dtype(enc["dtype"]).kind in "SU" and enc["dtype"] != "S1":
+                # a fixed width is no encoding: casting would cut longer strings; the width
+                # check refuses them instead
+                del enc["dtype"]
+            var.encoding = enc
+            out[k] = var
+        return out
 
     def store_dataset(self, dataset: xr.Dataset) -> None:
         self.store(dataset.variables, dataset.attrs)

@@ -245,3 +245,28 @@ def test_a_url_is_refused_with_the_way_to_write_one(tmp_path: Any) -> None:
         to_bigarray(_ds(), "memory://nowhere/x.bigarray")
     to_bigarray(_ds(), f"file://{tmp_path}/f.bigarray")  # a file:// URL is local
     assert (tmp_path / "f.bigarray").is_dir()
+
+
+def test_appended_rows_take_the_store_encoding(tmp_path: Any) -> None:
+    path = tmp_path / "enc.bigarray"
+    scale = np.float32(0.01)
+    packing = {"dtype": "int16", "scale_factor": scale, "_FillValue": np.int16(-1)}
+    to_bigarray(_ds(), path, encoding={"x": packing})
+    to_bigarray(_ds(4, 100, ("c", "d")), path, mode="a", append_dim="row")
+    raw = PointerArray(str(path), variable="x")
+    assert raw.dtype == np.dtype("int16") and len(raw) == 10
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_allclose(back["x"].values[6:], _ds(4, 100).x.values, atol=0.01)
+    with pytest.raises(SchemaError, match="encoding was provided"):
+        to_bigarray(_ds(4, 200, ("e", "f")), path, mode="a", append_dim="row", encoding={"x": {}})
+
+
+def test_appending_longer_strings_is_refused_not_cut(tmp_path: Any) -> None:
+    path = tmp_path / "str.bigarray"
+    ds = xr.Dataset({"s": ("row", np.array(["ab", "cd"]))})
+    to_bigarray(ds, path)
+    to_bigarray(xr.Dataset({"s": ("row", np.array(["e"]))}), path, mode="a", append_dim="row")
+    with pytest.raises(SchemaError, match="<U3 but the store holds <U2"):
+        to_bigarray(xr.Dataset({"s": ("row", np.array(["fgh"]))}), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["s"].values.tolist() == ["ab", "cd", "e"]
