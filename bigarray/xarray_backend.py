@@ -92,6 +92,7 @@ __all__ = [
     "BigArrayDataStore",
     "BigArrayDatasetAccessor",
     "BigArrayStore",
+    "EncodingError",
     "InvalidNameError",
     "open_mfdataset",
     "segment_chunks",
@@ -1232,4 +1233,9 @@ class BigArrayDataArrayAccessor:
 
 # The writing side lives in xarray_store (it imports this module lazily, so either module may
 # be imported first); its public names are part of this entry-point module.
-from .xarray_store import BigArrayStore, InvalidNameError, to_bigarray  # noqa: E402
+from .xarray_store import (  # noqa: E402
+    BigArrayStore,
+    EncodingError,
+    InvalidNameError,
+    to_bigarray,
+)

@@ -53,7 +53,7 @@ from .format import DEFAULT_ROW_DIM, Manifest, Variable, normalize_dtype
 if TYPE_CHECKING:
     from .xarray_backend import BigArrayDataStore
 
-__all__ = ["BigArrayStore", "InvalidNameError", "to_bigarray"]
+__all__ = ["BigArrayStore", "EncodingError", "InvalidNameError", "to_bigarray"]
 
 WriteMode = Literal["w-", "w", "a"]
 
@@ -98,6 +98,11 @@ _IGNORED_ENCODING = frozenset(
 
 class InvalidNameError(SchemaError, TypeError):
     """A variable name that is neither a str nor None (xarray's engines raise TypeError)."""
+
+
+class EncodingError(SchemaError, TypeError):
+    """xarray's CF encoders refused a variable (a ``ValueError`` and a ``TypeError``, the
+    two types they raise)."""
 
 
 def _check_name(name: Hashable) -> str:
@@ -278,8 +283,11 @@ class BigArrayStore(AbstractWritableDataStore):
                 out[k] = self.encode_variable(v, name=k)
             except SchemaError:
                 raise
-            except ValueError as e:  # xarray's coders refuse it: a SchemaError, still a ValueError
-                raise SchemaError(f"variable {k!r} cannot be encoded: {e}") from e
+            except (ValueError, TypeError) as e:  # xarray's coders refuse it
+                raise EncodingError(
+                    f"variable {k!r} cannot be encoded: {e}. Check its values and its encoding "
+                    "(with mode='a': the store's encoding of that variable)"
+                ) from e
         return out, dict(attributes)
 
     def encode_variable(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:

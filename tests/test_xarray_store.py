@@ -134,12 +134,13 @@ def test_append_adds_new_variables(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "bad, match",
     [
-        (lambda d: d.assign(x=d.x.astype("f8")), "float64 but the store holds float32"),
+        (lambda d: d.assign(label=("row", np.array(["a"] * 4))), "'label' cannot be encoded"),
+        (lambda d: d.isel(f=[0, 0, 1]), "Unable to update size for existing dimension 'f'"),
         (lambda d: d.drop_vars("label"), r"missing \['label'\]"),
         (lambda d: d.assign_coords(f=[1, 2]), "never rewrites committed values"),
         (lambda d: d.rename({"segment": "segment"}).assign_coords(segment=["a", "z"]), "a"),
     ],
-    ids=["dtype", "missing-variable", "rewrite", "duplicate-segment"],
+    ids=["dtype", "row-shape", "missing-variable", "rewrite", "duplicate-segment"],
 )
 def test_append_schema_mismatch_is_an_error_that_changes_nothing(
     tmp_path: Any, bad: Any, match: str
