@@ -34,6 +34,13 @@ backends = pytest.importorskip("xarray.tests.test_backends")
 
 from bigarray.xarray_backend import BigArrayStore, to_bigarray  # noqa: E402
 
+try:
+    import pytest_asyncio  # noqa: F401  (runs the inherited async test_load_async)
+
+    HAS_PYTEST_ASYNCIO = True
+except ImportError:
+    HAS_PYTEST_ASYNCIO = False
+
 EXCLUDED = {
     "test_encoding_unlimited_dims": "netCDF unlimited dimensions do not exist in this format",
     "test_append_overwrite_values": "mode='a' never rewrites committed values (append-only)",
@@ -89,6 +96,12 @@ class TestBigArrayData(backends.CFEncodedBase):
                 self.save(data[[key]], path, mode="a" if i else "w", **(save_kwargs or {}))
             with self.open(path, **(open_kwargs or {})) as ds:
                 yield ds
+
+    if not HAS_PYTEST_ASYNCIO:
+
+        @pytest.mark.skip(reason="needs pytest-asyncio (the project's [test] extra)")
+        def test_load_async(self) -> None:
+            pass
 
     @pytest.mark.skip(reason=EXCLUDED["test_encoding_unlimited_dims"])
     def test_encoding_unlimited_dims(self) -> None:
