@@ -355,10 +355,18 @@ class BigArrayStore(AbstractWritableDataStore):
                 "provided for it; appended values take the store's encoding, so pass no "
                 "encoding for variables that exist"
             )
-        stored = self._read().get_variables()
-        decoded = conventions.decode_cf_variables(
-            {n: stored[n] for n in (names[k] for k in present)}, {}, decode_coords=False
-        )[0]
+        from .xarray_backend import BigArrayDataStore
+
+        wanted = {names[k] for k in present}
+        held_store = BigArrayDataStore(  # no segment table: a million names are not needed
+            self.path, segments=False, drop_variables=set(held) - wanted
+        )
+        try:
+            decoded = conventions.decode_cf_variables(
+                held_store.get_variables(), {}, decode_coords=False
+            )[0]
+        finally:
+            held_store.close()
         out = dict(variables)
         for k in present:
             var = variables[k].copy(deep=False)
