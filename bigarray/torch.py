@@ -268,6 +268,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
         self._bounds: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
         self._remote: Any = None
+        self._remote_pid = -1
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -298,7 +299,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
     def bounds(self) -> np.ndarray:
         """``(n, 2)`` int64 ``[start, stop)`` rows of every segment (read-only, mapped)."""
         if self._bounds is None:
-            b = self.handle.segment_bounds()
+            b = self._segment_arrays().bounds
             if b is None or len(b) < self._count or _bounds_crc(b[: self._count]) != self._crc:
                 raise StoreChangedError(
                     f"the store {self.url!r} changed after this dataset was opened: its segment "
@@ -320,7 +321,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
     @property
     def names(self) -> np.ndarray:
         """Every segment name as a numpy ``str`` array, decoded vectorised (not cached)."""
-        arrays = self.handle.indices.arrays
+        arrays = self._segment_arrays()
         off = np.asarray(arrays.name_offsets[: self._count + 1], np.int64)
         raw = np.asarray(arrays.names, np.uint8)
         sizes = np.diff(off)
@@ -338,7 +339,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
 
     def name(self, i: int) -> str:
         """Name of segment ``i`` (row order)."""
-        return str(self.handle.indices.arrays.name(self._index(i)))
+        return str(self._segment_arrays().name(self._index(i)))
 
     def __len__(self) -> int:
         return self._count
@@ -369,7 +370,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
 
     def _rows(self, i: int) -> np.ndarray:
         b = self.bounds
-        return self.handle.read_rows(int(b[i, 0]), int(b[i, 1]))
+        return self.read_rows(int(b[i, 0]), int(b[i, 1]))
 
     def __getitem__(self, index: Any) -> tuple[str, Any]:
         i = self._index(index)
@@ -392,15 +393,29 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
             arrays = [self.handle.read_rows(int(s), int(e)) for s, e in b.tolist()]
         else:
             arrays = self._remote_store().read_ranges(self.handle.variable, b.tolist())
-        seg = self.handle.indices.arrays
+        seg = self._segment_arrays()
         names = [seg.name(int(i)) for i in idx]
         if self.transform is None:
             return SegmentBatch(names, arrays, idx)
         return [(n, self.transform(torch.from_numpy(np.array(a)))) for n, a in zip(names, arrays)]
 
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of the variable as numpy (a read-only view of the memory map
+        for a local store; one concurrent byte-range read for a remote one)."""
+        if is_local(self.url):
+            return self.handle.read_rows(start, stop)
+        return self._remote_store().read_rows(self.handle.variable, start, stop)
+
+    def _segment_arrays(self) -> Any:
+        """The index arrays (names, offsets, bounds) as this process reads them."""
+        if is_local(self.url):
+            return self.handle.indices.arrays
+        return self._remote_store().index.arrays
+
     def _remote_store(self) -> Any:
-        """This process's byte-range reader (rows below the snapshot never change)."""
-        if self._remote is None:
+        """This process's byte-range reader (rows below the snapshot never change). Opened
+        per process: an fsspec client inherited through fork is not usable in the child."""
+        if self._remote is None or self._remote_pid != os.getpid():
             from .store import open_store
 
             store = open_store(self.url, self.handle.storage_options or None)
@@ -411,6 +426,9 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
                     f"{store.manifest.generation} (it was replaced). Open the dataset again."
                 )
             self._remote = store
+            self._remote_pid = os.getpid()
+            self._bounds = None
+            self._lengths = None
         return self._remote
 
     # ------------------------------------------------------------------ checks
@@ -701,9 +719,17 @@ class BucketBatchSampler(_ResumableSampler, Sampler[list[int]]):
             )
         self._lengths = np.asarray(lengths, np.int64).reshape(-1)
         if len(self._lengths) != self._n:
-            raise SamplerError(f"{who}: dataset.lengths has {len(self._lengths)} values for {self._n} segments")
-        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
-            raise SamplerError(f"{who}: max_frames={max_frames!r} must be an int >= 1 (rows per batch)")
+            raise SamplerError(
+                f"{who}: dataset.lengths has {len(self._lengths)} values for {self._n} segments"
+            )
+        if (
+            isinstance(max_frames, bool)
+            or not isinstance(max_frames, (int, np.integer))
+            or max_frames < 1
+        ):
+            raise SamplerError(
+                f"{who}: max_frames={max_frames!r} must be an int >= 1 (rows per batch)"
+            )
         if self._n:
             j = int(np.argmax(self._lengths))
             longest = int(self._lengths[j])
@@ -715,9 +741,13 @@ class BucketBatchSampler(_ResumableSampler, Sampler[list[int]]):
                     f"max_frames to at least {longest:,}, or leave such segments out (a Subset)"
                 )
         if max_batch_size is not None and (
-            isinstance(max_batch_size, bool) or not isinstance(max_batch_size, (int, np.integer)) or max_batch_size < 1
+            isinstance(max_batch_size, bool)
+            or not isinstance(max_batch_size, (int, np.integer))
+            or max_batch_size < 1
         ):
-            raise SamplerError(f"{who}: max_batch_size={max_batch_size!r} must be None or an int >= 1")
+            raise SamplerError(
+                f"{who}: max_batch_size={max_batch_size!r} must be None or an int >= 1"
+            )
         if drop_last and pad:
             raise SamplerError(f"{who}: drop_last=True and pad=True exclude each other")
         self.max_frames = int(max_frames)
@@ -737,7 +767,9 @@ class BucketBatchSampler(_ResumableSampler, Sampler[list[int]]):
             try:
                 edges = np.asarray(buckets, np.int64).reshape(-1)
             except (TypeError, ValueError):
-                raise SamplerError(f"{who}: buckets={buckets!r}: expected an int or a sequence of ints") from None
+                raise SamplerError(
+                    f"{who}: buckets={buckets!r}: expected an int or a sequence of ints"
+                ) from None
             if np.any(np.diff(edges) <= 0):
                 raise SamplerError(f"{who}: bucket boundaries {buckets!r} must increase strictly")
             self.buckets = tuple(int(e) for e in edges)
@@ -1061,12 +1093,11 @@ class SegmentIterableDataset(IterableDataset[tuple[str, Any]]):
         mine = order[me::readers].tolist()
         rng = np.random.default_rng([self.seed, epoch, me, 2])
         b = ds.bounds
-        h = ds.handle
-        seg = h.indices.arrays
+        seg = ds._segment_arrays()
 
         def fetch(c: int) -> tuple[int, np.ndarray]:
             lo, hi = int(cuts[c]), int(cuts[c + 1])
-            rows = h.read_rows(int(b[lo, 0]), int(b[hi - 1, 1]))
+            rows = ds.read_rows(int(b[lo, 0]), int(b[hi - 1, 1]))
             return c, rows
 
         buf: list[tuple[int, np.ndarray]] = []
