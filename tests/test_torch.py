@@ -133,7 +133,7 @@ def test_dataset_pickles_by_reference(ds: SegmentDataset) -> None:
 
 def test_dataset_transform_applies_to_each_segment(store: Any) -> None:
     tds = SegmentDataset(store[0], transform=lambda t: t * 2)
-    name, x = tds[3]
+    _, x = tds[3]
     np.testing.assert_array_equal(x.numpy(), 2 * _segment(3, len(x)))
     batch = collate_padded(tds.__getitems__([1, 2]))
     for i, seg in zip([1, 2], batch.segments()):
