@@ -178,7 +178,7 @@ class SegmentBatch(Sequence[tuple[str, torch.Tensor]]):
         return f"<SegmentBatch of {len(self)} segments>"
 
 
-class _BatchIndices(list):  # type: ignore[type-arg]
+class _BatchIndices(list[int]):
     """A batch of indices from :class:`BucketBatchSampler` that says which dataset it was
     planned for, so :meth:`SegmentDataset.__getitems__` can refuse another one."""
 
@@ -239,6 +239,13 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
     >>> name, x = ds[0]                                 # doctest: +SKIP
     """
 
+    _bounds: np.ndarray | None
+    _lengths: np.ndarray | None
+    _remote: Any
+    _remote_pid: int
+    _view: np.ndarray | None
+    _view_pid: int
+
     def __init__(
         self,
         path_or_url: str | os.PathLike[str],
@@ -265,10 +272,12 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
 
     def _init_local(self) -> None:
         """Per-process state, rebuilt after unpickling."""
-        self._bounds: np.ndarray | None = None
-        self._lengths: np.ndarray | None = None
-        self._remote: Any = None
+        self._bounds = None
+        self._lengths = None
+        self._remote = None
         self._remote_pid = -1
+        self._view = None
+        self._view_pid = -1
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -387,10 +396,21 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
                 f"a batch planned by a sampler for another dataset reached {self!r}; build the "
                 "sampler on the dataset the DataLoader reads (BucketBatchSampler(ds, ...))"
             )
-        idx = np.fromiter((self._index(i) for i in indices), np.int64, len(indices))
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":  # the per-item check says what is wrong
+            idx = np.fromiter((self._index(i) for i in indices), np.int64, len(indices))
+        idx = idx.astype(np.int64, copy=False)
+        idx = np.where(idx < 0, idx + self._count, idx)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self._count):
+            bad = [i for i in indices if not -self._count <= int(i) < self._count]
+            self._index(bad[0])
         b = self.bounds[idx]
         if is_local(self.url):
-            arrays = [self.handle.read_rows(int(s), int(e)) for s, e in b.tolist()]
+            view = self._rows_view()
+            if view is not None:
+                arrays = [view[s:e] for s, e in b.tolist()]
+            else:
+                arrays = [self.handle.read_rows(s, e) for s, e in b.tolist()]
         else:
             arrays = self._remote_store().read_ranges(self.handle.variable, b.tolist())
         seg = self._segment_arrays()
@@ -403,8 +423,30 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
         """Rows ``[start, stop)`` of the variable as numpy (a read-only view of the memory map
         for a local store; one concurrent byte-range read for a remote one)."""
         if is_local(self.url):
+            view = self._rows_view()
+            if view is not None:
+                return view[max(0, start) : max(0, stop)]
             return self.handle.read_rows(start, stop)
         return self._remote_store().read_rows(self.handle.variable, start, stop)
+
+    def _rows_view(self) -> np.ndarray | None:
+        """This process's read-only view of every row of the snapshot when one local data
+        file holds them (slicing it is the cheapest read there is), else ``None``."""
+        if self._view_pid != os.getpid():
+            self._view = None
+            self._view_pid = os.getpid()
+            if is_local(self.url):
+                from .store import open_local
+
+                # open the snapshot through the handle first: it checks, in this process,
+                # that the store was not replaced since the dataset was made
+                self.handle.read_rows(0, 0)
+                with open_local(self.url, with_index=False) as store:
+                    var = store.variable(self.handle.variable)
+                    if len(var.shards) == 1 and var.shards[0].start == 0:
+                        (data,) = store.shard_views(var)
+                        self._view = np.asarray(data)[: len(self.handle)]
+        return self._view
 
     def _segment_arrays(self) -> Any:
         """The index arrays (names, offsets, bounds) as this process reads them."""
@@ -761,8 +803,8 @@ class BucketBatchSampler(_ResumableSampler, Sampler[list[int]]):
                 raise SamplerError(f"{who}: buckets={buckets!r} must be >= 1")
             self.buckets = int(buckets)
             qs = np.linspace(0, 1, self.buckets + 1)[1:-1]
-            edges = np.quantile(self._lengths, qs) if self._n else np.zeros(0)
-            self._edges = np.unique(np.ceil(edges).astype(np.int64))
+            cut = np.quantile(self._lengths, qs) if self._n else np.zeros(0)
+            self._edges = np.unique(np.ceil(cut).astype(np.int64))
         else:
             try:
                 edges = np.asarray(buckets, np.int64).reshape(-1)
@@ -950,11 +992,18 @@ def collate_padded(batch: Any, *, padding_value: float = 0) -> PaddedBatch:
     lengths = torch.tensor([int(a.shape[0]) for a in arrays], dtype=torch.int64)
     t_max = int(lengths.max())
     out = _empty((len(arrays), t_max, *rest), tdtype)
-    for k, a in enumerate(arrays):
-        n = int(a.shape[0])
-        _copy_rows(out[k, :n], a)
-        if n < t_max:
-            out[k, n:] = padding_value
+    if all(isinstance(a, np.ndarray) for a in arrays):  # the SegmentBatch path: numpy copies
+        flat = out.numpy()
+        for k, a in enumerate(arrays):
+            n = len(a)
+            flat[k, :n] = a
+            flat[k, n:] = padding_value
+    else:
+        for k, a in enumerate(arrays):
+            n = int(a.shape[0])
+            _copy_rows(out[k, :n], a)
+            if n < t_max:
+                out[k, n:] = padding_value
     mask = torch.arange(t_max)[None, :] < lengths[:, None]
     return PaddedBatch(names, out, lengths, mask)
 
@@ -983,10 +1032,15 @@ def collate_packed(batch: Any) -> PackedBatch:
     cu = torch.zeros(len(sizes) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0).to(torch.int32)
     out = _empty((sum(sizes), *rest), tdtype)
-    pos = 0
-    for a, n in zip(arrays, sizes):
-        _copy_rows(out[pos : pos + n], a)
-        pos += n
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        flat = out.numpy()
+        if len(arrays):
+            np.concatenate(arrays, out=flat)
+    else:
+        pos = 0
+        for a, n in zip(arrays, sizes):
+            _copy_rows(out[pos : pos + n], a)
+            pos += n
     return PackedBatch(names, out, lengths, cu, max(sizes))
 
 
@@ -1059,10 +1113,6 @@ class SegmentIterableDataset(IterableDataset[tuple[str, Any]]):
             raise SamplerError(f"set_epoch({epoch!r}): the epoch must be a non-negative int")
         self.epoch = int(epoch)
         self._passes = 0
-
-    def __len__(self) -> int:
-        """Segments of the whole store (all ranks together)."""
-        return len(self.segments)
 
     def chunks(self, readers: int) -> np.ndarray:
         """``(k + 1,)`` segment offsets of the chunks read for ``readers`` readers."""
