@@ -687,6 +687,11 @@ class SegmentSampler(_ResumableSampler, Sampler[int]):
             return -(-n // r)
         return n // r + (self.rank < n % r)
 
+    @property
+    def num_samples(self) -> int:
+        """Indices this rank yields per epoch (``DistributedSampler``'s name for ``len``)."""
+        return len(self)
+
 
 class BucketBatchSampler(_ResumableSampler, Sampler[list[int]]):
     """Batches of segment indices whose rows add up to at most ``max_frames``, lengths grouped.
