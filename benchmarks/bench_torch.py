@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,6 +142,10 @@ def pad_collate(batch: list[Any]) -> tuple[Any, Any]:
     tensors = [b[1] if isinstance(b, tuple) else b for b in batch]
     lengths = torch.tensor([len(t) for t in tensors])
     return pad_sequence(tensors, batch_first=True), lengths
+
+
+# pad_sequence copies the peers' read-only arrays anyway: torch's warning about them is noise
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def dict_collate(key: str, batch: list[dict[str, Any]]) -> tuple[Any, Any]:
