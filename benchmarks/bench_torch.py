@@ -128,8 +128,8 @@ def run_epoch(loader: Any, before: set[int]) -> Epoch:
         # samples per epoch only (at the first batch, the last one, and every 64th)
         if k == 0:
             workers = sorted(_children() - before)
-            start = {p: _rss_anon(p) for p in workers}
-        if k == last or k % 64 == 63:
+            start = end = {p: _rss_anon(p) for p in workers}
+        elif k == last or k % (64 if last >= 0 else 4) == 63 % (64 if last >= 0 else 4):
             end = {p: _rss_anon(p) for p in workers}
     seconds = time.perf_counter() - t0
     return Epoch(seconds, samples, rows, start, end)
@@ -529,12 +529,22 @@ def run_s3(
         makers: dict[str, Callable[[int], Any]] = {"bigarray (SegmentIterableDataset)": big}
         os.environ["S3_ENDPOINT_URL"] = endpoint  # MosaicML streaming
         os.environ["AWS_ENDPOINT_URL"] = endpoint  # boto3 (LitData)
+        os.environ["AWS_ALLOW_HTTP"] = (
+            "true"  # obstore (LitData's downloader) refuses http otherwise
+        )
         npy = os.path.join(small, "data.npy")
         try:
             lit_dir = _build_litdata(tmp, npy, offsets, names)
             if lit_dir:
                 fs.put(lit_dir, "s3://bench/litdata", recursive=True)
                 from litdata import StreamingDataLoader, StreamingDataset
+
+                try:  # LitData's obstore downloader refuses the plain-http test server
+                    from litdata.streaming import downloader
+
+                    downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"
+                except (ImportError, AttributeError, TypeError):
+                    pass
 
                 def lit(epoch: int) -> Any:
                     ds = StreamingDataset(
