@@ -546,11 +546,13 @@ class _ResumableSampler:
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` from the next iteration on (call it every epoch, as
-        with ``DistributedSampler``: without it every epoch has the same order)."""
+        with ``DistributedSampler``: without it every epoch has the same order). After
+        :meth:`load_state_dict`, setting the saved epoch keeps the resume position."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise SamplerError(f"set_epoch({epoch!r}): the epoch must be a non-negative int")
+        if int(epoch) != self.epoch:  # a loop that resumes calls set_epoch(resumed epoch) first
+            self._resume = None
         self.epoch = int(epoch)
-        self._resume = None
 
     def _items(self) -> Any:
         """This rank's items of the current epoch (numpy)."""

@@ -373,6 +373,21 @@ def test_bucket_sampler_resumes_after_k_batches_through_workers(ds: SegmentDatas
     assert seen + rest == full and len(rest) == len(full) - k
 
 
+def test_resume_survives_set_epoch_of_the_saved_epoch(ds: SegmentDataset) -> None:
+    sampler = BucketBatchSampler(ds, 150, seed=1)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    resumed = BucketBatchSampler(ds, 150, seed=1)
+    resumed.load_state_dict({**sampler.state_dict(consumed=5)})
+    for epoch in range(3, 5):  # the usual loop, started at the saved epoch
+        resumed.set_epoch(epoch)
+        got = list(resumed)
+        if epoch == 3:
+            assert got == full[5:]
+        else:
+            assert len(got) == len(resumed) and got != full
+
+
 def test_load_state_dict_refuses_another_dataset_or_settings(
     ds: SegmentDataset, tmp_path: Any
 ) -> None:
