@@ -655,8 +655,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure(name, make, args.repeat, n, rows))
         for peer in sorted(only & set(PEERS)) if not args.s3_only else ():
             if not any(r["system"] == peer for r in results):
+                extra = "bench-streaming" if peer == "MosaicML streaming" else "bench-torch"
                 results.append(
-                    {"system": peer, "error": "not installed (pip install 'bigarray[bench-torch]')"}
+                    {"system": peer, "error": f"not installed (pip install 'bigarray[{extra}]')"}
                 )
         title = (
             f"one shuffled epoch, DataLoader(num_workers={args.workers}), ~{ROWS_PER_BATCH:,} rows "
