@@ -21,10 +21,13 @@ __all__ = [
     "OverlapError",
     "ReadOnlyError",
     "RemoteStoreError",
+    "SamplerError",
     "SchemaError",
+    "SegmentIndexError",
     "SegmentNotFoundError",
     "StorageOptionsError",
     "StoreAccessError",
+    "StoreChangedError",
     "StoreCorruptedError",
     "StoreExistsError",
     "StoreNotFoundError",
@@ -124,3 +127,15 @@ class RemoteStoreError(BigArrayError, OSError):
 
 class StoreAccessError(RemoteStoreError, PermissionError):
     """Access to a store was refused (no permission, wrong credentials, a bucket policy)."""
+
+
+class SegmentIndexError(BigArrayError, IndexError):
+    """A segment position (``SegmentDataset[i]``) is outside ``[0, number of segments)``."""
+
+
+class SamplerError(BigArrayError, ValueError):
+    """A sampler was given bad settings, another dataset, or another sampler's state."""
+
+
+class StoreChangedError(SchemaError):
+    """A store was replaced after a reader (a dataset, a sampler's plan) was built on it."""
