@@ -275,7 +275,7 @@ class Journal:
     def pending(self) -> list[str]:
         try:
             names = os.listdir(self.dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(os.path.join(self.dir, n) for n in names if n.endswith(_SUFFIX))
 

@@ -240,7 +240,7 @@ def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str
             bad.update(k for k in (i, who) if k >= n_old)
         if b > reach:
             reach, who = b, i
-    return [names[i] for i in sorted(bad)]
+    return list(dict.fromkeys(names[i] for i in sorted(bad)))
 
 
 def _read_alloc(path: str) -> int:
