@@ -294,6 +294,8 @@ def remove_store(path: str) -> None:
                         "those writers first, or write to another path."
                     )
                 os.rename(path, tomb)
+        except BigArrayError:
+            raise
         except FileNotFoundError:
             return  # another writer removed it first
         except OSError as exc:
