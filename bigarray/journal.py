@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ClosedError, StoreCorruptedError
-from .fileutil import wrap_os_error
+from .fileutil import close_held, open_held, wrap_os_error
 from .format import JOURNAL_DIR, byte_view
 from .index import SegmentArrays
 from .integrity import WrittenSums
@@ -165,27 +165,13 @@ class Journal:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         os.close(os.open(os.path.join(self.dir, _GATE), os.O_WRONLY | os.O_CREAT, 0o644))
 
-    def alive(self) -> bool:
-        """True while the session's owner holds it open (its owner lock is taken)."""
-        try:
-            fd = os.open(os.path.join(self.dir, _OWNER_LOCK), os.O_RDWR)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     @contextlib.contextmanager
     def gate(self, *, exclusive: bool = False, missing_ok: bool = False) -> Iterator[None]:
         """Hold the session's gate: shared to publish a record, exclusive (the owner) for
         the final commit. Raises :class:`ClosedError` once the session has ended
         (``missing_ok``: the owner goes on without it)."""
         try:
-            fd = os.open(os.path.join(self.dir, _GATE), os.O_RDONLY)
+            fd = open_held(os.path.join(self.dir, _GATE), os.O_RDONLY)
         except FileNotFoundError:
             if missing_ok:
                 yield
@@ -197,7 +183,7 @@ class Journal:
                 raise _ended(os.path.dirname(os.path.dirname(self.dir)))
             yield
         finally:
-            os.close(fd)
+            close_held(fd)
 
     def seal(self) -> None:
         """Unlink the gate (under the exclusive gate): later members' writes raise."""
@@ -310,7 +296,7 @@ def collect_dead_sessions(store_dir: str, keep: str) -> int:
             continue
         d = os.path.join(root, s)
         try:
-            fd = os.open(os.path.join(d, _OWNER_LOCK), os.O_RDWR)
+            fd = open_held(os.path.join(d, _OWNER_LOCK), os.O_RDWR)
         except FileNotFoundError:
             shutil.rmtree(d, ignore_errors=True)  # never started, or already ended
             continue
@@ -324,5 +310,5 @@ def collect_dead_sessions(store_dir: str, keep: str) -> int:
         else:
             shutil.rmtree(d, ignore_errors=True)
         finally:
-            os.close(fd)
+            close_held(fd)
     return live

@@ -1033,7 +1033,10 @@ class StoreWriter:
             j = int(pos[i])
             while j < len(hashes) and hashes[j] == seg.hashes[i]:
                 k = int(order[j])
-                if arrays.names[arrays.name_offsets[k] : arrays.name_offsets[k + 1]].tobytes() == key:
+                if (
+                    arrays.names[arrays.name_offsets[k] : arrays.name_offsets[k + 1]].tobytes()
+                    == key
+                ):
                     a, b = arrays.bounds[k]
                     raise DuplicateSegmentError(
                         f"segment name {names[i]!r} is already committed in {self.path!r} "
@@ -1364,7 +1367,9 @@ class StoreWriter:
                     continue
                 count += int((~keep).sum())
                 idx = np.flatnonzero(keep)
-                r2 = Record(r.variable, r.segments.take(idx), r.stop, r.start, r.sums, r.data, r.mark)
+                r2 = Record(
+                    r.variable, r.segments.take(idx), r.stop, r.start, r.sums, r.data, r.mark
+                )
                 self._pending[k] = (r2, b[idx], e[idx])
             for path in self._journal.pending():
                 (r,) = self._journal.read([path])

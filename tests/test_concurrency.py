@@ -320,7 +320,12 @@ def test_threads_racing_on_the_first_write_of_a_new_store(tmp_path: Path) -> Non
         barrier = threading.Barrier(6)
         errors: list[BaseException] = []
 
-        def job(t: int, w: StoreWriter = w, barrier: threading.Barrier = barrier) -> None:
+        def job(
+            t: int,
+            w: StoreWriter = w,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
             barrier.wait()
             try:
                 w.write_rows([np.full((2, 4), t, np.float32)], [f"t{t}"])
