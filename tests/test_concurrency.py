@@ -427,3 +427,27 @@ def test_pool_workers_each_with_their_own_writer_on_a_new_path(tmp_path: Path, m
         x = np.asarray(MmapArray(path))
         assert x.shape == (300, 25, 8)
         np.testing.assert_array_equal(x[:, 0, 0], np.repeat([0.0, 1.0, 2.0], 100))
+
+
+def test_a_child_forked_while_the_store_lock_is_held_does_not_keep_it(tmp_path: Path) -> None:
+    """A Pool started while another thread holds the store lock (mid-commit) must not hold
+    that lock for the child's whole life: every later writer would wait forever."""
+    import fcntl
+
+    from bigarray.fileutil import locked
+
+    lock = str(tmp_path / ".lock")
+    with locked(lock):
+        pid = os.fork()
+        if pid == 0:  # the child lives on after the parent released the lock
+            time.sleep(5)
+            os._exit(0)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child has it
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
