@@ -1,9 +1,39 @@
 """Writing a store: row allocation, ``pwrite`` of data, journals, and the atomic commit.
 
-:class:`StoreWriter` is the engine under the seed writers and the dask writer. One object
-is the *owner* (the process that created it); copies of it that reach other processes
-(fork, spawn, pickling to dask workers) write data the same way and publish what they
-wrote in the session's journal (see :mod:`bigarray.journal`). Only the owner commits.
+:class:`StoreWriter` is the engine under the seed writers and the dask writer.
+
+The session model (who owns, who may commit, what a copy is, what threads may do):
+
+- **Owner.** A writer constructed by user code is the owner of a new *session* (a random
+  token, with ``journal/<token>/`` in the store, whose ``owner.lock`` it holds while open).
+  Only the owner commits (``flush``/``close``). Several sessions may be open on one store at
+  once, in one program or many: each commits its own writes, merged with the others'.
+- **Members.** A copy of the owner's writer that reaches another process (pickled to a pool
+  or dask worker, inherited by a fork) is a *member* of the session: it writes rows and
+  publishes a journal record per write; the owner's next commit merges them. A member's
+  ``flush``/``close`` only make its own rows durable. Membership is explicit: a program
+  that merely inherited environment variables (``subprocess.run``, a later script) never
+  joins a session. The one implicit case is a ``multiprocessing`` spawn/forkserver child
+  re-importing ``__main__`` (the 2020 library's pattern of a writer at module level): while
+  multiprocessing bootstraps it, a seed writer of a path its ancestor owns joins that
+  session instead of re-creating (or, with ``remove_exist``, deleting) the store.
+- **Ended sessions.** After the owner's ``close``/``discard`` a member's ``write`` raises
+  :class:`~bigarray.errors.ClosedError` (the final commit holds the session's gate, so a
+  record is either in that commit or refused), never returns into a session nobody commits.
+- **Threads.** All threads of a process may share one writer: every ``write`` that returned
+  before a ``flush`` started is in that commit; writes running during a commit go into the
+  next one (a commit removes exactly the records it took). ``close`` while other threads
+  still write is the caller's race: their later writes raise ``ClosedError``.
+- **Refusals.** A duplicate name (within the call, already written by this process in this
+  session, or committed) or a positioned write over rows this process's named writes hold or
+  over committed rows raises at ``write()``, before any byte is written. A conflict only the
+  commit can see (another process or session took the name or rows) makes the commit raise
+  with ``exc.segments`` naming every conflicting segment; nothing is committed and the writer
+  stays open with every pending write: :meth:`StoreWriter.forget` those names and commit
+  again, or ``discard()``.
+- **remove_exist** refuses a store that any live session holds open; a store deleted or
+  replaced under a writer anyway (by hand) makes its commit raise
+  :class:`~bigarray.errors.CommitConflictError` instead of naming rows that do not exist.
 
 Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock``:
 
@@ -461,6 +491,7 @@ class StoreWriter:
         self._lock = threading.RLock()
         self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
         self._inflight: dict[str, tuple[int, int]] = {}  # the owner's writes in progress
+        self._sealing = False  # the final commit took its snapshot: later writes raise
         # names this process wrote in this session: the first write's list is kept as is,
         # and the set is only built when a second write needs it (one big write pays nothing)
         self._names_first: Sequence[str] | None = None
@@ -962,8 +993,17 @@ class StoreWriter:
             record = Record(self.variable, seg, stop, start, sums, mark=mark_name)
             if owner:
                 with self._lock:
-                    self._pending.append((record, starts, ends))
                     self._inflight.pop(str(mark_name), None)
+                    if self._sealing or self._closed:
+                        # close() ran in another thread meanwhile: its final commit has
+                        # taken its records, so this write's rows would never be committed
+                        self._unrecorded.append((start, stop))
+                        raise ClosedError(
+                            f"this writer of {self.path!r} was closed by another thread while "
+                            "this write ran; its rows were not committed. Close only after "
+                            "every writing thread has finished."
+                        )
+                    self._pending.append((record, starts, ends))
                     if names:
                         self._remember(names, start, stop)
             else:
@@ -1106,7 +1146,7 @@ class StoreWriter:
             return
         self._commit()
 
-    def _commit(self) -> None:
+    def _commit(self, final: bool = False) -> None:
         with locked(self._lock_path):
             _crash_point("commit-locked")
             manifest = read_manifest(self.path)
@@ -1119,6 +1159,7 @@ class StoreWriter:
                 # this process's threads: a write is in flight or pending, never neither
                 unfinished.update(self._inflight)
                 self._seen_marks.update(unfinished)
+                self._sealing = final
                 taken = list(self._pending)
                 unrecorded_taken = list(self._unrecorded)
             files = self._journal.pending()
@@ -1419,9 +1460,13 @@ class StoreWriter:
         # them; after it, the sealed gate makes their writes raise instead. A failed commit
         # (a conflict, a full disk) raises here and leaves the writer open with every
         # uncommitted write intact: fix the cause, then close() again, or discard().
-        with self._journal.gate(exclusive=True, missing_ok=True):
-            self._commit()
-            self._journal.seal()
+        try:
+            with self._journal.gate(exclusive=True, missing_ok=True):
+                self._commit(final=True)
+                self._journal.seal()
+        except BaseException:
+            self._sealing = False  # still open: writes may go on
+            raise
         self._release()
 
     def discard(self) -> None:
