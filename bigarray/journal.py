@@ -190,6 +190,14 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, _GATE))
 
+    def release(self) -> None:
+        """Let go of the owner lock without ending the session (a writer dropped unclosed):
+        a later writer then sees the session dead and reclaims it."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
     def end(self) -> None:
         """Drop the session directory and its lock (after the final commit)."""
         shutil.rmtree(self.dir, ignore_errors=True)

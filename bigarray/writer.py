@@ -196,32 +196,32 @@ def _covered(holes: Sequence[tuple[int, int]], start: int, stop: int) -> bool:
 
 
 def _subtract(holes: list[tuple[int, int]], used: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``holes`` minus the ``used`` ranges, merged and sorted."""
+    """``holes`` minus the ``used`` ranges, merged and sorted (one sweep: O(n log n))."""
+
+    def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for a, b in sorted(r for r in ranges if r[1] > r[0]):
+            if out and a <= out[-1][1]:
+                out[-1] = (out[-1][0], max(b, out[-1][1]))
+            else:
+                out.append((a, b))
+        return out
+
+    cut = merged(used)
     out: list[tuple[int, int]] = []
-    used = sorted((a, b) for a, b in used if b > a)
-    for a, b in sorted(holes):
-        pieces = [(a, b)]
-        for u, v in used:
-            if v <= a or u >= b:
-                continue
-            nxt = []
-            for p, q in pieces:
-                if v <= p or u >= q:
-                    nxt.append((p, q))
-                    continue
-                if p < u:
-                    nxt.append((p, u))
-                if v < q:
-                    nxt.append((v, q))
-            pieces = nxt
-        out.extend(pieces)
-    merged: list[tuple[int, int]] = []
-    for a, b in sorted(out):
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-        else:
-            merged.append((a, b))
-    return merged
+    j = 0
+    for a, b in merged(holes):
+        while j < len(cut) and cut[j][1] <= a:
+            j += 1
+        k, pos = j, a
+        while k < len(cut) and cut[k][0] < b:
+            if cut[k][0] > pos:
+                out.append((pos, cut[k][0]))
+            pos = max(pos, cut[k][1])
+            k += 1
+        if pos < b:
+            out.append((pos, b))
+    return out
 
 
 def _next_holes(
@@ -1546,7 +1546,13 @@ class StoreWriter:
             self._close_data_file()
         if getattr(self, "_closed", True) or not getattr(self, "is_owner", False):
             return
-        if self._pending or self._journal.pending():
+        journal = getattr(self, "_journal", None)
+        if journal is None:
+            return
+        # Nobody can commit this session any more: release its owner lock, so that it
+        # counts as dead (remove_exist, a later writer's reclaim) rather than live forever.
+        journal.release()
+        if self._pending or journal.pending():
             warnings.warn(
                 f"a writer of {self.path!r} was garbage-collected with uncommitted writes; call "
                 "flush() or close() (or use it as a context manager) to commit them",

@@ -560,3 +560,22 @@ def test_a_copy_writing_after_its_owner_closed_raises(tmp_path: Path) -> None:
     got = q.get(timeout=60)
     p.join(60)
     assert got.startswith("ClosedError") and "has ended" in got
+
+
+def test_remove_exist_refuses_an_open_writer_but_not_a_dropped_one(tmp_path: Path) -> None:
+    import gc
+    import warnings
+
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, dtype="int8")
+    w.write({"a": np.ones(2, np.int8)})
+    with pytest.raises(StoreExistsError, match="live writer session"):
+        PointerArrayWriter(path, dtype="int8", remove_exist=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        del w
+        gc.collect()
+    with PointerArrayWriter(path, dtype="int16", remove_exist=True) as w2:
+        w2.write({"b": np.ones(2, np.int16)})
+    x = PointerArray(path)
+    assert list(x.indices) == ["b"] and x.dtype == np.int16
