@@ -427,6 +427,7 @@ def test_pool_workers_each_with_their_own_writer_on_a_new_path(tmp_path: Path, m
         x = np.asarray(MmapArray(path))
         assert x.shape == (300, 25, 8)
         np.testing.assert_array_equal(x[:, 0, 0], np.repeat([0.0, 1.0, 2.0], 100))
+        assert verify_store(path).ok
 
 
 def test_a_child_forked_while_the_store_lock_is_held_does_not_keep_it(tmp_path: Path) -> None:
