@@ -190,6 +190,11 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, _GATE))
 
+    @property
+    def started(self) -> bool:
+        """True in the process that started (owns) the session, while it holds it."""
+        return self._lock_fd is not None
+
     def release(self) -> None:
         """Let go of the owner lock without ending the session (a writer dropped unclosed):
         a later writer then sees the session dead and reclaims it."""

@@ -1349,15 +1349,18 @@ class StoreWriter:
         """Refuse to commit into a store that was deleted and re-created (``remove_exist``
         by another writer) since this writer opened its data file: the rows it wrote are in
         the deleted file, and a manifest naming them would name rows that do not exist."""
+        # The session's journal directory goes with the store: this process created it (and
+        # holds its owner lock), so only a deletion of the store removes it.
+        gone = self._journal.started and not os.path.isdir(self._journal.dir)
         fd = self._fd if self._fd_pid == os.getpid() else None
-        if fd is None or self._shard is None:
-            return
-        try:
-            here = os.stat(os.path.join(self.path, self._shard.path))
-            mine = os.fstat(fd)
-        except FileNotFoundError:
-            here = None
-        if here is None or (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+        if not gone and fd is not None and self._shard is not None:
+            try:
+                here = os.stat(os.path.join(self.path, self._shard.path))
+                mine = os.fstat(fd)
+                gone = (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev)
+            except FileNotFoundError:
+                gone = True
+        if gone:
             raise CommitConflictError(
                 f"the store at {self.path!r} was deleted or replaced (by another writer with "
                 "remove_exist=True, or by hand) while this writer was writing; nothing of this "

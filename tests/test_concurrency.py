@@ -452,3 +452,29 @@ def test_a_child_forked_while_the_store_lock_is_held_does_not_keep_it(tmp_path: 
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def _member_writes(w: StoreWriter) -> None:
+    w.write_rows([np.ones(4, np.int8)], ["from-member"])
+
+
+def test_a_store_replaced_under_a_session_whose_owner_never_wrote(tmp_path: Path) -> None:
+    """Only a member process wrote; the store is deleted and re-created by hand before the
+    owner commits: the commit fails cleanly, the new store is untouched."""
+    import shutil
+
+    from bigarray.errors import CommitConflictError
+
+    path = tmp_path / "s"
+    w = StoreWriter(str(path), dtype="int8")
+    p = multiprocessing.get_context("fork").Process(target=_member_writes, args=(w,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    shutil.rmtree(path)
+    with StoreWriter(str(path), dtype="int8") as other:
+        other.write_rows([np.full(2, 5, np.int8)], ["new"])
+    with pytest.raises(CommitConflictError, match="deleted or replaced"):
+        w.close()
+    w.discard()
+    assert list(PointerArray(path).indices) == ["new"]
