@@ -1061,6 +1061,25 @@ class StoreWriter:
         arrays, hashes, order = committed[2], committed[3], committed[4]
         if arrays is None or not arrays.count:
             return
+
+        def refuse_if_committed(i: int, candidates: Any) -> None:
+            key = names[i].encode("utf-8", "surrogatepass")
+            offs = arrays.name_offsets
+            for k in candidates:
+                if arrays.names[offs[k] : offs[k + 1]].tobytes() == key:
+                    a, b = arrays.bounds[k]
+                    raise DuplicateSegmentError(
+                        f"segment name {names[i]!r} is already committed in {self.path!r} "
+                        f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
+                        "written by this call."
+                    )
+
+        if hashes is None and len(names) <= 16:
+            # A few names (a write per segment, flushed often): scanning the committed
+            # hashes is O(n) per name, cheaper than sorting them after every commit.
+            for i in range(len(names)):
+                refuse_if_committed(i, np.flatnonzero(arrays.hashes == seg.hashes[i]).tolist())
+            return
         if hashes is None:
             order = np.argsort(arrays.hashes, kind="stable")
             hashes = arrays.hashes[order]
@@ -1069,21 +1088,9 @@ class StoreWriter:
         pos = np.searchsorted(hashes, seg.hashes)
         hit = np.flatnonzero(hashes[np.minimum(pos, len(hashes) - 1)] == seg.hashes)
         for i in hit.tolist():
-            key = names[i].encode("utf-8", "surrogatepass")
             j = int(pos[i])
-            while j < len(hashes) and hashes[j] == seg.hashes[i]:
-                k = int(order[j])
-                if (
-                    arrays.names[arrays.name_offsets[k] : arrays.name_offsets[k + 1]].tobytes()
-                    == key
-                ):
-                    a, b = arrays.bounds[k]
-                    raise DuplicateSegmentError(
-                        f"segment name {names[i]!r} is already committed in {self.path!r} "
-                        f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
-                        "written by this call."
-                    )
-                j += 1
+            stop = int(np.searchsorted(hashes, seg.hashes[i], "right"))
+            refuse_if_committed(i, order[j:stop].tolist())
 
     def _check_own_overlap(self, start: int, stop: int) -> None:
         """Refuse a positioned named write over rows this process's named writes of this

@@ -384,6 +384,10 @@ def test_names_already_committed_are_refused_at_write_when_resuming(tmp_path: Pa
         with pytest.raises(DuplicateSegmentError, match="'s42' is already committed"):
             w.write({"other": np.ones(1, np.int16), "s42": np.ones(1, np.int16)})
         w.write({"other": np.ones(1, np.int16)})
+        many = {f"m{i}": np.ones(1, np.int16) for i in range(50)}  # the sorted-hash path
+        many["s99"] = np.ones(1, np.int16)
+        with pytest.raises(DuplicateSegmentError, match="'s99' is already committed"):
+            w.write(many)
     x = PointerArray(path)
     assert len(x.indices) == 102
     np.testing.assert_array_equal(x["s42"], [42, 42])
