@@ -5,6 +5,11 @@
     python -m benchmarks.soak --kills 2000            # crash harness, 2,000 SIGKILLs
     python -m benchmarks.soak --fuzz 20000            # fuzzed damaged stores (all modes)
     python -m benchmarks.soak --checksum-cost 1GB     # write+commit with and without sums
+    python -m benchmarks.soak --sessions 40           # concurrent sessions, threads, kills
+
+``--sessions`` runs :mod:`benchmarks.soak_sessions`: threads writing and flushing, pool
+workers, independent programs on one store, random SIGKILLs; every ``write()`` that returned
+before a commit that returned must read back with its bytes.
 
 The crash and fuzz engines are the ones the tests use (``tests/test_crash.py``,
 ``tests/test_fuzz.py``); this module only runs them longer and prints the totals. The
@@ -136,16 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=0, help="SIGKILLs for the crash harness")
     ap.add_argument("--fuzz", type=int, default=0, help="damaged stores to read (all modes)")
     ap.add_argument("--checksum-cost", default=None, help="bytes to write, e.g. 1GB or small")
+    ap.add_argument("--sessions", type=int, default=0, help="rounds of the sessions soak")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
-    if not (args.kills or args.fuzz or args.checksum_cost):
-        args.kills, args.fuzz = 2000, 20000
+    if not (args.kills or args.fuzz or args.checksum_cost or args.sessions):
+        args.kills, args.fuzz, args.sessions = 2000, 20000, 40
     if args.kills:
         soak_kills(args.kills)
     if args.fuzz:
         soak_fuzz(args.fuzz)
     if args.checksum_cost:
         run(args.checksum_cost, args.repeat)
+    if args.sessions:
+        from benchmarks import soak_sessions
+
+        out = soak_sessions.main(args.sessions)
+        if out["lost"] or out["wrong_bytes"] or out["actor_errors"]:
+            return 1
     return 0
 
 

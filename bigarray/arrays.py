@@ -494,14 +494,22 @@ def _path_key(path: str) -> str:
 
 
 def _join_parent_session(env: str) -> StoreWriter | None:
-    """The parent's writer, when this process descends from the process that owns it.
+    """The parent's writer, when this process is a ``multiprocessing`` child of the
+    process that owns it, re-importing the main module (spawn, forkserver).
 
-    Spawn and forkserver children re-import ``__main__`` before multiprocessing has set
-    up ``parent_process()``, so ancestry is read from ``/proc`` (or guessed from the
-    ``__mp_main__`` module elsewhere).
+    Membership is explicit: only while multiprocessing bootstraps this child (it sets
+    ``_inheriting`` while it re-imports ``__main__``) does the inherited variable count, and
+    the owner must be an ancestor. Any other program that merely inherited the environment
+    (``subprocess.run``, a later script) creates its own writer, owner of its own session.
+    A child of an owner whose session has ended joins it closed: its writes raise
+    :class:`~bigarray.errors.ClosedError` rather than being lost.
     """
     raw = os.environ.get(env)
     if raw is None:
+        return None
+    import multiprocessing
+
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
         return None
     try:
         handoff = json.loads(raw)
@@ -591,7 +599,8 @@ class PointerArrayWriter(_Writer):
                 f"PointerArrayWriter.write takes a mapping {{name: array}}, got "
                 f"{type(arrays).__name__}; use MmapArrayWriter for unnamed arrays"
             )
-        return self._w.write_rows(list(arrays.values()), list(arrays.keys()), start_position)
+        # the keys view tells the writer the names are unique (no check needed)
+        return self._w.write_rows(list(arrays.values()), arrays.keys(), start_position)
 
 
 class _EmptyIndex(Mapping[str, tuple[int, int]]):

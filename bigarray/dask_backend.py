@@ -774,10 +774,12 @@ def to_bigarray(
         return dask.delayed(_commit_task, pure=False)(total, target)
     try:
         total.compute()
+        target.close()
     except BaseException:
+        # a refused commit leaves the writer open (for a user to recover); here nothing
+        # is left to recover, so the session ends without committing
         target.abort()
         raise
-    target.close()
     return None
 
 

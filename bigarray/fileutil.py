@@ -14,6 +14,7 @@ import fcntl
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,11 +25,52 @@ _IOV_MAX = 1024
 _CALL_BYTES = 4 << 20
 
 
+# Descriptors of flocks held for the length of a block. An flock belongs to the open file,
+# which a fork duplicates: a child forked while another thread holds the store lock (a Pool
+# started while a thread writes) would hold it for its whole life, and every writer would
+# wait forever. So the child closes its copies at once; the guard keeps a fork from landing
+# between an open and its registration.
+_held: set[int] = set()
+_held_guard = threading.Lock()
+
+
+def _close_held_in_child() -> None:
+    global _held_guard
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+    _held_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=lambda: _held_guard.acquire(),
+        after_in_parent=lambda: _held_guard.release(),
+        after_in_child=_close_held_in_child,
+    )
+
+
+def open_held(path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` for a descriptor that will hold an flock for a while (see :func:`locked`):
+    a forked child closes its copy. Release it with :func:`close_held`."""
+    with _held_guard:
+        fd = os.open(path, flags, mode)
+        _held.add(fd)
+    return fd
+
+
+def close_held(fd: int) -> None:
+    with _held_guard:
+        _held.discard(fd)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def locked(path: str, *, shared: bool = False) -> Iterator[int]:
     """Hold an ``flock`` on ``path`` (created if missing) for the duration of the block."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_held(path, os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
         raise ReadOnlyError(
             f"cannot write to the store: {path!r} is not writable. Open the store read-only "
@@ -38,7 +80,7 @@ def locked(path: str, *, shared: bool = False) -> Iterator[int]:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield fd
     finally:
-        os.close(fd)  # closing releases the lock
+        close_held(fd)  # closing releases the lock
 
 
 def fsync_dir(path: str) -> None:

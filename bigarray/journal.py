@@ -12,6 +12,12 @@ The owner holds an ``flock`` on ``journal/<session>/owner.lock`` for its lifetim
 children inherit it), so a later writer can tell a dead session (the lock is free) from a
 live one and discard the uncommitted records of the dead.
 
+A member process publishes a record holding a shared ``flock`` on ``journal/<session>/gate``;
+the owner's final commit holds it exclusively and unlinks it before ending the session. So a
+record is either published before the final commit lists the records (and committed), or its
+``write()`` raises :class:`~bigarray.errors.ClosedError`: a member never writes into a session
+nobody will commit.
+
 Record layout (little endian)::
 
     b"BAJ1" | u32 header length | JSON header | int64 starts[n] | int64 stops[n]
@@ -32,12 +38,13 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import StoreCorruptedError
-from .fileutil import wrap_os_error
+from .errors import ClosedError, StoreCorruptedError
+from .fileutil import close_held, open_held, wrap_os_error
 from .format import JOURNAL_DIR, byte_view
 from .index import SegmentArrays
 from .integrity import WrittenSums
@@ -46,6 +53,15 @@ _MAGIC = b"BAJ1"
 _SUFFIX = ".rec"
 _INFLIGHT = ".inflight"
 _OWNER_LOCK = "owner.lock"
+_GATE = "gate"
+
+
+def _ended(where: str) -> ClosedError:
+    return ClosedError(
+        f"the writer session of {where!r} has ended: its owner (the writer this copy was "
+        "pickled or forked from) was closed or discarded, so nothing written through this copy "
+        "would ever be committed. Open a new writer in this process instead."
+    )
 
 
 @dataclass
@@ -147,6 +163,45 @@ class Journal:
         os.makedirs(self.dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.dir, _OWNER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.close(os.open(os.path.join(self.dir, _GATE), os.O_WRONLY | os.O_CREAT, 0o644))
+
+    @contextlib.contextmanager
+    def gate(self, *, exclusive: bool = False, missing_ok: bool = False) -> Iterator[None]:
+        """Hold the session's gate: shared to publish a record, exclusive (the owner) for
+        the final commit. Raises :class:`ClosedError` once the session has ended
+        (``missing_ok``: the owner goes on without it)."""
+        try:
+            fd = open_held(os.path.join(self.dir, _GATE), os.O_RDONLY)
+        except FileNotFoundError:
+            if missing_ok:
+                yield
+                return
+            raise _ended(os.path.dirname(os.path.dirname(self.dir))) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if os.fstat(fd).st_nlink == 0:  # the session ended while we waited
+                raise _ended(os.path.dirname(os.path.dirname(self.dir)))
+            yield
+        finally:
+            close_held(fd)
+
+    def seal(self) -> None:
+        """Unlink the gate (under the exclusive gate): later members' writes raise."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, _GATE))
+
+    @property
+    def started(self) -> bool:
+        """True in the process that started (owns) the session, while it holds it."""
+        return self._lock_fd is not None
+
+    def release(self) -> None:
+        """Let go of the owner lock without ending the session (a writer dropped unclosed):
+        a later writer then sees the session dead and reclaims it."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def end(self) -> None:
         """Drop the session directory and its lock (after the final commit)."""
@@ -156,20 +211,26 @@ class Journal:
                 os.close(self._lock_fd)
             self._lock_fd = None
 
-    def append(self, record: Record, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Publish one record atomically (never seen half-written)."""
+    def append(
+        self, record: Record, starts: np.ndarray, stops: np.ndarray, *, gated: bool = True
+    ) -> None:
+        """Publish one record atomically (never seen half-written), under the shared gate
+        (``gated=False``: the caller holds the gate, or is the owner under the store lock).
+        Raises :class:`ClosedError` when the session has ended."""
         data = encode_record(record, starts, stops)
         name = f"{os.getpid()}-{next(self._seq):09d}-{os.urandom(4).hex()}"
         tmp = os.path.join(self.dir, f".{name}.tmp")
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.rename(tmp, os.path.join(self.dir, name + _SUFFIX))
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise wrap_os_error(exc, self.dir) from None
+        with self.gate() if gated else contextlib.nullcontext():
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.rename(tmp, os.path.join(self.dir, name + _SUFFIX))
+            except FileNotFoundError:
+                raise _ended(os.path.dirname(os.path.dirname(self.dir))) from None
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise wrap_os_error(exc, self.dir) from None
 
     def begin_write(self, start: int, stop: int) -> str:
         """Mark rows ``[start, stop)`` as being written by this process (an empty file whose
@@ -179,16 +240,14 @@ class Journal:
         sums computed of them before (see :func:`bigarray.integrity.reuse_written_sums`)."""
         name = f"{start}-{stop}-{os.getpid()}-{os.urandom(4).hex()}{_INFLIGHT}"
         path = os.path.join(self.dir, name)
-        for attempt in (0, 1):
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-                break
-            except FileNotFoundError:
-                if attempt:
-                    raise
-                os.makedirs(self.dir, exist_ok=True)
-            except OSError as exc:
-                raise wrap_os_error(exc, self.dir) from None
+        # Never re-create the directory: a missing one means the owner ended the session,
+        # and rows written now would never be committed.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        except FileNotFoundError:
+            raise _ended(os.path.dirname(os.path.dirname(self.dir))) from None
+        except OSError as exc:
+            raise wrap_os_error(exc, self.dir) from None
         return path
 
     @staticmethod
@@ -215,7 +274,7 @@ class Journal:
     def pending(self) -> list[str]:
         try:
             names = os.listdir(self.dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(os.path.join(self.dir, n) for n in names if n.endswith(_SUFFIX))
 
@@ -250,7 +309,7 @@ def collect_dead_sessions(store_dir: str, keep: str) -> int:
             continue
         d = os.path.join(root, s)
         try:
-            fd = os.open(os.path.join(d, _OWNER_LOCK), os.O_RDWR)
+            fd = open_held(os.path.join(d, _OWNER_LOCK), os.O_RDWR)
         except FileNotFoundError:
             shutil.rmtree(d, ignore_errors=True)  # never started, or already ended
             continue
@@ -264,5 +323,5 @@ def collect_dead_sessions(store_dir: str, keep: str) -> int:
         else:
             shutil.rmtree(d, ignore_errors=True)
         finally:
-            os.close(fd)
+            close_held(fd)
     return live

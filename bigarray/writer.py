@@ -1,9 +1,39 @@
 """Writing a store: row allocation, ``pwrite`` of data, journals, and the atomic commit.
 
-:class:`StoreWriter` is the engine under the seed writers and the dask writer. One object
-is the *owner* (the process that created it); copies of it that reach other processes
-(fork, spawn, pickling to dask workers) write data the same way and publish what they
-wrote in the session's journal (see :mod:`bigarray.journal`). Only the owner commits.
+:class:`StoreWriter` is the engine under the seed writers and the dask writer.
+
+The session model (who owns, who may commit, what a copy is, what threads may do):
+
+- **Owner.** A writer constructed by user code is the owner of a new *session* (a random
+  token, with ``journal/<token>/`` in the store, whose ``owner.lock`` it holds while open).
+  Only the owner commits (``flush``/``close``). Several sessions may be open on one store at
+  once, in one program or many: each commits its own writes, merged with the others'.
+- **Members.** A copy of the owner's writer that reaches another process (pickled to a pool
+  or dask worker, inherited by a fork) is a *member* of the session: it writes rows and
+  publishes a journal record per write; the owner's next commit merges them. A member's
+  ``flush``/``close`` only make its own rows durable. Membership is explicit: a program
+  that merely inherited environment variables (``subprocess.run``, a later script) never
+  joins a session. The one implicit case is a ``multiprocessing`` spawn/forkserver child
+  re-importing ``__main__`` (the 2020 library's pattern of a writer at module level): while
+  multiprocessing bootstraps it, a seed writer of a path its ancestor owns joins that
+  session instead of re-creating (or, with ``remove_exist``, deleting) the store.
+- **Ended sessions.** After the owner's ``close``/``discard`` a member's ``write`` raises
+  :class:`~bigarray.errors.ClosedError` (the final commit holds the session's gate, so a
+  record is either in that commit or refused), never returns into a session nobody commits.
+- **Threads.** All threads of a process may share one writer: every ``write`` that returned
+  before a ``flush`` started is in that commit; writes running during a commit go into the
+  next one (a commit removes exactly the records it took). ``close`` while other threads
+  still write is the caller's race: their later writes raise ``ClosedError``.
+- **Refusals.** A duplicate name (within the call, already written by this process in this
+  session, or committed) or a positioned write over rows this process's named writes hold or
+  over committed rows raises at ``write()``, before any byte is written. A conflict only the
+  commit can see (another process or session took the name or rows) makes the commit raise
+  with ``exc.segments`` naming every conflicting segment; nothing is committed and the writer
+  stays open with every pending write: :meth:`StoreWriter.forget` those names and commit
+  again, or ``discard()``.
+- **remove_exist** refuses a store that any live session holds open; a store deleted or
+  replaced under a writer anyway (by hand) makes its commit raise
+  :class:`~bigarray.errors.CommitConflictError` instead of naming rows that do not exist.
 
 Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock``:
 
@@ -37,6 +67,7 @@ Tests kill a writer at named steps of this sequence: set ``BIGARRAY_CRASH_AT=ste
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import itertools
@@ -44,16 +75,21 @@ import os
 import re
 import shutil
 import signal
+import stat
+import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from . import integrity
 from .errors import (
+    BigArrayError,
     BigArrayWarning,
     ClosedError,
+    CommitConflictError,
+    DuplicateSegmentError,
     IntegrityError,
     NotAStoreError,
     OverlapError,
@@ -90,9 +126,11 @@ _BATCH_BYTES = 32 << 20
 _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
 _FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
 _PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
+_HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see _holes_of
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _CRASH_ENV = "BIGARRAY_CRASH_AT"
 _crash_hits: dict[str, int] = {}
+_owner_marks = itertools.count()
 
 
 def _crash_point(step: str) -> None:
@@ -121,6 +159,124 @@ def data_file_name(variable: str) -> str:
     return f"{stem}.npy" if stem else f"var-{abs(hash(variable)) % 10**8:08d}.npy"
 
 
+def _narrowing_ints(src: np.dtype, dst: np.dtype) -> bool:
+    """True when integer (or bool) data of ``src`` may hold values ``dst`` cannot."""
+    return src.kind in "iub" and dst.kind in "iu" and not np.can_cast(src, dst, "safe")
+
+
+def _check_fits(a: np.ndarray, dtype: np.dtype, i: int) -> None:
+    """Refuse integers that would wrap in ``dtype`` (numpy's cast does so silently)."""
+    if not a.size:
+        return
+    lo, hi = int(a.min()), int(a.max())
+    info = np.iinfo(dtype)
+    if lo < info.min or hi > info.max:
+        bad = lo if lo < info.min else hi
+        raise SchemaError(
+            f"array #{i} holds {bad}, which does not fit this {dtype} store (values "
+            f"{info.min}..{info.max}); storing it would lose information. Write it to a store "
+            f"of a wider dtype, or clip it first (np.clip(arr, {info.min}, {info.max}))"
+        )
+
+
+def _holes_of(var: Variable) -> list[tuple[int, int]]:
+    """Committed rows of an unnamed variable that no commit wrote (a declared shape's
+    padding, or a gap before a positioned write): they read as zeros and stay writable."""
+    raw = var.encoding.get(_HOLES_KEY) if isinstance(var.encoding, Mapping) else None
+    out = []
+    if isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, list) and len(item) == 2:
+                a, b = item
+                if isinstance(a, int) and isinstance(b, int) and 0 <= a < b:
+                    out.append((a, b))
+    return sorted(out)
+
+
+def _covered(holes: Sequence[tuple[int, int]], start: int, stop: int) -> bool:
+    """True if ``[start, stop)`` lies inside one of the (merged, sorted) ``holes``."""
+    i = bisect.bisect_right(holes, (start, 1 << 62)) - 1
+    return i >= 0 and holes[i][0] <= start and stop <= holes[i][1]
+
+
+def _subtract(holes: list[tuple[int, int]], used: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``holes`` minus the ``used`` ranges, merged and sorted (one sweep: O(n log n))."""
+
+    def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for a, b in sorted(r for r in ranges if r[1] > r[0]):
+            if out and a <= out[-1][1]:
+                out[-1] = (out[-1][0], max(b, out[-1][1]))
+            else:
+                out.append((a, b))
+        return out
+
+    cut = merged(used)
+    out: list[tuple[int, int]] = []
+    j = 0
+    for a, b in merged(holes):
+        while j < len(cut) and cut[j][1] <= a:
+            j += 1
+        k, pos = j, a
+        while k < len(cut) and cut[k][0] < b:
+            if cut[k][0] > pos:
+                out.append((pos, cut[k][0]))
+            pos = max(pos, cut[k][1])
+            k += 1
+        if pos < b:
+            out.append((pos, b))
+    return out
+
+
+def _next_holes(
+    var: Variable,
+    rows: int,
+    mine: Sequence[Record],
+    unrecorded: Sequence[tuple[int, int]],
+    unfinished: Mapping[str, tuple[int, int]],
+) -> dict[str, Any]:
+    """The encoding of an unnamed variable after a commit of ``rows`` rows: its holes (see
+    :func:`_holes_of`) plus the new rows past the old end, minus every row written."""
+    holes = _holes_of(var)
+    if rows > var.rows:
+        holes.append((var.rows, rows))
+    enc = {k: v for k, v in var.encoding.items() if k != _HOLES_KEY}
+    if not holes:
+        return enc if _HOLES_KEY in var.encoding else var.encoding
+    used = [(r.start if r.start is not None else 0, r.stop) for r in mine if r.data]
+    used += list(unrecorded) + list(unfinished.values())
+    left = _subtract(holes, used)
+    if left:
+        enc[_HOLES_KEY] = [[a, b] for a, b in left]
+    return enc
+
+
+def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str]:
+    """Names of the ``new`` segments that a merge refuses: a name used with other rows
+    (committed, or twice among ``new``), or rows shared with another segment."""
+    n_old = committed.count
+    both = concat([committed, new])
+    names = [both.name(i) for i in range(both.count)]
+    bounds = [(int(a), int(b)) for a, b in both.bounds.tolist()]
+    first: dict[str, int] = {}
+    bad: set[int] = set()
+    keep = []
+    for i, nm in enumerate(names):
+        j = first.setdefault(nm, i)
+        if j == i:
+            keep.append(i)
+        elif bounds[j] != bounds[i]:
+            bad.update(k for k in (i, j) if k >= n_old)
+    live = sorted((bounds[i][0], bounds[i][1], i) for i in keep if bounds[i][1] > bounds[i][0])
+    reach, who = -1, -1
+    for a, b, i in live:
+        if a < reach:
+            bad.update(k for k in (i, who) if k >= n_old)
+        if b > reach:
+            reach, who = b, i
+    return list(dict.fromkeys(names[i] for i in sorted(bad)))
+
+
 def _read_alloc(path: str) -> int:
     try:
         with open(path, "rb") as f:
@@ -145,16 +301,53 @@ def _interrupted_creation(path: str) -> bool:
 
 
 def remove_store(path: str) -> None:
-    """Delete a store directory or a single file; refuse to delete anything else."""
+    """Delete a store directory or a single file; refuse to delete anything else.
+
+    A store that a live writer session holds open (in this or another program) is refused
+    with :class:`StoreExistsError`: deleting it would leave that session committing rows
+    into files that no longer exist. Otherwise the directory is renamed away under the
+    store lock (so no session can start or commit in it meanwhile) and deleted from there.
+    """
     if os.path.isdir(path) and not os.path.islink(path):
-        if not is_store(path) and os.listdir(path) and not _interrupted_creation(path):
+        store = is_store(path)
+        if not store and os.listdir(path) and not _interrupted_creation(path):
             raise NotAStoreError(
                 f"remove_exist=True but {path!r} is a non-empty directory that is not a "
                 "bigarray store; refusing to delete it. Remove it yourself or pick another path."
             )
-        shutil.rmtree(path)
+        parent, base = os.path.split(os.path.normpath(path))
+        tomb = os.path.join(parent, f".{base}.removing-{os.urandom(4).hex()}")
+        try:
+            with locked(os.path.join(path, LOCK_NAME)):
+                live = collect_dead_sessions(path, "")
+                if live:
+                    raise StoreExistsError(
+                        f"remove_exist=True but the store at {path!r} is being written by "
+                        f"{live} live writer session(s) (another program, or a writer of this "
+                        "one that is still open); refusing to delete it under them. Close "
+                        "those writers first, or write to another path."
+                    )
+                os.rename(path, tomb)
+        except BigArrayError:
+            raise
+        except FileNotFoundError:
+            return  # another writer removed it first
+        except OSError as exc:
+            raise wrap_os_error(exc, path) from None
+        # a session that raced us may still drop a file into the renamed directory
+        shutil.rmtree(tomb, ignore_errors=True)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def _replace_empty_file(path: str) -> None:
+    """An existing empty regular file (``tempfile.mkstemp()``) is a free location, as in the
+    2020 library: remove it so the store directory can take its place."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent writer did it first
+                os.unlink(path)
 
 
 def update_manifest(path: str, change: Any, *, fsync: bool = True) -> Manifest:
@@ -232,7 +425,8 @@ class StoreWriter:
         self.checksums = bool(checksums)
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
-        self._declared_rows = int(shape[0]) if shape is not None else 0
+        # shape[0] None (the 2020 library's "unknown, grows") declares no minimum row count
+        self._declared_rows = int(shape[0]) if shape is not None and shape[0] is not None else 0
         if shape is not None:
             self._trailing = tuple(int(s) for s in shape[1:])
         if dtype is not None:
@@ -243,13 +437,10 @@ class StoreWriter:
 
         if remove_exist:
             remove_store(self.path)
+        _replace_empty_file(self.path)
         existed = is_store(self.path)
         if not existed:
-            if (
-                os.path.exists(self.path)
-                and (not os.path.isdir(self.path) or os.listdir(self.path))
-                and not _interrupted_creation(self.path)
-            ):
+            if not self._free_location():
                 raise StoreExistsError(
                     f"{self.path!r} exists and is not a bigarray store; pass remove_exist=True "
                     "to replace it, or choose another path"
@@ -269,6 +460,24 @@ class StoreWriter:
         if self._dtype is not None and self._trailing is not None and self._shard is None:
             self._ensure_variable(self._dtype, self._trailing)
 
+    def _free_location(self) -> bool:
+        """True if a store may be created at ``self.path``: nothing there, an empty
+        directory, or what another writer creating the store right now has made so far."""
+        path = self.path
+        if not os.path.exists(path):
+            return True
+        if not os.path.isdir(path):
+            return False
+        with contextlib.suppress(OSError):
+            if not os.listdir(path) or _interrupted_creation(path):
+                return True
+        if os.path.isfile(self._lock_path):
+            # Another writer may be creating the store (it writes the data file, then the
+            # first manifest, under the lock): once we hold the lock, it is a store or not.
+            with locked(self._lock_path):
+                return is_store(path) or _interrupted_creation(path)
+        return False
+
     def _init_state(self, path: str, variable: str, named: bool, fsync: bool) -> None:
         self.path = path
         self.variable = variable
@@ -283,16 +492,25 @@ class StoreWriter:
         self._owner_pid = os.getpid()
         self._session = os.urandom(8).hex()
         self._closed = False
+        # Guards the in-memory session state below against this process's threads (writes
+        # and commits run concurrently; the store lock orders commits between processes).
+        self._lock = threading.RLock()
         self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
         self._followers: list[integrity.WriteFollower] = []  # the owner's, still summing
+        self._inflight: dict[str, tuple[int, int]] = {}  # the owner's writes in progress
+        self._sealing = False  # the final commit took its snapshot: later writes raise
+        # names this process wrote in this session: the first write's list is kept as is,
+        # and the set is only built when a second write needs it (one big write pays nothing)
+        self._names_first: Sequence[str] | None = None
+        self._names_seen: set[str] | None = None
+        self._extents: list[tuple[int, int]] = []  # rows of this process's named writes
         self._fd: int | None = None
         self._fd_pid: int | None = None
         self._wrote_pid: int | None = None  # a worker copy: the process that wrote through it
         self._unrecorded: list[tuple[int, int]] = []  # the owner's failed writes' rows
         self._seen_marks: set[str] = set()  # marks of writes a commit saw still running
         self._shard: Shard | None = None
-        self._seen_manifest: tuple[int, int] | None = None
-        self._committed_rows = 0  # rows of the manifest last seen by a write
+        self._committed: tuple[Any, ...] | None = None  # see _committed_state
         self._journal = Journal(self.path, self._session)
 
     def handoff(self) -> dict[str, Any]:
@@ -377,13 +595,16 @@ class StoreWriter:
                 f"{self.path!r} variable {self.variable!r} is sharded; append to it with "
                 "bigarray.dask_backend.to_bigarray or write a new store"
             )
-        self._dtype, self._trailing = var.dtype, var.shape[1:]
-        self._dims = self._dims or var.dims
+        # the shard first: a thread that sees dtype and row shape set must see the shard too
         self._shard = var.shards[0] if var.shards else None
+        self._dims = self._dims or var.dims
+        self._dtype, self._trailing = var.dtype, var.shape[1:]
 
     def _ensure_variable(self, dtype: np.dtype, trailing: tuple[int, ...]) -> None:
         """Create the variable (its data file and a schema commit) unless it exists."""
-        with locked(self._lock_path):
+        with self._lock, locked(self._lock_path):
+            if self._shard is not None:  # another thread of this process created it
+                return
             manifest = read_manifest(self.path)
             if self.variable in manifest.variables:
                 self._adopt(manifest.variables[self.variable])
@@ -395,11 +616,11 @@ class StoreWriter:
     ) -> None:
         """Create the variable's data file, then commit a manifest that names it (caller
         holds the store lock). The file is complete and durable before any manifest names it."""
-        self._dtype, self._trailing = dtype, trailing
         fname = data_file_name(self.variable)
         full = os.path.join(self.path, fname)
         header = npy_header(dtype, (0, *trailing))
-        capacity = len(header) + self._declared_rows * self._row_nbytes
+        row_nbytes = int(dtype.itemsize * int(np.prod(trailing, dtype=np.int64)))
+        capacity = len(header) + self._declared_rows * row_nbytes
         try:
             with open(full, "wb") as f:
                 f.write(header)
@@ -423,7 +644,9 @@ class StoreWriter:
             manifest.attrs,
         )
         atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+        # dtype and row shape last: other threads take them as "the variable exists"
         self._shard = shard
+        self._dtype, self._trailing = dtype, trailing
 
     @property
     def _row_nbytes(self) -> int:
@@ -449,10 +672,15 @@ class StoreWriter:
         """The owner's descriptor of the data file, opened once and kept until ``close``."""
         # Descriptors do not survive pickling, and a forked child must not share the
         # parent's file offset machinery: every process opens its own (pwrite needs none).
-        if self._fd is None or self._fd_pid != os.getpid():
-            self._fd = self._open_data_file()
-            self._fd_pid = os.getpid()
-        return self._fd
+        fd = self._fd
+        if fd is None or self._fd_pid != os.getpid():
+            with self._lock:
+                if self._fd is None or self._fd_pid != os.getpid():
+                    self._fd_pid = None
+                    self._fd = self._open_data_file()
+                    self._fd_pid = os.getpid()
+                fd = self._fd
+        return fd
 
     def _open_data_file(self) -> int:
         assert self._shard is not None
@@ -486,7 +714,7 @@ class StoreWriter:
 
     def _check_arrays(self, out: list[np.ndarray]) -> np.ndarray:
         """Check every array's shape and dtype against the store; return the row counts."""
-        if self._dtype is None or self._trailing is None:
+        if self._dtype is None or self._trailing is None or self._shard is None:
             first = self._dtype if self._dtype is not None else normalize_dtype(out[0].dtype)
             rows_shape = self._trailing if self._trailing is not None else out[0].shape[1:]
             if out[0].ndim:
@@ -517,6 +745,10 @@ class StoreWriter:
                     f"cannot store {k} data in this {dtype} store without losing information; "
                     f"convert it first (arr.astype({str(dtype)!r})) or write to a {k} store"
                 )
+            if _narrowing_ints(k, dtype):
+                for i, a in enumerate(out):
+                    if a.dtype == k:
+                        _check_fits(a, dtype, i)
         return np.fromiter((sh[0] for sh in shapes), np.int64, len(shapes))
 
     def _write_batches(
@@ -596,6 +828,22 @@ class StoreWriter:
             batch = arrays[lo:hi]
             if len(batch) == 1 and batch[0].dtype == dtype and batch[0].flags.c_contiguous:
                 buf = batch[0]
+            elif dtype.kind in "iu":
+                # integers: casting wraps values that do not fit, so check the range first
+                # (arrays already of the store's dtype concatenate as they are, no check)
+                try:
+                    buf = np.concatenate(batch)
+                except (ValueError, TypeError):
+                    self._check_arrays(arrays)
+                    raise
+                if buf.dtype != dtype:
+                    if not np.can_cast(buf.dtype, dtype, casting):
+                        self._check_arrays(arrays)  # names the array
+                    if _narrowing_ints(buf.dtype, dtype):
+                        for j, a in enumerate(batch):
+                            if _narrowing_ints(a.dtype, dtype):
+                                _check_fits(a, dtype, lo + j)
+                    buf = buf.astype(dtype, casting=casting)
             else:
                 try:
                     buf = np.concatenate(batch, dtype=dtype, casting=casting)
@@ -631,24 +879,60 @@ class StoreWriter:
             )
         return begin
 
-    def _check_committed_overlap(self, start: int, stop: int) -> None:
-        """Refuse a write that would overwrite rows of committed named segments."""
-        if stop <= start:
-            return
+    def _committed_state(self) -> tuple[Any, ...]:
+        """``(stamp, bounds, segment arrays, sorted hashes, their order, rows, holes)`` of
+        the newest committed manifest, re-read only when the manifest file changed. One
+        tuple, replaced whole, so that threads never see half of one commit's state."""
         mpath = os.path.join(self.path, MANIFEST_NAME)
         st = os.stat(mpath)
-        stamp = (st.st_ino, st.st_mtime_ns)
-        if stamp != self._seen_manifest:
-            # every committed segment ends within the rows of the variable that named it
-            variables = read_manifest(self.path).variables.values()
-            self._committed_rows = max((v.rows for v in variables), default=0)
-            self._seen_manifest = stamp
-        if start >= self._committed_rows:  # an append: committed segments end before it
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        state = self._committed
+        if state is not None and state[0] == stamp:
+            return state
+        store = Store(self.path)
+        var = store.manifest.variables.get(self.variable)
+        rows = var.rows if var is not None else 0
+        holes = _holes_of(var) if var is not None else []
+        # every committed segment ends within the rows of the variable that named it
+        rows_all = max((v.rows for v in store.manifest.variables.values()), default=0)
+        state = (stamp, store, rows, holes, rows_all)
+        old, self._committed = self._committed, state
+        if old is not None:
+            old[1].close()
+        return state
+
+    def _drop_committed_state(self) -> None:
+        old, self._committed = self._committed, None
+        if old is not None:
+            old[1].close()
+
+    def _check_committed_overlap(self, start: int, stop: int) -> None:
+        """Refuse a write that would overwrite committed rows: rows of committed named
+        segments, or, in a store without names, any committed row that a commit wrote (the
+        rows a declared shape added and nobody wrote yet stay writable)."""
+        if stop <= start:
             return
-        # rows written in place: a binary search in each run of the index, mapped, no copy
-        with Store(self.path) as store:
+        with self._lock:
+            _, store, rows, holes, rows_all = self._committed_state()
             idx = store.index
-            hit = None if idx is None else idx.first_overlap(np.array([[start, stop]]))
+            if idx is None:
+                if not self.is_owner:
+                    self._drop_committed_state()
+                if start < rows and not _covered(holes, start, min(stop, rows)):
+                    raise OverlapError(
+                        f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it "
+                        f"holds {rows:,} committed rows); committed rows are never overwritten. "
+                        "Append with start_position=None, or write past the committed rows."
+                    )
+                return
+            if start >= rows_all:  # an append: committed segments end before it
+                if not self.is_owner:
+                    self._drop_committed_state()
+                return
+            # rows written in place: a binary search in each run of the index, mapped, no copy
+            hit = idx.first_overlap(np.array([[start, stop]]))
+            if not self.is_owner:  # worker copies keep no descriptor of the store
+                self._drop_committed_state()
         if hit is not None:
             _, name, a, b = hit
             raise OverlapError(
@@ -660,7 +944,7 @@ class StoreWriter:
     def write_rows(
         self,
         arrays: Sequence[Any],
-        names: Sequence[str] | None = None,
+        names: Sequence[str] | KeysView[str] | None = None,
         start_position: int | None = None,
     ) -> tuple[int, int]:
         """Write ``arrays`` back to back from ``start_position`` (or appended); return the
@@ -678,9 +962,21 @@ class StoreWriter:
             if start_position < 0:
                 raise SchemaError(f"start_position must be >= 0, not {start_position}")
             start_position = int(start_position)
-        seg = SegmentArrays.from_names(names, np.zeros(0), np.zeros(0)) if names else None
+        unique = isinstance(names, KeysView)  # a mapping's keys: no duplicates among them
+        if names is not None and not isinstance(names, list):
+            names = list(names)
+        # names and hashes only (the rows are not known yet): probed against the index
+        no_rows = np.zeros(len(names) if names else 0, np.int64)
+        seg = SegmentArrays.from_names(names, no_rows, no_rows) if names else None
         prepared, lengths = self._prepare(arrays)
         total = int(lengths.sum())
+        if not prepared and self._shard is None:  # nothing to write, and nowhere yet
+            return 0, 0
+        if names:
+            # Refused here, before any byte is written, rather than at the commit
+            self._check_names(names, seg, unique)
+            if start_position is not None:
+                self._check_own_overlap(start_position, start_position + total)
         owner = self.is_owner
         # A worker (Pool child, dask task thread) opens the data file for this write only:
         # threads of one worker share this object, a long-lived worker holds no store open,
@@ -691,12 +987,24 @@ class StoreWriter:
             _crash_point("after-allocate")
             stop = start + total
             self._check_committed_overlap(start, stop)
-            mark = None if owner else self._journal.begin_write(start, stop)
+            if owner:
+                # an in-memory mark: a commit running meanwhile re-reads these rows' blocks
+                # rather than trusting the sums this write computes (see Journal.begin_write)
+                mark_name: str | None = f"owner-{next(_owner_marks)}"
+                assert mark_name is not None
+                with self._lock:
+                    self._inflight[mark_name] = (start, stop)
+                mark = None
+            else:
+                mark = self._journal.begin_write(start, stop)
+                mark_name = os.path.basename(mark)
             try:
                 follow = self._write_batches(fd, prepared, lengths, start)
             except BaseException:
                 if owner:  # the rows changed, but no record will say so
-                    self._unrecorded.append((start, stop))
+                    with self._lock:
+                        self._unrecorded.append((start, stop))
+                        self._inflight.pop(str(mark_name), None)
                 raise
             sums: Any = None
             if follow is not None and owner:
@@ -715,20 +1023,112 @@ class StoreWriter:
                 seg = SegmentArrays(
                     seg.names, seg.name_offsets, np.stack([starts, ends], 1), seg.hashes
                 )
-            mark_name = os.path.basename(mark) if mark is not None else None
             record = Record(self.variable, seg, stop, start, sums, mark=mark_name)
             if owner:
-                self._pending.append((record, starts, ends))
+                with self._lock:
+                    self._inflight.pop(str(mark_name), None)
+                    if self._sealing or self._closed:
+                        # close() ran in another thread meanwhile: its final commit has
+                        # taken its records, so this write's rows would never be committed
+                        self._unrecorded.append((start, stop))
+                        raise ClosedError(
+                            f"this writer of {self.path!r} was closed by another thread while "
+                            "this write ran; its rows were not committed. Close only after "
+                            "every writing thread has finished."
+                        )
+                    self._pending.append((record, starts, ends))
+                    if names:
+                        self._remember(names, start, stop)
             else:
                 self._journal.append(record, starts, ends)
                 _crash_point("after-journal")
                 assert mark is not None
                 self._journal.end_write(mark)
+                if names:
+                    with self._lock:
+                        self._remember(names, start, stop)
         finally:
             if not owner:
                 os.close(fd)
                 self._wrote_pid = os.getpid()
         return start, stop
+
+    # ------------------------------------------------------------------ name checks
+    def _remember(self, names: list[str], start: int, stop: int) -> None:
+        """Record names and rows this process wrote in this session (caller holds _lock)."""
+        if self._names_seen is None and self._names_first is None:
+            self._names_first = names  # one big write pays no set
+        else:
+            if self._names_seen is None:
+                self._names_seen = set(self._names_first or ())
+                self._names_first = None
+            self._names_seen.update(names)
+        if stop > start:
+            bisect.insort(self._extents, (start, stop))
+
+    def _check_names(self, names: list[str], seg: SegmentArrays | None, unique: bool) -> None:
+        """Refuse names used twice in this call, already written by this process in this
+        session, or already committed (by this or another session)."""
+        if not unique and len(set(names)) != len(names):
+            seen: set[str] = set()
+            dup = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
+            raise DuplicateSegmentError(
+                f"segment name {dup!r} appears twice in one write to {self.path!r}; every "
+                "segment needs a unique name. Nothing was written."
+            )
+        with self._lock:
+            if self._names_first is not None and self._names_seen is None:
+                self._names_seen = set(self._names_first)
+                self._names_first = None
+            seen_before = self._names_seen
+            if seen_before is not None and not seen_before.isdisjoint(names):
+                dup = next(n for n in names if n in seen_before)
+                raise DuplicateSegmentError(
+                    f"segment name {dup!r} was already written to {self.path!r} by this writer "
+                    "in this session; every segment needs a unique name. Nothing was written "
+                    "by this call, and the segments written before are kept."
+                )
+        if seg is None:
+            return
+        with self._lock:
+            idx = self._committed_state()[1].index
+            if idx is None or not len(idx):
+                if not self.is_owner:
+                    self._drop_committed_state()
+                return
+            # the index's hash tables, probed for all names at once: O(new names), no
+            # committed name decoded
+            found = idx.match(seg)
+            if not self.is_owner:  # worker copies keep no descriptor of the store
+                self._drop_committed_state()
+        hit = np.flatnonzero(found[:, 0] >= 0)
+        if hit.size:
+            i = int(hit[0])
+            a, b = found[i]
+            raise DuplicateSegmentError(
+                f"segment name {names[i]!r} is already committed in {self.path!r} "
+                f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
+                "written by this call."
+            )
+
+    def _check_own_overlap(self, start: int, stop: int) -> None:
+        """Refuse a positioned named write over rows this process's named writes of this
+        session already hold (the commit would refuse the pair and name both)."""
+        if stop <= start:
+            return
+        with self._lock:
+            # the extents are disjoint and sorted: only the last one starting before `stop`
+            # can reach past `start`
+            ext = self._extents
+            i = bisect.bisect_left(ext, (stop, -1)) - 1
+            if i >= 0 and ext[i][1] > start:
+                a, b = ext[i]
+                raise OverlapError(
+                    f"rows [{start}, {stop}) overlap rows [{a}, {b}) this writer already "
+                    f"wrote named segments to in {self.path!r}; each segment needs its own "
+                    "rows. Nothing was written: append with start_position=None or pick "
+                    "free rows."
+                )
 
     def name_rows(self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]) -> None:
         """Name rows ``[starts[i], stops[i])`` already written by unnamed :meth:`write_rows`
@@ -772,29 +1172,38 @@ class StoreWriter:
             return
         self._commit()
 
-    def _commit(self) -> None:
+    def _commit(self, final: bool = False) -> None:
         with locked(self._lock_path):
             _crash_point("commit-locked")
             manifest = read_manifest(self.path)
+            self._check_same_store()
             # Marks before records: a write still running now may publish its record before
             # the records are listed; remembering its mark keeps its sums, taken before this
             # commit, from being trusted later (its blocks are read back instead).
             unfinished = self._journal.unfinished_writes()
-            self._seen_marks.update(unfinished)
+            # the owner's block sums, finished in the background since write() returned
+            self._settle_followers()
+            with self._lock:
+                # this process's threads: a write is in flight or pending, never neither
+                unfinished.update(self._inflight)
+                self._seen_marks.update(unfinished)
+                self._sealing = final
+                taken = list(self._pending)
+                unrecorded_taken = list(self._unrecorded)
             files = self._journal.pending()
             records = [r for r in self._journal.read(files)]
-            self._settle_followers()
             # (a record whose follower is still unsettled, from a write racing this commit in
             # another thread, brings no sums: its blocks are read back)
             records += [
                 dataclasses.replace(r, sums=None)
                 if isinstance(r.sums, integrity.WriteFollower)
                 else r
-                for r, _, _ in self._pending
+                for r, _, _ in taken
             ]
             var = manifest.variables.get(self.variable)
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
+                self._forget_taken(taken, unrecorded_taken)
                 return
             mine = [r for r in records if r.variable == self.variable]
             others = [r for r in records if r.variable != self.variable]
@@ -808,10 +1217,26 @@ class StoreWriter:
             segments = manifest.segments
             if new_segments:
                 # checked against every run of the committed index, which stays on disk
+                fresh = concat(new_segments)
                 with Store(self.path) as store:
-                    plan_index = plan_commit(
-                        store.index, manifest.segments, concat(new_segments), f" in {self.path!r}"
-                    )
+                    try:
+                        plan_index = plan_commit(
+                            store.index, manifest.segments, fresh, f" in {self.path!r}"
+                        )
+                    except (DuplicateSegmentError, OverlapError) as exc:
+                        # only on failure: every committed segment, to name the conflicts
+                        a = store.index.arrays if store.index is not None else None
+                        committed = (
+                            SegmentArrays.empty()
+                            if a is None
+                            else SegmentArrays(
+                                np.array(a.names),
+                                np.array(a.name_offsets),
+                                np.array(a.bounds),
+                                np.array(a.hashes),
+                            )
+                        )
+                        raise self._conflict(exc, committed, fresh) from None
                     rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()
@@ -822,7 +1247,7 @@ class StoreWriter:
                 if mine and self.fsync:  # rows rewritten in place: make them durable
                     os.fsync(fd)
                 self._journal.discard(files)
-                self._pending.clear()
+                self._forget_taken(taken, unrecorded_taken)
                 return
             need = self._shard.offset + rows * self._row_nbytes
             shard = Shard(self._shard.path, self._shard.offset, 0, rows)
@@ -852,7 +1277,7 @@ class StoreWriter:
                     sums_of = [None if r.mark in self._seen_marks else r.sums for r in wrote]
                     # Writes with no record (raised, killed, or still running) changed rows
                     # too: their blocks are read back, whatever sums other records bring.
-                    unrecorded = self._unrecorded + list(unfinished.values())
+                    unrecorded = unrecorded_taken + list(unfinished.values())
                     ranges += unrecorded
                     sums_of += [None] * len(unrecorded)
                     plan, todo = integrity.plan_commit(var, new_var, ranges)
@@ -894,6 +1319,9 @@ class StoreWriter:
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
                 checksums = plan.to_json()
+            encoding = var.encoding
+            if manifest.segments is None and not new_segments:
+                encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
             new_var = Variable(
                 var.name,
                 var.dtype,
@@ -901,7 +1329,7 @@ class StoreWriter:
                 var.dims,
                 (shard,),
                 var.attrs,
-                var.encoding,
+                encoding,
                 checksums,
             )
             new = Manifest(
@@ -918,8 +1346,8 @@ class StoreWriter:
             if _read_alloc(self._alloc_path) < rows:
                 atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
             self._journal.discard(files)
-            self._pending.clear()
-            self._unrecorded.clear()  # this commit read their blocks back
+            # only what this commit took: other threads may have written meanwhile
+            self._forget_taken(taken, unrecorded_taken)  # (it read unrecorded blocks back)
             _crash_point("after-discard")
             self._drop_old_index(segments, manifest)
 
@@ -935,12 +1363,15 @@ class StoreWriter:
                 settled[id(f)] = f.result()
             except (OSError, IntegrityError):  # e.g. the file shrank: the commit reads back
                 settled[id(f)] = None
-        self._pending = [
-            (dataclasses.replace(r, sums=settled.get(id(r.sums))), b, e)
-            if isinstance(r.sums, integrity.WriteFollower)
-            else (r, b, e)
-            for r, b, e in self._pending
-        ]
+        if not settled:
+            return
+        with self._lock:  # records replaced in place: a commit forgets exactly what it took
+            self._pending = [
+                (dataclasses.replace(p[0], sums=settled[id(p[0].sums)]), p[1], p[2])
+                if isinstance(p[0].sums, integrity.WriteFollower) and id(p[0].sums) in settled
+                else p
+                for p in self._pending
+            ]
 
     def _clear_generation(self, generation: int) -> None:
         """Remove index files of ``generation`` left by a commit that crashed before its
@@ -959,11 +1390,113 @@ class StoreWriter:
         that opened before this commit may still be reading that one."""
         drop_unused_runs(self.path, current, previous.segments)
 
+    def _forget_taken(self, taken: list[Any], unrecorded: list[tuple[int, int]]) -> None:
+        """Drop the pending records (and failed writes' rows) a commit took, by identity."""
+        with self._lock:
+            ids = {id(t) for t in taken}
+            self._pending = [p for p in self._pending if id(p) not in ids]
+            ids = {id(u) for u in unrecorded}
+            self._unrecorded = [u for u in self._unrecorded if id(u) not in ids]
+
+    def _check_same_store(self) -> None:
+        """Refuse to commit into a store that was deleted and re-created (``remove_exist``
+        by another writer) since this writer opened its data file: the rows it wrote are in
+        the deleted file, and a manifest naming them would name rows that do not exist."""
+        # The session's journal directory goes with the store: this process created it (and
+        # holds its owner lock), so only a deletion of the store removes it.
+        gone = self._journal.started and not os.path.isdir(self._journal.dir)
+        fd = self._fd if self._fd_pid == os.getpid() else None
+        if not gone and fd is not None and self._shard is not None:
+            try:
+                here = os.stat(os.path.join(self.path, self._shard.path))
+                mine = os.fstat(fd)
+                gone = (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev)
+            except FileNotFoundError:
+                gone = True
+        if gone:
+            raise CommitConflictError(
+                f"the store at {self.path!r} was deleted or replaced (by another writer with "
+                "remove_exist=True, or by hand) while this writer was writing; nothing of this "
+                "session was committed and the new store is untouched. Discard this writer "
+                "(discard()) and write again."
+            )
+
+    def _conflict(
+        self, exc: BigArrayError, committed: SegmentArrays, new: SegmentArrays
+    ) -> BigArrayError:
+        """The commit's conflict error, naming every conflicting uncommitted segment and
+        saying how to recover; the writer stays open with its segments pending."""
+        names = _conflicting_names(committed, new)
+        self.conflicts = names
+        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+        err = type(exc)(
+            f"{exc} Nothing was committed: the writer stays open with its uncommitted segments. "
+            f"Conflicting segment(s) of this session ({len(names)}): {shown}. Call "
+            "forget(names) to drop them and flush() again, or discard() to drop everything "
+            "uncommitted."
+        )
+        err.segments = names  # type: ignore[attr-defined]
+        return err
+
+    def forget(self, names: Sequence[str]) -> int:
+        """Drop uncommitted segments ``names`` of this session (after a commit refused
+        them, see ``exc.segments``): their rows stay as unnamed garbage, the other
+        uncommitted segments are kept. Owner only; returns how many segments were dropped."""
+        self._check_open()
+        if not self.is_owner:
+            raise ClosedError("only the process that created the writer may forget segments")
+        drop = {n.encode("utf-8", "surrogatepass") for n in names}
+        count = 0
+
+        def keep_mask(seg: SegmentArrays) -> np.ndarray:
+            off = seg.name_offsets
+            return np.array(
+                [seg.names[off[i] : off[i + 1]].tobytes() not in drop for i in range(seg.count)],
+                bool,
+            )
+
+        with locked(self._lock_path), self._lock:
+            for k, (r, b, e) in enumerate(self._pending):
+                if r.segments is None:
+                    continue
+                keep = keep_mask(r.segments)
+                if keep.all():
+                    continue
+                count += int((~keep).sum())
+                idx = np.flatnonzero(keep)
+                r2 = Record(
+                    r.variable, r.segments.take(idx), r.stop, r.start, r.sums, r.data, r.mark
+                )
+                self._pending[k] = (r2, b[idx], e[idx])
+            for path in self._journal.pending():
+                (r,) = self._journal.read([path])
+                if r.segments is None:
+                    continue
+                keep = keep_mask(r.segments)
+                if keep.all():
+                    continue
+                count += int((~keep).sum())
+                idx = np.flatnonzero(keep)
+                seg = r.segments.take(idx)
+                r2 = Record(r.variable, seg, r.stop, r.start, r.sums, r.data, r.mark)
+                self._journal.append(r2, seg.bounds[:, 0], seg.bounds[:, 1], gated=False)
+                self._journal.discard([path])
+            if self._names_first is not None:
+                self._names_seen = set(self._names_first)
+                self._names_first = None
+            if self._names_seen is not None:
+                self._names_seen.difference_update(names)
+        return count
+
     def abort(self) -> None:
         """Forget everything written since the last commit (the rows stay as garbage)."""
         self._stop_followers()
-        self._journal.discard(self._journal.pending())
-        self._pending.clear()
+        with self._lock:
+            self._journal.discard(self._journal.pending())
+            self._pending.clear()
+            self._names_first = None
+            self._names_seen = None
+            self._extents = []
 
     def _stop_followers(self) -> None:
         """Stop the owner's write followers (they read through the descriptor ``close`` shuts)."""
@@ -983,10 +1516,21 @@ class StoreWriter:
         if not self.is_owner:
             self.flush()
             return
+        if self._shard is None and self._dtype is not None:
+            # a dtype and no write: the store holds an empty (0, *row shape) variable of it
+            self._ensure_variable(self._dtype, self._trailing or ())
+        # No member process publishes a record while the final commit lists and merges
+        # them; after it, the sealed gate makes their writes raise instead. A failed commit
+        # (a conflict, a full disk) raises here and leaves the writer open with every
+        # uncommitted write intact: fix the cause, then close() again, or discard().
         try:
-            self._commit()
-        finally:
-            self._release()
+            with self._journal.gate(exclusive=True, missing_ok=True):
+                self._commit(final=True)
+                self._journal.seal()
+        except BaseException:
+            self._sealing = False  # still open: writes may go on
+            raise
+        self._release()
 
     def discard(self) -> None:
         """End the session without committing (the owner's way to give up a write).
@@ -1007,6 +1551,7 @@ class StoreWriter:
 
     def _release(self) -> None:
         self._closed = True
+        self._drop_committed_state()
         if self.is_owner:
             self._journal.end()
         self._close_data_file()
@@ -1042,14 +1587,18 @@ class StoreWriter:
         state["_unrecorded"] = []
         state["_seen_marks"] = set()
         state["_wrote_pid"] = None
-        state["_committed_rows"] = 0
-        state["_seen_manifest"] = None
-        state.pop("_committed_names", None)
+        state["_committed"] = None
+        state["_inflight"] = {}
+        state["_names_first"] = None
+        state["_names_seen"] = None
+        state["_extents"] = []
+        state.pop("_lock", None)
         state.pop("_journal", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._lock = threading.RLock()
         self._journal = Journal(self.path, self._session)
 
     def __repr__(self) -> str:
@@ -1064,7 +1613,13 @@ class StoreWriter:
             self._close_data_file()
         if getattr(self, "_closed", True) or not getattr(self, "is_owner", False):
             return
-        if self._pending or self._journal.pending():
+        journal = getattr(self, "_journal", None)
+        if journal is None:
+            return
+        # Nobody can commit this session any more: release its owner lock, so that it
+        # counts as dead (remove_exist, a later writer's reclaim) rather than live forever.
+        journal.release()
+        if self._pending or journal.pending():
             warnings.warn(
                 f"a writer of {self.path!r} was garbage-collected with uncommitted writes; call "
                 "flush() or close() (or use it as a context manager) to commit them",

@@ -228,3 +228,262 @@ def test_conflicting_commits_one_wins_one_gets_a_clear_error(tmp_path: Path, cla
     assert report.ok, str(report)
     if clash == "duplicate-name":  # disjoint rows: the winner's data is intact
         check_state_any(str(tmp_path / "store"))
+
+
+# ------------------------------------------------------------ sessions, threads, other programs
+
+CHILD_PROGRAM = """
+import sys
+import numpy as np
+from bigarray import PointerArrayWriter
+
+w = PointerArrayWriter(sys.argv[1], dtype="int16", remove_exist=sys.argv[2] == "1")
+print(repr(w.writer))
+for i in range(100):
+    w.write({f"child{i}": np.full(3, i, np.int16)})
+w.close()
+"""
+
+
+@pytest.mark.parametrize("remove_exist", [False, True])
+def test_a_program_started_later_owns_its_own_writer(tmp_path: Path, remove_exist: bool) -> None:
+    """A parent opens and closes a writer; a child program (it inherits the environment)
+    opens its own writer on the same store: it is its own owner and its writes commit."""
+    import subprocess
+    import sys
+
+    from bigarray import PointerArrayWriter
+
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int16") as w:
+        w.write({"parent": np.arange(2, dtype=np.int16)})
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_PROGRAM)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), "1" if remove_exist else "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "owner" in proc.stdout and "worker" not in proc.stdout
+    x = PointerArray(path)
+    assert len(x.indices) == (100 if remove_exist else 101)
+    np.testing.assert_array_equal(x["child42"], [42, 42, 42])
+
+
+def test_threads_writing_while_another_flushes_lose_nothing(tmp_path: Path) -> None:
+    """4 threads write 500 segments each into one writer while a fifth flushes in a
+    loop: every segment is committed with its bytes."""
+    import threading
+
+    w = StoreWriter(str(tmp_path / "s"), dtype="int32", shape=(0, 3), fsync=False)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(500):
+                w.write_rows([np.full((1 + i % 3, 3), t * 10_000 + i, np.int32)], [f"t{t}-{i}"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def flusher() -> None:
+        while not done.is_set():
+            w.flush()
+
+    f = threading.Thread(target=flusher)
+    f.start()
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    f.join()
+    w.close()
+    assert errors == []
+    x = PointerArray(tmp_path / "s")
+    assert len(x.indices) == 2000
+    for t in range(4):
+        for i in (0, 1, 250, 499):
+            np.testing.assert_array_equal(x[f"t{t}-{i}"], np.full((1 + i % 3, 3), t * 10_000 + i))
+    assert verify_store(str(tmp_path / "s")).ok
+
+
+def test_threads_racing_on_the_first_write_of_a_new_store(tmp_path: Path) -> None:
+    """The first write creates the variable: threads racing on it all succeed."""
+    import threading
+
+    for rep in range(10):
+        w = StoreWriter(str(tmp_path / f"s{rep}"))
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def job(
+            t: int,
+            w: StoreWriter = w,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                w.write_rows([np.full((2, 4), t, np.float32)], [f"t{t}"])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=job, args=(t,)) for t in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        w.close()
+        assert errors == []
+        x = PointerArray(tmp_path / f"s{rep}")
+        assert len(x.indices) == 6 and x.shape == (12, 4)
+
+
+REMOVER = """
+import sys
+import numpy as np
+from bigarray import PointerArrayWriter
+from bigarray.errors import StoreExistsError
+
+try:
+    w = PointerArrayWriter(sys.argv[1], dtype="int8", remove_exist=True)
+except StoreExistsError as exc:
+    print("refused:", exc)
+else:
+    w.write({"intruder": np.ones(2, np.int8)})
+    w.close()
+    print("replaced")
+"""
+
+
+def test_remove_exist_refuses_a_store_another_program_is_writing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "s"
+    w = StoreWriter(str(path), dtype="int8")
+    w.write_rows([np.ones(4, np.int8)], ["before"])
+    w.flush()
+    w.write_rows([np.full(4, 2, np.int8)], ["after"])
+    script = tmp_path / "remover.py"
+    script.write_text(REMOVER)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused:") and "live writer session" in proc.stdout
+    w.close()
+    x = PointerArray(path)
+    assert sorted(x.indices) == ["after", "before"]
+    assert verify_store(str(path)).ok
+    # once nobody writes it, remove_exist replaces it
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.startswith("replaced"), proc.stdout + proc.stderr
+    assert list(PointerArray(path).indices) == ["intruder"]
+
+
+def test_a_store_replaced_under_a_writer_fails_its_commit_cleanly(tmp_path: Path) -> None:
+    import shutil
+
+    from bigarray.errors import CommitConflictError
+
+    path = tmp_path / "s"
+    w = StoreWriter(str(path), dtype="int8")
+    w.write_rows([np.ones(4, np.int8)], ["old"])
+    shutil.rmtree(path)  # by hand: no writer could have refused it
+    with StoreWriter(str(path), dtype="int8") as other:
+        other.write_rows([np.full(2, 5, np.int8)], ["new"])
+    with pytest.raises(CommitConflictError, match="deleted or replaced"):
+        w.flush()
+    w.discard()
+    assert list(PointerArray(path).indices) == ["new"]
+    assert verify_store(str(path)).ok
+
+
+def _own_writer(args: tuple[str, int]) -> None:
+    from bigarray import MmapArrayWriter
+
+    path, k = args
+    with MmapArrayWriter(path=path, shape=(300, 25, 8), dtype="float64") as w:
+        w.write(np.full((100, 25, 8), k, np.float64), start_position=100 * k)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_each_with_their_own_writer_on_a_new_path(tmp_path: Path, method: str) -> None:
+    """The 2020 library's pattern: every pool worker opens its own MmapArrayWriter on the
+    same new path and writes its own rows; every close() commits, nothing is lost."""
+    from bigarray import MmapArray
+
+    for rep in range(3):
+        path = str(tmp_path / f"m{rep}")
+        with multiprocessing.get_context(method).Pool(3) as pool:
+            pool.map(_own_writer, [(path, k) for k in (2, 0, 1)])
+        x = np.asarray(MmapArray(path))
+        assert x.shape == (300, 25, 8)
+        np.testing.assert_array_equal(x[:, 0, 0], np.repeat([0.0, 1.0, 2.0], 100))
+        assert verify_store(path).ok
+
+
+def test_a_child_forked_while_the_store_lock_is_held_does_not_keep_it(tmp_path: Path) -> None:
+    """A Pool started while another thread holds the store lock (mid-commit) must not hold
+    that lock for the child's whole life: every later writer would wait forever."""
+    import fcntl
+
+    from bigarray.fileutil import locked
+
+    lock = str(tmp_path / ".lock")
+    with locked(lock):
+        pid = os.fork()
+        if pid == 0:  # the child lives on after the parent released the lock
+            time.sleep(20)
+            os._exit(0)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            # the child drops its copy as soon as it runs (a loaded machine may take a moment)
+            deadline = time.monotonic() + 8
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # the child still holds it
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def _member_writes(w: StoreWriter) -> None:
+    w.write_rows([np.ones(4, np.int8)], ["from-member"])
+
+
+def test_a_store_replaced_under_a_session_whose_owner_never_wrote(tmp_path: Path) -> None:
+    """Only a member process wrote; the store is deleted and re-created by hand before the
+    owner commits: the commit fails cleanly, the new store is untouched."""
+    import shutil
+
+    from bigarray.errors import CommitConflictError
+
+    path = tmp_path / "s"
+    w = StoreWriter(str(path), dtype="int8")
+    p = multiprocessing.get_context("fork").Process(target=_member_writes, args=(w,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    shutil.rmtree(path)
+    with StoreWriter(str(path), dtype="int8") as other:
+        other.write_rows([np.full(2, 5, np.int8)], ["new"])
+    with pytest.raises(CommitConflictError, match="deleted or replaced"):
+        w.close()
+    w.discard()
+    assert list(PointerArray(path).indices) == ["new"]

@@ -438,3 +438,18 @@ def test_crash_point_is_inert_when_unset(tmp_path: Path, monkeypatch: pytest.Mon
     w.close()
     x = PointerArray(tmp_path / "s")
     assert np.array_equal(x["a"], expected("a"))
+
+
+def test_sessions_soak_keeps_every_write_before_a_returned_commit(tmp_path: Path) -> None:
+    """A short run of ``python -m benchmarks.soak --sessions``: threads writing and flushing,
+    pool workers and independent programs on one store, random SIGKILLs; every write that
+    returned before a commit that returned reads back with its bytes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.soak_sessions import run_sessions
+
+    stats = run_sessions(tmp_path, 2, seed=3, verbose=False)
+    assert stats.actor_errors == []
+    assert stats.lost == [] and stats.wrong == []
+    assert stats.writes_checked > 0 and stats.commits_returned > 0

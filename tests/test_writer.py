@@ -122,14 +122,12 @@ def test_duplicates_and_overlaps(tmp_path: Path) -> None:
     path = tmp_path / "s"
     w = PointerArrayWriter(path, dtype="float32")
     w.write({"a": np.ones(3)})
-    w.write({"a": np.ones(2)})
-    with pytest.raises(DuplicateSegmentError, match="'a' is used twice"):
-        w.flush()
+    with pytest.raises(DuplicateSegmentError, match="'a' was already written"):
+        w.write({"a": np.ones(2)})
     w.writer.abort()
     w.write({"b": np.ones(2)}, start_position=10)
-    w.write({"c": np.ones(2)}, start_position=11)
     with pytest.raises(OverlapError, match="overlap"):
-        w.flush()
+        w.write({"c": np.ones(2)}, start_position=11)
     w.writer.abort()
     w.write({"d": np.arange(4)}, start_position=0)
     w.close()
@@ -357,3 +355,231 @@ def test_flush_in_a_worker_makes_its_rows_durable(tmp_path: Path) -> None:
     p.join(60)
     w.close()
     assert "c" in PointerArray(str(tmp_path / "s")).indices
+
+
+# ---------------------------------------------------------------- no write that returned is lost
+
+
+def test_duplicate_name_is_refused_at_write_and_the_session_survives(tmp_path: Path) -> None:
+    """1,000 good segments and one duplicate name: the duplicate write raises before any
+    byte is written, and the 1,000 segments still commit."""
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, dtype="float32")
+    for i in range(1000):
+        w.write({f"s{i}": np.full(2, i, np.float32)})
+    with pytest.raises(DuplicateSegmentError, match="'s7' was already written"):
+        w.write({"s7": np.ones(3, np.float32)})
+    w.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 1000
+    np.testing.assert_array_equal(x["s7"], [7, 7])
+
+
+def test_names_already_committed_are_refused_at_write_when_resuming(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int16") as w:
+        w.write({f"s{i}": np.full(2, i, np.int16) for i in range(100)})
+    with PointerArrayWriter(path) as w:
+        w.write({"new": np.arange(3, dtype=np.int16)})
+        with pytest.raises(DuplicateSegmentError, match="'s42' is already committed"):
+            w.write({"other": np.ones(1, np.int16), "s42": np.ones(1, np.int16)})
+        w.write({"other": np.ones(1, np.int16)})
+        many = {f"m{i}": np.ones(1, np.int16) for i in range(50)}  # the sorted-hash path
+        many["s99"] = np.ones(1, np.int16)
+        with pytest.raises(DuplicateSegmentError, match="'s99' is already committed"):
+            w.write(many)
+    x = PointerArray(path)
+    assert len(x.indices) == 102
+    np.testing.assert_array_equal(x["s42"], [42, 42])
+
+
+def test_a_positioned_write_over_own_uncommitted_rows_is_refused_at_write(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"a": np.ones(4, np.int8)}, start_position=10)
+        with pytest.raises(OverlapError, match=r"overlap rows \[10, 14\)"):
+            w.write({"b": np.ones(4, np.int8)}, start_position=12)
+        w.write({"b": np.full(4, 2, np.int8)}, start_position=14)
+    assert dict(PointerArray(path).indices.items()) == {"a": (10, 14), "b": (14, 18)}
+
+
+def test_a_duplicate_in_one_list_is_refused_before_writing(tmp_path: Path) -> None:
+    from bigarray import StoreWriter
+
+    w = StoreWriter(str(tmp_path / "s"), dtype="int8")
+    with pytest.raises(DuplicateSegmentError, match="appears twice in one write"):
+        w.write_rows([np.ones(1, np.int8)] * 2, ["x", "x"])
+    w.write_rows([np.ones(1, np.int8)] * 2, ["x", "y"])
+    w.close()
+    assert len(PointerArray(tmp_path / "s").indices) == 2
+
+
+def _child_writes_name(args: tuple[PointerArrayWriter, str]) -> None:
+    w, name = args
+    w.write({name: np.full(3, 9, np.int32)})
+
+
+def test_a_failed_commit_keeps_the_writer_open_and_names_the_conflicts(tmp_path: Path) -> None:
+    """A conflict the writer cannot see at write() (a pool child used the same name):
+    flush() and close() raise naming it, the writer stays open with every pending segment,
+    and forget() + close() commits the rest."""
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, dtype="int32")
+    for i in range(1000):
+        w.write({f"s{i}": np.full(2, i, np.int32)})
+    w.write({"clash": np.zeros(1, np.int32)})
+    with mp.get_context("fork").Pool(1) as pool:
+        pool.map(_child_writes_name, [(w, "clash"), (w, "child-ok")])
+    with pytest.raises(DuplicateSegmentError, match="stays open") as info:
+        w.flush()
+    assert info.value.segments == ["clash"]  # type: ignore[attr-defined]
+    assert not w.closed
+    with pytest.raises(DuplicateSegmentError, match="'clash'"):
+        w.close()
+    assert not w.closed
+    assert w.writer.forget(["clash"]) == 2
+    w.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 1001 and "clash" not in x.indices
+    np.testing.assert_array_equal(x["child-ok"], [9, 9, 9])
+    np.testing.assert_array_equal(x["s999"], [999, 999])
+
+
+def test_a_commit_lost_to_another_session_keeps_the_writer_open(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    a = PointerArrayWriter(path, dtype="int8")
+    b = PointerArrayWriter(path, dtype="int8")
+    a.write({"mine": np.ones(2, np.int8), "same": np.ones(2, np.int8)})
+    b.write({"same": np.full(2, 2, np.int8)})
+    b.close()
+    with pytest.raises(DuplicateSegmentError, match="'same'") as info:
+        a.close()
+    assert info.value.segments == ["same"]  # type: ignore[attr-defined]
+    a.writer.forget(info.value.segments)  # type: ignore[attr-defined]
+    a.close()
+    x = PointerArray(path)
+    assert sorted(x.indices) == ["mine", "same"]
+    np.testing.assert_array_equal(x["same"], [2, 2])
+
+
+def test_unnamed_committed_rows_are_never_overwritten(tmp_path: Path) -> None:
+    from bigarray.integrity import verify_store
+
+    path = tmp_path / "m"
+    with MmapArrayWriter(path, dtype="int32") as w:
+        w.write(np.arange(10, dtype=np.int32))
+    with MmapArrayWriter(path) as w:
+        with pytest.raises(OverlapError, match="committed rows are never overwritten"):
+            w.write(np.full(4, -1, np.int32), start_position=0)
+        with pytest.raises(OverlapError):
+            w.write(np.full(4, -1, np.int32), start_position=8)
+        w.write(np.full(2, 7, np.int32), start_position=10)
+    np.testing.assert_array_equal(MmapArray(path), [*range(10), 7, 7])
+    assert verify_store(str(path)).ok
+
+
+def test_declared_rows_nobody_wrote_stay_writable(tmp_path: Path) -> None:
+    """shape[0] commits rows that read as zeros; a later session may still fill them
+    (not the rows a commit wrote)."""
+    path = tmp_path / "m"
+    with MmapArrayWriter(path, shape=(30, 2), dtype="int16") as w:
+        w.write(np.ones((10, 2), np.int16), start_position=0)
+    assert MmapArray(path).shape == (30, 2)
+    with MmapArrayWriter(path) as w:
+        w.write(np.full((10, 2), 2, np.int16), start_position=20)
+        with pytest.raises(OverlapError):
+            w.write(np.full((10, 2), 3, np.int16), start_position=5)
+    with MmapArrayWriter(path) as w:
+        w.write(np.full((10, 2), 3, np.int16), start_position=10)
+        with pytest.raises(OverlapError):
+            w.write(np.full((1, 2), 3, np.int16), start_position=29)
+    got = np.asarray(MmapArray(path))[:, 0]
+    np.testing.assert_array_equal(got, np.repeat([1, 3, 2], 10))
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_integers_that_do_not_fit_are_refused(tmp_path: Path, many: bool) -> None:
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int32") as w:
+        bad = np.array([2**40, -(2**33), 3], np.int64)
+        segs = {f"s{i}": np.array([i], np.int64) for i in range(5000 if many else 1)}
+        segs["bad"] = bad
+        with pytest.raises(SchemaError, match="does not fit this int32 store"):
+            w.write(segs)
+        del segs["bad"]
+        w.write(segs)  # int64 values that fit are fine
+        with pytest.raises(SchemaError, match="does not fit"):
+            w.write({"u": np.array([2**63], np.uint64)})
+    x = PointerArray(path)
+    assert "bad" not in x.indices
+    np.testing.assert_array_equal(x["s0"], [0])
+
+
+def test_dtype_without_shape_and_no_write_opens_as_empty(tmp_path: Path) -> None:
+    from bigarray.dask_backend import from_bigarray
+
+    for cls, reader in ((PointerArrayWriter, PointerArray), (MmapArrayWriter, MmapArray)):
+        path = tmp_path / cls.__name__
+        cls(path, dtype="float32").close()
+        x = reader(path)
+        assert x.shape == (0,) and x.dtype == np.float32
+        assert from_bigarray(str(path)).shape == (0,)
+
+
+def test_an_empty_mkstemp_file_is_a_free_location(tmp_path: Path) -> None:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(dir=tmp_path)
+    os.close(fd)
+    with MmapArrayWriter(path, (None, 25, 8), "float64") as w:
+        w.write(np.ones((3, 25, 8)))
+        w.write(np.ones((2, 25, 8)))
+    assert MmapArray(path).shape == (5, 25, 8)
+    other = tmp_path / "not-empty"
+    other.write_bytes(b"user data")
+    with pytest.raises(StoreExistsError):
+        MmapArrayWriter(other, (None, 25, 8), "float64")
+    assert other.read_bytes() == b"user data"
+
+
+def _write_pickled_copy(blob: bytes, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    w = pickle.loads(blob)
+    try:
+        w.write({"late": np.ones(2, np.int8)})
+        out.put("returned")
+    except ClosedError as exc:
+        out.put(f"ClosedError: {exc}")
+
+
+def test_a_copy_writing_after_its_owner_closed_raises(tmp_path: Path) -> None:
+    """Rows written through a pickled copy after the owner closed the session would never
+    be committed: the write raises instead of returning."""
+    w = PointerArrayWriter(tmp_path / "s", dtype="int8")
+    blob = pickle.dumps(w)
+    w.close()
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_write_pickled_copy, args=(blob, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(60)
+    assert got.startswith("ClosedError") and "has ended" in got
+
+
+def test_remove_exist_refuses_an_open_writer_but_not_a_dropped_one(tmp_path: Path) -> None:
+    import gc
+    import warnings
+
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, dtype="int8")
+    w.write({"a": np.ones(2, np.int8)})
+    with pytest.raises(StoreExistsError, match="live writer session"):
+        PointerArrayWriter(path, dtype="int8", remove_exist=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        del w
+        gc.collect()
+    with PointerArrayWriter(path, dtype="int16", remove_exist=True) as w2:
+        w2.write({"b": np.ones(2, np.int16)})
+    x = PointerArray(path)
+    assert list(x.indices) == ["b"] and x.dtype == np.int16
