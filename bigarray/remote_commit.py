@@ -37,6 +37,7 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -271,3 +272,61 @@ def _remove_quietly(access: FileAccess, rels: Iterable[str]) -> None:
     with contextlib.suppress(Exception):
         access.remove(rels)
 
+
+
+# --------------------------------------------------------------------------- local directories
+def exchange_dirs(a: str, b: str) -> bool:
+    """Swap two directories in one step (``renameat2(RENAME_EXCHANGE)``): a reader opening
+    ``b`` sees the old or the new one, never neither. Returns False where the kernel or the
+    filesystem cannot (then nothing was changed)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def staging_path(final: str) -> str:
+    """A new sibling of ``final`` where its replacement is written before the switch."""
+    head, tail = os.path.split(os.path.abspath(final))
+    return os.path.join(head, f".{tail}.replace-{uuid.uuid4().hex[:12]}")
+
+
+def switch_into_place(staging: str, final: str) -> None:
+    """Make the committed store at ``staging`` the store at ``final`` and delete the old one.
+
+    The switch is one atomic exchange where Linux offers it (readers opening ``final`` see
+    the old store or the new one, whole); elsewhere two renames, with a moment in between
+    in which ``final`` does not exist. The old store is deleted after the switch (a reader
+    that mapped it keeps its maps).
+    """
+    from .fileutil import fsync_dir
+
+    parent = os.path.dirname(os.path.abspath(final))
+    if os.path.lexists(final) and exchange_dirs(staging, final):
+        fsync_dir(parent)
+        remove_path(staging)
+        return
+    old = staging + ".old"
+    if os.path.lexists(final):
+        os.rename(final, old)
+    os.rename(staging, final)
+    fsync_dir(parent)
+    remove_path(old)
+
+
+def remove_path(path: str) -> None:
+    """Delete a directory tree or a file (missing is fine)."""
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

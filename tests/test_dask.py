@@ -394,3 +394,21 @@ def test_failed_write_commits_nothing(tmp_path: Path) -> None:
         to_bigarray(x, path, segments=[("a", 100)])
     assert MmapArray(path).shape == (0, 2)
     assert len(PointerArray(path).indices) == 0
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [[("a", 10), ("a", 10)], {"a": (0, 10), "b": (5, 15)}],
+    ids=["duplicate-name", "overlapping-rows"],
+)
+def test_remove_exist_with_bad_segments_refuses_before_touching_the_store(
+    tmp_path: Path, segments: Any
+) -> None:
+    path = str(tmp_path / "keep.bigarray")
+    to_bigarray(da.ones((20, 2), chunks=(10, 2)), path, segments={"k": (0, 20)})
+    with pytest.raises((OverlapError, bigarray.errors.DuplicateSegmentError)):
+        to_bigarray(da.full((20, 2), 2.0, chunks=(10, 2)), path, segments, remove_exist=True)
+    x = PointerArray(path)
+    assert x.shape == (20, 2) and np.all(np.asarray(x) == 1.0)
+    assert list(x.indices.keys()) == ["k"]
+    assert sorted(os.listdir(tmp_path)) == ["keep.bigarray"], "a replacement was left behind"
