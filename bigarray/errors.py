@@ -124,3 +124,8 @@ class RemoteStoreError(BigArrayError, OSError):
 
 class StoreAccessError(RemoteStoreError, PermissionError):
     """Access to a store was refused (no permission, wrong credentials, a bucket policy)."""
+
+
+class StoreChangedError(SchemaError):
+    """The store was replaced (rewritten, committed again) after this array or handle was
+    opened: the rows it refers to are gone. Open the store again."""

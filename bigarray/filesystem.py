@@ -30,6 +30,7 @@ from .errors import (
     RemoteStoreError,
     StorageOptionsError,
     StoreAccessError,
+    StoreChangedError,
     StoreCorruptedError,
     StoreNotFoundError,
 )
@@ -352,11 +353,35 @@ class FileAccess:
     def _missing_for(self, rel: str) -> Callable[[], BigArrayError]:
         return partial(self._missing_listed, rel)
 
-    def _missing_listed(self, rel: str) -> StoreCorruptedError:
+    def _missing_listed(self, rel: str) -> StoreCorruptedError | StoreChangedError:
+        replaced = self._replaced(rel)
+        if replaced is not None:
+            return replaced
         return StoreCorruptedError(
             f"{self.where(rel)!r} is listed in the manifest of {self.url!r} but does not exist; "
             "the store was damaged after its last commit (or a copy of it is incomplete). "
             "Restore the object or the whole store from a copy."
+        )
+
+    def _replaced(self, rel: str) -> StoreChangedError | None:
+        """The error for an object a reader's manifest names that is gone because the store
+        was committed again since (its manifest names other objects now), else None."""
+        from .format import MANIFEST_NAME, parse_manifest
+
+        try:
+            self.invalidate()
+            raw = bytes(self.fs.cat_file(self.full(MANIFEST_NAME)))
+            manifest = parse_manifest(raw, self.url)
+        except Exception:
+            return None
+        from .remote_commit import manifest_objects
+
+        if rel in manifest_objects(manifest):
+            return None
+        return StoreChangedError(
+            f"{self.where(rel)!r} is gone because {self.url!r} was replaced (committed again, "
+            f"now generation {manifest.generation}) after this array or store was opened; the "
+            "store is not damaged. Open it again to read the current version."
         )
 
     # ------------------------------------------------------------------ metadata

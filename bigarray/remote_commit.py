@@ -176,9 +176,7 @@ def put_manifest(access: FileAccess, data: bytes, base: Snapshot) -> None:
     kind = conditional_support(access)
     full = access.full(MANIFEST_NAME)
     if kind == "s3":
-        kwargs: dict[str, Any] = (
-            {"mode": "create"} if base.etag is None else {"IfMatch": base.etag}
-        )
+        kwargs: dict[str, Any] = {"mode": "create"} if base.etag is None else {"IfMatch": base.etag}
         try:
             access.fs.pipe_file(full, data, **kwargs)
         except FileNotFoundError:
@@ -271,7 +269,6 @@ def _remove_quietly(access: FileAccess, rels: Iterable[str]) -> None:
         return
     with contextlib.suppress(Exception):
         access.remove(rels)
-
 
 
 # --------------------------------------------------------------------------- local directories

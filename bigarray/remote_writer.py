@@ -222,7 +222,16 @@ def _commit(
     index_written: list[str] = []
     try:
         return _check_and_commit(
-            results, access, variable, dtype, shape, dims, attrs, seg, overwrite, session,
+            results,
+            access,
+            variable,
+            dtype,
+            shape,
+            dims,
+            attrs,
+            seg,
+            overwrite,
+            session,
             index_written,
         )
     except BaseException:
