@@ -52,6 +52,7 @@ from . import integrity
 from .errors import (
     BigArrayWarning,
     ClosedError,
+    DuplicateSegmentError,
     NotAStoreError,
     OverlapError,
     SchemaError,
@@ -79,6 +80,7 @@ from .format import (
 )
 from .index import SegmentArrays, concat, merge, write_index
 from .journal import Journal, Record, collect_dead_sessions
+from .reruns import drop_identical_reruns, pread_rows
 from .store import Store, is_store, read_manifest, resolve_inside
 
 _ALLOC_NAME = "alloc"
@@ -794,7 +796,16 @@ class StoreWriter:
                             np.array(a.bounds),
                             np.array(a.hashes),
                         )
-                merged = merge(committed, concat(new_segments), f" in {self.path!r}")
+                fresh = concat(new_segments)
+                try:
+                    merged = merge(committed, fresh, f" in {self.path!r}")
+                except DuplicateSegmentError:
+                    if self._shard is None:
+                        raise
+                    # a task rerun after its worker died wrote a segment again (reruns.py)
+                    read = pread_rows(self._data_fd(), self._shard.offset, self._row_nbytes)
+                    fresh = drop_identical_reruns(committed, fresh, read)
+                    merged = merge(committed, fresh, f" in {self.path!r}")
                 if merged.count and int(merged.bounds[:, 1].max()) > rows:
                     rows = int(merged.bounds[:, 1].max())
             assert self._shard is not None

@@ -412,3 +412,42 @@ def test_remove_exist_with_bad_segments_refuses_before_touching_the_store(
     assert x.shape == (20, 2) and np.all(np.asarray(x) == 1.0)
     assert list(x.indices.keys()) == ["k"]
     assert sorted(os.listdir(tmp_path)) == ["keep.bigarray"], "a replacement was left behind"
+
+
+def _append_then_die_once(w: Any, i: int, marker: str) -> int:
+    w.write({f"s{i}": np.full((10, 3), i, "f8")})
+    if i == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)  # the worker dies after its write: dask reruns the task
+    return i
+
+
+def test_rerun_of_an_appending_task_on_a_killed_worker_commits_once(
+    tmp_path: Path, client: Any
+) -> None:
+    path = str(tmp_path / "x.bigarray")
+    w = PointerArrayWriter(path, dtype="f8")
+    marker = str(tmp_path / "killed")
+    futures = client.map(_append_then_die_once, [w] * 8, range(8), [marker] * 8, pure=False)
+    assert client.gather(futures) == list(range(8))
+    assert os.path.exists(marker)
+    w.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 8
+    for i in range(8):
+        np.testing.assert_array_equal(x[f"s{i}"], np.full((10, 3), i, "f8"))
+
+
+def test_same_name_with_other_bytes_is_still_a_duplicate(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.bigarray")
+    with PointerArrayWriter(path, dtype="f8") as w:
+        w.write({"a": np.zeros((4, 2))})
+    w = PointerArrayWriter(path)
+    w.write({"a": np.ones((4, 2))})
+    with pytest.raises(bigarray.errors.DuplicateSegmentError):
+        w.close()
+    w2 = PointerArrayWriter(path)
+    w2.write({"a": np.zeros((4, 2))})  # same name, same bytes: a rerun, committed once
+    w2.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 1 and np.all(x["a"] == 0)
