@@ -5,6 +5,7 @@
     python -m benchmarks.soak --kills 2000            # crash harness, 2,000 SIGKILLs
     python -m benchmarks.soak --fuzz 20000            # fuzzed damaged stores (all modes)
     python -m benchmarks.soak --checksum-cost 1GB     # write+commit with and without sums
+    python -m benchmarks.soak --remote 40             # writers racing on one s3:// URL
 
 The crash and fuzz engines are the ones the tests use (``tests/test_crash.py``,
 ``tests/test_fuzz.py``); this module only runs them longer and prints the totals.
@@ -135,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz", type=int, default=0, help="damaged stores to read (all modes)")
     ap.add_argument("--checksum-cost", default=None, help="bytes to write, e.g. 1GB or small")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--remote", type=int, default=0, help="rounds of the remote soak (S3, moto)")
     args = ap.parse_args(argv)
+    if args.remote:
+        from benchmarks.soak_remote import soak_remote
+
+        return 1 if soak_remote(args.remote)["mixes"] else 0
     if not (args.kills or args.fuzz or args.checksum_cost):
         args.kills, args.fuzz = 2000, 20000
     if args.kills:

@@ -109,6 +109,37 @@ def check_local_options(url: str | os.PathLike[str], storage_options: Any) -> No
         )
 
 
+#: Defaults for ``s3://`` stores, used where ``storage_options["config_kwargs"]`` does not set
+#: them (botocore ``Config``): a server that accepts a connection and never answers costs a
+#: bounded time (about a minute over every retry) and ends in a :class:`RemoteStoreError`
+#: naming the URL, instead of blocking for ever. ``read_timeout`` is the longest silence
+#: within one response, not a limit on long transfers. Transient errors (throttling,
+#: 5xx, dropped connections) are retried with exponential backoff by botocore's
+#: ``standard`` mode and then by s3fs (:data:`S3_RETRIES` rounds).
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 10,
+    "retries": {"mode": "standard", "max_attempts": 3},
+}
+#: Seconds a write through an async filesystem (S3, GCS, HTTP) may take at most, plus one
+#: second per :data:`WRITE_MIN_RATE` bytes written.
+WRITE_TIMEOUT = 60.0
+WRITE_MIN_RATE = 1 << 20
+#: s3fs's own retry rounds (its default, 5, nests to 50 attempts per call); bigarray leaves
+#: retrying to botocore (``config_kwargs["retries"]``), which backs off between attempts.
+S3_RETRIES = 1
+
+
+def _with_remote_defaults(url: str, options: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """``options`` with bigarray's timeout and retry defaults for an ``s3://`` URL (the
+    user's own settings win), and the s3fs retry count to set (None: leave it)."""
+    if not url.lower().startswith(("s3://", "s3a://")):
+        return options, None
+    given = dict(options.get("config_kwargs") or {})
+    config = {**S3_CONFIG_DEFAULTS, **given}
+    return {**options, "config_kwargs": config}, S3_RETRIES
+
+
 def _is_io_error(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return True
@@ -157,10 +188,26 @@ def translate_error(
             "credentials in storage_options (key/secret, token, profile) and the bucket policy; "
             "the URL itself may be right."
         )
+    if _is_timeout(exc):
+        return RemoteStoreError(
+            f"could not {action} {where!r}: the service did not answer in time, after "
+            f"retries ({type(exc).__name__}: {exc}). Check that it is reachable; to wait "
+            "longer, raise storage_options={'config_kwargs': {'read_timeout': seconds, "
+            "'connect_timeout': seconds}}."
+        )
     return RemoteStoreError(
         f"could not {action} {where!r}: {type(exc).__name__}: {exc}. Check that the service "
         "is reachable and the storage_options are right, then retry."
     )
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import asyncio
+    import socket
+
+    if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
+        return True
+    return any("Timeout" in k.__name__ for k in type(exc).__mro__)
 
 
 class FileAccess:
@@ -185,8 +232,9 @@ class FileAccess:
         text = os.fspath(url)
         self.url = text.rstrip("/") or text
         self.storage_options: dict[str, Any] = dict(storage_options or {})
+        options, s3_retries = _with_remote_defaults(self.url, self.storage_options)
         try:
-            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
             raise RemoteStoreError(
                 f"cannot open {self.url!r}: {exc}. Use a protocol fsspec knows (s3://, gcs://, "
@@ -194,6 +242,11 @@ class FileAccess:
             ) from None
         except Exception as exc:  # a filesystem constructor that failed on the options
             raise translate_error(exc, self.url, action="connect to") from exc
+        if s3_retries is not None and getattr(fs, "retries", None) != s3_retries:
+            # s3fs retries each request ``retries`` times in two nested loops, on top of
+            # botocore's own attempts: 5 (its default) makes a stalled server cost 50 read
+            # timeouts. The instance is bigarray's (fsspec caches it under these options).
+            fs.retries = s3_retries
         self.fs = fs
         self.root = str(root).rstrip("/")
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -435,14 +488,24 @@ class FileAccess:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             data = b"".join(data)  # type: ignore[arg-type]
         full = self.full(rel)
+        kwargs = self.write_deadline(memoryview(data).nbytes)
 
         def run() -> None:
             if self.local:
                 self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
-            self.fs.pipe_file(full, data)
+            self.fs.pipe_file(full, data, **kwargs)
 
         self._call(run, rel, action="write")
         return memoryview(data).nbytes
+
+    def write_deadline(self, nbytes: int) -> dict[str, Any]:
+        """``{"timeout": seconds}`` for one write of ``nbytes`` through an async filesystem
+        (fsspec cancels the call then): a server that accepts a request and never answers
+        does not trip the read timeout of a PUT, so writes get an overall deadline of
+        :data:`WRITE_TIMEOUT` seconds plus one second per :data:`WRITE_MIN_RATE` bytes."""
+        if not getattr(self.fs, "async_impl", False):
+            return {}
+        return {"timeout": WRITE_TIMEOUT + nbytes / WRITE_MIN_RATE}
 
     def commit_file(self, rel: str, data: bytes) -> None:
         """Write ``rel`` so that readers see the old file or the new one, never a part.
@@ -465,7 +528,7 @@ class FileAccess:
         if not paths:
             return
         try:
-            self.fs.rm(paths)
+            self.fs.rm(paths, **self.write_deadline(0))
         except FileNotFoundError:
             for p in paths:
                 with contextlib.suppress(FileNotFoundError):

@@ -177,6 +177,7 @@ def put_manifest(access: FileAccess, data: bytes, base: Snapshot) -> None:
     full = access.full(MANIFEST_NAME)
     if kind == "s3":
         kwargs: dict[str, Any] = {"mode": "create"} if base.etag is None else {"IfMatch": base.etag}
+        kwargs.update(access.write_deadline(len(data)))
         try:
             access.fs.pipe_file(full, data, **kwargs)
         except FileNotFoundError:

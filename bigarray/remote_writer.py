@@ -335,9 +335,10 @@ def _cleanup(access: FileAccess, prefix: str, extra: Sequence[str] = ()) -> None
     for attempt in range(4):
         with contextlib.suppress(Exception):
             access.invalidate()
-            found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"))
+            deadline = access.write_deadline(0)  # a hung server must not hang the cleanup
+            found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"), **deadline)
             if found:
-                access.fs.rm(list(found))
+                access.fs.rm(list(found), **deadline)
             elif attempt:
                 break
         time.sleep(0.25)
