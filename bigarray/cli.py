@@ -79,9 +79,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .integrity import verify_store
+    from .filesystem import is_local
 
-    report = verify_store(args.path)
+    if is_local(args.path):
+        from .filesystem import check_local_options
+        from .integrity import verify_store
+
+        check_local_options(args.path, _options(args.storage_options))
+        report = verify_store(args.path)
+    else:
+        from .remote_verify import verify_remote
+
+        report = verify_remote(args.path, _options(args.storage_options))
     print(report)
     return 0 if report.ok else 1
 
@@ -151,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("verify", help="check every checksum; report the first bad block")
-    s.add_argument("path")
+    s.add_argument("path", help="store path or URL")
+    s.add_argument("--storage-options", help="fsspec options as JSON (remote URLs)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser(

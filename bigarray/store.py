@@ -338,6 +338,16 @@ def _no_variable(path: str, name: object, vars_: dict[str, Variable]) -> Variabl
 
 # --------------------------------------------------------------------------- remote stores
 
+
+def _only_uncommitted_objects(access: Any) -> bool:
+    """Whether a URL without a manifest holds nothing but a sharded write's objects."""
+    try:
+        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in access.fs.ls(access.root)}
+    except Exception:
+        return False
+    return bool(names) and names <= {"shards", "index"}
+
+
 #: The largest manifest a reader accepts (a manifest is small; this bounds hostile input).
 _MAX_MANIFEST = 64 << 20
 
@@ -403,6 +413,12 @@ class RemoteStore:
                 exists = self._access.exists("")
             except Exception:
                 exists = False
+            if exists and _only_uncommitted_objects(self._access):
+                return StoreNotFoundError(
+                    f"no committed bigarray store at {url!r}: it holds only objects of a write "
+                    "that never committed (shards/, index/; a writer killed before its commit). "
+                    "Write the store again; those objects can be deleted."
+                )
             if exists:
                 return NotAStoreError(
                     f"{url!r} exists but holds no {MANIFEST_NAME}: not a bigarray store (or one "

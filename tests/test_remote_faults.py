@@ -291,3 +291,39 @@ def test_a_worker_killed_mid_write_gives_one_complete_version(
         store.read_rows("data", 0, 400), np.arange(1200.0).reshape(400, 3)
     )
     assert store.index is not None and len(store.index) == 20
+
+
+def test_cli_verify_checks_a_remote_store_with_storage_options(
+    s3_options: dict[str, Any], tmp_path: Any, capsys: Any
+) -> None:
+    import json
+
+    from bigarray import PointerArrayWriter
+    from bigarray.cli import main
+    from bigarray.copy import copy_store
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    fs.call_s3("create_bucket", Bucket=bucket)
+    sharded, copied = f"s3://{bucket}/sharded.bigarray", f"s3://{bucket}/copied.bigarray"
+    _write(sharded, s3_options, 1.0)
+    local = str(tmp_path / "a.bigarray")
+    with PointerArrayWriter(local, dtype="f8") as w:
+        w.write({f"s{i}": np.full((300, 8), i, "f8") for i in range(10)})
+    copy_store(local, copied, dst_options=s3_options, progress=False)
+    opts = json.dumps(s3_options)
+    assert main(["verify", sharded, "--storage-options", opts]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "no recorded checksums" in out
+    assert main(["verify", copied, "--storage-options", opts]) == 0
+    assert "block(s)" in capsys.readouterr().out
+    # damage one byte of a copied shard: verify names the block
+    m = open_store(copied, s3_options).manifest
+    shard = m.variables["data"].shards[0].path
+    raw = bytearray(fs.cat_file(f"{bucket}/copied.bigarray/{shard}"))
+    raw[-5] ^= 0xFF
+    fs.pipe_file(f"{bucket}/copied.bigarray/{shard}", bytes(raw))
+    assert main(["verify", copied, "--storage-options", opts]) == 1
+    assert "crc32c" in capsys.readouterr().out
+    assert main(["verify", f"s3://{bucket}/nothing.bigarray", "--storage-options", opts]) == 1
+    assert "StoreNotFoundError" in capsys.readouterr().err
