@@ -20,6 +20,7 @@ names the URL: a missing object is :class:`StoreNotFoundError` (or
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -136,7 +137,9 @@ def _with_remote_defaults(url: str, options: dict[str, Any]) -> tuple[dict[str, 
     if not url.lower().startswith(("s3://", "s3a://")):
         return options, None
     given = dict(options.get("config_kwargs") or {})
-    config = {**S3_CONFIG_DEFAULTS, **given}
+    # a deep copy: botocore rewrites the "retries" dict it is given (max_attempts ->
+    # total_max_attempts), which must never reach the module's defaults
+    config = copy.deepcopy({**S3_CONFIG_DEFAULTS, **given})
     return {**options, "config_kwargs": config}, S3_RETRIES
 
 

@@ -142,7 +142,7 @@ def _lost(access: FileAccess, base: Snapshot) -> StoreExistsError:
         return StoreExistsError(
             f"another writer committed a store at {access.url!r} while this one was writing; "
             "this write was not committed and its objects were removed. Write elsewhere, or "
-            "pass remove_exist=True (overwrite=True) to replace that store."
+            "run it again with remove_exist=True (overwrite=True) to replace that store."
         )
     return ConcurrentCommitError(
         f"another writer committed {access.url!r} while this one was replacing it; this write "
@@ -157,7 +157,7 @@ def _precondition_failed(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         text = f"{type(seen).__name__} {seen}"
-        if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text:
+        if "PreconditionFailed" in text or "ConditionalRequestConflict" in text:
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -4,7 +4,9 @@ A dask scheduler reruns a task whose worker died, even after the task wrote its 
 journaled its segment (the result was lost with the worker, not the write). An appending
 writer then holds the segment twice: same name, same bytes, other rows. The commit keeps
 the first copy and drops the rerun (its rows stay in the data file, unnamed), so the
-session commits once instead of failing on a duplicate name. The same name with *other*
+session commits once instead of failing on a duplicate name. Only repeats among the
+records of one commit are recognised: a segment committed earlier (by a flush, or by
+another session) and written again is still refused. The same name with *other*
 bytes (or another length) is still a :class:`~bigarray.errors.DuplicateSegmentError`.
 """
 
@@ -40,8 +42,10 @@ def pread_rows(fd: int, offset: int, row_nbytes: int) -> Callable[[int, int], by
 def drop_identical_reruns(
     committed: SegmentArrays, new: SegmentArrays, read: Callable[[int, int], bytes]
 ) -> SegmentArrays:
-    """``new`` without the segments that repeat an earlier one (committed, or earlier in
-    ``new``) by name, length and bytes. Everything else is left for :func:`merge` to judge."""
+    """``new`` without the segments that repeat an earlier one of ``new`` (the records of
+    this commit) by name, length and bytes. A repeat of a *committed* segment is left for
+    :func:`merge` to refuse: it may be another session's work. Everything else is left for
+    :func:`merge` to judge."""
     if not new.count:
         return new
     both = concat([committed, new])
@@ -59,7 +63,8 @@ def drop_identical_reruns(
     for i in members:
         key = both.names[both.name_offsets[i] : both.name_offsets[i + 1]].tobytes()
         j = first.setdefault(key, i)
-        if j == i or i < base:
+        if j == i or j < base:
+            # a committed segment is another session's (or an earlier commit's): a clash
             continue
         (a0, b0), (a1, b1) = bounds[j].tolist(), bounds[i].tolist()
         if (a0, b0) == (a1, b1):

@@ -440,14 +440,16 @@ def test_rerun_of_an_appending_task_on_a_killed_worker_commits_once(
 
 def test_same_name_with_other_bytes_is_still_a_duplicate(tmp_path: Path) -> None:
     path = str(tmp_path / "x.bigarray")
-    with PointerArrayWriter(path, dtype="f8") as w:
-        w.write({"a": np.zeros((4, 2))})
-    w = PointerArrayWriter(path)
+    w = PointerArrayWriter(path, dtype="f8")
+    w.write({"a": np.zeros((4, 2))})
     w.write({"a": np.ones((4, 2))})
     with pytest.raises(bigarray.errors.DuplicateSegmentError):
         w.close()
+    # another session writing a committed name again (same bytes) is refused too
+    path = str(tmp_path / "y.bigarray")
+    with PointerArrayWriter(path, dtype="f8") as w1:
+        w1.write({"a": np.zeros((4, 2))})
     w2 = PointerArrayWriter(path)
-    w2.write({"a": np.zeros((4, 2))})  # same name, same bytes: a rerun, committed once
-    w2.close()
-    x = PointerArray(path)
-    assert len(x.indices) == 1 and np.all(x["a"] == 0)
+    w2.write({"a": np.zeros((4, 2))})
+    with pytest.raises(bigarray.errors.DuplicateSegmentError):
+        w2.close()
