@@ -385,7 +385,11 @@ def to_bigarray_sharded(
         Name of the variable.
     compute
         Write now and return the committed :class:`~bigarray.format.Manifest`; with
-        ``False`` return a ``dask.delayed`` object whose computation writes and commits.
+        ``False`` return a ``dask.delayed`` object whose computation writes and commits
+        (nothing at ``url`` is touched before it runs). If a *block* of that computation
+        fails, the commit task never runs: the shards its sibling tasks wrote stay,
+        named by no manifest (never read), until deleted by hand; with ``compute=True``
+        they are deleted here.
     storage_options
         Options for the fsspec filesystem (refused for a local path).
     remove_exist
