@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.remote:
         from benchmarks.soak_remote import soak_remote
 
-        return 1 if soak_remote(args.remote)["mixes"] else 0
+        totals = soak_remote(args.remote)
+        return 1 if totals["mixes"] or totals["read_errors"] else 0
     if not (args.kills or args.fuzz or args.checksum_cost):
         args.kills, args.fuzz = 2000, 20000
     if args.kills:

@@ -99,7 +99,18 @@ def soak_remote(rounds: int, seed: int = 7) -> dict[str, Any]:
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
     totals = dict.fromkeys(
-        ["rounds", "writers", "kills", "commits", "lost", "reads", "mixes", "orphans"], 0
+        [
+            "rounds",
+            "writers",
+            "kills",
+            "commits",
+            "lost",
+            "reads",
+            "read_errors",
+            "mixes",
+            "orphans",
+        ],
+        0,
     )
     t0 = time.perf_counter()
     try:
@@ -116,6 +127,9 @@ def soak_remote(rounds: int, seed: int = 7) -> dict[str, Any]:
                         pass  # no store yet, or replaced while being read: reopen
                     except AssertionError:
                         totals["mixes"] += 1
+                    except Exception as exc:  # anything else is a finding too
+                        totals["read_errors"] += 1
+                        print(f"  reader: {type(exc).__name__}: {exc}", flush=True)
                     time.sleep(0.01)
 
             t = threading.Thread(target=reader)
@@ -171,6 +185,7 @@ def soak_remote(rounds: int, seed: int = 7) -> dict[str, Any]:
         f"remote soak: {totals['rounds']} rounds, {totals['writers']} writers, "
         f"{totals['kills']} SIGKILLs, {totals['commits']} commits, {totals['lost']} told they "
         f"lost a race, {totals['reads']} versions read and checked, {totals['mixes']} mixed, "
+        f"{totals['read_errors']} other read errors, "
         f"{totals['orphans']} objects left by killed writers, {totals['seconds']} s"
     )
     return totals
@@ -182,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("rounds", type=int, nargs="?", default=40)
     args = ap.parse_args(argv)
-    return 1 if soak_remote(args.rounds)["mixes"] else 0
+    totals = soak_remote(args.rounds)
+    return 1 if totals["mixes"] or totals["read_errors"] else 0
 
 
 if __name__ == "__main__":

@@ -342,10 +342,13 @@ def _no_variable(path: str, name: object, vars_: dict[str, Variable]) -> Variabl
 def _only_uncommitted_objects(access: Any) -> bool:
     """Whether a URL without a manifest holds nothing but a sharded write's objects."""
     try:
+        access.invalidate()
         names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in access.fs.ls(access.root)}
+    except FileNotFoundError:
+        return True  # deleted since (a failed write cleaning up): nothing there at all
     except Exception:
         return False
-    return bool(names) and names <= {"shards", "index"}
+    return names <= {"shards", "index"}
 
 
 #: The largest manifest a reader accepts (a manifest is small; this bounds hostile input).
