@@ -73,6 +73,8 @@ def _check(store: Any) -> float:
 
 def soak_remote(rounds: int, seed: int = 7) -> dict[str, Any]:
     """Run the remote soak; return (and print) its totals."""
+    import logging
+
     from moto.server import ThreadedMotoServer
     from s3fs import S3FileSystem
 
@@ -80,6 +82,7 @@ def soak_remote(rounds: int, seed: int = 7) -> dict[str, Any]:
     from bigarray.remote_commit import manifest_objects
     from bigarray.store import open_store
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     port = _free_port()

@@ -432,7 +432,13 @@ class RemoteStore:
                 "URL (bucket, prefix, host), or write a store there first."
             )
 
-        raw = self._access.cat(MANIFEST_NAME, missing=missing)  # type: ignore[arg-type]
+        try:
+            raw = self._access.cat(MANIFEST_NAME, missing=missing)  # type: ignore[arg-type]
+        except NotAStoreError:
+            # a writer may have committed between the GET that missed and the listing that
+            # found its objects: read once more before calling the URL foreign
+            self._access.invalidate()
+            raw = self._access.cat(MANIFEST_NAME, missing=missing)  # type: ignore[arg-type]
         if len(raw) > _MAX_MANIFEST:
             raise StoreCorruptedError(
                 f"{url!r}: {MANIFEST_NAME} holds {len(raw):,} bytes, more than the "
