@@ -6,6 +6,7 @@
     python -m benchmarks.soak --fuzz 20000            # fuzzed damaged stores (all modes)
     python -m benchmarks.soak --checksum-cost 1GB     # write+commit with and without sums
     python -m benchmarks.soak --sessions 40           # concurrent sessions, threads, kills
+    python -m benchmarks.soak --remote 40             # writers racing on one s3:// URL
 
 ``--sessions`` runs :mod:`benchmarks.soak_sessions`: threads writing and flushing, pool
 workers, independent programs on one store, random SIGKILLs; every ``write()`` that returned
@@ -143,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checksum-cost", default=None, help="bytes to write, e.g. 1GB or small")
     ap.add_argument("--sessions", type=int, default=0, help="rounds of the sessions soak")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--remote", type=int, default=0, help="rounds of the remote soak (S3, moto)")
     args = ap.parse_args(argv)
+    if args.remote:
+        from benchmarks.soak_remote import soak_remote
+
+        totals = soak_remote(args.remote)
+        return 1 if totals["mixes"] or totals["read_errors"] else 0
     if not (args.kills or args.fuzz or args.checksum_cost or args.sessions):
         args.kills, args.fuzz, args.sessions = 2000, 20000, 40
     if args.kills:

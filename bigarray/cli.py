@@ -117,7 +117,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .integrity import verify_store
+    from .filesystem import is_local
     from .legacy import check_legacy, is_legacy_file
 
     if os.path.isfile(args.path) and is_legacy_file(args.path):
@@ -127,7 +127,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {line}")
         return 0 if ok else 1
 
-    report = verify_store(args.path)
+    if is_local(args.path):
+        from .filesystem import check_local_options
+        from .integrity import verify_store
+
+        check_local_options(args.path, _options(args.storage_options))
+        report = verify_store(args.path)
+    else:
+        from .remote_verify import verify_remote
+
+        report = verify_remote(args.path, _options(args.storage_options))
     print(report)
     return 0 if report.ok else 1
 
@@ -222,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("verify", help="check every checksum; report the first bad block")
-    s.add_argument("path")
+    s.add_argument("path", help="store path or URL")
+    s.add_argument("--storage-options", help="fsspec options as JSON (remote URLs)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("rm", help="delete stores (and 2020 bigarray files); refuses anything else")

@@ -2,22 +2,34 @@
 
 Only what the manifest names is copied: every shard of every variable, the index files
 of the committed generation, and last the manifest itself (the copy's commit), so a copy
-interrupted at any point leaves no store at the destination, never half of one. Each
+interrupted at any point leaves the destination as it was (no store, or the store it
+replaces, whole), never half of one. Each
 file is streamed in blocks (never whole in memory), several files at a time, and its
 size is checked at the destination before the manifest is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StoreCorruptedError, StoreExistsError
+from .errors import NotAStoreError, StoreCorruptedError, StoreExistsError
 from .filesystem import FileAccess, check_local_options, is_local, local_path
-from .format import INDEX_ROLES, MANIFEST_NAME, parse_manifest
+from .format import INDEX_ROLES, MANIFEST_NAME, Manifest, parse_manifest
+from .remote_commit import (
+    put_manifest,
+    remove_path,
+    remove_replaced,
+    snapshot,
+    staging_path,
+    switch_into_place,
+)
 
 __all__ = ["CopyReport", "copy_store"]
 
@@ -72,7 +84,10 @@ def copy_store(
     progress
         Show a progress bar (tqdm, on stderr) counting bytes.
     overwrite
-        Replace a store already at ``dst`` (it is deleted first); otherwise that is an error.
+        Replace a store already at ``dst``; otherwise that is an error. The copy is written
+        beside the old store (a new directory, or objects under names of this copy) and
+        replaces it at the commit: until then readers see the old store, whole, and a copy
+        that fails or is killed leaves it as it was. See :mod:`bigarray.remote_commit`.
 
     Returns
     -------
@@ -144,39 +159,148 @@ def copy_store(
                 "source store is damaged, nothing was copied"
             )
 
-    if d_acc.exists(MANIFEST_NAME):
-        if not overwrite:
+    final = d_acc
+    base = None
+    if d_acc.local:
+        d_acc, replacing = _local_destination(d_acc, overwrite)
+        renames: dict[str, str] = {}
+    else:
+        base = snapshot(d_acc)
+        if base.raw is not None and not overwrite:
             raise StoreExistsError(
                 f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
                 "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
             )
-        d_acc.remove_tree()
+        # Objects under names of this copy only: a store being replaced (or another copy
+        # racing to the same URL) keeps every object its manifest names until the switch.
+        session = uuid.uuid4().hex[:12]
+        renames = {rel: _session_name(rel, session) for rel in need}
+    dst_of = {rel: renames.get(rel, rel) for rel in need}
 
     total = sum(int(sizes[rel] or 0) for rel in need)
-    bar = _progress(total, progress, f"{s_acc.url} -> {d_acc.url}")
+    bar = _progress(total, progress, f"{s_acc.url} -> {final.url}")
     try:
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            futures = [
-                pool.submit(_copy_file, s_acc, d_acc, rel, int(sizes[rel] or 0), bar)
-                for rel in need
-            ]
-            for f in futures:
-                f.result()
-    finally:
-        if bar is not None:
-            bar.close()
-    d_acc.invalidate()
-    got = d_acc.sizes(need)
-    for rel in need:
-        if got.get(rel) != sizes[rel]:
-            raise StoreCorruptedError(
-                f"copy of {s_acc.where(rel)!r} to {d_acc.where(rel)!r} holds {got.get(rel)} bytes, "
-                f"not {sizes[rel]:,}; no manifest was written at {d_acc.url!r}. Run the copy again."
-            )
-    d_acc.commit_file(MANIFEST_NAME, raw)
+        try:
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                futures = [
+                    pool.submit(
+                        _copy_file, s_acc, d_acc, rel, int(sizes[rel] or 0), bar, dst_of[rel]
+                    )
+                    for rel in need
+                ]
+                for f in futures:
+                    f.result()
+        finally:
+            if bar is not None:
+                bar.close()
+        d_acc.invalidate()
+        got = d_acc.sizes(dst_of.values())
+        for rel in need:
+            if got.get(dst_of[rel]) != sizes[rel]:
+                raise StoreCorruptedError(
+                    f"copy of {s_acc.where(rel)!r} to {d_acc.where(dst_of[rel])!r} holds "
+                    f"{got.get(dst_of[rel])} bytes, not {sizes[rel]:,}; no manifest was "
+                    f"written at {final.url!r}. Run the copy again."
+                )
+        if renames:
+            raw = _renamed(manifest, renames).dumps()
+        _crash_point("copy-before-manifest")
+        if base is not None:
+            put_manifest(d_acc, raw, base)
+        else:
+            d_acc.commit_file(MANIFEST_NAME, raw)
+    except BaseException:
+        if d_acc is not final:  # a local staging directory: the destination is untouched
+            remove_path(d_acc.root)
+        elif renames:
+            with contextlib.suppress(Exception):
+                d_acc.remove(list(dst_of.values()))
+        raise
+    if d_acc is not final:
+        if replacing:
+            switch_into_place(d_acc.root, final.root)
+        else:
+            _move_new(d_acc.root, final.root)
+    elif base is not None and base.raw is not None:
+        remove_replaced(d_acc, base.manifest, parse_manifest(raw, final.url))
     return CopyReport(
-        s_acc.url, d_acc.url, len(need) + 1, total + len(raw), time.perf_counter() - t0
+        s_acc.url, final.url, len(need) + 1, total + len(raw), time.perf_counter() - t0
     )
+
+
+def _crash_point(step: str) -> None:
+    from .remote_writer import _crash_point as crash
+
+    crash(step)
+
+
+def _session_name(rel: str, session: str) -> str:
+    head, _, tail = rel.rpartition("/")
+    return f"{head}/c{session}-{tail}" if head else f"c{session}-{tail}"
+
+
+def _renamed(manifest: Manifest, renames: dict[str, str]) -> Manifest:
+    """The manifest with every file it names renamed as ``renames`` says."""
+    variables = {
+        name: dataclasses.replace(
+            var,
+            shards=tuple(dataclasses.replace(s, path=renames[s.path]) for s in var.shards),
+        )
+        for name, var in manifest.variables.items()
+    }
+    segments = manifest.segments
+    if segments is not None:
+        segments = dataclasses.replace(
+            segments, files={role: renames[f] for role, f in segments.files.items()}
+        )
+    return dataclasses.replace(manifest, variables=variables, segments=segments)
+
+
+def _local_destination(d_acc: FileAccess, overwrite: bool) -> tuple[FileAccess, bool]:
+    """Where a copy to a local path writes first: a new sibling directory, switched into
+    place at the end (a store being replaced stays whole until then). Refuses a file and a
+    non-empty directory that is not a store, as the writers do."""
+    from .store import is_store
+
+    path = d_acc.root
+    replacing = False
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StoreExistsError(
+            f"the destination {path!r} is a file, not a directory; a store is a directory. "
+            "Copy to another path, or remove the file first."
+        )
+    if os.path.isdir(path):
+        if is_store(path):
+            if not overwrite:
+                raise StoreExistsError(
+                    f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
+                    "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
+                )
+            replacing = True
+        elif os.listdir(path):
+            raise NotAStoreError(
+                f"the destination {path!r} is a non-empty directory that is not a bigarray "
+                "store; refusing to copy into it (and never deleting it). Copy to a new or "
+                "empty directory."
+            )
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return FileAccess(staging_path(path)), replacing
+
+
+def _move_new(staging: str, final: str) -> None:
+    """Move a finished copy to a destination that held no store (absent or empty)."""
+    try:
+        os.rename(staging, final)  # replaces an empty directory, refuses a non-empty one
+    except OSError as exc:
+        remove_path(staging)
+        raise StoreExistsError(
+            f"{final!r} was filled by someone else while the copy ran ({exc.strerror}); "
+            "nothing was copied there. Copy again, with overwrite=True to replace it."
+        ) from None
+    with contextlib.suppress(OSError):
+        from .fileutil import fsync_dir
+
+        fsync_dir(os.path.dirname(final) or ".")
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -189,15 +313,18 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=True)
 
 
-def _copy_file(s_acc: FileAccess, d_acc: FileAccess, rel: str, size: int, bar: Any) -> None:
+def _copy_file(
+    s_acc: FileAccess, d_acc: FileAccess, rel: str, size: int, bar: Any, dst_rel: str = ""
+) -> None:
     """Stream one file in :data:`BLOCK`-byte blocks (one block in memory at a time)."""
+    dst_rel = dst_rel or rel
     if size <= BLOCK:
         data = s_acc.cat(rel, missing=lambda: s_acc._missing_listed(rel)) if size else b""
-        d_acc.pipe(rel, data)
+        d_acc.pipe(dst_rel, data)
         if bar is not None:
             bar.update(len(data))
         return
-    full = d_acc.full(rel)
+    full = d_acc.full(dst_rel)
 
     def run() -> None:
         if d_acc.local:
@@ -210,4 +337,4 @@ def _copy_file(s_acc: FileAccess, d_acc: FileAccess, rel: str, size: int, bar: A
                 if bar is not None:
                     bar.update(end - off)
 
-    d_acc._call(run, rel, action="write")
+    d_acc._call(run, dst_rel, action="write")

@@ -437,6 +437,11 @@ def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.
     if (order != np.arange(len(order))).any():
         names = [names[i] for i in order.tolist()]
         starts, stops = starts[order], stops[order]
+    # Duplicate names and overlapping rows are refused here, before anything is removed
+    # or written (the commit would refuse them only after every task wrote its rows).
+    from .index import SegmentArrays, merge
+
+    merge(SegmentArrays.empty(), SegmentArrays.from_names(names, starts, stops))
     return names, starts, stops
 
 
@@ -461,7 +466,9 @@ class BigArrayTarget:
         pairs covering all rows, or None. They stay in this process and are committed by
         :meth:`close`.
     remove_exist
-        Delete an existing store at ``path`` first.
+        Replace an existing store at ``path``: the new one is written beside it and takes
+        its place at :meth:`close` (readers see the old store until then; :meth:`abort`
+        leaves it as it was).
 
     Examples
     --------
@@ -496,6 +503,13 @@ class BigArrayTarget:
             )
         self._table = _segment_table(segments, shape[0])
         self._recorded = False
+        # Replacing a store: write the new one beside it and switch at the commit, so
+        # readers see the old store, whole, until the new one is committed.
+        self._final: str | None = None
+        if remove_exist and is_store(path):
+            from .remote_commit import staging_path
+
+            self._final, path, remove_exist = path, staging_path(path), False
         # declared rows stay 0: if the write fails, closing commits nothing
         self._writer: Any = StoreWriter(
             path,
@@ -552,6 +566,14 @@ class BigArrayTarget:
             return
         self.record_segments()
         w.close()
+        self._switch()
+
+    def _switch(self) -> None:
+        """Put a replacement written beside the old store in its place (see __init__)."""
+        if self._final is not None and os.path.isdir(self.path):
+            from .remote_commit import switch_into_place
+
+            switch_into_place(self.path, self._final)
 
     def abort(self) -> None:
         """Forget what was written (nothing is committed) and release the writer."""
@@ -565,6 +587,10 @@ class BigArrayTarget:
         # End the session without a commit: close() would commit, and tasks still running
         # when a sibling failed may journal rows after this.
         w.discard()
+        if self._final is not None:  # a replacement that never committed: the old store stays
+            from .remote_commit import remove_path
+
+            remove_path(self.path)
 
     def record_segments(self) -> None:
         """Publish the segment names (and the row count) in the writer session's journal,
@@ -605,6 +631,7 @@ class BigArrayTarget:
         # session, and the commit runs under the store lock like any other.
         heir.take_ownership()
         heir.close()
+        self._switch()
 
     def __enter__(self) -> BigArrayTarget:
         return self
@@ -619,7 +646,7 @@ class BigArrayTarget:
         # by reference: the writer session, never the segment table
         return (
             _target_ref,
-            (self._handoff, self.path, self.variable, self.shape, str(self.dtype)),
+            (self._handoff, self.path, self.variable, self.shape, str(self.dtype), self._final),
         )
 
     def __repr__(self) -> str:
@@ -630,10 +657,16 @@ class BigArrayTarget:
 
 
 def _target_ref(
-    handoff: dict[str, Any], path: str, variable: str, shape: tuple[int, ...], dtype: str
+    handoff: dict[str, Any],
+    path: str,
+    variable: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    final: str | None = None,
 ) -> BigArrayTarget:
     t = BigArrayTarget.__new__(BigArrayTarget)
     t._writer = None
+    t._final = final
     t._handoff = handoff
     t._table = None
     t._recorded = True  # the names stay with the creating process

@@ -138,4 +138,6 @@ class SamplerError(BigArrayError, ValueError):
 
 
 class StoreChangedError(SchemaError):
-    """A store was replaced after a reader (a dataset, a sampler's plan) was built on it."""
+    """The store was replaced (rewritten, committed again) after this array, handle,
+    dataset or sampler plan was opened on it: the rows it refers to are gone. Open the
+    store again."""

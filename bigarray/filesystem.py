@@ -20,6 +20,7 @@ names the URL: a missing object is :class:`StoreNotFoundError` (or
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -30,6 +31,7 @@ from .errors import (
     RemoteStoreError,
     StorageOptionsError,
     StoreAccessError,
+    StoreChangedError,
     StoreCorruptedError,
     StoreNotFoundError,
 )
@@ -108,6 +110,39 @@ def check_local_options(url: str | os.PathLike[str], storage_options: Any) -> No
         )
 
 
+#: Defaults for ``s3://`` stores, used where ``storage_options["config_kwargs"]`` does not set
+#: them (botocore ``Config``): a server that accepts a connection and never answers costs a
+#: bounded time (about a minute over every retry) and ends in a :class:`RemoteStoreError`
+#: naming the URL, instead of blocking for ever. ``read_timeout`` is the longest silence
+#: within one response, not a limit on long transfers. Transient errors (throttling,
+#: 5xx, dropped connections) are retried with exponential backoff by botocore's
+#: ``standard`` mode and then by s3fs (:data:`S3_RETRIES` rounds).
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 10,
+    "retries": {"mode": "standard", "max_attempts": 3},
+}
+#: Seconds a write through an async filesystem (S3, GCS, HTTP) may take at most, plus one
+#: second per :data:`WRITE_MIN_RATE` bytes written.
+WRITE_TIMEOUT = 60.0
+WRITE_MIN_RATE = 1 << 20
+#: s3fs's own retry rounds (its default, 5, nests to 50 attempts per call); bigarray leaves
+#: retrying to botocore (``config_kwargs["retries"]``), which backs off between attempts.
+S3_RETRIES = 1
+
+
+def _with_remote_defaults(url: str, options: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """``options`` with bigarray's timeout and retry defaults for an ``s3://`` URL (the
+    user's own settings win), and the s3fs retry count to set (None: leave it)."""
+    if not url.lower().startswith(("s3://", "s3a://")):
+        return options, None
+    given = dict(options.get("config_kwargs") or {})
+    # a deep copy: botocore rewrites the "retries" dict it is given (max_attempts ->
+    # total_max_attempts), which must never reach the module's defaults
+    config = copy.deepcopy({**S3_CONFIG_DEFAULTS, **given})
+    return {**options, "config_kwargs": config}, S3_RETRIES
+
+
 def _is_io_error(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return True
@@ -156,10 +191,26 @@ def translate_error(
             "credentials in storage_options (key/secret, token, profile) and the bucket policy; "
             "the URL itself may be right."
         )
+    if _is_timeout(exc):
+        return RemoteStoreError(
+            f"could not {action} {where!r}: the service did not answer in time, after "
+            f"retries ({type(exc).__name__}: {exc}). Check that it is reachable; to wait "
+            "longer, raise storage_options={'config_kwargs': {'read_timeout': seconds, "
+            "'connect_timeout': seconds}}."
+        )
     return RemoteStoreError(
         f"could not {action} {where!r}: {type(exc).__name__}: {exc}. Check that the service "
         "is reachable and the storage_options are right, then retry."
     )
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import asyncio
+    import socket
+
+    if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
+        return True
+    return any("Timeout" in k.__name__ for k in type(exc).__mro__)
 
 
 class FileAccess:
@@ -184,8 +235,9 @@ class FileAccess:
         text = os.fspath(url)
         self.url = text.rstrip("/") or text
         self.storage_options: dict[str, Any] = dict(storage_options or {})
+        options, s3_retries = _with_remote_defaults(self.url, self.storage_options)
         try:
-            fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
             raise RemoteStoreError(
                 f"cannot open {self.url!r}: {exc}. Use a protocol fsspec knows (s3://, gcs://, "
@@ -193,6 +245,11 @@ class FileAccess:
             ) from None
         except Exception as exc:  # a filesystem constructor that failed on the options
             raise translate_error(exc, self.url, action="connect to") from exc
+        if s3_retries is not None and getattr(fs, "retries", None) != s3_retries:
+            # s3fs retries each request ``retries`` times in two nested loops, on top of
+            # botocore's own attempts: 5 (its default) makes a stalled server cost 50 read
+            # timeouts. The instance is bigarray's (fsspec caches it under these options).
+            fs.retries = s3_retries
         self.fs = fs
         self.root = str(root).rstrip("/")
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -352,11 +409,35 @@ class FileAccess:
     def _missing_for(self, rel: str) -> Callable[[], BigArrayError]:
         return partial(self._missing_listed, rel)
 
-    def _missing_listed(self, rel: str) -> StoreCorruptedError:
+    def _missing_listed(self, rel: str) -> StoreCorruptedError | StoreChangedError:
+        replaced = self._replaced(rel)
+        if replaced is not None:
+            return replaced
         return StoreCorruptedError(
             f"{self.where(rel)!r} is listed in the manifest of {self.url!r} but does not exist; "
             "the store was damaged after its last commit (or a copy of it is incomplete). "
             "Restore the object or the whole store from a copy."
+        )
+
+    def _replaced(self, rel: str) -> StoreChangedError | None:
+        """The error for an object a reader's manifest names that is gone because the store
+        was committed again since (its manifest names other objects now), else None."""
+        from .format import MANIFEST_NAME, parse_manifest
+
+        try:
+            self.invalidate()
+            raw = bytes(self.fs.cat_file(self.full(MANIFEST_NAME)))
+            manifest = parse_manifest(raw, self.url)
+        except Exception:
+            return None
+        from .remote_commit import manifest_objects
+
+        if rel in manifest_objects(manifest):
+            return None
+        return StoreChangedError(
+            f"{self.where(rel)!r} is gone because {self.url!r} was replaced (committed again, "
+            f"now generation {manifest.generation}) after this array or store was opened; the "
+            "store is not damaged. Open it again to read the current version."
         )
 
     # ------------------------------------------------------------------ metadata
@@ -410,14 +491,24 @@ class FileAccess:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             data = b"".join(data)  # type: ignore[arg-type]
         full = self.full(rel)
+        kwargs = self.write_deadline(memoryview(data).nbytes)
 
         def run() -> None:
             if self.local:
                 self.fs.makedirs(full.rpartition("/")[0], exist_ok=True)
-            self.fs.pipe_file(full, data)
+            self.fs.pipe_file(full, data, **kwargs)
 
         self._call(run, rel, action="write")
         return memoryview(data).nbytes
+
+    def write_deadline(self, nbytes: int) -> dict[str, Any]:
+        """``{"timeout": seconds}`` for one write of ``nbytes`` through an async filesystem
+        (fsspec cancels the call then): a server that accepts a request and never answers
+        does not trip the read timeout of a PUT, so writes get an overall deadline of
+        :data:`WRITE_TIMEOUT` seconds plus one second per :data:`WRITE_MIN_RATE` bytes."""
+        if not getattr(self.fs, "async_impl", False):
+            return {}
+        return {"timeout": WRITE_TIMEOUT + nbytes / WRITE_MIN_RATE}
 
     def commit_file(self, rel: str, data: bytes) -> None:
         """Write ``rel`` so that readers see the old file or the new one, never a part.
@@ -440,7 +531,7 @@ class FileAccess:
         if not paths:
             return
         try:
-            self.fs.rm(paths)
+            self.fs.rm(paths, **self.write_deadline(0))
         except FileNotFoundError:
             for p in paths:
                 with contextlib.suppress(FileNotFoundError):

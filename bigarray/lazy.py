@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SchemaError, StoreNotFoundError
+from .errors import SchemaError, StoreChangedError, StoreNotFoundError
 from .format import Shard, Variable, normalize_dtype
 
 __all__ = ["LazyArray", "open_array", "segment_chunks", "target_rows"]
@@ -607,7 +607,7 @@ class LazyArray:
             self._check_same(store, local)
             opened = _Opened(store, self._var, local)
             if local and _sample_crc(opened, len(self)) != self._fp[-1]:
-                raise SchemaError(
+                raise StoreChangedError(
                     f"the store {self.url!r} changed after this array was opened: its first "
                     "and last rows hold other bytes now (the store was replaced). The rows "
                     "this array (or dask graph) refers to are gone; open the store again "
@@ -638,8 +638,19 @@ class LazyArray:
                 if ino != ino_now:
                     why = f"its data file {path!r} was replaced"
                     break
+        elif self._fp != _fingerprint(store, self._var, local):
+            # Remote objects are never rewritten (every commit names new ones): the rows are
+            # the same only if every shard this handle read is still committed, unchanged.
+            now_shards = {(s.path, s.offset, s.start): s.stop for s in var.shards}
+            for s in self._var.shards:
+                if now_shards.get((s.path, s.offset, s.start), -1) < s.stop:
+                    why = (
+                        f"it was committed again (generation {self._generation} -> "
+                        f"{now.generation}) and no longer holds the objects this array read"
+                    )
+                    break
         if why:
-            raise SchemaError(
+            raise StoreChangedError(
                 f"the store {self.url!r} changed after this array was opened: {why}. The "
                 "rows this array (or dask graph) refers to are gone; open the store again "
                 "and rebuild the computation."

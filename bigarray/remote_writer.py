@@ -8,13 +8,17 @@ object, a standard ``.npy`` file (``numpy.load`` reads it), in one ``PUT``::
     store.bigarray/
       shards/data-<session>-000000.npy     rows [0, 5120) of variable "data"
       shards/data-<session>-000001.npy     rows [5120, 9800)
-      index/g1-bounds.npy ...              the segment index (same files as a local store)
-      manifest.json                        written last, once: the commit
+      index/g1-<session>-bounds.npy ...    the segment index (same files as a local store)
+      manifest.json                        written last, conditionally: the commit
 
 The client gathers every task's shard description, checks that they tile the rows and
 that every object has the size it should, writes the index files and finally the
-manifest. A failed task (or a failed check) means no manifest: nothing is committed and
-the shards written so far are deleted (best effort). Shard boundaries fall on segment
+manifest, with a conditional ``PUT`` (:mod:`bigarray.remote_commit`): two writers racing
+on one URL never mix (every object name carries its session), and exactly one of them
+commits where the store supports conditional writes (S3). A failed task (or a failed
+check, or a lost race) means no manifest: nothing is committed and the objects written
+so far are deleted (best effort; with ``compute=False`` a failed *block* never reaches
+this code, and its sibling shards stay until removed by hand). Shard boundaries fall on segment
 boundaries (the array is rechunked first), so no segment and no dask chunk read later
 ever spans two shards.
 """
@@ -174,15 +178,22 @@ def _abort_mark(shard_rel: str) -> str:
     return shard_rel.rsplit("-", 1)[0] + ".aborted"
 
 
-def write_index_files(access: FileAccess, generation: int, seg: SegmentArrays) -> IndexFiles:
+def write_index_files(
+    access: FileAccess, generation: int, seg: SegmentArrays, tag: str = ""
+) -> IndexFiles:
     """Write one generation of the segment index as ``.npy`` objects (same roles and
-    layout as :func:`bigarray.index.write_index`, through fsspec)."""
+    layout as :func:`bigarray.index.write_index`, through fsspec).
+
+    ``tag`` (the write session) goes into every name, so the index of a commit never
+    replaces an object another commit (a racing writer, the version being replaced) names.
+    """
     arrays = index_arrays(seg)
     files, offsets = {}, {}
+    stem = f"g{generation}-{tag}" if tag else f"g{generation}"
     for role in INDEX_ROLES:
         arr = arrays[role]
         header = npy_header(arr.dtype, arr.shape)
-        rel = f"{INDEX_DIR}/g{generation}-{role}.npy"
+        rel = f"{INDEX_DIR}/{stem}-{role}.npy"
         access.pipe(rel, [header, as_bytes(arr)])
         files[role], offsets[role] = rel, len(header)
     return IndexFiles(seg.count, generation, len(arrays["table"]), files, offsets)
@@ -198,8 +209,52 @@ def _commit(
     attrs: dict[str, Any],
     seg: SegmentArrays | None,
     overwrite: bool,
+    session: str = "",
+    prefix: str = "",
 ) -> Manifest:
-    """Check every shard, write the index, then the manifest (the commit)."""
+    """Check every shard, write the index, then the manifest (the commit).
+
+    The manifest goes last, with a conditional ``PUT`` (see :mod:`bigarray.remote_commit`):
+    if another writer committed meanwhile, this write is not committed, everything it
+    wrote is deleted and the error says so. A replaced version's objects are deleted after
+    the new manifest landed, never before.
+    """
+    index_written: list[str] = []
+    try:
+        return _check_and_commit(
+            results,
+            access,
+            variable,
+            dtype,
+            shape,
+            dims,
+            attrs,
+            seg,
+            overwrite,
+            session,
+            index_written,
+        )
+    except BaseException:
+        if prefix:
+            _cleanup(access, prefix, extra=index_written)
+        raise
+
+
+def _check_and_commit(
+    results: Sequence[dict[str, Any]],
+    access: FileAccess,
+    variable: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    dims: tuple[str, ...],
+    attrs: dict[str, Any],
+    seg: SegmentArrays | None,
+    overwrite: bool,
+    session: str,
+    index_written: list[str],
+) -> Manifest:
+    from .remote_commit import put_manifest, remove_replaced, snapshot
+
     dt = np.dtype(dtype)
     rows = shape[0]
     row_nbytes = dt.itemsize * int(np.prod(shape[1:], dtype=np.int64))
@@ -227,37 +282,68 @@ def _commit(
                 f"{need:,}; the write was lost or cut short. Nothing was committed: run the "
                 "write again."
             )
-    if not overwrite and access.exists(MANIFEST_NAME):
+    base = snapshot(access)
+    old = base.manifest
+    if old is not None and not overwrite:
         raise StoreExistsError(
             f"another writer committed a store at {access.url!r} while this one was writing; "
-            "nothing was committed. Write elsewhere, or pass remove_exist=True."
+            "nothing was committed and this write's objects were removed. Write elsewhere, "
+            "or pass remove_exist=True."
         )
-    index = write_index_files(access, 1, seg) if seg is not None else None
+    generation = old.generation + 1 if old is not None else 1
+    index = None
+    if seg is not None:
+        index = write_index_files(access, generation, seg, session)
+        index_written.extend(index.files.values())
     shards = tuple(Shard(r["path"], r["offset"], r["start"], r["stop"]) for r in results)
     var = Variable(variable, dt, shape, dims, shards, dict(attrs))
-    manifest = Manifest(1, {variable: var}, index, dims[0])
-    access.commit_file(MANIFEST_NAME, manifest.dumps())
+    manifest = Manifest(generation, {variable: var}, index, dims[0])
+    _crash_point("remote-before-manifest")
+    put_manifest(access, manifest.dumps(), base)
+    index_written.clear()  # committed: nothing of it may be cleaned up now
+    if old is not None:
+        remove_replaced(access, old, manifest)
     return manifest
 
 
-def _cleanup(access: FileAccess, prefix: str) -> None:
-    """Delete the shards of a write session that will never be committed (best effort).
+def _crash_point(step: str) -> None:
+    """Test hook: ``BIGARRAY_REMOTE_CRASH_AT=<step>`` kills this process at ``step`` (the
+    fault tests stop a commit exactly there); ``<step>:sleep=<seconds>`` pauses it."""
+    want = os.environ.get("BIGARRAY_REMOTE_CRASH_AT", "")
+    if not want or want.split(":", 1)[0] != step:
+        return
+    if ":sleep=" in want:
+        time.sleep(float(want.split(":sleep=", 1)[1]))
+        return
+    os._exit(77)
 
-    The abort mark goes first (see :func:`_write_shard`) and stays (zero bytes), so that a
-    task of this session still running when the error reached the client deletes its own
-    shard. The listing is repeated a few times to catch tasks finishing right now.
+
+def _cleanup(access: FileAccess, prefix: str, extra: Sequence[str] = ()) -> None:
+    """Delete the objects of a write session that will never be committed (best effort).
+
+    The abort mark goes first (see :func:`_write_shard`), so that a task of this session
+    still running when the error reached the client deletes its own shard. The listing is
+    repeated a few times to catch tasks finishing right now; then the mark goes too, so a
+    URL where only a failed write ran reads as "not found", not as a damaged store.
     """
+    mark = f"{SHARD_DIR}/{prefix}.aborted"
     with contextlib.suppress(Exception):
-        access.pipe(f"{SHARD_DIR}/{prefix}.aborted", b"")
+        access.pipe(mark, b"")
+    if extra:
+        with contextlib.suppress(Exception):
+            access.remove(list(extra))
     for attempt in range(4):
         with contextlib.suppress(Exception):
             access.invalidate()
-            found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"))
+            deadline = access.write_deadline(0)  # a hung server must not hang the cleanup
+            found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"), **deadline)
             if found:
-                access.fs.rm(list(found))
+                access.fs.rm(list(found), **deadline)
             elif attempt:
-                return
+                break
         time.sleep(0.25)
+    with contextlib.suppress(Exception):
+        access.remove([mark])
 
 
 # --------------------------------------------------------------------------- entry point
@@ -299,11 +385,17 @@ def to_bigarray_sharded(
         Name of the variable.
     compute
         Write now and return the committed :class:`~bigarray.format.Manifest`; with
-        ``False`` return a ``dask.delayed`` object whose computation writes and commits.
+        ``False`` return a ``dask.delayed`` object whose computation writes and commits
+        (nothing at ``url`` is touched before it runs). If a *block* of that computation
+        fails, the commit task never runs: the shards its sibling tasks wrote stay,
+        named by no manifest (never read), until deleted by hand; with ``compute=True``
+        they are deleted here.
     storage_options
         Options for the fsspec filesystem (refused for a local path).
     remove_exist
-        Delete an existing store at ``url`` first (otherwise that is an error).
+        Replace an existing store at ``url`` (otherwise that is an error). The new version
+        is written beside the old one and replaces it at the commit: readers see the old
+        version, whole, until then; its objects are deleted after the commit.
     dims, attrs
         Dimension names (default ``("row", "dim_1", ...)``) and attributes of the variable.
 
@@ -355,13 +447,13 @@ def to_bigarray_sharded(
         raise SchemaError(f"variable name {variable!r} must be a non-empty str")
     seg = segment_arrays(segments, rows)
 
-    if access.exists(MANIFEST_NAME):
-        if not remove_exist:
-            raise StoreExistsError(
-                f"a bigarray store already exists at {access.url!r}; pass remove_exist=True to "
-                "replace it, or write to another URL"
-            )
-        access.remove_tree()
+    # Only read here: nothing at the URL is touched before the write runs (compute=False
+    # may never run), and an existing store is replaced at the commit, never deleted first.
+    if not remove_exist and access.exists(MANIFEST_NAME):
+        raise StoreExistsError(
+            f"a bigarray store already exists at {access.url!r}; pass remove_exist=True to "
+            "replace it, or write to another URL"
+        )
 
     bounds = shard_bounds(arr.chunks[0], seg) if rows else [0]
     sizes = tuple(b - a for a, b in itertools.pairwise(bounds))
@@ -379,10 +471,10 @@ def to_bigarray_sharded(
     ]
     args = (access, variable, dt.str, (rows, *arr.shape[1:]), dims_t, dict(attrs or {}), seg)
     if not compute:
-        return dask.delayed(_commit, pure=False)(writes, *args, remove_exist)
+        return dask.delayed(_commit, pure=False)(writes, *args, remove_exist, session, prefix)
     try:
         results = list(dask.compute(*writes)) if writes else []
-        return _commit(results, *args, remove_exist)
     except BaseException:
         _cleanup(access, prefix)
         raise
+    return _commit(results, *args, remove_exist, session, prefix)

@@ -496,6 +496,19 @@ def _no_variable(path: str, name: object, vars_: dict[str, Variable]) -> Variabl
 
 # --------------------------------------------------------------------------- remote stores
 
+
+def _only_uncommitted_objects(access: Any) -> bool:
+    """Whether a URL without a manifest holds nothing but a sharded write's objects."""
+    try:
+        access.invalidate()
+        names = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in access.fs.ls(access.root)}
+    except FileNotFoundError:
+        return True  # deleted since (a failed write cleaning up): nothing there at all
+    except Exception:
+        return False
+    return names <= {"shards", "index"}
+
+
 #: The largest manifest a reader accepts (a manifest is small; this bounds hostile input).
 _MAX_MANIFEST = 64 << 20
 
@@ -561,6 +574,12 @@ class RemoteStore:
                 exists = self._access.exists("")
             except Exception:
                 exists = False
+            if exists and _only_uncommitted_objects(self._access):
+                return StoreNotFoundError(
+                    f"no committed bigarray store at {url!r}: it holds only objects of a write "
+                    "that never committed (shards/, index/; a writer killed before its commit). "
+                    "Write the store again; those objects can be deleted."
+                )
             if exists:
                 return NotAStoreError(
                     f"{url!r} exists but holds no {MANIFEST_NAME}: not a bigarray store (or one "
@@ -571,7 +590,13 @@ class RemoteStore:
                 "URL (bucket, prefix, host), or write a store there first."
             )
 
-        raw = self._access.cat(MANIFEST_NAME, missing=missing)  # type: ignore[arg-type]
+        try:
+            raw = self._access.cat(MANIFEST_NAME, missing=missing)  # type: ignore[arg-type]
+        except NotAStoreError:
+            # a writer may have committed between the GET that missed and the listing that
+            # found its objects: read once more before calling the URL foreign
+            self._access.invalidate()
+            raw = self._access.cat(MANIFEST_NAME, missing=missing)  # type: ignore[arg-type]
         if len(raw) > _MAX_MANIFEST:
             raise StoreCorruptedError(
                 f"{url!r}: {MANIFEST_NAME} holds {len(raw):,} bytes, more than the "

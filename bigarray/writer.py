@@ -119,6 +119,7 @@ from .format import (
 )
 from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
 from .journal import Journal, Record, collect_dead_sessions
+from .reruns import drop_identical_reruns, pread_rows
 from .store import Store, is_store, read_manifest, resolve_inside
 
 _ALLOC_NAME = "alloc"
@@ -1236,7 +1237,20 @@ class StoreWriter:
                                 np.array(a.hashes),
                             )
                         )
-                        raise self._conflict(exc, committed, fresh) from None
+                        plan_index = None
+                        if isinstance(exc, DuplicateSegmentError) and self._shard is not None:
+                            # a task rerun after its worker died wrote a segment again, with
+                            # the same bytes (reruns.py): committed once
+                            read = pread_rows(self._data_fd(), self._shard.offset, self._row_nbytes)
+                            fresh = drop_identical_reruns(committed, fresh, read)
+                            try:
+                                plan_index = plan_commit(
+                                    store.index, manifest.segments, fresh, f" in {self.path!r}"
+                                )
+                            except (DuplicateSegmentError, OverlapError) as again:
+                                exc = again
+                        if plan_index is None:
+                            raise self._conflict(exc, committed, fresh) from None
                     rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()

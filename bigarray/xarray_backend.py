@@ -208,31 +208,48 @@ class _LocalRows:
 class _RemoteRows:
     """Rows of one variable of a store at an fsspec URL (pickles as URL and options)."""
 
-    __slots__ = ("storage_options", "url", "variable")
+    __slots__ = ("commit", "storage_options", "url", "variable")
 
-    _cache: dict[tuple[str, str], Any] = {}
+    _cache: dict[tuple[Any, ...], Any] = {}
     _lock = threading.Lock()
 
-    def __init__(self, url: str, variable: str, storage_options: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        variable: str,
+        storage_options: Mapping[str, Any] | None,
+        commit: Any = None,
+    ) -> None:
         self.url = url
         self.variable = variable
         self.storage_options = dict(storage_options or {})
+        self.commit = commit  # the fingerprint of the commit the Dataset was opened on
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.url, self.variable, self.storage_options)
+        return (self.url, self.variable, self.storage_options, self.commit)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.url, self.variable, self.storage_options = state
+        self.url, self.variable, self.storage_options, self.commit = state
 
     def _store(self) -> Any:
-        # One RemoteStore per process and URL: it caches the fsspec filesystem and the
-        # shard size checks; it holds no descriptor.
-        key = (self.url, repr(sorted(self.storage_options.items())))
+        # One RemoteStore per process, URL and commit: it caches the fsspec filesystem and
+        # the shard size checks; it holds no descriptor. A store committed again is a new
+        # key (never served from the old one), and one that no longer holds the commit the
+        # Dataset was opened on is refused.
+        key = (self.url, repr(sorted(self.storage_options.items())), self.commit)
         with self._lock:
             store = self._cache.get(key)
-            if store is None:
-                store = _open_store(self.url, self.storage_options)
-                self._cache[key] = store
+        if store is None:
+            store = _open_store(self.url, self.storage_options)
+            if self.commit is not None and store.fingerprint() != self.commit:
+                from .errors import StoreChangedError
+
+                raise StoreChangedError(
+                    f"the store {self.url!r} changed after this Dataset was opened (it was "
+                    "committed again); the rows it refers to are gone. Open it again."
+                )
+            with self._lock:
+                store = self._cache.setdefault(key, store)
         return store
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -260,7 +277,7 @@ def _is_local(path: str) -> bool:
 
 def _reader_for(store: Any, var: Variable, storage_options: Mapping[str, Any] | None) -> Any:
     if getattr(store, "is_remote", False):
-        return _RemoteRows(store.url, var.name, storage_options)
+        return _RemoteRows(store.url, var.name, storage_options, store.fingerprint())
     from .store import resolve_inside
 
     files = [(resolve_inside(store.path, s.path), s.offset, s.start, s.stop) for s in var.shards]

@@ -394,3 +394,62 @@ def test_failed_write_commits_nothing(tmp_path: Path) -> None:
         to_bigarray(x, path, segments=[("a", 100)])
     assert MmapArray(path).shape == (0, 2)
     assert len(PointerArray(path).indices) == 0
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [[("a", 10), ("a", 10)], {"a": (0, 10), "b": (5, 15)}],
+    ids=["duplicate-name", "overlapping-rows"],
+)
+def test_remove_exist_with_bad_segments_refuses_before_touching_the_store(
+    tmp_path: Path, segments: Any
+) -> None:
+    path = str(tmp_path / "keep.bigarray")
+    to_bigarray(da.ones((20, 2), chunks=(10, 2)), path, segments={"k": (0, 20)})
+    with pytest.raises((OverlapError, bigarray.errors.DuplicateSegmentError)):
+        to_bigarray(da.full((20, 2), 2.0, chunks=(10, 2)), path, segments, remove_exist=True)
+    x = PointerArray(path)
+    assert x.shape == (20, 2) and np.all(np.asarray(x) == 1.0)
+    assert list(x.indices.keys()) == ["k"]
+    assert sorted(os.listdir(tmp_path)) == ["keep.bigarray"], "a replacement was left behind"
+
+
+def _append_then_die_once(w: Any, i: int, marker: str) -> int:
+    w.write({f"s{i}": np.full((10, 3), i, "f8")})
+    if i == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)  # the worker dies after its write: dask reruns the task
+    return i
+
+
+def test_rerun_of_an_appending_task_on_a_killed_worker_commits_once(
+    tmp_path: Path, client: Any
+) -> None:
+    path = str(tmp_path / "x.bigarray")
+    w = PointerArrayWriter(path, dtype="f8")
+    marker = str(tmp_path / "killed")
+    futures = client.map(_append_then_die_once, [w] * 8, range(8), [marker] * 8, pure=False)
+    assert client.gather(futures) == list(range(8))
+    assert os.path.exists(marker)
+    w.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 8
+    for i in range(8):
+        np.testing.assert_array_equal(x[f"s{i}"], np.full((10, 3), i, "f8"))
+
+
+def test_same_name_with_other_bytes_is_still_a_duplicate(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.bigarray")
+    w = PointerArrayWriter(path, dtype="f8")
+    w.write({"a": np.zeros((4, 2))})
+    w.write({"a": np.ones((4, 2))})
+    with pytest.raises(bigarray.errors.DuplicateSegmentError):
+        w.close()
+    # another session writing a committed name again (same bytes) is refused too
+    path = str(tmp_path / "y.bigarray")
+    with PointerArrayWriter(path, dtype="f8") as w1:
+        w1.write({"a": np.zeros((4, 2))})
+    w2 = PointerArrayWriter(path)
+    w2.write({"a": np.zeros((4, 2))})
+    with pytest.raises(bigarray.errors.DuplicateSegmentError):
+        w2.close()
