@@ -1237,20 +1237,21 @@ class StoreWriter:
                                 np.array(a.hashes),
                             )
                         )
-                        plan_index = None
+                        retry = None
                         if isinstance(exc, DuplicateSegmentError) and self._shard is not None:
                             # a task rerun after its worker died wrote a segment again, with
                             # the same bytes (reruns.py): committed once
                             read = pread_rows(self._data_fd(), self._shard.offset, self._row_nbytes)
                             fresh = drop_identical_reruns(committed, fresh, read)
                             try:
-                                plan_index = plan_commit(
+                                retry = plan_commit(
                                     store.index, manifest.segments, fresh, f" in {self.path!r}"
                                 )
                             except (DuplicateSegmentError, OverlapError) as again:
                                 exc = again
-                        if plan_index is None:
+                        if retry is None:
                             raise self._conflict(exc, committed, fresh) from None
+                        plan_index = retry
                     rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()
