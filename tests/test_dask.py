@@ -442,14 +442,14 @@ def test_same_name_with_other_bytes_is_still_a_duplicate(tmp_path: Path) -> None
     path = str(tmp_path / "x.bigarray")
     w = PointerArrayWriter(path, dtype="f8")
     w.write({"a": np.zeros((4, 2))})
-    w.write({"a": np.ones((4, 2))})
-    with pytest.raises(bigarray.errors.DuplicateSegmentError):
-        w.close()
+    with pytest.raises(bigarray.errors.DuplicateSegmentError):  # refused at write()
+        w.write({"a": np.ones((4, 2))})
+    w.close()
     # another session writing a committed name again (same bytes) is refused too
     path = str(tmp_path / "y.bigarray")
     with PointerArrayWriter(path, dtype="f8") as w1:
         w1.write({"a": np.zeros((4, 2))})
     w2 = PointerArrayWriter(path)
-    w2.write({"a": np.zeros((4, 2))})
     with pytest.raises(bigarray.errors.DuplicateSegmentError):
-        w2.close()
+        w2.write({"a": np.zeros((4, 2))})
+    w2.close()
