@@ -488,6 +488,9 @@ class StoreWriter:
         self._closed = False
         # Guards the in-memory session state below against this process's threads (writes
         # and commits run concurrently; the store lock orders commits between processes).
+        # Lock order, everywhere: the session's gate, then the store's file lock (``.lock``),
+        # then this thread lock. Never wait for a file lock while holding this one: a commit
+        # holds the file lock and waits for this lock (two threads would deadlock).
         self._lock = threading.RLock()
         self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
         self._inflight: dict[str, tuple[int, int]] = {}  # the owner's writes in progress
@@ -595,7 +598,8 @@ class StoreWriter:
 
     def _ensure_variable(self, dtype: np.dtype, trailing: tuple[int, ...]) -> None:
         """Create the variable (its data file and a schema commit) unless it exists."""
-        with self._lock, locked(self._lock_path):
+        # the store lock first, then the thread lock: the one lock order (see _init_state)
+        with locked(self._lock_path), self._lock:
             if self._shard is not None:  # another thread of this process created it
                 return
             manifest = read_manifest(self.path)

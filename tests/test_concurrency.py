@@ -487,3 +487,46 @@ def test_a_store_replaced_under_a_session_whose_owner_never_wrote(tmp_path: Path
         w.close()
     w.discard()
     assert list(PointerArray(path).indices) == ["new"]
+
+
+FIRST_WRITE_WHILE_FLUSHING = """
+import sys
+import threading
+import numpy as np
+from bigarray import PointerArrayWriter
+
+for rep in range(20):
+    w = PointerArrayWriter(f"{sys.argv[1]}/s{rep}", dtype="int32")
+    stop = threading.Event()
+
+    def flusher(w=w, stop=stop):
+        while not stop.is_set():
+            w.flush()
+
+    t = threading.Thread(target=flusher)
+    t.start()
+    w.write({"a": np.arange(3)})
+    stop.set()
+    t.join()
+    w.close()
+print("ok")
+"""
+
+
+def test_the_first_write_while_another_thread_flushes_does_not_deadlock(tmp_path: Path) -> None:
+    """The first write of a writer without a shape creates the variable (store lock) while
+    a flush holds the store lock: both take the locks in one order, so neither waits forever."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "first.py"
+    script.write_text(FIRST_WRITE_WHILE_FLUSHING)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a first write racing a flush deadlocked")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    for rep in (0, 19):
+        np.testing.assert_array_equal(PointerArray(tmp_path / f"s{rep}")["a"], [0, 1, 2])
