@@ -297,7 +297,7 @@ def _interrupted_creation(path: str) -> bool:
 
 
 def remove_store(path: str) -> None:
-    """Delete a store directory or a single file; refuse to delete anything else.
+    """Delete a store directory (or an empty file, or a symlink); refuse anything else.
 
     A store that a live writer session holds open (in this or another program) is refused
     with :class:`StoreExistsError`: deleting it would leave that session committing rows
@@ -333,7 +333,18 @@ def remove_store(path: str) -> None:
         # a session that raced us may still drop a file into the renamed directory
         shutil.rmtree(tomb, ignore_errors=True)
     elif os.path.lexists(path):
-        os.unlink(path)
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            # an empty regular file (tempfile.mkstemp) is a free location; a symlink is
+            # removed, never what it points to; anything else is the user's, not ours
+            raise NotAStoreError(
+                f"remove_exist=True but {path!r} is a "
+                f"{'non-empty file' if stat.S_ISREG(st.st_mode) else 'special file'} that is "
+                "not a bigarray store; refusing to delete it. Remove it yourself or pick "
+                "another path."
+            )
+        with contextlib.suppress(FileNotFoundError):  # another writer removed it first
+            os.unlink(path)
 
 
 def _replace_empty_file(path: str) -> None:

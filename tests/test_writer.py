@@ -583,3 +583,21 @@ def test_remove_exist_refuses_an_open_writer_but_not_a_dropped_one(tmp_path: Pat
         w2.write({"b": np.ones(2, np.int16)})
     x = PointerArray(path)
     assert list(x.indices) == ["b"] and x.dtype == np.int16
+
+
+def test_remove_exist_refuses_a_non_empty_file_that_is_not_a_store(tmp_path: Path) -> None:
+    """remove_exist deletes stores only: a user's file is refused like a foreign directory,
+    while an empty file (tempfile.mkstemp) is still a free location."""
+    import tempfile
+
+    other = tmp_path / "user-file"
+    other.write_bytes(b"user data")
+    for cls in (PointerArrayWriter, MmapArrayWriter):
+        with pytest.raises(NotAStoreError, match="non-empty file that is not a bigarray store"):
+            cls(other, dtype="int8", remove_exist=True)
+        assert other.read_bytes() == b"user data"
+    fd, path = tempfile.mkstemp(dir=tmp_path)
+    os.close(fd)
+    with PointerArrayWriter(path, dtype="int8", remove_exist=True) as w:
+        w.write({"a": np.ones(2, np.int8)})
+    assert list(PointerArray(path).indices) == ["a"]
