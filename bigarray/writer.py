@@ -907,32 +907,30 @@ class StoreWriter:
 
     def _check_committed_overlap(self, start: int, stop: int) -> None:
         """Refuse a write that would overwrite committed rows: rows of committed named
-        segments, or, in a store without names, any committed row that a commit wrote (the
+        segments, and any other committed row that a commit wrote, named store or not (the
         rows a declared shape added and nobody wrote yet stay writable)."""
         if stop <= start:
             return
         _, b, arrays, _, _, rows, holes = self._committed_state()
-        if b is None:
-            if start < rows and not _covered(holes, start, min(stop, rows)):
-                raise OverlapError(
-                    f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it holds "
-                    f"{rows:,} committed rows); committed rows are never overwritten. Append "
-                    "with start_position=None, or write past the committed rows."
-                )
-            return
-        if not len(b):
-            return
-        # bounds are in row order: the only candidates end after `start`
-        i = int(np.searchsorted(b[:, 0], stop, "left")) - 1
-        while i >= 0 and b[i, 1] > start:
-            if b[i, 1] > b[i, 0]:
-                raise OverlapError(
-                    f"rows [{start}, {stop}) overlap committed segment "
-                    f"{arrays.name(i)!r} rows [{b[i, 0]}, {b[i, 1]}) of "
-                    f"{self.path!r}; committed data is never overwritten. Append with "
-                    "start_position=None or pick free rows."
-                )
-            i -= 1
+        if b is not None and len(b):
+            # bounds are in row order: the only candidates end after `start`
+            i = int(np.searchsorted(b[:, 0], stop, "left")) - 1
+            while i >= 0 and b[i, 1] > start:
+                if b[i, 1] > b[i, 0]:
+                    raise OverlapError(
+                        f"rows [{start}, {stop}) overlap committed segment "
+                        f"{arrays.name(i)!r} rows [{b[i, 0]}, {b[i, 1]}) of "
+                        f"{self.path!r}; committed data is never overwritten. Append with "
+                        "start_position=None or pick free rows."
+                    )
+                i -= 1
+        if start < rows and not _covered(holes, start, min(stop, rows)):
+            raise OverlapError(
+                f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it holds "
+                f"{rows:,} committed rows{', some written without a name' if b is not None else ''}"
+                "); committed rows are never overwritten. Append with start_position=None, or "
+                "write past the committed rows."
+            )
 
     def write_rows(
         self,
@@ -1225,7 +1223,10 @@ class StoreWriter:
             # Rows rewritten in place change committed blocks: with checksums on, that needs a
             # new manifest (new sums) even when no row and no segment was added.
             resum = self.checksums and bool(mine)
-            if rows == var.rows and not new_segments and not resum:
+            # the committed rows no write has written yet (named store or not): rows written
+            # by unnamed writes are committed too and never overwritten (see _holes_of)
+            encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
+            if rows == var.rows and not new_segments and not resum and encoding == var.encoding:
                 if mine and self.fsync:  # rows rewritten in place: make them durable
                     os.fsync(fd)
                 self._journal.discard(files)
@@ -1301,9 +1302,6 @@ class StoreWriter:
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
                 checksums = plan.to_json()
-            encoding = var.encoding
-            if manifest.segments is None and not new_segments:
-                encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
             new_var = Variable(
                 var.name,
                 var.dtype,

@@ -601,3 +601,32 @@ def test_remove_exist_refuses_a_non_empty_file_that_is_not_a_store(tmp_path: Pat
     with PointerArrayWriter(path, dtype="int8", remove_exist=True) as w:
         w.write({"a": np.ones(2, np.int8)})
     assert list(PointerArray(path).indices) == ["a"]
+
+
+def test_unnamed_committed_rows_of_a_named_store_are_never_overwritten(tmp_path: Path) -> None:
+    """Rows an MmapArrayWriter committed into a store with named segments are committed
+    rows like any other: a positioned write over them (named or not) raises at write(),
+    while the rows a declared shape added and nobody wrote stay writable."""
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int32") as w:
+        w.write({"a": np.full(3, 1, "int32")})
+    with MmapArrayWriter(path, (None,), "int32") as w:
+        w.write(np.full(4, 2, "int32"))
+    with PointerArrayWriter(path) as w, pytest.raises(OverlapError, match="never overwritten"):
+        w.write({"b": np.full(2, 9, "int32")}, start_position=4)
+    with MmapArrayWriter(path) as w, pytest.raises(OverlapError, match="never overwritten"):
+        w.write(np.full(2, 9, "int32"), start_position=5)
+    assert MmapArray(path)[:].tolist() == [1, 1, 1, 2, 2, 2, 2]
+    # a declared shape's unwritten rows in a named store stay free for positioned writes
+    path = tmp_path / "declared"
+    with PointerArrayWriter(path, shape=(10,), dtype="int32") as w:
+        w.write({"a": np.full(2, 1, "int32")}, start_position=0)
+    with MmapArrayWriter(path) as w:  # an unnamed write into the padding, committed
+        w.write(np.full(2, 3, "int32"), start_position=2)
+    with PointerArrayWriter(path) as w:
+        w.write({"b": np.full(2, 5, "int32")}, start_position=6)
+        with pytest.raises(OverlapError, match="never overwritten"):
+            w.write({"c": np.full(2, 7, "int32")}, start_position=3)
+    x = PointerArray(path)
+    assert x[:].tolist() == [1, 1, 3, 3, 0, 0, 5, 5, 0, 0]
+    assert sorted(x.indices) == ["a", "b"]
