@@ -160,7 +160,11 @@ class Journal:
 
     def start(self) -> None:
         """Create the session directory and hold its owner lock (called by the owner)."""
-        os.makedirs(self.dir, exist_ok=True)
+        # never re-create the store directory itself: a store deleted meanwhile stays gone
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(self.dir))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.dir)
         self._lock_fd = os.open(os.path.join(self.dir, _OWNER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         os.close(os.open(os.path.join(self.dir, _GATE), os.O_WRONLY | os.O_CREAT, 0o644))

@@ -76,7 +76,7 @@ import signal
 import stat
 import threading
 import warnings
-from collections.abc import Callable, KeysView, Mapping, Sequence
+from collections.abc import Callable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -104,6 +104,7 @@ from .fileutil import (
 from .format import (
     DEFAULT_ROW_DIM,
     INDEX_DIR,
+    JOURNAL_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
     Manifest,
@@ -293,7 +294,58 @@ def _interrupted_creation(path: str) -> bool:
             return False
     except OSError:
         return False
-    return all(n in (LOCK_NAME, INDEX_DIR) or n.startswith(MANIFEST_NAME + ".tmp-") for n in names)
+    if JOURNAL_DIR in names and not _only_session_debris(os.path.join(path, JOURNAL_DIR)):
+        return False
+    return all(
+        n in (LOCK_NAME, INDEX_DIR, JOURNAL_DIR) or n.startswith(MANIFEST_NAME + ".tmp-")
+        for n in names
+    )
+
+
+def _only_session_debris(journal: str) -> bool:
+    """True if the sessions under ``journal`` hold no record of a write (only their lock,
+    gate and marks): what a writer that never wrote leaves when its store vanished."""
+    try:
+        if os.path.islink(journal):
+            return False
+        for session in os.listdir(journal):
+            d = os.path.join(journal, session)
+            if os.path.islink(d) or not os.path.isdir(d):
+                return False
+            if any(
+                not (n in ("owner.lock", "gate") or n.endswith(".inflight")) for n in os.listdir(d)
+            ):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+class _StoreMoved(Exception):
+    """The directory at a store's path is no longer the one whose lock we waited for."""
+
+
+@contextlib.contextmanager
+def _locked_here(path: str) -> Iterator[int]:
+    """:func:`locked` on ``path``'s store lock, raising :class:`_StoreMoved` when, by the time
+    the lock is ours, ``path`` no longer holds the directory we locked: a ``remove_exist``
+    renames the directory away under its lock (see :func:`remove_store`), and a writer that
+    waited on the old lock must not go on in whatever is at ``path`` now (nor re-create
+    ``path`` with nothing but its journal in it) without holding that directory's lock."""
+    lock = os.path.join(path, LOCK_NAME)
+    with contextlib.ExitStack() as stack:
+        try:
+            fd = stack.enter_context(locked(lock))
+        except FileNotFoundError:  # the directory itself is gone
+            raise _StoreMoved from None
+        try:
+            here = os.stat(lock)
+        except FileNotFoundError:
+            raise _StoreMoved from None
+        mine = os.fstat(fd)
+        if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+            raise _StoreMoved
+        yield fd
 
 
 def remove_store(path: str) -> None:
@@ -442,6 +494,25 @@ class StoreWriter:
 
         if remove_exist:
             remove_store(self.path)
+        # Another writer's remove_exist may rename the directory away while we wait for its
+        # lock (see _locked_here): then start again with whatever is at the path now (never
+        # removing again: a store there now was created by a writer after our removal).
+        for attempt in itertools.count():
+            try:
+                self._open_session()
+                break
+            except _StoreMoved:
+                if attempt >= 100:
+                    raise StoreExistsError(
+                        f"the store at {self.path!r} keeps being deleted and re-created by "
+                        "other writers (remove_exist=True) while this writer opens it; "
+                        "write to another path, or stop the other programs"
+                    ) from None
+        if self._dtype is not None and self._trailing is not None and self._shard is None:
+            self._ensure_variable(self._dtype, self._trailing)
+
+    def _open_session(self) -> None:
+        """Create the store if there is none, then start this writer's session in it."""
         _replace_empty_file(self.path)
         existed = is_store(self.path)
         if not existed:
@@ -451,7 +522,7 @@ class StoreWriter:
                     "to replace it, or choose another path"
                 )
             self._create_empty()
-        with locked(self._lock_path):
+        with _locked_here(self.path):
             others = collect_dead_sessions(self.path, self._session)
             self._journal.start()
             manifest = read_manifest(self.path)
@@ -462,8 +533,6 @@ class StoreWriter:
                 # but never committed are free again.
                 rows = manifest.rows
                 atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
-        if self._dtype is not None and self._trailing is not None and self._shard is None:
-            self._ensure_variable(self._dtype, self._trailing)
 
     def _free_location(self) -> bool:
         """True if a store may be created at ``self.path``: nothing there, an empty
@@ -573,7 +642,7 @@ class StoreWriter:
             os.makedirs(os.path.join(self.path, INDEX_DIR), exist_ok=True)
         except OSError as exc:
             raise wrap_os_error(exc, self.path) from None
-        with locked(self._lock_path):
+        with _locked_here(self.path):
             if is_store(self.path):  # another process won the race to create it
                 return
             empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})

@@ -530,3 +530,55 @@ def test_the_first_write_while_another_thread_flushes_does_not_deadlock(tmp_path
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     for rep in (0, 19):
         np.testing.assert_array_equal(PointerArray(tmp_path / f"s{rep}")["a"], [0, 1, 2])
+
+
+RACER = """
+import sys
+import time
+import numpy as np
+from bigarray import PointerArrayWriter
+from bigarray.errors import StoreExistsError
+
+path, rm, secs = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
+end = time.monotonic() + secs
+n = 0
+while time.monotonic() < end:
+    try:
+        with PointerArrayWriter(path, dtype="int32", remove_exist=rm, fsync=False) as w:
+            w.write({f"{int(rm)}-{n}": np.arange(3, dtype="int32")})
+        n += 1
+    except StoreExistsError as exc:
+        if "live writer session" not in str(exc):  # the one expected refusal
+            raise
+print(n)
+"""
+
+
+def test_remove_exist_racing_a_plain_writer_never_leaves_an_unusable_location(
+    tmp_path: Path,
+) -> None:
+    """A remove_exist writer and a plain writer loop on one path: the remover renames the
+    directory away while the other waits for its lock. Neither ever finds the location
+    unusable ("not a bigarray store"), and the store left opens and verifies."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    path = str(tmp_path / "s")
+    for rep in range(2):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), path, rm, "4"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rm in ("1", "0")
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        x = PointerArray(path)
+        assert len(x.indices) >= 1 and x.dtype == np.int32
+        assert verify_store(path).ok

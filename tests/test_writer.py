@@ -630,3 +630,25 @@ def test_unnamed_committed_rows_of_a_named_store_are_never_overwritten(tmp_path:
     x = PointerArray(path)
     assert x[:].tolist() == [1, 1, 3, 3, 0, 0, 5, 5, 0, 0]
     assert sorted(x.indices) == ["a", "b"]
+
+
+def test_a_directory_with_only_a_dead_sessions_lock_files_is_a_free_location(
+    tmp_path: Path,
+) -> None:
+    """What a writer that never wrote leaves when its store vanished under it (its lock,
+    its session's owner lock and gate) is debris, not a user's directory."""
+    for rm in (False, True):
+        path = tmp_path / f"s{rm}"
+        (path / "journal" / "0123456789abcdef").mkdir(parents=True)
+        for name in ("owner.lock", "gate"):
+            (path / "journal" / "0123456789abcdef" / name).touch()
+        (path / ".lock").touch()
+        with PointerArrayWriter(path, dtype="int32", remove_exist=rm) as w:
+            w.write({"a": np.arange(3)})
+        assert list(PointerArray(path).indices) == ["a"]
+    # a journal holding a record of a write is not debris
+    path = tmp_path / "records"
+    (path / "journal" / "0123456789abcdef").mkdir(parents=True)
+    (path / "journal" / "0123456789abcdef" / "1-000000001-abcd.rec").write_bytes(b"x")
+    with pytest.raises(StoreExistsError):
+        PointerArrayWriter(path, dtype="int32")
