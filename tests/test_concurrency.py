@@ -566,7 +566,7 @@ def test_remove_exist_racing_a_plain_writer_never_leaves_an_unusable_location(
     script = tmp_path / "racer.py"
     script.write_text(RACER)
     path = str(tmp_path / "s")
-    for rep in range(2):
+    for _rep in range(2):
         procs = [
             subprocess.Popen(
                 [sys.executable, str(script), path, rm, "4"],
@@ -577,7 +577,7 @@ def test_remove_exist_racing_a_plain_writer_never_leaves_an_unusable_location(
             for rm in ("1", "0")
         ]
         outs = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, outs, strict=True):
+        for p, (_out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, err
         x = PointerArray(path)
         assert len(x.indices) >= 1 and x.dtype == np.int32
