@@ -124,6 +124,7 @@ _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats pack
 _FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
 _PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
 _HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see _holes_of
+_PENDING_KEY = "row_shape_pending"  # Variable.encoding key: see _row_shape_pending
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _CRASH_ENV = "BIGARRAY_CRASH_AT"
 _crash_hits: dict[str, int] = {}
@@ -188,6 +189,15 @@ def _holes_of(var: Variable) -> list[tuple[int, int]]:
                 if isinstance(a, int) and isinstance(b, int) and 0 <= a < b:
                     out.append((a, b))
     return sorted(out)
+
+
+def _row_shape_pending(var: Variable) -> bool:
+    """True for the empty ``(0,)`` placeholder a writer given a dtype but no shape commits
+    when it creates a store, so that readers see an empty array of that dtype (not a store
+    without the variable) until its first write fixes the row shape and replaces it."""
+    return (
+        var.rows == 0 and isinstance(var.encoding, Mapping) and bool(var.encoding.get(_PENDING_KEY))
+    )
 
 
 def _covered(holes: Sequence[tuple[int, int]], start: int, stop: int) -> bool:
@@ -646,15 +656,19 @@ class StoreWriter:
             if is_store(self.path):  # another process won the race to create it
                 return
             empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})
-            if self._dtype is not None and self._trailing is not None:
-                # dtype and row shape known: the first commit already holds the variable, so
-                # no reader (and no crash) ever sees a store without it
-                self._commit_new_variable(empty, self._dtype, self._trailing)
+            if self._dtype is not None:
+                # dtype known: the first commit already holds the variable, so no reader
+                # (and no crash) ever sees a store without it; with no row shape yet, an
+                # empty placeholder the first write replaces (see _row_shape_pending)
+                self._commit_new_variable(
+                    empty, self._dtype, self._trailing or (), pending=self._trailing is None
+                )
                 return
             atomic_write(os.path.join(self.path, MANIFEST_NAME), empty.dumps(), fsync=self.fsync)
 
     def _adopt(self, var: Variable) -> None:
         """Take dtype, row shape and data file from the committed variable (appending)."""
+        pending = _row_shape_pending(var)
         if self._dtype is not None and self._dtype != var.dtype:
             raise SchemaError(
                 f"the store at {self.path!r} holds {var.dtype} data in {self.variable!r} but this "
@@ -666,6 +680,9 @@ class StoreWriter:
                 f"the store at {self.path!r} has rows of shape {var.shape[1:]} but this writer was "
                 f"opened with shape[1:]={self._trailing}; rows must keep one shape"
             )
+        if pending:  # no row shape yet: the first write (of any writer) fixes it
+            self._dtype = var.dtype
+            return
         if len(var.shards) > 1:
             raise SchemaError(
                 f"{self.path!r} variable {self.variable!r} is sharded; append to it with "
@@ -683,13 +700,19 @@ class StoreWriter:
             if self._shard is not None:  # another thread of this process created it
                 return
             manifest = read_manifest(self.path)
-            if self.variable in manifest.variables:
-                self._adopt(manifest.variables[self.variable])
+            var = manifest.variables.get(self.variable)
+            if var is not None and not _row_shape_pending(var):
+                self._adopt(var)
                 return
             self._commit_new_variable(manifest, dtype, trailing)
 
     def _commit_new_variable(
-        self, manifest: Manifest, dtype: np.dtype, trailing: tuple[int, ...]
+        self,
+        manifest: Manifest,
+        dtype: np.dtype,
+        trailing: tuple[int, ...],
+        *,
+        pending: bool = False,
     ) -> None:
         """Create the variable's data file, then commit a manifest that names it (caller
         holds the store lock). The file is complete and durable before any manifest names it."""
@@ -712,7 +735,10 @@ class StoreWriter:
             raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
         self._dims = tuple(dims)
         shard = Shard(fname, len(header), 0, 0)
-        var = Variable(self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs)
+        encoding = {_PENDING_KEY: True} if pending else {}
+        var = Variable(
+            self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs, encoding
+        )
         new = Manifest(
             manifest.generation + 1,
             {**manifest.variables, self.variable: var},
@@ -721,6 +747,9 @@ class StoreWriter:
             manifest.attrs,
         )
         atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+        if pending:  # no row shape yet: this writer has no variable to write to either
+            self._dims = None
+            return
         # dtype and row shape last: other threads take them as "the variable exists"
         self._shard = shard
         self._dtype, self._trailing = dtype, trailing
@@ -1255,6 +1284,8 @@ class StoreWriter:
             records = [r for r in self._journal.read(files)]
             records += [r for r, _, _ in taken]
             var = manifest.variables.get(self.variable)
+            if var is not None and _row_shape_pending(var) and not records:
+                var = None  # the placeholder stays until a write (or close) replaces it
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
                 self._forget_taken(taken, unrecorded_taken)

@@ -652,3 +652,29 @@ def test_a_directory_with_only_a_dead_sessions_lock_files_is_a_free_location(
     (path / "journal" / "0123456789abcdef" / "1-000000001-abcd.rec").write_bytes(b"x")
     with pytest.raises(StoreExistsError):
         PointerArrayWriter(path, dtype="int32")
+
+
+def test_a_reader_between_remove_exist_and_the_first_write_sees_an_empty_array(
+    tmp_path: Path,
+) -> None:
+    """A writer given a dtype but no shape has replaced the store and not written yet: a
+    reader opened meanwhile sees an empty (0,) array of that dtype, not a missing variable;
+    the first write then fixes the row shape."""
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"old": np.ones(2, np.int8)})
+    w = PointerArrayWriter(path, dtype="int32", remove_exist=True)
+    for reader in (PointerArray, MmapArray):
+        x = reader(path)
+        assert x.shape == (0,) and x.dtype == np.int32
+    assert len(PointerArray(path).indices) == 0
+    w.flush()  # nothing written: still the empty array
+    assert MmapArray(path).shape == (0,)
+    other = PointerArrayWriter(path)  # another writer takes the dtype from the store
+    w.write({"a": np.ones((2, 3), np.int32)})
+    w.close()
+    other.write({"b": np.full((1, 3), 2, np.int32)})
+    other.close()
+    x = PointerArray(path)
+    assert x.shape == (3, 3) and x.dtype == np.int32
+    assert dict(x.indices.items()) == {"a": (0, 2), "b": (2, 3)}
