@@ -115,7 +115,7 @@ from .format import (
     npy_header,
 )
 from .index import SegmentArrays, concat, merge, write_index
-from .journal import Journal, Record, collect_dead_sessions
+from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
 from .store import Store, is_store, read_manifest, resolve_inside
 
 _ALLOC_NAME = "alloc"
@@ -323,7 +323,8 @@ def _only_session_debris(journal: str) -> bool:
             if os.path.islink(d) or not os.path.isdir(d):
                 return False
             if any(
-                not (n in ("owner.lock", "gate") or n.endswith(".inflight")) for n in os.listdir(d)
+                not (n in ("owner.lock", "gate", "reserved") or n.endswith(".inflight"))
+                for n in os.listdir(d)
             ):
                 return False
     except OSError:
@@ -968,6 +969,19 @@ class StoreWriter:
             alloc = _read_alloc(self._alloc_path)
             begin = alloc if start is None else start
             end = begin + n
+            if start is not None and start < alloc and n:
+                # rows below the allocation mark may be another open writer's appends,
+                # written (or being written) and not committed yet: never overwrite them
+                taken = reserved_by_others(self.path, self._session, begin, end)
+                if taken is not None:
+                    raise OverlapError(
+                        f"rows [{begin}, {end}) overlap rows [{taken[0]}, {taken[1]}) that "
+                        f"another open writer of {self.path!r} appended and has not committed "
+                        "yet; they are never overwritten. Nothing was written: append with "
+                        "start_position=None, or write past the rows allocated so far."
+                    )
+            elif start is None and n:
+                self._journal.reserve(begin, end)
             if end > alloc:
                 atomic_write(self._alloc_path, end.to_bytes(8, "little"), fsync=False)
             need = self._shard.offset + end * self._row_nbytes

@@ -582,3 +582,28 @@ def test_remove_exist_racing_a_plain_writer_never_leaves_an_unusable_location(
         x = PointerArray(path)
         assert len(x.indices) >= 1 and x.dtype == np.int32
         assert verify_store(path).ok
+
+
+def test_a_positioned_write_refuses_rows_another_open_writer_appended(tmp_path: Path) -> None:
+    """Writer A appended rows and has not committed; writer B (another session) writes at a
+    position inside them: B's write raises before any byte is written, and A's commit
+    keeps A's bytes. Rows past A's are still free for B."""
+    from bigarray import MmapArrayWriter, PointerArrayWriter
+
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int32") as w:
+        w.write({"a": np.full(3, 1, np.int32)})
+    a = PointerArrayWriter(path)
+    assert a.write({"x": np.full(4, 2, np.int32)}) == (3, 7)
+    b = PointerArrayWriter(path)
+    with pytest.raises(OverlapError, match="another open writer"):
+        b.write({"y": np.full(2, 9, np.int32)}, start_position=4)
+    with MmapArrayWriter(path) as m, pytest.raises(OverlapError, match="another open writer"):
+        m.write(np.full(2, 9, np.int32), start_position=6)
+    b.write({"z": np.full(2, 8, np.int32)}, start_position=7)
+    a.close()
+    b.close()
+    x = PointerArray(path)
+    assert x[:].tolist() == [1, 1, 1, 2, 2, 2, 2, 8, 8]
+    assert dict(x.indices.items()) == {"a": (0, 3), "x": (3, 7), "z": (7, 9)}
+    assert verify_store(str(path)).ok
