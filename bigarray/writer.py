@@ -25,8 +25,9 @@ The session model (who owns, who may commit, what a copy is, what threads may do
   next one (a commit removes exactly the records it took). ``close`` while other threads
   still write is the caller's race: their later writes raise ``ClosedError``.
 - **Refusals.** A duplicate name (within the call, already written by this process in this
-  session, or committed) or a positioned write over rows this process's named writes hold or
-  over committed rows raises at ``write()``, before any byte is written. A conflict only the
+  session, or committed) or a positioned write over rows this process's named writes hold,
+  over committed rows, or over rows another live session appended (its journal's
+  ``reserved`` file) raises at ``write()``, before any byte is written. A conflict only the
   commit can see (another process or session took the name or rows) makes the commit raise
   with ``exc.segments`` naming every conflicting segment; nothing is committed and the writer
   stays open with every pending write: :meth:`StoreWriter.forget` those names and commit
