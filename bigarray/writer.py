@@ -560,7 +560,7 @@ class StoreWriter:
         if os.path.isfile(self._lock_path):
             # Another writer may be creating the store (it writes the data file, then the
             # first manifest, under the lock): once we hold the lock, it is a store or not.
-            with locked(self._lock_path):
+            with _locked_here(path):  # (a directory renamed away: start again)
                 return is_store(path) or _interrupted_creation(path)
         return False
 
