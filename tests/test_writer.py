@@ -678,3 +678,22 @@ def test_a_reader_between_remove_exist_and_the_first_write_sees_an_empty_array(
     x = PointerArray(path)
     assert x.shape == (3, 3) and x.dtype == np.int32
     assert dict(x.indices.items()) == {"a": (0, 2), "b": (2, 3)}
+
+
+def test_rows_written_into_a_declared_shape_without_checksums_are_committed(
+    tmp_path: Path,
+) -> None:
+    """Without checksums, a positioned write into a declared shape's unwritten rows adds no
+    row and no segment: its commit still records those rows as written, so a later
+    positioned write over them is refused."""
+    from bigarray import StoreWriter
+
+    path = str(tmp_path / "s")
+    StoreWriter(path, shape=(10,), dtype="int32", named=False, checksums=False).close()
+    with StoreWriter(path, named=False, checksums=False) as w:
+        w.write_rows([np.full(2, 5, np.int32)], start_position=2)
+    with StoreWriter(path, named=False, checksums=False) as w:
+        with pytest.raises(OverlapError, match="never overwritten"):
+            w.write_rows([np.full(2, 7, np.int32)], start_position=3)
+        w.write_rows([np.full(2, 7, np.int32)], start_position=4)
+    assert MmapArray(path)[:].tolist() == [0, 0, 5, 5, 7, 7, 0, 0, 0, 0]
