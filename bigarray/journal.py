@@ -270,7 +270,9 @@ class Journal:
         try:
             fd = os.open(os.path.join(self.dir, _RESERVED), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except FileNotFoundError:
-            raise _ended(os.path.dirname(os.path.dirname(self.dir))) from None
+            # the session ended (a member's write then raises ClosedError) or its store was
+            # deleted (the owner's commit then raises CommitConflictError): nothing to guard
+            return
         except OSError as exc:
             raise wrap_os_error(exc, self.dir) from None
         try:
