@@ -307,8 +307,20 @@ def _interrupted_creation(path: str) -> bool:
         return False
     if JOURNAL_DIR in names and not _only_session_debris(os.path.join(path, JOURNAL_DIR)):
         return False
+    # a writer killed between its new variable's data file and the first manifest leaves
+    # that file too: accepted only beside both the lock and the index directory a writer
+    # makes first (a user's directory of .npy files is never taken for debris)
+    ours = LOCK_NAME in names and INDEX_DIR in names
+
+    def data_file(n: str) -> bool:
+        with contextlib.suppress(OSError):
+            return n.endswith(".npy") and stat.S_ISREG(os.lstat(os.path.join(path, n)).st_mode)
+        return False
+
     return all(
-        n in (LOCK_NAME, INDEX_DIR, JOURNAL_DIR) or n.startswith(MANIFEST_NAME + ".tmp-")
+        n in (LOCK_NAME, INDEX_DIR, JOURNAL_DIR)
+        or n.startswith(MANIFEST_NAME + ".tmp-")
+        or (ours and data_file(n))
         for n in names
     )
 

@@ -697,3 +697,22 @@ def test_rows_written_into_a_declared_shape_without_checksums_are_committed(
             w.write_rows([np.full(2, 7, np.int32)], start_position=3)
         w.write_rows([np.full(2, 7, np.int32)], start_position=4)
     assert MmapArray(path)[:].tolist() == [0, 0, 5, 5, 7, 7, 0, 0, 0, 0]
+
+
+def test_a_writer_killed_before_its_first_manifest_leaves_a_free_location(tmp_path: Path) -> None:
+    """A writer given dtype and shape writes the data file, then the first manifest: killed
+    in between, it leaves the lock, the index directory and the data file. That is an
+    interrupted creation, not a user's directory; a user's directory of .npy files is not."""
+    path = tmp_path / "s"
+    (path / "index").mkdir(parents=True)
+    (path / ".lock").touch()
+    np.save(path / "data.npy", np.zeros((0, 3), np.int32))
+    with PointerArrayWriter(path, shape=(0, 3), dtype="int32") as w:
+        w.write({"a": np.ones((2, 3), np.int32)})
+    assert list(PointerArray(path).indices) == ["a"]
+    user = tmp_path / "user"
+    user.mkdir()
+    np.save(user / "data.npy", np.ones(3))
+    with pytest.raises(StoreExistsError):
+        PointerArrayWriter(user, dtype="int32")
+    assert np.load(user / "data.npy").tolist() == [1.0, 1.0, 1.0]
