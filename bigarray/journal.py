@@ -54,6 +54,7 @@ _SUFFIX = ".rec"
 _INFLIGHT = ".inflight"
 _OWNER_LOCK = "owner.lock"
 _GATE = "gate"
+_RESERVED = "reserved"  # rows the session's appends took: int64 (start, stop) pairs
 
 
 def _ended(where: str) -> ClosedError:
@@ -160,7 +161,11 @@ class Journal:
 
     def start(self) -> None:
         """Create the session directory and hold its owner lock (called by the owner)."""
-        os.makedirs(self.dir, exist_ok=True)
+        # never re-create the store directory itself: a store deleted meanwhile stays gone
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(self.dir))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.dir)
         self._lock_fd = os.open(os.path.join(self.dir, _OWNER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         os.close(os.open(os.path.join(self.dir, _GATE), os.O_WRONLY | os.O_CREAT, 0o644))
@@ -256,6 +261,25 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):  # the session ended meanwhile
             os.unlink(mark)
 
+    def reserve(self, start: int, stop: int) -> None:
+        """Record that this session's append took rows ``[start, stop)`` (called under the
+        store lock): until the session ends, positioned writes of other sessions refuse
+        them (see :func:`reserved_by_others`), so no other writer overwrites rows this
+        session wrote and will commit."""
+        data = np.array([start, stop], "<i8").tobytes()
+        try:
+            fd = os.open(os.path.join(self.dir, _RESERVED), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except FileNotFoundError:
+            # the session ended (a member's write then raises ClosedError) or its store was
+            # deleted (the owner's commit then raises CommitConflictError): nothing to guard
+            return
+        except OSError as exc:
+            raise wrap_os_error(exc, self.dir) from None
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
     def unfinished_writes(self) -> dict[str, tuple[int, int]]:
         """Marks (:meth:`begin_write`) of writes not ended, in progress, failed or killed:
         ``{mark file name: (start, stop)}``."""
@@ -290,6 +314,48 @@ class Journal:
         for path in files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def reserved_by_others(store_dir: str, keep: str, start: int, stop: int) -> tuple[int, int] | None:
+    """Rows of ``[start, stop)`` that another live session's appends took and it has not
+    ended yet (call under the store lock): the first such reserved range, or None."""
+    root = os.path.join(store_dir, JOURNAL_DIR)
+    try:
+        sessions = os.listdir(root)
+    except FileNotFoundError:
+        return None
+    for s in sessions:
+        if s == keep:
+            continue
+        try:
+            with open(os.path.join(root, s, _RESERVED), "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        pairs = np.frombuffer(raw[: len(raw) // 16 * 16], "<i8").reshape(-1, 2)
+        hit = np.flatnonzero((pairs[:, 0] < stop) & (pairs[:, 1] > start))
+        if not len(hit) or not _session_live(os.path.join(root, s)):
+            continue
+        a, b = pairs[hit[0]]
+        return int(a), int(b)
+    return None
+
+
+def _session_live(d: str) -> bool:
+    """True while the owner of the session directory ``d`` holds its owner lock."""
+    try:
+        fd = open_held(os.path.join(d, _OWNER_LOCK), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        close_held(fd)
+    return False
 
 
 def collect_dead_sessions(store_dir: str, keep: str) -> int:

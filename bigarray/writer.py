@@ -25,8 +25,9 @@ The session model (who owns, who may commit, what a copy is, what threads may do
   next one (a commit removes exactly the records it took). ``close`` while other threads
   still write is the caller's race: their later writes raise ``ClosedError``.
 - **Refusals.** A duplicate name (within the call, already written by this process in this
-  session, or committed) or a positioned write over rows this process's named writes hold or
-  over committed rows raises at ``write()``, before any byte is written. A conflict only the
+  session, or committed) or a positioned write over rows this process's named writes hold,
+  over committed rows, or over rows another live session appended (its journal's
+  ``reserved`` file) raises at ``write()``, before any byte is written. A conflict only the
   commit can see (another process or session took the name or rows) makes the commit raise
   with ``exc.segments`` naming every conflicting segment; nothing is committed and the writer
   stays open with every pending write: :meth:`StoreWriter.forget` those names and commit
@@ -78,7 +79,7 @@ import signal
 import stat
 import threading
 import warnings
-from collections.abc import Callable, KeysView, Mapping, Sequence
+from collections.abc import Callable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -107,6 +108,7 @@ from .fileutil import (
 from .format import (
     DEFAULT_ROW_DIM,
     INDEX_DIR,
+    JOURNAL_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
     IndexFiles,
@@ -118,7 +120,7 @@ from .format import (
     npy_header,
 )
 from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
-from .journal import Journal, Record, collect_dead_sessions
+from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
 from .reruns import drop_identical_reruns, pread_rows
 from .store import Store, is_store, read_manifest, resolve_inside
 
@@ -128,6 +130,7 @@ _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats pack
 _FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
 _PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
 _HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see _holes_of
+_PENDING_KEY = "row_shape_pending"  # Variable.encoding key: see _row_shape_pending
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _CRASH_ENV = "BIGARRAY_CRASH_AT"
 _crash_hits: dict[str, int] = {}
@@ -192,6 +195,15 @@ def _holes_of(var: Variable) -> list[tuple[int, int]]:
                 if isinstance(a, int) and isinstance(b, int) and 0 <= a < b:
                     out.append((a, b))
     return sorted(out)
+
+
+def _row_shape_pending(var: Variable) -> bool:
+    """True for the empty ``(0,)`` placeholder a writer given a dtype but no shape commits
+    when it creates a store, so that readers see an empty array of that dtype (not a store
+    without the variable) until its first write fixes the row shape and replaces it."""
+    return (
+        var.rows == 0 and isinstance(var.encoding, Mapping) and bool(var.encoding.get(_PENDING_KEY))
+    )
 
 
 def _covered(holes: Sequence[tuple[int, int]], start: int, stop: int) -> bool:
@@ -298,11 +310,75 @@ def _interrupted_creation(path: str) -> bool:
             return False
     except OSError:
         return False
-    return all(n in (LOCK_NAME, INDEX_DIR) or n.startswith(MANIFEST_NAME + ".tmp-") for n in names)
+    if JOURNAL_DIR in names and not _only_session_debris(os.path.join(path, JOURNAL_DIR)):
+        return False
+    # a writer killed between its new variable's data file and the first manifest leaves
+    # that file too: accepted only beside both the lock and the index directory a writer
+    # makes first (a user's directory of .npy files is never taken for debris)
+    ours = LOCK_NAME in names and INDEX_DIR in names
+
+    def data_file(n: str) -> bool:
+        with contextlib.suppress(OSError):
+            return n.endswith(".npy") and stat.S_ISREG(os.lstat(os.path.join(path, n)).st_mode)
+        return False
+
+    return all(
+        n in (LOCK_NAME, INDEX_DIR, JOURNAL_DIR)
+        or n.startswith(MANIFEST_NAME + ".tmp-")
+        or (ours and data_file(n))
+        for n in names
+    )
+
+
+def _only_session_debris(journal: str) -> bool:
+    """True if the sessions under ``journal`` hold no record of a write (only their lock,
+    gate and marks): what a writer that never wrote leaves when its store vanished."""
+    try:
+        if os.path.islink(journal):
+            return False
+        for session in os.listdir(journal):
+            d = os.path.join(journal, session)
+            if os.path.islink(d) or not os.path.isdir(d):
+                return False
+            if any(
+                not (n in ("owner.lock", "gate", "reserved") or n.endswith(".inflight"))
+                for n in os.listdir(d)
+            ):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+class _StoreMoved(Exception):
+    """The directory at a store's path is no longer the one whose lock we waited for."""
+
+
+@contextlib.contextmanager
+def _locked_here(path: str) -> Iterator[int]:
+    """:func:`locked` on ``path``'s store lock, raising :class:`_StoreMoved` when, by the time
+    the lock is ours, ``path`` no longer holds the directory we locked: a ``remove_exist``
+    renames the directory away under its lock (see :func:`remove_store`), and a writer that
+    waited on the old lock must not go on in whatever is at ``path`` now (nor re-create
+    ``path`` with nothing but its journal in it) without holding that directory's lock."""
+    lock = os.path.join(path, LOCK_NAME)
+    with contextlib.ExitStack() as stack:
+        try:
+            fd = stack.enter_context(locked(lock))
+        except FileNotFoundError:  # the directory itself is gone
+            raise _StoreMoved from None
+        try:
+            here = os.stat(lock)
+        except FileNotFoundError:
+            raise _StoreMoved from None
+        mine = os.fstat(fd)
+        if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+            raise _StoreMoved
+        yield fd
 
 
 def remove_store(path: str) -> None:
-    """Delete a store directory or a single file; refuse to delete anything else.
+    """Delete a store directory (or an empty file, or a symlink); refuse anything else.
 
     A store that a live writer session holds open (in this or another program) is refused
     with :class:`StoreExistsError`: deleting it would leave that session committing rows
@@ -338,7 +414,18 @@ def remove_store(path: str) -> None:
         # a session that raced us may still drop a file into the renamed directory
         shutil.rmtree(tomb, ignore_errors=True)
     elif os.path.lexists(path):
-        os.unlink(path)
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            # an empty regular file (tempfile.mkstemp) is a free location; a symlink is
+            # removed, never what it points to; anything else is the user's, not ours
+            raise NotAStoreError(
+                f"remove_exist=True but {path!r} is a "
+                f"{'non-empty file' if stat.S_ISREG(st.st_mode) else 'special file'} that is "
+                "not a bigarray store; refusing to delete it. Remove it yourself or pick "
+                "another path."
+            )
+        with contextlib.suppress(FileNotFoundError):  # another writer removed it first
+            os.unlink(path)
 
 
 def _replace_empty_file(path: str) -> None:
@@ -438,6 +525,25 @@ class StoreWriter:
 
         if remove_exist:
             remove_store(self.path)
+        # Another writer's remove_exist may rename the directory away while we wait for its
+        # lock (see _locked_here): then start again with whatever is at the path now (never
+        # removing again: a store there now was created by a writer after our removal).
+        for attempt in itertools.count():
+            try:
+                self._open_session()
+                break
+            except _StoreMoved:
+                if attempt >= 100:
+                    raise StoreExistsError(
+                        f"the store at {self.path!r} keeps being deleted and re-created by "
+                        "other writers (remove_exist=True) while this writer opens it; "
+                        "write to another path, or stop the other programs"
+                    ) from None
+        if self._dtype is not None and self._trailing is not None and self._shard is None:
+            self._ensure_variable(self._dtype, self._trailing)
+
+    def _open_session(self) -> None:
+        """Create the store if there is none, then start this writer's session in it."""
         _replace_empty_file(self.path)
         existed = is_store(self.path)
         if not existed:
@@ -447,7 +553,7 @@ class StoreWriter:
                     "to replace it, or choose another path"
                 )
             self._create_empty()
-        with locked(self._lock_path):
+        with _locked_here(self.path):
             others = collect_dead_sessions(self.path, self._session)
             self._journal.start()
             manifest = read_manifest(self.path)
@@ -458,8 +564,6 @@ class StoreWriter:
                 # but never committed are free again.
                 rows = manifest.rows
                 atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
-        if self._dtype is not None and self._trailing is not None and self._shard is None:
-            self._ensure_variable(self._dtype, self._trailing)
 
     def _free_location(self) -> bool:
         """True if a store may be created at ``self.path``: nothing there, an empty
@@ -475,7 +579,7 @@ class StoreWriter:
         if os.path.isfile(self._lock_path):
             # Another writer may be creating the store (it writes the data file, then the
             # first manifest, under the lock): once we hold the lock, it is a store or not.
-            with locked(self._lock_path):
+            with _locked_here(path):  # (a directory renamed away: start again)
                 return is_store(path) or _interrupted_creation(path)
         return False
 
@@ -495,6 +599,9 @@ class StoreWriter:
         self._closed = False
         # Guards the in-memory session state below against this process's threads (writes
         # and commits run concurrently; the store lock orders commits between processes).
+        # Lock order, everywhere: the session's gate, then the store's file lock (``.lock``),
+        # then this thread lock. Never wait for a file lock while holding this one: a commit
+        # holds the file lock and waits for this lock (two threads would deadlock).
         self._lock = threading.RLock()
         self._pending: list[tuple[Record, np.ndarray, np.ndarray]] = []
         self._followers: list[integrity.WriteFollower] = []  # the owner's, still summing
@@ -567,19 +674,23 @@ class StoreWriter:
             os.makedirs(os.path.join(self.path, INDEX_DIR), exist_ok=True)
         except OSError as exc:
             raise wrap_os_error(exc, self.path) from None
-        with locked(self._lock_path):
+        with _locked_here(self.path):
             if is_store(self.path):  # another process won the race to create it
                 return
             empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})
-            if self._dtype is not None and self._trailing is not None:
-                # dtype and row shape known: the first commit already holds the variable, so
-                # no reader (and no crash) ever sees a store without it
-                self._commit_new_variable(empty, self._dtype, self._trailing)
+            if self._dtype is not None:
+                # dtype known: the first commit already holds the variable, so no reader
+                # (and no crash) ever sees a store without it; with no row shape yet, an
+                # empty placeholder the first write replaces (see _row_shape_pending)
+                self._commit_new_variable(
+                    empty, self._dtype, self._trailing or (), pending=self._trailing is None
+                )
                 return
             atomic_write(os.path.join(self.path, MANIFEST_NAME), empty.dumps(), fsync=self.fsync)
 
     def _adopt(self, var: Variable) -> None:
         """Take dtype, row shape and data file from the committed variable (appending)."""
+        pending = _row_shape_pending(var)
         if self._dtype is not None and self._dtype != var.dtype:
             raise SchemaError(
                 f"the store at {self.path!r} holds {var.dtype} data in {self.variable!r} but this "
@@ -591,6 +702,9 @@ class StoreWriter:
                 f"the store at {self.path!r} has rows of shape {var.shape[1:]} but this writer was "
                 f"opened with shape[1:]={self._trailing}; rows must keep one shape"
             )
+        if pending:  # no row shape yet: the first write (of any writer) fixes it
+            self._dtype = var.dtype
+            return
         if len(var.shards) > 1:
             raise SchemaError(
                 f"{self.path!r} variable {self.variable!r} is sharded; append to it with "
@@ -603,17 +717,24 @@ class StoreWriter:
 
     def _ensure_variable(self, dtype: np.dtype, trailing: tuple[int, ...]) -> None:
         """Create the variable (its data file and a schema commit) unless it exists."""
-        with self._lock, locked(self._lock_path):
+        # the store lock first, then the thread lock: the one lock order (see _init_state)
+        with locked(self._lock_path), self._lock:
             if self._shard is not None:  # another thread of this process created it
                 return
             manifest = read_manifest(self.path)
-            if self.variable in manifest.variables:
-                self._adopt(manifest.variables[self.variable])
+            var = manifest.variables.get(self.variable)
+            if var is not None and not _row_shape_pending(var):
+                self._adopt(var)
                 return
             self._commit_new_variable(manifest, dtype, trailing)
 
     def _commit_new_variable(
-        self, manifest: Manifest, dtype: np.dtype, trailing: tuple[int, ...]
+        self,
+        manifest: Manifest,
+        dtype: np.dtype,
+        trailing: tuple[int, ...],
+        *,
+        pending: bool = False,
     ) -> None:
         """Create the variable's data file, then commit a manifest that names it (caller
         holds the store lock). The file is complete and durable before any manifest names it."""
@@ -636,7 +757,10 @@ class StoreWriter:
             raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
         self._dims = tuple(dims)
         shard = Shard(fname, len(header), 0, 0)
-        var = Variable(self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs)
+        encoding = {_PENDING_KEY: True} if pending else {}
+        var = Variable(
+            self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs, encoding
+        )
         new = Manifest(
             manifest.generation + 1,
             {**manifest.variables, self.variable: var},
@@ -645,6 +769,9 @@ class StoreWriter:
             manifest.attrs,
         )
         atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
+        if pending:  # no row shape yet: this writer has no variable to write to either
+            self._dims = None
+            return
         # dtype and row shape last: other threads take them as "the variable exists"
         self._shard = shard
         self._dtype, self._trailing = dtype, trailing
@@ -866,6 +993,19 @@ class StoreWriter:
             alloc = _read_alloc(self._alloc_path)
             begin = alloc if start is None else start
             end = begin + n
+            if start is not None and start < alloc and n:
+                # rows below the allocation mark may be another open writer's appends,
+                # written (or being written) and not committed yet: never overwrite them
+                taken = reserved_by_others(self.path, self._session, begin, end)
+                if taken is not None:
+                    raise OverlapError(
+                        f"rows [{begin}, {end}) overlap rows [{taken[0]}, {taken[1]}) that "
+                        f"another open writer of {self.path!r} appended and has not committed "
+                        "yet; they are never overwritten. Nothing was written: append with "
+                        "start_position=None, or write past the rows allocated so far."
+                    )
+            elif start is None and n:
+                self._journal.reserve(begin, end)
             if end > alloc:
                 atomic_write(self._alloc_path, end.to_bytes(8, "little"), fsync=False)
             need = self._shard.offset + end * self._row_nbytes
@@ -881,7 +1021,7 @@ class StoreWriter:
         return begin
 
     def _committed_state(self) -> tuple[Any, ...]:
-        """``(stamp, bounds, segment arrays, sorted hashes, their order, rows, holes)`` of
+        """``(stamp, open store, rows, holes, rows of the longest variable)`` of
         the newest committed manifest, re-read only when the manifest file changed. One
         tuple, replaced whole, so that threads never see half of one commit's state."""
         mpath = os.path.join(self.path, MANIFEST_NAME)
@@ -909,29 +1049,17 @@ class StoreWriter:
 
     def _check_committed_overlap(self, start: int, stop: int) -> None:
         """Refuse a write that would overwrite committed rows: rows of committed named
-        segments, or, in a store without names, any committed row that a commit wrote (the
+        segments, and any other committed row that a commit wrote, named store or not (the
         rows a declared shape added and nobody wrote yet stay writable)."""
         if stop <= start:
             return
         with self._lock:
             _, store, rows, holes, rows_all = self._committed_state()
             idx = store.index
-            if idx is None:
-                if not self.is_owner:
-                    self._drop_committed_state()
-                if start < rows and not _covered(holes, start, min(stop, rows)):
-                    raise OverlapError(
-                        f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it "
-                        f"holds {rows:,} committed rows); committed rows are never overwritten. "
-                        "Append with start_position=None, or write past the committed rows."
-                    )
-                return
-            if start >= rows_all:  # an append: committed segments end before it
-                if not self.is_owner:
-                    self._drop_committed_state()
-                return
-            # rows written in place: a binary search in each run of the index, mapped, no copy
-            hit = idx.first_overlap(np.array([[start, stop]]))
+            hit = None
+            if idx is not None and start < rows_all:
+                # a binary search in each run of the index, mapped, no copy
+                hit = idx.first_overlap(np.array([[start, stop]]))
             if not self.is_owner:  # worker copies keep no descriptor of the store
                 self._drop_committed_state()
         if hit is not None:
@@ -940,6 +1068,13 @@ class StoreWriter:
                 f"rows [{start}, {stop}) overlap committed segment {name!r} rows [{a}, {b}) of "
                 f"{self.path!r}; committed data is never overwritten. Append with "
                 "start_position=None or pick free rows."
+            )
+        if start < rows and not _covered(holes, start, min(stop, rows)):
+            raise OverlapError(
+                f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it holds "
+                f"{rows:,} committed rows{', some written without a name' if idx is not None else ''}"
+                "); committed rows are never overwritten. Append with start_position=None, or "
+                "write past the committed rows."
             )
 
     def write_rows(
@@ -1202,6 +1337,8 @@ class StoreWriter:
                 for r, _, _ in taken
             ]
             var = manifest.variables.get(self.variable)
+            if var is not None and _row_shape_pending(var) and not records:
+                var = None  # the placeholder stays until a write (or close) replaces it
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
                 self._forget_taken(taken, unrecorded_taken)
@@ -1258,7 +1395,10 @@ class StoreWriter:
             # Rows rewritten in place change committed blocks: with checksums on, that needs a
             # new manifest (new sums) even when no row and no segment was added.
             resum = self.checksums and bool(mine)
-            if rows == var.rows and not new_segments and not resum:
+            # the committed rows no write has written yet (named store or not): rows written
+            # by unnamed writes are committed too and never overwritten (see _holes_of)
+            encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
+            if rows == var.rows and not new_segments and not resum and encoding == var.encoding:
                 if mine and self.fsync:  # rows rewritten in place: make them durable
                     os.fsync(fd)
                 self._journal.discard(files)
@@ -1334,9 +1474,6 @@ class StoreWriter:
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
                 checksums = plan.to_json()
-            encoding = var.encoding
-            if manifest.segments is None and not new_segments:
-                encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
             new_var = Variable(
                 var.name,
                 var.dtype,

@@ -487,3 +487,123 @@ def test_a_store_replaced_under_a_session_whose_owner_never_wrote(tmp_path: Path
         w.close()
     w.discard()
     assert list(PointerArray(path).indices) == ["new"]
+
+
+FIRST_WRITE_WHILE_FLUSHING = """
+import sys
+import threading
+import numpy as np
+from bigarray import PointerArrayWriter
+
+for rep in range(20):
+    w = PointerArrayWriter(f"{sys.argv[1]}/s{rep}", dtype="int32")
+    stop = threading.Event()
+
+    def flusher(w=w, stop=stop):
+        while not stop.is_set():
+            w.flush()
+
+    t = threading.Thread(target=flusher)
+    t.start()
+    w.write({"a": np.arange(3)})
+    stop.set()
+    t.join()
+    w.close()
+print("ok")
+"""
+
+
+def test_the_first_write_while_another_thread_flushes_does_not_deadlock(tmp_path: Path) -> None:
+    """The first write of a writer without a shape creates the variable (store lock) while
+    a flush holds the store lock: both take the locks in one order, so neither waits forever."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "first.py"
+    script.write_text(FIRST_WRITE_WHILE_FLUSHING)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=90
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a first write racing a flush deadlocked")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    for rep in (0, 19):
+        np.testing.assert_array_equal(PointerArray(tmp_path / f"s{rep}")["a"], [0, 1, 2])
+
+
+RACER = """
+import sys
+import time
+import numpy as np
+from bigarray import PointerArrayWriter
+from bigarray.errors import StoreExistsError
+
+path, rm, secs = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
+end = time.monotonic() + secs
+n = 0
+while time.monotonic() < end:
+    try:
+        with PointerArrayWriter(path, dtype="int32", remove_exist=rm, fsync=False) as w:
+            w.write({f"{int(rm)}-{n}": np.arange(3, dtype="int32")})
+        n += 1
+    except StoreExistsError as exc:
+        if "live writer session" not in str(exc):  # the one expected refusal
+            raise
+print(n)
+"""
+
+
+def test_remove_exist_racing_a_plain_writer_never_leaves_an_unusable_location(
+    tmp_path: Path,
+) -> None:
+    """A remove_exist writer and a plain writer loop on one path: the remover renames the
+    directory away while the other waits for its lock. Neither ever finds the location
+    unusable ("not a bigarray store"), and the store left opens and verifies."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    path = str(tmp_path / "s")
+    for _rep in range(2):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), path, rm, "4"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rm in ("1", "0")
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (_out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        x = PointerArray(path)
+        assert len(x.indices) >= 1 and x.dtype == np.int32
+        assert verify_store(path).ok
+
+
+def test_a_positioned_write_refuses_rows_another_open_writer_appended(tmp_path: Path) -> None:
+    """Writer A appended rows and has not committed; writer B (another session) writes at a
+    position inside them: B's write raises before any byte is written, and A's commit
+    keeps A's bytes. Rows past A's are still free for B."""
+    from bigarray import MmapArrayWriter, PointerArrayWriter
+
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int32") as w:
+        w.write({"a": np.full(3, 1, np.int32)})
+    a = PointerArrayWriter(path)
+    assert a.write({"x": np.full(4, 2, np.int32)}) == (3, 7)
+    b = PointerArrayWriter(path)
+    with pytest.raises(OverlapError, match="another open writer"):
+        b.write({"y": np.full(2, 9, np.int32)}, start_position=4)
+    with MmapArrayWriter(path) as m, pytest.raises(OverlapError, match="another open writer"):
+        m.write(np.full(2, 9, np.int32), start_position=6)
+    b.write({"z": np.full(2, 8, np.int32)}, start_position=7)
+    a.close()
+    b.close()
+    x = PointerArray(path)
+    assert x[:].tolist() == [1, 1, 1, 2, 2, 2, 2, 8, 8]
+    assert dict(x.indices.items()) == {"a": (0, 3), "x": (3, 7), "z": (7, 9)}
+    assert verify_store(str(path)).ok

@@ -583,3 +583,136 @@ def test_remove_exist_refuses_an_open_writer_but_not_a_dropped_one(tmp_path: Pat
         w2.write({"b": np.ones(2, np.int16)})
     x = PointerArray(path)
     assert list(x.indices) == ["b"] and x.dtype == np.int16
+
+
+def test_remove_exist_refuses_a_non_empty_file_that_is_not_a_store(tmp_path: Path) -> None:
+    """remove_exist deletes stores only: a user's file is refused like a foreign directory,
+    while an empty file (tempfile.mkstemp) is still a free location."""
+    import tempfile
+
+    other = tmp_path / "user-file"
+    other.write_bytes(b"user data")
+    for cls in (PointerArrayWriter, MmapArrayWriter):
+        with pytest.raises(NotAStoreError, match="non-empty file that is not a bigarray store"):
+            cls(other, dtype="int8", remove_exist=True)
+        assert other.read_bytes() == b"user data"
+    fd, path = tempfile.mkstemp(dir=tmp_path)
+    os.close(fd)
+    with PointerArrayWriter(path, dtype="int8", remove_exist=True) as w:
+        w.write({"a": np.ones(2, np.int8)})
+    assert list(PointerArray(path).indices) == ["a"]
+
+
+def test_unnamed_committed_rows_of_a_named_store_are_never_overwritten(tmp_path: Path) -> None:
+    """Rows an MmapArrayWriter committed into a store with named segments are committed
+    rows like any other: a positioned write over them (named or not) raises at write(),
+    while the rows a declared shape added and nobody wrote stay writable."""
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int32") as w:
+        w.write({"a": np.full(3, 1, "int32")})
+    with MmapArrayWriter(path, (None,), "int32") as w:
+        w.write(np.full(4, 2, "int32"))
+    with PointerArrayWriter(path) as w, pytest.raises(OverlapError, match="never overwritten"):
+        w.write({"b": np.full(2, 9, "int32")}, start_position=4)
+    with MmapArrayWriter(path) as w, pytest.raises(OverlapError, match="never overwritten"):
+        w.write(np.full(2, 9, "int32"), start_position=5)
+    assert MmapArray(path)[:].tolist() == [1, 1, 1, 2, 2, 2, 2]
+    # a declared shape's unwritten rows in a named store stay free for positioned writes
+    path = tmp_path / "declared"
+    with PointerArrayWriter(path, shape=(10,), dtype="int32") as w:
+        w.write({"a": np.full(2, 1, "int32")}, start_position=0)
+    with MmapArrayWriter(path) as w:  # an unnamed write into the padding, committed
+        w.write(np.full(2, 3, "int32"), start_position=2)
+    with PointerArrayWriter(path) as w:
+        w.write({"b": np.full(2, 5, "int32")}, start_position=6)
+        with pytest.raises(OverlapError, match="never overwritten"):
+            w.write({"c": np.full(2, 7, "int32")}, start_position=3)
+    x = PointerArray(path)
+    assert x[:].tolist() == [1, 1, 3, 3, 0, 0, 5, 5, 0, 0]
+    assert sorted(x.indices) == ["a", "b"]
+
+
+def test_a_directory_with_only_a_dead_sessions_lock_files_is_a_free_location(
+    tmp_path: Path,
+) -> None:
+    """What a writer that never wrote leaves when its store vanished under it (its lock,
+    its session's owner lock and gate) is debris, not a user's directory."""
+    for rm in (False, True):
+        path = tmp_path / f"s{rm}"
+        (path / "journal" / "0123456789abcdef").mkdir(parents=True)
+        for name in ("owner.lock", "gate"):
+            (path / "journal" / "0123456789abcdef" / name).touch()
+        (path / ".lock").touch()
+        with PointerArrayWriter(path, dtype="int32", remove_exist=rm) as w:
+            w.write({"a": np.arange(3)})
+        assert list(PointerArray(path).indices) == ["a"]
+    # a journal holding a record of a write is not debris
+    path = tmp_path / "records"
+    (path / "journal" / "0123456789abcdef").mkdir(parents=True)
+    (path / "journal" / "0123456789abcdef" / "1-000000001-abcd.rec").write_bytes(b"x")
+    with pytest.raises(StoreExistsError):
+        PointerArrayWriter(path, dtype="int32")
+
+
+def test_a_reader_between_remove_exist_and_the_first_write_sees_an_empty_array(
+    tmp_path: Path,
+) -> None:
+    """A writer given a dtype but no shape has replaced the store and not written yet: a
+    reader opened meanwhile sees an empty (0,) array of that dtype, not a missing variable;
+    the first write then fixes the row shape."""
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"old": np.ones(2, np.int8)})
+    w = PointerArrayWriter(path, dtype="int32", remove_exist=True)
+    for reader in (PointerArray, MmapArray):
+        x = reader(path)
+        assert x.shape == (0,) and x.dtype == np.int32
+    assert len(PointerArray(path).indices) == 0
+    w.flush()  # nothing written: still the empty array
+    assert MmapArray(path).shape == (0,)
+    other = PointerArrayWriter(path)  # another writer takes the dtype from the store
+    w.write({"a": np.ones((2, 3), np.int32)})
+    w.close()
+    other.write({"b": np.full((1, 3), 2, np.int32)})
+    other.close()
+    x = PointerArray(path)
+    assert x.shape == (3, 3) and x.dtype == np.int32
+    assert dict(x.indices.items()) == {"a": (0, 2), "b": (2, 3)}
+
+
+def test_rows_written_into_a_declared_shape_without_checksums_are_committed(
+    tmp_path: Path,
+) -> None:
+    """Without checksums, a positioned write into a declared shape's unwritten rows adds no
+    row and no segment: its commit still records those rows as written, so a later
+    positioned write over them is refused."""
+    from bigarray import StoreWriter
+
+    path = str(tmp_path / "s")
+    StoreWriter(path, shape=(10,), dtype="int32", named=False, checksums=False).close()
+    with StoreWriter(path, named=False, checksums=False) as w:
+        w.write_rows([np.full(2, 5, np.int32)], start_position=2)
+    with StoreWriter(path, named=False, checksums=False) as w:
+        with pytest.raises(OverlapError, match="never overwritten"):
+            w.write_rows([np.full(2, 7, np.int32)], start_position=3)
+        w.write_rows([np.full(2, 7, np.int32)], start_position=4)
+    assert MmapArray(path)[:].tolist() == [0, 0, 5, 5, 7, 7, 0, 0, 0, 0]
+
+
+def test_a_writer_killed_before_its_first_manifest_leaves_a_free_location(tmp_path: Path) -> None:
+    """A writer given dtype and shape writes the data file, then the first manifest: killed
+    in between, it leaves the lock, the index directory and the data file. That is an
+    interrupted creation, not a user's directory; a user's directory of .npy files is not."""
+    path = tmp_path / "s"
+    (path / "index").mkdir(parents=True)
+    (path / ".lock").touch()
+    np.save(path / "data.npy", np.zeros((0, 3), np.int32))
+    with PointerArrayWriter(path, shape=(0, 3), dtype="int32") as w:
+        w.write({"a": np.ones((2, 3), np.int32)})
+    assert list(PointerArray(path).indices) == ["a"]
+    user = tmp_path / "user"
+    user.mkdir()
+    np.save(user / "data.npy", np.ones(3))
+    with pytest.raises(StoreExistsError):
+        PointerArrayWriter(user, dtype="int32")
+    assert np.load(user / "data.npy").tolist() == [1.0, 1.0, 1.0]
