@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import NotAStoreError, StoreCorruptedError, StoreExistsError
 from .filesystem import FileAccess, check_local_options, is_local, local_path
-from .format import INDEX_ROLES, MANIFEST_NAME, Manifest, parse_manifest
+from .format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
 from .remote_commit import (
     put_manifest,
     remove_path,
@@ -250,9 +250,16 @@ def _renamed(manifest: Manifest, renames: dict[str, str]) -> Manifest:
     }
     segments = manifest.segments
     if segments is not None:
-        segments = dataclasses.replace(
-            segments, files={role: renames[f] for role, f in segments.files.items()}
-        )
+
+        def run_renamed(run: IndexFiles) -> IndexFiles:
+            return dataclasses.replace(run, files={r: renames[f] for r, f in run.files.items()})
+
+        if segments.runs:  # an index of several runs: each run's files
+            segments = dataclasses.replace(
+                segments, runs=tuple(run_renamed(r) for r in segments.runs)
+            )
+        else:
+            segments = run_renamed(segments)
     return dataclasses.replace(manifest, variables=variables, segments=segments)
 
 

@@ -253,7 +253,8 @@ def manifest_objects(manifest: Manifest | None) -> set[str]:
     for var in manifest.variables.values():
         out.update(s.path for s in var.shards)
     if manifest.segments is not None:
-        out.update(manifest.segments.files[r] for r in INDEX_ROLES)
+        for run in manifest.segments.all_runs:
+            out.update(run.files[r] for r in INDEX_ROLES)
     return out
 
 
