@@ -42,17 +42,14 @@ dask chunks.
 
 Writing
 -------
-:func:`to_bigarray` (and ``ds.bigarray.to_bigarray(path)``) stores values natively:
-datetime64/timedelta64 as themselves, never CF-encoded numbers; attributes and encodings as
-JSON in the manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects,
-never pickles). A ``segment`` table (the three variables above) becomes the store's segment
-index. Reopening gives ``xr.testing.assert_identical`` equality.
-
-Attributes named by CF (``_FillValue``, ``scale_factor``, ``units`` with ``since``, ...)
-are stored as given, so xarray's decoders apply them on open, as for netCDF; pass
-``decode_cf=False`` or ``mask_and_scale=False`` to see the raw values. 'S1' arrays are
-joined along their last dim by xarray's ``concat_characters`` decoder; pass
-``concat_characters=False`` to keep them.
+:func:`to_bigarray` (and ``ds.bigarray.to_bigarray(path)``) writes through
+:class:`BigArrayStore` (:mod:`bigarray.xarray_store`), an xarray writable store: xarray's own
+CF coders encode every variable, as for its zarr and netCDF engines (``encoding=`` packing,
+``_FillValue``, ``scale_factor``, ``units``, the ``coordinates`` attribute); bools and
+datetime64/timedelta64 without a CF encoding are stored natively. Attributes are JSON in the
+manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects, never pickles). A
+``segment`` table (the three variables above) becomes the store's segment index. Reopening
+gives ``xr.testing.assert_identical`` equality; ``decode_cf=False`` shows the stored values.
 
 Several stores concatenate along rows with
 ``xr.open_mfdataset(paths, engine="bigarray", combine="nested", concat_dim="row",
@@ -63,6 +60,7 @@ own start, and concatenation runs along one dim), so leave them out, or use
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import math
@@ -84,7 +82,6 @@ from .errors import (
     SchemaError,
     SegmentNotFoundError,
     StoreCorruptedError,
-    StoreExistsError,
 )
 from .format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
 
@@ -94,6 +91,9 @@ __all__ = [
     "BigArrayDataArrayAccessor",
     "BigArrayDataStore",
     "BigArrayDatasetAccessor",
+    "BigArrayStore",
+    "EncodingError",
+    "InvalidNameError",
     "open_mfdataset",
     "segment_chunks",
     "to_bigarray",
@@ -106,28 +106,6 @@ _SEGMENT_VARS = (SEGMENT_DIM, SEGMENT_START, SEGMENT_STOP)
 _SCALAR_DIM = "_bigarray_scalar"
 _ROLE_COORD = "coordinate"
 _ROLE_DATA = "data"
-# encoding keys that describe one opened file, not how to write a variable again
-_RUNTIME_ENCODING = frozenset(
-    {
-        "source",
-        "original_shape",
-        "preferred_chunks",
-        "chunks",
-        "chunksizes",
-        "compressor",
-        "compressors",
-        "filters",
-        "serializer",
-        "zlib",
-        "complevel",
-        "shuffle",
-        "fletcher32",
-        "contiguous",
-        "bigarray_variable",
-        "bigarray_rows",
-        "storage_options",
-    }
-)
 _GRANULARITY = mmap.ALLOCATIONGRANULARITY
 
 SegmentsOption = bool | Literal["lazy"]
@@ -332,6 +310,11 @@ class BigArrayBackendArray(BackendArray):
         return indexing.explicit_indexing_adapter(
             key, self.shape, indexing.IndexingSupport.OUTER, self._getitem
         )
+
+    async def async_getitem(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        """:meth:`__getitem__` in a worker thread (``Dataset.load_async``): local reads
+        fault pages in, remote reads wait on byte ranges; neither blocks the event loop."""
+        return await asyncio.to_thread(self.__getitem__, key)
 
     def _getitem(self, key: tuple[Any, ...]) -> np.ndarray:
         out = self._select(key)
@@ -573,7 +556,8 @@ def encode_json(value: Any, where: str) -> Any:
         return value
     if isinstance(value, (int, np.integer)) and not isinstance(value, np.generic):
         return int(value)
-    if isinstance(value, float):
+    if isinstance(value, float):  # np.float64 too: its repr is not JSON's
+        value = float(value)
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, (bytes, bytearray)):
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
@@ -728,8 +712,14 @@ class BigArrayDataStore(AbstractDataStore):
     ) -> xr.Variable:
         enc = dict(var.encoding)
         meta = enc.pop("bigarray", {}) if isinstance(enc.get("bigarray"), dict) else {}
+        # Stores written before the CF encoders were used kept the Dataset's encoding here;
+        # xarray's decoders set dtype and _FillValue themselves, so those are left out.
         encoding = (
-            {k: decode_json(v) for k, v in enc.get("xarray", {}).items()}
+            {
+                k: decode_json(v)
+                for k, v in enc.get("xarray", {}).items()
+                if v is not None and k not in ("dtype", "_FillValue")
+            }
             if isinstance(enc.get("xarray"), dict)
             else {}
         )
@@ -925,8 +915,9 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
                 use_cftime=use_cftime,
                 decode_timedelta=decode_timedelta,
             )
+            # roles recorded by older writers; CF `coordinates` attributes are xarray's
             coords = [n for n in store.coord_names() if n in ds.variables and n not in ds.coords]
-            if coords:
+            if coords and decode_coords:
                 ds = ds.set_coords(coords)
         except BaseException:
             store.close()
@@ -1029,25 +1020,6 @@ def open_mfdataset(
 # =============================================================================== writing
 
 
-def _as_storable(name: str, values: Any) -> Any:
-    """Values in a dtype a store keeps (object arrays of str become fixed-width ``U``)."""
-    dt = values.dtype
-    if dt.kind == "O":
-        arr = np.asarray(values)
-        flat = arr.reshape(-1)
-        if all(isinstance(x, str) for x in flat):
-            return arr.astype(str) if flat.size else arr.astype("<U1")
-        if all(isinstance(x, bytes) for x in flat):
-            return arr.astype(bytes) if flat.size else arr.astype("S1")
-        raise SchemaError(
-            f"variable {name!r} holds Python objects ({type(flat[0]).__name__}); a store keeps "
-            "numbers, bools, datetimes and fixed-width strings. Convert it first "
-            "(e.g. ds[name].astype(str))."
-        )
-    normalize_dtype(dt)  # raises a SchemaError naming the dtype
-    return values
-
-
 class _RowTarget:
     """``dask.array.store`` target writing each block's rows through a StoreWriter.
 
@@ -1087,236 +1059,6 @@ def _segment_table_of(ds: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray
         np.asarray(ds[SEGMENT_START].values, np.int64),
         np.asarray(ds[SEGMENT_STOP].values, np.int64),
     )
-
-
-def to_bigarray(
-    ds: xr.Dataset | xr.DataArray,
-    path: str | os.PathLike[str],
-    *,
-    mode: Literal["w-", "w"] = "w-",
-    row_dim: str | None = None,
-    segments: Mapping[str, tuple[int, int]] | bool | None = None,
-    fsync: bool = True,
-) -> None:
-    """Write a Dataset (numpy- or dask-backed) to a new local store.
-
-    Parameters
-    ----------
-    ds
-        The Dataset (a DataArray is written as a Dataset of one variable named after it,
-        or ``data``). Variables whose first dim is ``row_dim`` share the rows; any other
-        variable (coordinates, per-segment labels, scalars) is stored as its own array.
-    path
-        The store directory to create.
-    mode
-        ``"w-"`` (default) refuses an existing path; ``"w"`` replaces an existing store.
-    row_dim
-        The row dimension; default ``"row"`` if the Dataset has it, else the first dim of
-        the first data variable.
-    segments
-        ``None`` (default): the Dataset's segment table (``segment``, ``segment_start``,
-        ``segment_stop`` along dim ``segment``) becomes the segment index, if present.
-        A mapping ``{name: (start, stop)}`` gives the index explicitly; ``False`` writes no
-        index (a segment table is then stored as plain variables).
-    fsync
-        Make every commit durable against power loss (``False`` is faster, still crash-safe
-        against a killed process).
-
-    Raises
-    ------
-    StoreExistsError
-        ``path`` exists and ``mode="w-"``.
-    SchemaError
-        A variable cannot be stored (object dtype, non-str names or dims) or the segment
-        table is incomplete, overlapping or outside the rows.
-
-    Notes
-    -----
-    Dask-backed variables are written in parallel on the current dask scheduler (threads,
-    processes or ``dask.distributed``), each block by ``pwrite`` at its rows; the calling
-    process commits. Values are stored natively (no CF encoding); see the module docstring.
-
-    Examples
-    --------
-    >>> to_bigarray(ds, "out.bigarray")                          # doctest: +SKIP
-    >>> xr.open_dataset("out.bigarray", engine="bigarray")       # doctest: +SKIP
-    """
-    import dask
-    import dask.array as da
-
-    from .format import MANIFEST_NAME
-    from .index import SegmentArrays, merge, write_index
-    from .writer import StoreWriter, remove_store, update_manifest
-
-    if isinstance(ds, xr.DataArray):
-        ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
-    if not isinstance(ds, xr.Dataset):
-        raise SchemaError(
-            f"to_bigarray writes an xarray Dataset or DataArray, not {type(ds).__name__}"
-        )
-    if mode not in ("w-", "w"):
-        raise BigArrayError(f"mode={mode!r}; expected 'w-' (new store only) or 'w' (replace)")
-    path = os.path.abspath(os.fspath(path))
-    if os.path.lexists(path):
-        if mode == "w-":
-            raise StoreExistsError(
-                f"{path!r} already exists; pass mode='w' to replace it, or choose another path"
-            )
-        remove_store(path)
-    bad = [n for n in ds.variables if not isinstance(n, str)] + [
-        d for d in ds.dims if not isinstance(d, str)
-    ]
-    if bad:
-        raise SchemaError(f"variable and dim names must be str to be stored; got {bad[0]!r}")
-    if row_dim is None:
-        if DEFAULT_ROW_DIM in ds.dims:
-            row_dim = DEFAULT_ROW_DIM
-        else:
-            firsts = [v.dims[0] for v in ds.data_vars.values() if v.dims]
-            row_dim = str(firsts[0]) if firsts else DEFAULT_ROW_DIM
-
-    # the segment index
-    table: tuple[list[str], np.ndarray, np.ndarray] | None = None
-    skip: set[str] = set()
-    if segments is None:
-        table = _segment_table_of(ds)
-        if table is not None:
-            skip = set(_SEGMENT_VARS)
-    elif isinstance(segments, Mapping):
-        names = list(segments)
-        b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2)
-        table = (names, b[:, 0].copy(), b[:, 1].copy())
-    elif segments is not False:
-        raise BigArrayError(
-            f"segments={segments!r}; expected None (use the Dataset's segment table), a mapping "
-            "{name: (start, stop)} or False"
-        )
-    rows = int(ds.sizes[row_dim]) if row_dim in ds.dims else 0
-    seg_arrays = None
-    if table is not None:
-        names, starts, stops = table
-        bad_b = np.flatnonzero((starts < 0) | (stops > rows) | (stops < starts))
-        if bad_b.size:
-            i = int(bad_b[0])
-            raise SchemaError(
-                f"segment {names[i]!r} covers rows [{starts[i]}, {stops[i]}) but the Dataset has "
-                f"{rows} rows along {row_dim!r}; segments must lie within [0, {rows})"
-            )
-        seg_arrays = merge(
-            SegmentArrays.empty(),
-            SegmentArrays.from_names(names, starts, stops),
-            f" in the segment table written to {path!r}",
-        )
-
-    # the variables
-    plan = []
-    for name, var in ds.variables.items():
-        if name in skip:
-            continue
-        name = str(name)
-        data = var.data
-        scalar = var.ndim == 0
-        is_dask = isinstance(data, da.Array)
-        if not is_dask:
-            data = _as_storable(name, np.asarray(var.values))
-        elif data.dtype.kind == "O":
-            data = _as_storable(name, np.asarray(data.compute()))
-            is_dask = False
-        else:
-            normalize_dtype(data.dtype)
-        shape = (1,) if scalar else tuple(int(s) for s in var.shape)
-        dims = (_SCALAR_DIM,) if scalar else tuple(str(d) for d in var.dims)
-        meta: dict[str, Any] = {"role": _ROLE_COORD if name in ds.coords else _ROLE_DATA}
-        if scalar:
-            meta["scalar"] = True
-        enc = {
-            k: encode_json(v, f"variable {name!r} encoding {k!r}")
-            for k, v in var.encoding.items()
-            if k not in _RUNTIME_ENCODING and _json_able(v)
-        }
-        attrs = {
-            k: encode_json(v, f"variable {name!r} attribute {k!r}") for k, v in var.attrs.items()
-        }
-        bad_attr = [k for k in var.attrs if not isinstance(k, str)]
-        if bad_attr:
-            raise SchemaError(
-                f"variable {name!r}: attribute names must be str, got {bad_attr[0]!r}"
-            )
-        plan.append((name, data, is_dask, scalar, shape, dims, meta, enc, attrs))
-    ds_attrs = {}
-    for k, v in ds.attrs.items():
-        if not isinstance(k, str):
-            raise SchemaError(f"Dataset attribute names must be str, got {k!r}")
-        ds_attrs[k] = encode_json(v, f"Dataset attribute {k!r}")
-
-    writers = []
-    sources: list[Any] = []
-    targets: list[Any] = []
-    try:
-        for name, data, is_dask, scalar, shape, dims, _meta, _enc, _attrs in plan:
-            w = StoreWriter(
-                path,
-                variable=name,
-                shape=shape,
-                dtype=normalize_dtype(data.dtype),
-                dims=dims,
-                named=False,
-                fsync=fsync,
-            )
-            writers.append(w)
-            if is_dask:
-                arr = data.reshape(1) if scalar else data
-                if arr.ndim > 1:  # a block must hold whole rows
-                    arr = arr.rechunk({i: -1 for i in range(1, arr.ndim)})
-                w.write_rows([], start_position=0)  # open the owner's descriptor before threads
-                sources.append(arr)
-                targets.append(_RowTarget(w))
-            elif math.prod(shape):
-                w.write_rows([np.asarray(data).reshape(shape)], start_position=0)
-        if sources:
-            stored = da.store(sources, targets, lock=False, compute=False)
-            dask.compute(stored)
-        for w in writers:
-            w.close()
-    except BaseException:
-        for w in writers:
-            with contextlib.suppress(Exception):
-                w.abort()
-                w.close()
-        raise
-
-    specs = {p[0]: p for p in plan}
-
-    def change(m: Manifest) -> Manifest:
-        new_vars = {}
-        for vname, var in m.variables.items():
-            _, _, _, _, _, _, meta, enc, attrs = specs[vname]
-            new_vars[vname] = Variable(
-                var.name,
-                var.dtype,
-                var.shape,
-                var.dims,
-                var.shards,
-                attrs,
-                {"bigarray": meta, "xarray": enc},
-                var.checksums,
-            )
-        seg_files = m.segments
-        if seg_arrays is not None:
-            seg_files = write_index(path, m.generation + 1, seg_arrays, fsync=fsync)
-        return Manifest(m.generation, new_vars, seg_files, row_dim, ds_attrs)
-
-    if not os.path.exists(os.path.join(path, MANIFEST_NAME)):  # a Dataset with no variables
-        StoreWriter(path, variable="_", named=False, fsync=fsync).close()
-    update_manifest(path, change, fsync=fsync)
-
-
-def _json_able(value: Any) -> bool:
-    try:
-        encode_json(value, "")
-    except (SchemaError, TypeError, ValueError):
-        return False
-    return True
 
 
 # =============================================================================== accessors
@@ -1428,9 +1170,28 @@ class BigArrayDatasetAccessor:
         with _StoreCache.get(source, self._ds.encoding.get("storage_options")) as store:
             return [] if store.index is None else store.index.names_list()
 
-    def to_bigarray(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
-        """Write this Dataset to a new store; see :func:`to_bigarray`."""
-        to_bigarray(self._ds, path, **kwargs)
+    def to_bigarray(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
+        mode: Literal["w-", "w", "a"] = "w-",
+        append_dim: str | None = None,
+        row_dim: str | None = None,
+        segments: Mapping[str, tuple[int, int]] | bool | None = None,
+        fsync: bool = True,
+    ) -> None:
+        """Write this Dataset to a store; see :func:`to_bigarray` (same keywords)."""
+        to_bigarray(
+            self._ds,
+            path,
+            encoding=encoding,
+            mode=mode,
+            append_dim=append_dim,
+            row_dim=row_dim,
+            segments=segments,
+            fsync=fsync,
+        )
 
 
 @xr.register_dataarray_accessor("bigarray")
@@ -1463,6 +1224,35 @@ class BigArrayDataArrayAccessor:
             )
         return da.isel({row_dim: slice(start, stop)})
 
-    def to_bigarray(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
-        """Write this DataArray to a new store; see :func:`to_bigarray`."""
-        to_bigarray(self._da, path, **kwargs)
+    def to_bigarray(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
+        mode: Literal["w-", "w", "a"] = "w-",
+        append_dim: str | None = None,
+        row_dim: str | None = None,
+        segments: Mapping[str, tuple[int, int]] | bool | None = None,
+        fsync: bool = True,
+    ) -> None:
+        """Write this DataArray to a store; see :func:`to_bigarray` (same keywords)."""
+        to_bigarray(
+            self._da,
+            path,
+            encoding=encoding,
+            mode=mode,
+            append_dim=append_dim,
+            row_dim=row_dim,
+            segments=segments,
+            fsync=fsync,
+        )
+
+
+# The writing side lives in xarray_store (it imports this module lazily, so either module may
+# be imported first); its public names are part of this entry-point module.
+from .xarray_store import (  # noqa: E402
+    BigArrayStore,
+    EncodingError,
+    InvalidNameError,
+    to_bigarray,
+)

@@ -1,0 +1,273 @@
+"""``BigArrayStore`` and ``to_bigarray``: CF encoding by xarray, appends, commits, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from bigarray import PointerArray
+from bigarray.errors import BigArrayError, SchemaError, StoreExistsError
+from bigarray.format import MANIFEST_NAME
+from bigarray.integrity import verify_store
+from bigarray.xarray_backend import BigArrayStore, InvalidNameError, to_bigarray
+
+ENGINE = "bigarray"
+
+
+def _ds(rows: int = 6, offset: int = 0, names: tuple[str, ...] = ("a", "b")) -> xr.Dataset:
+    half = rows // 2
+    return xr.Dataset(
+        {
+            "x": (("row", "f"), np.arange(rows * 2, dtype="f4").reshape(rows, 2) + offset),
+            "label": ("row", np.arange(rows, dtype="i8") + offset),
+        },
+        coords={
+            "segment": ("segment", list(names)),
+            "segment_start": ("segment", [0, half]),
+            "segment_stop": ("segment", [half, rows]),
+            "f": ("f", [10, 20]),
+        },
+        attrs={"title": "t"},
+    )
+
+
+def _manifest(path: Any) -> bytes:
+    with open(os.path.join(path, MANIFEST_NAME), "rb") as f:
+        return f.read()
+
+
+def test_packing_encoding_is_applied_on_disk_and_decoded_on_open(tmp_path: Any) -> None:
+    x = np.linspace(-3, 3, 50, dtype="f4")
+    x[7] = np.nan
+    ds = xr.Dataset({"x": ("row", x)})
+    scale = np.float32(0.001)  # a float32 scale_factor decodes to float32
+    enc = {"x": {"dtype": "int16", "scale_factor": scale, "_FillValue": np.int16(-32768)}}
+    to_bigarray(ds, tmp_path / "p.bigarray", encoding=enc)
+    raw = PointerArray(str(tmp_path / "p.bigarray"), variable="x")
+    assert raw.dtype == np.dtype("int16")  # stored packed, as the encoding says
+    assert raw[7] == -32768
+    with xr.open_dataset(tmp_path / "p.bigarray", engine=ENGINE) as back:
+        assert back["x"].dtype == np.dtype("f4")
+        np.testing.assert_allclose(back["x"].values, x, atol=0.001)
+        assert back["x"].encoding["dtype"] == np.dtype("int16")  # a dtype, not a string
+        assert back["x"].encoding["scale_factor"] == scale
+        assert "_FillValue" not in back["x"].attrs
+    with xr.open_dataset(tmp_path / "p.bigarray", engine=ENGINE, decode_cf=False) as raw_ds:
+        assert raw_ds["x"].dtype == np.dtype("int16")
+        assert raw_ds["x"].attrs["scale_factor"] == scale
+
+
+def test_encoding_on_open_has_no_none_fill_value(tmp_path: Any) -> None:
+    ds = xr.Dataset({"x": ("row", np.arange(3.0))})
+    ds["x"].encoding["_FillValue"] = None
+    to_bigarray(ds, tmp_path / "s.bigarray")
+    with xr.open_dataset(tmp_path / "s.bigarray", engine=ENGINE) as back:
+        assert "_FillValue" not in back["x"].encoding
+        assert back["x"].encoding["dtype"] == np.dtype("f8")
+
+
+def test_unknown_encoding_key_is_a_value_error_and_writes_nothing(tmp_path: Any) -> None:
+    ds = xr.Dataset({"x": ("row", np.arange(3.0))})
+    with pytest.raises(ValueError, match="unexpected encoding"):
+        to_bigarray(ds, tmp_path / "e.bigarray", encoding={"x": {"foo": 1}})
+    assert os.listdir(tmp_path) == []
+
+
+def test_invalid_names_raise_like_xarray(tmp_path: Any) -> None:
+    with pytest.raises(InvalidNameError, match="string or None"):
+        to_bigarray(xr.Dataset({0: ("row", [1])}), tmp_path / "n")
+    with pytest.raises(TypeError):
+        to_bigarray(xr.Dataset({0: ("row", [1])}), tmp_path / "n")
+    with pytest.raises(SchemaError, match="length 1 or greater"):
+        to_bigarray(xr.Dataset({"": ("row", [1])}), tmp_path / "n")
+
+
+def test_multiindex_is_not_implemented_like_xarray(tmp_path: Any) -> None:
+    ds = xr.Dataset(coords={"y": ("x", [1, 2]), "z": ("x", ["a", "b"])}).set_index(x=["y", "z"])
+    with pytest.raises(NotImplementedError, match="MultiIndex"):
+        to_bigarray(ds, tmp_path / "m")
+
+
+def test_append_rows_along_the_row_dim_adds_segments(tmp_path: Any) -> None:
+    path = tmp_path / "a.bigarray"
+    to_bigarray(_ds(), path)
+    to_bigarray(_ds(4, 100, ("c", "d")), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.sizes["row"] == 10
+        assert back["segment"].values.tolist() == ["a", "b", "c", "d"]
+        assert back["segment_start"].values.tolist() == [0, 3, 6, 8]
+        assert back["segment_stop"].values.tolist() == [3, 6, 8, 10]
+        np.testing.assert_array_equal(back["label"].values[6:], np.arange(4) + 100)
+        np.testing.assert_array_equal(back.bigarray.segment("d")["x"], _ds(4, 100).x[2:4])
+    report = verify_store(path)  # data and index checksums recorded by the storage core
+    assert report.ok, str(report)
+
+
+def test_accessor_appends_with_the_same_keywords(tmp_path: Any) -> None:
+    path = tmp_path / "acc.bigarray"
+    _ds().bigarray.to_bigarray(path)
+    _ds(4, 100, ("c", "d")).bigarray.to_bigarray(path, mode="a", append_dim="row", fsync=False)
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.sizes["row"] == 10
+
+
+def test_append_adds_new_variables(tmp_path: Any) -> None:
+    path = tmp_path / "v.bigarray"
+    to_bigarray(_ds(), path)
+    to_bigarray(xr.Dataset({"y": ("row", np.ones(6)), "z": ((), 3.5)}), path, mode="a")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_array_equal(back["y"].values, np.ones(6))
+        assert float(back["z"]) == 3.5
+        assert back.sizes["row"] == 6
+    report = verify_store(path)  # the staged variables' checksums came with them
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda d: d.assign(label=("row", np.array(["a"] * 4))), "'label' cannot be encoded"),
+        (lambda d: d.isel(f=[0, 0, 1]), "Unable to update size for existing dimension 'f'"),
+        (lambda d: d.drop_vars("label"), r"missing \['label'\]"),
+        (lambda d: d.assign_coords(f=[1, 2]), "never rewrites committed values"),
+        (lambda d: d.rename({"segment": "segment"}).assign_coords(segment=["a", "z"]), "a"),
+    ],
+    ids=["dtype", "row-shape", "missing-variable", "rewrite", "duplicate-segment"],
+)
+def test_append_schema_mismatch_is_an_error_that_changes_nothing(
+    tmp_path: Any, bad: Any, match: str
+) -> None:
+    path = tmp_path / "m.bigarray"
+    to_bigarray(_ds(), path)
+    before = _manifest(path)
+    files = sorted(os.listdir(path))
+    with pytest.raises((SchemaError, KeyError), match=match):
+        to_bigarray(bad(_ds(4, 100)), path, mode="a", append_dim="row")
+    assert _manifest(path) == before
+    assert sorted(os.listdir(path)) == files
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        xr.testing.assert_identical(back.load(), _ds())
+
+
+def test_append_dim_must_be_the_row_dim(tmp_path: Any) -> None:
+    path = tmp_path / "d.bigarray"
+    to_bigarray(_ds(), path)
+    with pytest.raises(SchemaError, match="row dim 'row' only"):
+        to_bigarray(_ds(), path, mode="a", append_dim="f")
+    with pytest.raises(SchemaError, match="no store"):
+        to_bigarray(_ds(), tmp_path / "new", mode="a", append_dim="row")
+
+
+def test_mode_w_dash_refuses_and_mode_w_replaces(tmp_path: Any) -> None:
+    path = tmp_path / "r.bigarray"
+    to_bigarray(_ds(), path)
+    with pytest.raises(StoreExistsError, match="mode='w'"):
+        to_bigarray(_ds(), path)
+    to_bigarray(_ds(4, 7, ("p", "q")), path, mode="w")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        xr.testing.assert_identical(back.load(), _ds(4, 7, ("p", "q")))
+    assert verify_store(path).ok
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []  # no staging left
+
+
+def test_mode_w_refuses_a_directory_that_is_not_a_store(tmp_path: Any) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    with pytest.raises(StoreExistsError, match="not a bigarray store"):
+        to_bigarray(_ds(), tmp_path / "mine", mode="w")
+    assert (tmp_path / "mine" / "keep.txt").exists()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, xarray as xr
+    from bigarray.xarray_backend import to_bigarray
+    ds = xr.Dataset({n: ("row", np.arange(1000.0) + i) for i, n in enumerate("abcd")})
+    to_bigarray(ds, sys.argv[1], mode=sys.argv[2])
+    """
+)
+
+
+@pytest.mark.parametrize("step", ["after-manifest@2", "before-manifest@4", "after-data"])
+def test_killed_dataset_write_leaves_no_partial_store(tmp_path: Any, step: str) -> None:
+    """A new store appears whole (one rename) or not at all; ``mode="w"`` over a store
+    killed before its rename leaves the old store as it was."""
+    path = str(tmp_path / "k.bigarray")
+    env = {**os.environ, "BIGARRAY_CRASH_AT": step}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, path, "w-"], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(path)
+    to_bigarray(_ds(), path)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, path, "w"], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        xr.testing.assert_identical(back.load(), _ds())
+
+
+def test_dataset_write_publishes_every_variable_in_one_manifest(tmp_path: Any) -> None:
+    path = tmp_path / "one.bigarray"
+    with BigArrayStore(path, mode="w-") as store:
+        _ds().drop_vars(["segment", "segment_start", "segment_stop"]).dump_to_store(store)
+        with xr.decode_cf(store) as back:
+            assert set(back.variables) == {"x", "label", "f"}
+            assert back.attrs == {"title": "t"}
+
+
+def test_load_async_reads_a_remote_store(tmp_path: Any) -> None:
+    import asyncio
+
+    import fsspec
+
+    path = tmp_path / "as.bigarray"
+    to_bigarray(_ds(), path)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(path), "/xr-async/as.bigarray", recursive=True)
+    try:
+        with xr.open_dataset("memory://xr-async/as.bigarray", engine=ENGINE) as ds:
+            assert not ds["x"].variable._in_memory
+            loaded = asyncio.run(ds.load_async())
+            assert ds["x"].variable._in_memory
+            xr.testing.assert_identical(loaded, _ds())
+    finally:
+        fs.rm("/xr-async", recursive=True)
+
+
+def test_a_url_is_refused_with_the_way_to_write_one(tmp_path: Any) -> None:
+    with pytest.raises(BigArrayError, match="dask_backend.to_bigarray"):
+        to_bigarray(_ds(), "memory://nowhere/x.bigarray")
+    to_bigarray(_ds(), f"file://{tmp_path}/f.bigarray")  # a file:// URL is local
+    assert (tmp_path / "f.bigarray").is_dir()
+
+
+def test_appended_rows_take_the_store_encoding(tmp_path: Any) -> None:
+    path = tmp_path / "enc.bigarray"
+    scale = np.float32(0.01)
+    packing = {"dtype": "int16", "scale_factor": scale, "_FillValue": np.int16(-1)}
+    to_bigarray(_ds(), path, encoding={"x": packing})
+    to_bigarray(_ds(4, 100, ("c", "d")), path, mode="a", append_dim="row")
+    raw = PointerArray(str(path), variable="x")
+    assert raw.dtype == np.dtype("int16") and len(raw) == 10
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_allclose(back["x"].values[6:], _ds(4, 100).x.values, atol=0.01)
+    with pytest.raises(SchemaError, match="encoding was provided"):
+        to_bigarray(_ds(4, 200, ("e", "f")), path, mode="a", append_dim="row", encoding={"x": {}})
+
+
+def test_appending_longer_strings_is_refused_not_cut(tmp_path: Any) -> None:
+    path = tmp_path / "str.bigarray"
+    ds = xr.Dataset({"s": ("row", np.array(["ab", "cd"]))})
+    to_bigarray(ds, path)
+    to_bigarray(xr.Dataset({"s": ("row", np.array(["e"]))}), path, mode="a", append_dim="row")
+    with pytest.raises(SchemaError, match="<U3 but the store holds <U2"):
+        to_bigarray(xr.Dataset({"s": ("row", np.array(["fgh"]))}), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["s"].values.tolist() == ["ab", "cd", "e"]
