@@ -33,6 +33,7 @@ Where the filesystem offers no conditional ``PUT``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -294,6 +295,59 @@ def staging_path(final: str) -> str:
     """A new sibling of ``final`` where its replacement is written before the switch."""
     head, tail = os.path.split(os.path.abspath(final))
     return os.path.join(head, f".{tail}.replace-{uuid.uuid4().hex[:12]}")
+
+
+def check_replaceable(final: str, remove_exist: bool) -> bool:
+    """Before writing a new store beside ``final``: refuse what the write may not take the
+    place of, and return whether something is there to replace.
+
+    Without ``remove_exist`` only a missing path, an empty directory or what a killed
+    creation left is free; with it also a store and a file, never a foreign non-empty
+    directory.
+    """
+    from .errors import NotAStoreError
+    from .store import is_store
+    from .writer import _interrupted_creation
+
+    if not os.path.lexists(final):
+        return False
+    if os.path.isdir(final) and not os.path.islink(final):
+        store = is_store(final)
+        if not store and (not os.listdir(final) or _interrupted_creation(final)):
+            return True
+        if not store:
+            raise NotAStoreError(
+                f"{final!r} is a non-empty directory that is not a bigarray store; refusing "
+                "to replace it. Remove it yourself or pick another path."
+            )
+    if not remove_exist:
+        raise StoreExistsError(
+            f"{final!r} exists; pass remove_exist=True to replace it, or choose another path"
+        )
+    return True
+
+
+def move_into_place(staging: str, final: str, *, replacing: bool) -> None:
+    """Commit a store written at ``staging`` as ``final``: switch it in when it replaces
+    something (:func:`switch_into_place`); otherwise one ``rename``, refused (and the
+    staging removed) when something that may not be replaced appeared at ``final``."""
+    from .fileutil import fsync_dir
+
+    if not replacing:
+        try:
+            os.rename(staging, final)  # the commit: the whole store appears at once
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+            try:
+                check_replaceable(final, False)  # a killed creation's leftovers are free
+            except BaseException:
+                remove_path(staging)
+                raise
+        else:
+            fsync_dir(os.path.dirname(os.path.abspath(final)))
+            return
+    switch_into_place(staging, final)
 
 
 def switch_into_place(staging: str, final: str) -> None:

@@ -289,7 +289,7 @@ def test_to_bigarray_mapping_unnamed_and_delayed(tmp_path: Path) -> None:
     b = str(tmp_path / "b")
     d = to_bigarray(x, b, compute=False)
     assert isinstance(d, Delayed)
-    assert MmapArray(b).shape == (0, 3)  # nothing committed before compute
+    assert not os.path.exists(b)  # nothing committed before compute
     with dask.config.set(scheduler="processes", **{"multiprocessing.context": "spawn"}):
         d.compute()
     np.testing.assert_array_equal(np.asarray(MmapArray(b)), data)
@@ -304,7 +304,7 @@ def test_retried_tasks_are_idempotent(tmp_path: Path, client: Any) -> None:
     # rewritten and the same journal records dropped again
     da.store(x, t, lock=False)
     da.store(x, t, lock=False)
-    journal = os.path.join(out, "journal")
+    journal = os.path.join(t.path, "journal")  # written beside out until the commit
     records = sum(len(fs) for _, _, fs in os.walk(journal))
     assert records >= 2 * x.numblocks[0]
     t.close()
@@ -379,7 +379,7 @@ def test_write_errors(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="whole row ranges"):
         t[0:10:2] = np.zeros((5, 4))
     t.abort()
-    assert MmapArray(str(tmp_path / "k")).shape == (0, 4)
+    assert not os.path.exists(str(tmp_path / "k"))  # an aborted new store leaves nothing
 
 
 def test_failed_write_commits_nothing(tmp_path: Path) -> None:
@@ -392,8 +392,34 @@ def test_failed_write_commits_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "f")
     with pytest.raises(RuntimeError, match="task failed"):
         to_bigarray(x, path, segments=[("a", 100)])
-    assert MmapArray(path).shape == (0, 2)
-    assert len(PointerArray(path).indices) == 0
+    assert os.listdir(tmp_path) == [], "a failed write into a new path left a store"
+    to_bigarray(da.ones((100, 2), chunks=(20, 2)), path, segments=[("a", 100)])  # the retry
+    assert PointerArray(path)["a"].shape == (100, 2)
+
+
+_KILLED_CHILD = """
+import sys, dask, dask.array as da
+from bigarray.dask_backend import to_bigarray
+dask.config.set(scheduler="synchronous")
+to_bigarray(da.ones((100, 2), chunks=(20, 2)), sys.argv[1], segments=[("a", 100)])
+"""
+
+
+@pytest.mark.parametrize("step", ["after-data@3", "before-manifest"])
+def test_killed_write_into_a_new_path_leaves_no_store_that_blocks_the_retry(
+    tmp_path: Path, step: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "k.bigarray")
+    env = {**os.environ, "BIGARRAY_CRASH_AT": step}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CHILD, path], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(path)
+    to_bigarray(da.ones((100, 2), chunks=(20, 2)), path, segments=[("a", 100)])
+    assert PointerArray(path)["a"].shape == (100, 2)
 
 
 @pytest.mark.parametrize(
