@@ -496,11 +496,24 @@ class BigArrayTarget:
         shape = tuple(int(s) for s in shape)
         if not shape:
             raise SchemaError("a store holds arrays with at least one dimension (rows); got ()")
-        if not remove_exist and is_store(path) and variable in read_manifest(path).variables:
-            raise StoreExistsError(
-                f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
-                "replace the store, or write to another path or variable"
-            )
+        if not remove_exist and is_store(path):
+            manifest = read_manifest(path)
+            if variable in manifest.variables:
+                raise StoreExistsError(
+                    f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
+                    "replace the store, or write to another path or variable"
+                )
+            if manifest.segments is not None and manifest.rows:
+                # Refused before anything is written or committed: this writer gives the new
+                # variable rows (and names) of its own, which the store's named segments
+                # already hold; sharing them is the xarray writer's append.
+                raise SchemaError(
+                    f"{path!r} has named segments over its rows; dask to_bigarray cannot add "
+                    f"variable {variable!r} along them. Add it with the xarray writer "
+                    "(bigarray.xarray_backend.to_bigarray(ds, path, mode='a') adds variables "
+                    "along the store's rows), write it to another store, or pass "
+                    "remove_exist=True to replace the store"
+                )
         self._table = _segment_table(segments, shape[0])
         self._recorded = False
         # Replacing a store, or creating one: write the new one beside the path and move it

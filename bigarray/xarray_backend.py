@@ -905,16 +905,26 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
         drop = list(drop_variables or [])
         store = BigArrayDataStore(path, storage_options, segments, drop)
         try:
-            ds = StoreBackendEntrypoint().open_dataset(
-                store,
-                mask_and_scale=mask_and_scale,
-                decode_times=decode_times,
-                concat_characters=concat_characters,
-                decode_coords=decode_coords,
-                drop_variables=drop,
-                use_cftime=use_cftime,
-                decode_timedelta=decode_timedelta,
-            )
+            try:
+                ds = StoreBackendEntrypoint().open_dataset(
+                    store,
+                    mask_and_scale=mask_and_scale,
+                    decode_times=decode_times,
+                    concat_characters=concat_characters,
+                    decode_coords=decode_coords,
+                    drop_variables=drop,
+                    use_cftime=use_cftime,
+                    decode_timedelta=decode_timedelta,
+                )
+            except ValueError as exc:
+                if isinstance(exc, BigArrayError) or "conflicting sizes" not in str(exc):
+                    raise
+                # variables of one store that disagree on a dimension's length: not one
+                # Dataset; say which and how to open the others
+                raise SchemaError(
+                    f"{path!r} cannot be opened as one Dataset: {exc}. Open the variables "
+                    "that agree (drop_variables=[...]) or read each with bigarray.open(path, variable=...)"
+                ) from None
             # roles recorded by older writers; CF `coordinates` attributes are xarray's
             coords = [n for n in store.coord_names() if n in ds.variables and n not in ds.coords]
             if coords and decode_coords:

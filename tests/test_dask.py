@@ -477,3 +477,35 @@ def test_same_name_with_other_bytes_is_still_a_duplicate(tmp_path: Path) -> None
     w2.close()
     x = PointerArray(path)
     assert len(x.indices) == 1 and np.all(x["a"] == 0)
+
+
+def test_new_variable_of_a_named_store_is_refused_before_anything_is_committed(
+    tmp_path: Path,
+) -> None:
+    import xarray as xr
+
+    from bigarray.xarray_backend import to_bigarray as xr_to_bigarray
+
+    path = str(tmp_path / "named.bigarray")
+    to_bigarray(da.ones((10, 3), chunks=(5, 3)), path, segments=[("a", 4), ("b", 6)])
+    for segments in ([("a", 4), ("b", 6)], None):
+        with pytest.raises(SchemaError, match="mode='a'"):
+            to_bigarray(da.ones((10, 3), chunks=(5, 3)), path, segments, variable="v2")
+    with xr.open_dataset(path, engine="bigarray") as back:
+        assert set(back.data_vars) == {"data"}
+    # the way the message names: the xarray writer adds it along the store's rows
+    xr_to_bigarray(xr.Dataset({"v2": (("row", "dim_1"), np.full((10, 3), 2.0))}), path, mode="a")
+    with xr.open_dataset(path, engine="bigarray") as back:
+        np.testing.assert_array_equal(back["v2"].values, np.full((10, 3), 2.0))
+
+
+def test_variables_of_other_lengths_open_with_a_bigarray_error(tmp_path: Path) -> None:
+    import xarray as xr
+
+    path = str(tmp_path / "mixed.bigarray")
+    to_bigarray(da.ones((10, 3), chunks=(5, 3)), path)
+    to_bigarray(da.ones((5, 3), chunks=(5, 3)), path, variable="v2")
+    with pytest.raises(SchemaError, match="drop_variables"):
+        xr.open_dataset(path, engine="bigarray")
+    with xr.open_dataset(path, engine="bigarray", drop_variables=["v2"]) as back:
+        assert back["data"].shape == (10, 3)
