@@ -292,9 +292,72 @@ def exchange_dirs(a: str, b: str) -> bool:
 
 
 def staging_path(final: str) -> str:
-    """A new sibling of ``final`` where its replacement is written before the switch."""
+    """A new sibling of ``final`` where its replacement is written before the switch.
+
+    The name carries this process's id: siblings left by writers of ``final`` that died
+    (SIGKILL, or a dropped ``compute=False`` write whose program exited) are removed here,
+    by the next writer of the same path (see :func:`remove_stale_staging`).
+    """
     head, tail = os.path.split(os.path.abspath(final))
-    return os.path.join(head, f".{tail}.replace-{uuid.uuid4().hex[:12]}")
+    remove_stale_staging(final)
+    return os.path.join(head, f".{tail}.replace-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _owner_lock_held(staging: str) -> bool:
+    """True while a writer session in ``staging`` holds its owner lock (a heir process
+    committing a ``compute=False`` write on a worker holds it too)."""
+    import fcntl
+    import glob
+
+    for lock in glob.glob(os.path.join(glob.escape(staging), "journal", "*", "owner.lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
+def remove_stale_staging(final: str) -> int:
+    """Delete the ``.NAME.replace-<pid>-*`` siblings of ``final`` whose writer process is
+    dead and whose writer sessions hold no owner lock; returns how many were removed.
+
+    A live writer's staging (its process alive, or a session lock held) is never touched.
+    """
+    import re
+
+    head, tail = os.path.split(os.path.abspath(final))
+    pattern = re.compile(rf"\.{re.escape(tail)}\.replace-(\d+)-[0-9a-f]{{12}}(\.old)?$")
+    try:
+        names = os.listdir(head)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        m = pattern.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(head, name)
+        if _owner_lock_held(path):
+            continue
+        remove_path(path)
+        removed += 1
+    return removed
 
 
 def check_replaceable(final: str, remove_exist: bool) -> bool:

@@ -509,3 +509,37 @@ def test_variables_of_other_lengths_open_with_a_bigarray_error(tmp_path: Path) -
         xr.open_dataset(path, engine="bigarray")
     with xr.open_dataset(path, engine="bigarray", drop_variables=["v2"]) as back:
         assert back["data"].shape == (10, 3)
+
+
+_STALE_CHILD = """
+import sys, dask, dask.array as da
+from bigarray.dask_backend import to_bigarray
+dask.config.set(scheduler="synchronous")
+d = to_bigarray(da.full((100, 2), 2.0, chunks=(20, 2)), sys.argv[1], remove_exist=True,
+                compute=sys.argv[2] == "run")
+if sys.argv[2] == "run":
+    d.compute()
+"""
+
+
+def test_next_writer_removes_staging_left_by_dead_writers(tmp_path: Path) -> None:
+    """A SIGKILLed replacement and a ``compute=False`` write whose program exited without
+    running it leave ``.NAME.replace-*``; the next writer of the path removes them (never
+    those of a live writer)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "s.bigarray")
+    to_bigarray(da.ones((100, 2), chunks=(20, 2)), path)
+    killed = {**os.environ, "BIGARRAY_CRASH_AT": "before-manifest"}
+    proc = subprocess.run([sys.executable, "-c", _STALE_CHILD, path, "run"], env=killed)
+    assert proc.returncode == -signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-c", _STALE_CHILD, path, "drop"])
+    assert proc.returncode == 0
+    assert len([n for n in os.listdir(tmp_path) if ".replace-" in n]) >= 1
+    live = to_bigarray(da.ones((100, 2), chunks=(20, 2)), path, remove_exist=True, compute=False)
+    assert len([n for n in os.listdir(tmp_path) if ".replace-" in n]) == 1  # this one's
+    live.compute()
+    assert sorted(os.listdir(tmp_path)) == ["s.bigarray"]
+    assert float(np.asarray(MmapArray(path)).sum()) == 200.0
