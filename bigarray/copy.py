@@ -24,6 +24,7 @@ from .filesystem import FileAccess, check_local_options, is_local, local_path
 from .format import INDEX_ROLES, MANIFEST_NAME, Manifest, parse_manifest
 from .remote_commit import (
     put_manifest,
+    refuse_live_writers,
     remove_path,
     remove_replaced,
     snapshot,
@@ -267,6 +268,7 @@ def _local_destination(d_acc: FileAccess, overwrite: bool) -> tuple[FileAccess, 
                     f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
                     "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
                 )
+            refuse_live_writers(path)  # early: the switch checks again
             replacing = True
         elif os.listdir(path):
             raise NotAStoreError(

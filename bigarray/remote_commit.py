@@ -360,6 +360,28 @@ def remove_stale_staging(final: str) -> int:
     return removed
 
 
+def refuse_live_writers(path: str, *, lock: bool = True) -> None:
+    """Refuse to replace the store at ``path`` while a writer session (a
+    ``PointerArrayWriter``, ``MmapArrayWriter`` or ``StoreWriter`` of this or another
+    program) holds it open, as the writers' ``remove_exist`` does: that session would go on
+    committing into a store that is no longer there. Journals of dead sessions are removed."""
+    from .fileutil import locked
+    from .format import LOCK_NAME
+    from .journal import collect_dead_sessions
+
+    if lock:
+        with locked(os.path.join(path, LOCK_NAME)):
+            live = collect_dead_sessions(path, "")
+    else:  # the caller holds the store lock
+        live = collect_dead_sessions(path, "")
+    if live:
+        raise StoreExistsError(
+            f"refusing to replace the store at {path!r}: {live} live writer session(s) (another "
+            "program, or a writer of this one that is still open) are writing it. Close those "
+            "writers first, or write to another path."
+        )
+
+
 def check_replaceable(final: str, remove_exist: bool) -> bool:
     """Before writing a new store beside ``final``: refuse what the write may not take the
     place of, and return whether something is there to replace.
@@ -383,6 +405,8 @@ def check_replaceable(final: str, remove_exist: bool) -> bool:
                 f"{final!r} is a non-empty directory that is not a bigarray store; refusing "
                 "to replace it. Remove it yourself or pick another path."
             )
+        if remove_exist:
+            refuse_live_writers(final)  # early: before anything is written
     if not remove_exist:
         raise StoreExistsError(
             f"{final!r} exists; pass remove_exist=True to replace it, or choose another path"
@@ -421,10 +445,24 @@ def switch_into_place(staging: str, final: str) -> None:
     in which ``final`` does not exist. The old store is deleted after the switch (a reader
     that mapped it keeps its maps).
     """
-    from .fileutil import fsync_dir
+    from .fileutil import fsync_dir, locked
+    from .format import LOCK_NAME
+    from .store import is_store
 
     parent = os.path.dirname(os.path.abspath(final))
-    if os.path.lexists(final) and exchange_dirs(staging, final):
+    if is_store(final):
+        # Under the old store's lock no writer session can start in it meanwhile.
+        with locked(os.path.join(final, LOCK_NAME)):
+            try:
+                refuse_live_writers(final, lock=False)
+            except BaseException:
+                remove_path(staging)
+                raise
+            if exchange_dirs(staging, final):
+                fsync_dir(parent)
+                remove_path(staging)
+                return
+    elif os.path.lexists(final) and exchange_dirs(staging, final):
         fsync_dir(parent)
         remove_path(staging)
         return
