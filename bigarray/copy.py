@@ -118,6 +118,13 @@ def copy_store(
     source = open_store(src, src_options)  # clear errors for a missing or foreign source
     s_acc = _access(src, src_options)
     d_acc = _access(dst, dst_options)
+    if s_acc.local and d_acc.local:
+        s_real, d_real = os.path.realpath(s_acc.root), os.path.realpath(d_acc.root)
+        if d_real == s_real or d_real.startswith(s_real.rstrip(os.sep) + os.sep):
+            raise StoreExistsError(
+                f"cannot copy the store {s_acc.root!r} to {d_acc.root!r}, which is the store "
+                "itself or a path inside it; copy it to a path outside the store"
+            )
     raw = s_acc.cat(MANIFEST_NAME)
     manifest = parse_manifest(raw, s_acc.url)
     if manifest.generation != source.manifest.generation:

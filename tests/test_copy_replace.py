@@ -183,3 +183,19 @@ def test_replacing_a_store_with_an_open_writer_is_refused(tmp_path: Path) -> Non
     assert PointerArray(dst)["late"].shape == (5, 4)  # the open writer's rows committed
     copy_store(src, dst, overwrite=True)
     assert sorted(PointerArray(dst).indices) == ["s0", "s1"]
+
+
+def test_cp_refuses_a_destination_inside_the_source_and_quiet_prints_nothing(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from bigarray.errors import StoreExistsError
+
+    src = make(tmp_path / "s", 1.0, "a", n=2)
+    for dst in (os.path.join(src, "inner"), src):
+        with pytest.raises(StoreExistsError, match="inside it"):
+            copy_store(src, dst, overwrite=True, progress=False)
+    assert sorted(PointerArray(src).indices) == ["a0", "a1"]
+    assert not os.path.exists(os.path.join(src, "inner"))
+    capsys.readouterr()
+    assert main(["cp", src, str(tmp_path / "c"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
