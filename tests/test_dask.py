@@ -543,3 +543,16 @@ def test_next_writer_removes_staging_left_by_dead_writers(tmp_path: Path) -> Non
     live.compute()
     assert sorted(os.listdir(tmp_path)) == ["s.bigarray"]
     assert float(np.asarray(MmapArray(path)).sum()) == 200.0
+
+
+def test_a_handle_opened_before_a_replacement_says_reopen_it(tmp_path: Path) -> None:
+    import xarray as xr
+
+    from bigarray.errors import StoreChangedError
+
+    path = str(tmp_path / "r.bigarray")
+    to_bigarray(da.ones((1000, 4), chunks=(500, 4)), path)
+    with xr.open_dataset(path, engine="bigarray") as old:
+        to_bigarray(da.zeros((10, 4), chunks=(5, 4)), path, remove_exist=True)
+        with pytest.raises(StoreChangedError, match="the store was replaced .*reopen it"):
+            old["data"].load()
