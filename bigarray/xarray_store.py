@@ -232,6 +232,10 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"{self.path!r} is a non-empty directory that is not a bigarray store; "
                 "refusing to replace it. Remove it yourself or choose another path."
             )
+        if mode == "w" and is_store(self.path):
+            from .remote_commit import refuse_live_writers
+
+            refuse_live_writers(self.path)  # early; the switch checks again under the lock
         if mode == "a" and exists and not is_store(self.path):
             raise SchemaError(
                 f"mode='a': {self.path!r} exists but is not a bigarray store; choose a store "
