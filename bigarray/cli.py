@@ -191,7 +191,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
-    print(report)
+    if not args.quiet:
+        print(report)
     return 0
 
 

@@ -24,6 +24,7 @@ from .filesystem import FileAccess, check_local_options, is_local, local_path
 from .format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
 from .remote_commit import (
     put_manifest,
+    refuse_live_writers,
     remove_path,
     remove_replaced,
     snapshot,
@@ -125,6 +126,13 @@ def copy_store(
         )
     s_acc = _access(src, src_options)
     d_acc = _access(dst, dst_options)
+    if s_acc.local and d_acc.local:
+        s_real, d_real = os.path.realpath(s_acc.root), os.path.realpath(d_acc.root)
+        if d_real == s_real or d_real.startswith(s_real.rstrip(os.sep) + os.sep):
+            raise StoreExistsError(
+                f"cannot copy the store {s_acc.root!r} to {d_acc.root!r}, which is the store "
+                "itself or a path inside it; copy it to a path outside the store"
+            )
     raw = s_acc.cat(MANIFEST_NAME)
     manifest = parse_manifest(raw, s_acc.url)
     if manifest.generation != source.manifest.generation:
@@ -283,6 +291,7 @@ def _local_destination(d_acc: FileAccess, overwrite: bool) -> tuple[FileAccess, 
                     f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
                     "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
                 )
+            refuse_live_writers(path)  # early: the switch checks again
             replacing = True
         elif os.listdir(path):
             raise NotAStoreError(

@@ -496,19 +496,35 @@ class BigArrayTarget:
         shape = tuple(int(s) for s in shape)
         if not shape:
             raise SchemaError("a store holds arrays with at least one dimension (rows); got ()")
-        if not remove_exist and is_store(path) and variable in read_manifest(path).variables:
-            raise StoreExistsError(
-                f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
-                "replace the store, or write to another path or variable"
-            )
+        if not remove_exist and is_store(path):
+            manifest = read_manifest(path)
+            if variable in manifest.variables:
+                raise StoreExistsError(
+                    f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
+                    "replace the store, or write to another path or variable"
+                )
+            if manifest.segments is not None and manifest.rows:
+                # Refused before anything is written or committed: this writer gives the new
+                # variable rows (and names) of its own, which the store's named segments
+                # already hold; sharing them is the xarray writer's append.
+                raise SchemaError(
+                    f"{path!r} has named segments over its rows; dask to_bigarray cannot add "
+                    f"variable {variable!r} along them. Add it with the xarray writer "
+                    "(bigarray.xarray_backend.to_bigarray(ds, path, mode='a') adds variables "
+                    "along the store's rows), write it to another store, or pass "
+                    "remove_exist=True to replace the store"
+                )
         self._table = _segment_table(segments, shape[0])
         self._recorded = False
-        # Replacing a store: write the new one beside it and switch at the commit, so
-        # readers see the old store, whole, until the new one is committed.
+        # Replacing a store, or creating one: write the new one beside the path and move it
+        # there at the commit, so readers see the old store (or none), whole, until the new
+        # one is committed, and a write that fails or is killed leaves no store behind.
         self._final: str | None = None
-        if remove_exist and is_store(path):
-            from .remote_commit import staging_path
+        self._replacing = False
+        if remove_exist or not is_store(path):
+            from .remote_commit import check_replaceable, staging_path
 
+            self._replacing = check_replaceable(path, remove_exist)
             self._final, path, remove_exist = path, staging_path(path), False
         # declared rows stay 0: if the write fails, closing commits nothing
         self._writer: Any = StoreWriter(
@@ -569,11 +585,11 @@ class BigArrayTarget:
         self._switch()
 
     def _switch(self) -> None:
-        """Put a replacement written beside the old store in its place (see __init__)."""
+        """Put a store written beside its path in its place (see __init__)."""
         if self._final is not None and os.path.isdir(self.path):
-            from .remote_commit import switch_into_place
+            from .remote_commit import move_into_place
 
-            switch_into_place(self.path, self._final)
+            move_into_place(self.path, self._final, replacing=self._replacing)
 
     def abort(self) -> None:
         """Forget what was written (nothing is committed) and release the writer."""
@@ -646,7 +662,15 @@ class BigArrayTarget:
         # by reference: the writer session, never the segment table
         return (
             _target_ref,
-            (self._handoff, self.path, self.variable, self.shape, str(self.dtype), self._final),
+            (
+                self._handoff,
+                self.path,
+                self.variable,
+                self.shape,
+                str(self.dtype),
+                self._final,
+                self._replacing,
+            ),
         )
 
     def __repr__(self) -> str:
@@ -663,10 +687,12 @@ def _target_ref(
     shape: tuple[int, ...],
     dtype: str,
     final: str | None = None,
+    replacing: bool = False,
 ) -> BigArrayTarget:
     t = BigArrayTarget.__new__(BigArrayTarget)
     t._writer = None
     t._final = final
+    t._replacing = replacing
     t._handoff = handoff
     t._table = None
     t._recorded = True  # the names stay with the creating process

@@ -33,6 +33,7 @@ Where the filesystem offers no conditional ``PUT``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -292,9 +293,149 @@ def exchange_dirs(a: str, b: str) -> bool:
 
 
 def staging_path(final: str) -> str:
-    """A new sibling of ``final`` where its replacement is written before the switch."""
+    """A new sibling of ``final`` where its replacement is written before the switch.
+
+    The name carries this process's id: siblings left by writers of ``final`` that died
+    (SIGKILL, or a dropped ``compute=False`` write whose program exited) are removed here,
+    by the next writer of the same path (see :func:`remove_stale_staging`).
+    """
     head, tail = os.path.split(os.path.abspath(final))
-    return os.path.join(head, f".{tail}.replace-{uuid.uuid4().hex[:12]}")
+    remove_stale_staging(final)
+    return os.path.join(head, f".{tail}.replace-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _owner_lock_held(staging: str) -> bool:
+    """True while a writer session in ``staging`` holds its owner lock (a heir process
+    committing a ``compute=False`` write on a worker holds it too)."""
+    import fcntl
+    import glob
+
+    for lock in glob.glob(os.path.join(glob.escape(staging), "journal", "*", "owner.lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
+def remove_stale_staging(final: str) -> int:
+    """Delete the ``.NAME.replace-<pid>-*`` siblings of ``final`` whose writer process is
+    dead and whose writer sessions hold no owner lock; returns how many were removed.
+
+    A live writer's staging (its process alive, or a session lock held) is never touched.
+    """
+    import re
+
+    head, tail = os.path.split(os.path.abspath(final))
+    pattern = re.compile(rf"\.{re.escape(tail)}\.replace-(\d+)-[0-9a-f]{{12}}(\.old)?$")
+    try:
+        names = os.listdir(head)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        m = pattern.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(head, name)
+        if _owner_lock_held(path):
+            continue
+        remove_path(path)
+        removed += 1
+    return removed
+
+
+def refuse_live_writers(path: str, *, lock: bool = True) -> None:
+    """Refuse to replace the store at ``path`` while a writer session (a
+    ``PointerArrayWriter``, ``MmapArrayWriter`` or ``StoreWriter`` of this or another
+    program) holds it open, as the writers' ``remove_exist`` does: that session would go on
+    committing into a store that is no longer there. Journals of dead sessions are removed."""
+    from .fileutil import locked
+    from .format import LOCK_NAME
+    from .journal import collect_dead_sessions
+
+    if lock:
+        with locked(os.path.join(path, LOCK_NAME)):
+            live = collect_dead_sessions(path, "")
+    else:  # the caller holds the store lock
+        live = collect_dead_sessions(path, "")
+    if live:
+        raise StoreExistsError(
+            f"refusing to replace the store at {path!r}: {live} live writer session(s) (another "
+            "program, or a writer of this one that is still open) are writing it. Close those "
+            "writers first, or write to another path."
+        )
+
+
+def check_replaceable(final: str, remove_exist: bool) -> bool:
+    """Before writing a new store beside ``final``: refuse what the write may not take the
+    place of, and return whether something is there to replace.
+
+    Without ``remove_exist`` only a missing path, an empty directory or what a killed
+    creation left is free; with it also a store and a file, never a foreign non-empty
+    directory.
+    """
+    from .errors import NotAStoreError
+    from .store import is_store
+    from .writer import _interrupted_creation
+
+    if not os.path.lexists(final):
+        return False
+    if os.path.isdir(final) and not os.path.islink(final):
+        store = is_store(final)
+        if not store and (not os.listdir(final) or _interrupted_creation(final)):
+            return True
+        if not store:
+            raise NotAStoreError(
+                f"{final!r} is a non-empty directory that is not a bigarray store; refusing "
+                "to replace it. Remove it yourself or pick another path."
+            )
+        if remove_exist:
+            refuse_live_writers(final)  # early: before anything is written
+    if not remove_exist:
+        raise StoreExistsError(
+            f"{final!r} exists; pass remove_exist=True to replace it, or choose another path"
+        )
+    return True
+
+
+def move_into_place(staging: str, final: str, *, replacing: bool) -> None:
+    """Commit a store written at ``staging`` as ``final``: switch it in when it replaces
+    something (:func:`switch_into_place`); otherwise one ``rename``, refused (and the
+    staging removed) when something that may not be replaced appeared at ``final``."""
+    from .fileutil import fsync_dir
+
+    if not replacing:
+        try:
+            os.rename(staging, final)  # the commit: the whole store appears at once
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+            try:
+                check_replaceable(final, False)  # a killed creation's leftovers are free
+            except BaseException:
+                remove_path(staging)
+                raise
+        else:
+            fsync_dir(os.path.dirname(os.path.abspath(final)))
+            return
+    switch_into_place(staging, final)
 
 
 def switch_into_place(staging: str, final: str) -> None:
@@ -305,10 +446,24 @@ def switch_into_place(staging: str, final: str) -> None:
     in which ``final`` does not exist. The old store is deleted after the switch (a reader
     that mapped it keeps its maps).
     """
-    from .fileutil import fsync_dir
+    from .fileutil import fsync_dir, locked
+    from .format import LOCK_NAME
+    from .store import is_store
 
     parent = os.path.dirname(os.path.abspath(final))
-    if os.path.lexists(final) and exchange_dirs(staging, final):
+    if is_store(final):
+        # Under the old store's lock no writer session can start in it meanwhile.
+        with locked(os.path.join(final, LOCK_NAME)):
+            try:
+                refuse_live_writers(final, lock=False)
+            except BaseException:
+                remove_path(staging)
+                raise
+            if exchange_dirs(staging, final):
+                fsync_dir(parent)
+                remove_path(staging)
+                return
+    elif os.path.lexists(final) and exchange_dirs(staging, final):
         fsync_dir(parent)
         remove_path(staging)
         return

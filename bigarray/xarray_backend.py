@@ -123,7 +123,7 @@ class _LocalRows:
     one, and is safe to call from many threads at once.
     """
 
-    __slots__ = ("dtype", "files", "row_shape", "rows", "where")
+    __slots__ = ("dtype", "files", "row_shape", "rows", "store_id", "where")
 
     def __init__(
         self,
@@ -138,14 +138,24 @@ class _LocalRows:
         self.row_shape = row_shape
         self.rows = rows
         self.where = where
+        self.store_id = _dir_id(where)  # a replaced store is another directory
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.files, self.dtype.str, self.row_shape, self.rows, self.where)
+        return (self.files, self.dtype.str, self.row_shape, self.rows, self.where, self.store_id)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        files, dtype, self.row_shape, self.rows, self.where = state
+        files, dtype, self.row_shape, self.rows, self.where, self.store_id = state
         self.files = files
         self.dtype = np.dtype(dtype)
+
+    def _check_replaced(self) -> None:
+        if _dir_id(self.where) != self.store_id:
+            from .errors import StoreChangedError
+
+            raise StoreChangedError(
+                f"{self.where!r}: the store was replaced after it was opened (a rewrite with "
+                "remove_exist=True, mode='w' or `bigarray cp --overwrite`); reopen it"
+            )
 
     @property
     def row_nbytes(self) -> int:
@@ -161,6 +171,7 @@ class _LocalRows:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
+            self._check_replaced()
             raise StoreCorruptedError(
                 f"{self.where}: data file {path!r} listed in the manifest is missing; the store "
                 "was damaged after it was opened. Restore the file, or reopen the store."
@@ -168,6 +179,7 @@ class _LocalRows:
         try:
             size = os.fstat(fd).st_size
             if size < lo + nbytes:  # mapping past the end would SIGBUS on access
+                self._check_replaced()
                 raise StoreCorruptedError(
                     f"data file {path!r} holds {size:,} bytes but rows [{start}, {stop}) need "
                     f"{lo + nbytes:,}; it was truncated or replaced after the store was opened. "
@@ -273,6 +285,14 @@ def _is_local(path: str) -> bool:
     from .filesystem import is_local
 
     return is_local(path)
+
+
+def _dir_id(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_dev, st.st_ino)
 
 
 def _reader_for(store: Any, var: Variable, storage_options: Mapping[str, Any] | None) -> Any:
@@ -910,16 +930,26 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
         drop = list(drop_variables or [])
         store = BigArrayDataStore(path, storage_options, segments, drop)
         try:
-            ds = StoreBackendEntrypoint().open_dataset(
-                store,
-                mask_and_scale=mask_and_scale,
-                decode_times=decode_times,
-                concat_characters=concat_characters,
-                decode_coords=decode_coords,
-                drop_variables=drop,
-                use_cftime=use_cftime,
-                decode_timedelta=decode_timedelta,
-            )
+            try:
+                ds = StoreBackendEntrypoint().open_dataset(
+                    store,
+                    mask_and_scale=mask_and_scale,
+                    decode_times=decode_times,
+                    concat_characters=concat_characters,
+                    decode_coords=decode_coords,
+                    drop_variables=drop,
+                    use_cftime=use_cftime,
+                    decode_timedelta=decode_timedelta,
+                )
+            except ValueError as exc:
+                if isinstance(exc, BigArrayError) or "conflicting sizes" not in str(exc):
+                    raise
+                # variables of one store that disagree on a dimension's length: not one
+                # Dataset; say which and how to open the others
+                raise SchemaError(
+                    f"{path!r} cannot be opened as one Dataset: {exc}. Open the variables "
+                    "that agree (drop_variables=[...]) or read each with bigarray.open(path, variable=...)"
+                ) from None
             # roles recorded by older writers; CF `coordinates` attributes are xarray's
             coords = [n for n in store.coord_names() if n in ds.variables and n not in ds.coords]
             if coords and decode_coords:

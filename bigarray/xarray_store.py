@@ -16,7 +16,8 @@ Commits
 A new store (``mode="w-"``, ``"w"``) is written completely in a hidden sibling directory
 and published by one ``rename``: readers and a killed writer see no store or the whole
 Dataset (variables, coordinates, attributes, segment index), never a part. ``mode="w"``
-then removes the old store first (a crash between the two leaves no store at ``path``).
+never deletes first: the old store stays whole until the new one takes its place (one
+atomic exchange on Linux), and a write that fails leaves it as it was.
 
 ``mode="a"`` validates everything before writing anything (a schema mismatch raises and
 changes nothing), then writes each variable's new rows through the storage core and
@@ -231,6 +232,10 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"{self.path!r} is a non-empty directory that is not a bigarray store; "
                 "refusing to replace it. Remove it yourself or choose another path."
             )
+        if mode == "w" and is_store(self.path):
+            from .remote_commit import refuse_live_writers
+
+            refuse_live_writers(self.path)  # early; the switch checks again under the lock
         if mode == "a" and exists and not is_store(self.path):
             raise SchemaError(
                 f"mode='a': {self.path!r} exists but is not a bigarray store; choose a store "
@@ -429,11 +434,11 @@ class BigArrayStore(AbstractWritableDataStore):
     # -------------------------------------------------------------- a new store
     def _create(self, prepared: list[_Prepared], ds_attrs: dict[str, Any]) -> None:
         from .fileutil import fsync_dir
-        from .writer import remove_store
+        from .remote_commit import staging_path, switch_into_place
 
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(self.path)}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp = staging_path(self.path)
         try:
             row_dim = self.row_dim or _default_row_dim(prepared)
             _write_all(tmp, prepared, ds_attrs, row_dim, self.segments, self.fsync)
@@ -445,10 +450,13 @@ class BigArrayStore(AbstractWritableDataStore):
                         f"{self.path!r} appeared while this Dataset was written; pass mode='w' "
                         "to replace it"
                     )
-                remove_store(self.path)
-            os.rename(tmp, self.path)  # the commit: the whole store appears at once
-            if self.fsync:
-                fsync_dir(parent)
+                # Replace, never delete first: the old store stays whole at ``path`` until
+                # the new one takes its place (one atomic exchange on Linux).
+                switch_into_place(tmp, self.path)
+            else:
+                os.rename(tmp, self.path)  # the commit: the whole store appears at once
+                if self.fsync:
+                    fsync_dir(parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)

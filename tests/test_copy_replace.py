@@ -155,3 +155,47 @@ def test_cp_overwrite_killed_before_its_commit_leaves_the_old_store(
     check(dst, opts, 1.0, "a")
     if where == "local":
         assert np.all(np.asarray(PointerArray(dst)) == 1.0)
+
+
+def test_replacing_a_store_with_an_open_writer_is_refused(tmp_path: Path) -> None:
+    """``to_bigarray(remove_exist=True)``, ``bigarray cp --overwrite`` and the xarray
+    writer's ``mode="w"`` refuse a store that a writer session holds open, as the seed
+    writers' ``remove_exist`` does; once it is closed they replace it."""
+    import dask.array as da
+    import xarray as xr
+
+    from bigarray.dask_backend import to_bigarray
+    from bigarray.errors import StoreExistsError
+    from bigarray.xarray_backend import to_bigarray as xr_to_bigarray
+
+    src = make(tmp_path / "src", 2.0, "s", n=2)
+    dst = make(tmp_path / "dst", 1.0, "d", n=2)
+    w = PointerArrayWriter(dst)
+    w.write({"late": np.full((5, 4), 3.0)})
+    with pytest.raises(StoreExistsError, match="live writer"):
+        to_bigarray(da.zeros((10, 4), chunks=(5, 4)), dst, remove_exist=True)
+    with pytest.raises(StoreExistsError, match="live writer"):
+        copy_store(src, dst, overwrite=True)
+    with pytest.raises(StoreExistsError, match="live writer"):
+        xr_to_bigarray(xr.Dataset({"a": ("row", np.ones(3))}), dst, mode="w")
+    assert sorted(os.listdir(tmp_path)) == ["dst", "src"]
+    w.close()
+    assert PointerArray(dst)["late"].shape == (5, 4)  # the open writer's rows committed
+    copy_store(src, dst, overwrite=True)
+    assert sorted(PointerArray(dst).indices) == ["s0", "s1"]
+
+
+def test_cp_refuses_a_destination_inside_the_source_and_quiet_prints_nothing(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from bigarray.errors import StoreExistsError
+
+    src = make(tmp_path / "s", 1.0, "a", n=2)
+    for dst in (os.path.join(src, "inner"), src):
+        with pytest.raises(StoreExistsError, match="inside it"):
+            copy_store(src, dst, overwrite=True, progress=False)
+    assert sorted(PointerArray(src).indices) == ["a0", "a1"]
+    assert not os.path.exists(os.path.join(src, "inner"))
+    capsys.readouterr()
+    assert main(["cp", src, str(tmp_path / "c"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""

@@ -289,7 +289,7 @@ def test_to_bigarray_mapping_unnamed_and_delayed(tmp_path: Path) -> None:
     b = str(tmp_path / "b")
     d = to_bigarray(x, b, compute=False)
     assert isinstance(d, Delayed)
-    assert MmapArray(b).shape == (0, 3)  # nothing committed before compute
+    assert not os.path.exists(b)  # nothing committed before compute
     with dask.config.set(scheduler="processes", **{"multiprocessing.context": "spawn"}):
         d.compute()
     np.testing.assert_array_equal(np.asarray(MmapArray(b)), data)
@@ -304,7 +304,7 @@ def test_retried_tasks_are_idempotent(tmp_path: Path, client: Any) -> None:
     # rewritten and the same journal records dropped again
     da.store(x, t, lock=False)
     da.store(x, t, lock=False)
-    journal = os.path.join(out, "journal")
+    journal = os.path.join(t.path, "journal")  # written beside out until the commit
     records = sum(len(fs) for _, _, fs in os.walk(journal))
     assert records >= 2 * x.numblocks[0]
     t.close()
@@ -379,7 +379,7 @@ def test_write_errors(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="whole row ranges"):
         t[0:10:2] = np.zeros((5, 4))
     t.abort()
-    assert MmapArray(str(tmp_path / "k")).shape == (0, 4)
+    assert not os.path.exists(str(tmp_path / "k"))  # an aborted new store leaves nothing
 
 
 def test_failed_write_commits_nothing(tmp_path: Path) -> None:
@@ -392,8 +392,34 @@ def test_failed_write_commits_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "f")
     with pytest.raises(RuntimeError, match="task failed"):
         to_bigarray(x, path, segments=[("a", 100)])
-    assert MmapArray(path).shape == (0, 2)
-    assert len(PointerArray(path).indices) == 0
+    assert os.listdir(tmp_path) == [], "a failed write into a new path left a store"
+    to_bigarray(da.ones((100, 2), chunks=(20, 2)), path, segments=[("a", 100)])  # the retry
+    assert PointerArray(path)["a"].shape == (100, 2)
+
+
+_KILLED_CHILD = """
+import sys, dask, dask.array as da
+from bigarray.dask_backend import to_bigarray
+dask.config.set(scheduler="synchronous")
+to_bigarray(da.ones((100, 2), chunks=(20, 2)), sys.argv[1], segments=[("a", 100)])
+"""
+
+
+@pytest.mark.parametrize("step", ["after-data@3", "before-manifest"])
+def test_killed_write_into_a_new_path_leaves_no_store_that_blocks_the_retry(
+    tmp_path: Path, step: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "k.bigarray")
+    env = {**os.environ, "BIGARRAY_CRASH_AT": step}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CHILD, path], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(path)
+    to_bigarray(da.ones((100, 2), chunks=(20, 2)), path, segments=[("a", 100)])
+    assert PointerArray(path)["a"].shape == (100, 2)
 
 
 @pytest.mark.parametrize(
@@ -453,3 +479,84 @@ def test_same_name_with_other_bytes_is_still_a_duplicate(tmp_path: Path) -> None
     with pytest.raises(bigarray.errors.DuplicateSegmentError):
         w2.write({"a": np.zeros((4, 2))})
     w2.close()
+    x = PointerArray(path)
+    assert len(x.indices) == 1 and np.all(x["a"] == 0)
+
+
+def test_new_variable_of_a_named_store_is_refused_before_anything_is_committed(
+    tmp_path: Path,
+) -> None:
+    import xarray as xr
+
+    from bigarray.xarray_backend import to_bigarray as xr_to_bigarray
+
+    path = str(tmp_path / "named.bigarray")
+    to_bigarray(da.ones((10, 3), chunks=(5, 3)), path, segments=[("a", 4), ("b", 6)])
+    for segments in ([("a", 4), ("b", 6)], None):
+        with pytest.raises(SchemaError, match="mode='a'"):
+            to_bigarray(da.ones((10, 3), chunks=(5, 3)), path, segments, variable="v2")
+    with xr.open_dataset(path, engine="bigarray") as back:
+        assert set(back.data_vars) == {"data"}
+    # the way the message names: the xarray writer adds it along the store's rows
+    xr_to_bigarray(xr.Dataset({"v2": (("row", "dim_1"), np.full((10, 3), 2.0))}), path, mode="a")
+    with xr.open_dataset(path, engine="bigarray") as back:
+        np.testing.assert_array_equal(back["v2"].values, np.full((10, 3), 2.0))
+
+
+def test_variables_of_other_lengths_open_with_a_bigarray_error(tmp_path: Path) -> None:
+    import xarray as xr
+
+    path = str(tmp_path / "mixed.bigarray")
+    to_bigarray(da.ones((10, 3), chunks=(5, 3)), path)
+    to_bigarray(da.ones((5, 3), chunks=(5, 3)), path, variable="v2")
+    with pytest.raises(SchemaError, match="drop_variables"):
+        xr.open_dataset(path, engine="bigarray")
+    with xr.open_dataset(path, engine="bigarray", drop_variables=["v2"]) as back:
+        assert back["data"].shape == (10, 3)
+
+
+_STALE_CHILD = """
+import sys, dask, dask.array as da
+from bigarray.dask_backend import to_bigarray
+dask.config.set(scheduler="synchronous")
+d = to_bigarray(da.full((100, 2), 2.0, chunks=(20, 2)), sys.argv[1], remove_exist=True,
+                compute=sys.argv[2] == "run")
+if sys.argv[2] == "run":
+    d.compute()
+"""
+
+
+def test_next_writer_removes_staging_left_by_dead_writers(tmp_path: Path) -> None:
+    """A SIGKILLed replacement and a ``compute=False`` write whose program exited without
+    running it leave ``.NAME.replace-*``; the next writer of the path removes them (never
+    those of a live writer)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "s.bigarray")
+    to_bigarray(da.ones((100, 2), chunks=(20, 2)), path)
+    killed = {**os.environ, "BIGARRAY_CRASH_AT": "before-manifest"}
+    proc = subprocess.run([sys.executable, "-c", _STALE_CHILD, path, "run"], env=killed)
+    assert proc.returncode == -signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-c", _STALE_CHILD, path, "drop"])
+    assert proc.returncode == 0
+    assert len([n for n in os.listdir(tmp_path) if ".replace-" in n]) >= 1
+    live = to_bigarray(da.ones((100, 2), chunks=(20, 2)), path, remove_exist=True, compute=False)
+    assert len([n for n in os.listdir(tmp_path) if ".replace-" in n]) == 1  # this one's
+    live.compute()
+    assert sorted(os.listdir(tmp_path)) == ["s.bigarray"]
+    assert float(np.asarray(MmapArray(path)).sum()) == 200.0
+
+
+def test_a_handle_opened_before_a_replacement_says_reopen_it(tmp_path: Path) -> None:
+    import xarray as xr
+
+    from bigarray.errors import StoreChangedError
+
+    path = str(tmp_path / "r.bigarray")
+    to_bigarray(da.ones((1000, 4), chunks=(500, 4)), path)
+    with xr.open_dataset(path, engine="bigarray") as old:
+        to_bigarray(da.zeros((10, 4), chunks=(5, 4)), path, remove_exist=True)
+        with pytest.raises(StoreChangedError, match="the store was replaced .*reopen it"):
+            old["data"].load()

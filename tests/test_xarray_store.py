@@ -186,6 +186,57 @@ def test_mode_w_refuses_a_directory_that_is_not_a_store(tmp_path: Any) -> None:
     assert (tmp_path / "mine" / "keep.txt").exists()
 
 
+def test_mode_w_keeps_the_old_store_when_the_new_one_fails(tmp_path: Any) -> None:
+    import dask.array as dsa
+
+    path = str(tmp_path / "keep.bigarray")
+    to_bigarray(xr.Dataset({"a": ("row", np.ones(10))}), path)
+    with pytest.raises(SchemaError):
+        to_bigarray(xr.Dataset({"a": ("row", np.ones(5))}), path, mode="w", segments={"x": (0, 50)})
+
+    def boom(b: np.ndarray, block_info: Any = None) -> np.ndarray:
+        if block_info[0]["chunk-location"][0] == 3:
+            raise RuntimeError("task failed")
+        return b
+
+    bad = dsa.full(20, 2.0, chunks=5).map_blocks(boom, dtype="f8")
+    with pytest.raises(RuntimeError, match="task failed"):
+        to_bigarray(xr.Dataset({"a": ("row", bad)}), path, mode="w")
+    with pytest.raises(RuntimeError, match="task failed"):
+        to_bigarray(xr.Dataset({"a": ("row", bad)}), str(tmp_path / "new"), mode="w")
+    assert sorted(os.listdir(tmp_path)) == ["keep.bigarray"]  # nothing new, nothing staged
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_array_equal(back["a"].values, np.ones(10))
+    assert verify_store(path).ok
+
+
+def test_mode_w_never_leaves_the_path_without_a_store(tmp_path: Any) -> None:
+    """The replacement takes the old store's place in one step: a reader polling the path
+    meanwhile always finds a store (the old one or the new one)."""
+    import threading
+
+    path = str(tmp_path / "swap.bigarray")
+    ds = xr.Dataset({n: ("row", np.arange(2000.0)) for n in "abcdefgh"})
+    to_bigarray(ds, path)
+    missing: list[int] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            if not os.path.exists(os.path.join(path, MANIFEST_NAME)):
+                missing.append(1)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        for _ in range(15):
+            to_bigarray(ds, path, mode="w", fsync=False)
+    finally:
+        done.set()
+        t.join()
+    assert missing == []
+
+
 _CHILD = textwrap.dedent(
     """
     import sys
