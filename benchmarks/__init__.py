@@ -2,7 +2,7 @@
 
 Run ``python -m benchmarks --size smoke|W1|large [--cases a,b] [--out DIR] [--compare OLD.json]
 [--repeat N]``; ``bigarray bench`` calls :func:`main` with the same arguments.
-See ``shared/BENCHMARKS.md`` for the workloads, peers and goals, and :mod:`benchmarks.cases`
+See ``benchmarks/README.md`` for the workloads, peers and goals, and :mod:`benchmarks.cases`
 for how to add a case.
 """
 

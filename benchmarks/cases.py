@@ -1,4 +1,4 @@
-"""The cases of ``shared/BENCHMARKS.md``, registered with their peers and bigarray.
+"""The cases of ``benchmarks/README.md``, registered with their peers and bigarray.
 
 How to add a case
 -----------------

@@ -1,7 +1,7 @@
 """The bigarray side of every case: the only module to edit when bigarray's API changes.
 
 Each function is what one case times for bigarray, written against the public contract of
-``shared/DESIGN.md``. While a piece of bigarray does not exist yet, the function raises
+the README. While a piece of bigarray does not exist yet, the function raises
 :class:`NotImplementedError` and the report prints "not implemented" for that system instead of
 crashing; once the API lands the same code starts producing numbers.
 

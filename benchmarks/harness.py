@@ -2,7 +2,7 @@
 
 Vocabulary
 ----------
-- A **case** is one question from ``shared/BENCHMARKS.md`` ("read 5,000 random segments by
+- A **case** is one question from ``benchmarks/README.md`` ("read 5,000 random segments by
   name"), run on one workload, with several **systems** (peers, bigarray, references) that each
   answer it on the same data in the same run.
 - A system's ``run(ctx)`` returns a :class:`Measurement`: seconds per repetition plus the amount

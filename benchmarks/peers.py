@@ -1,4 +1,4 @@
-"""The peers of ``shared/BENCHMARKS.md``, as plain functions the cases call.
+"""The peers of ``benchmarks/README.md``, as plain functions the cases call.
 
 Every peer stores the same concatenated ``(rows, 128)`` float32 array:
 

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description=(
-            "bigarray benchmark suite: every case of shared/BENCHMARKS.md, bigarray against its "
+            "bigarray benchmark suite: every case of benchmarks/README.md, bigarray against its "
             "peers in the same run. Prints one table per case, writes JSON and a PNG chart. "
             "Speed never makes it fail; the exit status is 1 only if a system raised an error "
             "or returned a wrong result."

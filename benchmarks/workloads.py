@@ -2,7 +2,7 @@
 
 Two shapes of ragged collection, each at three sizes:
 
-- ``ragged`` (``W1`` in ``shared/BENCHMARKS.md``): segment lengths drawn uniformly from
+- ``ragged`` (``W1`` in ``benchmarks/README.md``): segment lengths drawn uniformly from
   ``[50, 150)`` rows with ``numpy.random.default_rng(0).integers(50, 150, n)``, 128 float32
   features per row. At ``--size W1``: 20,000 segments, about 2.0 M rows, 1.02 GB.
 - ``tiny`` (``W1-1M``): lengths drawn from ``[1, 4)`` with ``default_rng(0).integers(1, 4, n)``,
