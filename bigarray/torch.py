@@ -543,6 +543,7 @@ class _ResumableSampler:
         self.epoch = 0
         self._resume: int | None = None
         self._yielded = 0
+        self._pass_start = 0  # where the current iteration began (a resume point, or 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` from the next iteration on (call it every epoch, as
@@ -551,7 +552,10 @@ class _ResumableSampler:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise SamplerError(f"set_epoch({epoch!r}): the epoch must be a non-negative int")
         if int(epoch) != self.epoch:  # a loop that resumes calls set_epoch(resumed epoch) first
+            # a new epoch starts at its first item: a checkpoint taken now says position 0
             self._resume = None
+            self._yielded = 0
+            self._pass_start = 0
         self.epoch = int(epoch)
 
     def _items(self) -> Any:
@@ -564,6 +568,7 @@ class _ResumableSampler:
         start = self._resume or 0
         self._resume = None
         self._yielded = start
+        self._pass_start = start
         return start
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
@@ -572,15 +577,29 @@ class _ResumableSampler:
         Parameters
         ----------
         consumed
-            How many items of this epoch the training loop has used (indices for
-            :class:`SegmentSampler`, batches for :class:`BucketBatchSampler`). By default,
-            how many this sampler has yielded; a ``DataLoader`` with workers draws a few
-            batches ahead (``prefetch_factor``), so pass what the loop consumed, e.g.
+            How many items the training loop has used since this iteration of the sampler
+            began (indices for :class:`SegmentSampler`, batches for
+            :class:`BucketBatchSampler`); after a resume, counted from the resume point, so
+            ``enumerate(loader)`` steps can be passed as they are. By default, how many this
+            sampler has yielded; a ``DataLoader`` with workers draws a few batches ahead
+            (``prefetch_factor``), so pass what the loop consumed, e.g.
             ``consumed=steps * batch_size``.
         """
-        pos = self._yielded if consumed is None else int(consumed)
-        if pos < 0:
-            raise SamplerError(f"state_dict(consumed={consumed!r}): expected >= 0")
+        if consumed is None:
+            pos = self._yielded
+        else:
+            if isinstance(consumed, bool) or not isinstance(consumed, (int, np.integer)):
+                raise SamplerError(f"state_dict(consumed={consumed!r}): expected an int >= 0")
+            if consumed < 0:
+                raise SamplerError(f"state_dict(consumed={consumed!r}): expected >= 0")
+            pos = self._pass_start + int(consumed)
+            total = len(self._items())
+            if pos > total:
+                raise SamplerError(
+                    f"state_dict(consumed={consumed!r}): this iteration began at item "
+                    f"{self._pass_start:,} of {total:,} items this epoch, so at most "
+                    f"{total - self._pass_start:,} can have been consumed"
+                )
         state = {"kind": self._kind, "dataset": self._token, "num_segments": self._n}
         state.update({k: getattr(self, k) for k in self._config})
         state.update({"epoch": self.epoch, "position": pos})
@@ -608,18 +627,29 @@ class _ResumableSampler:
                 "same store"
             )
         for key in self._config:
-            if state.get(key) != getattr(self, key):
+            if _plain(state.get(key)) != _plain(getattr(self, key)):
                 raise SamplerError(
                     f"{who}.load_state_dict: the state was saved with {key}={state.get(key)!r} "
                     f"but this sampler has {key}={getattr(self, key)!r}; build the sampler with "
                     "the same settings to resume"
                 )
-        epoch, pos = state.get("epoch"), state.get("position")
+        epoch, pos = _plain(state.get("epoch")), _plain(state.get("position"))
         if not isinstance(epoch, int) or not isinstance(pos, int) or epoch < 0 or pos < 0:
             raise SamplerError(f"{who}.load_state_dict: bad epoch/position in {dict(state)!r}")
         self.epoch = epoch
         self._resume = pos
         self._yielded = pos
+        self._pass_start = pos
+
+
+def _plain(value: Any) -> Any:
+    """A state value as JSON or ``torch.save`` may give it back: lists as tuples, numpy
+    integers as ints (so a state survives a round trip through either)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.integer) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 class SegmentSampler(_ResumableSampler, Sampler[int]):

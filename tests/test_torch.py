@@ -579,3 +579,63 @@ def test_object_storage_map_and_iterable(store: Any, s3_options: dict[str, Any])
         it, batch_size=7, num_workers=2, collate_fn=collate_packed, multiprocessing_context="fork"
     )
     _exactly_once([[i for b in loader for i in _names_of(b)]])
+
+
+def test_a_checkpoint_taken_right_after_set_epoch_resumes_the_whole_new_epoch(
+    ds: SegmentDataset,
+) -> None:
+    for make in (lambda: SegmentSampler(ds, seed=3), lambda: BucketBatchSampler(ds, 4000, seed=3)):
+        s = make()
+        list(s)  # epoch 0 done
+        s.set_epoch(1)
+        state = s.state_dict()
+        assert state["position"] == 0
+        t = make()
+        t.load_state_dict(state)
+        t.set_epoch(1)
+        s.set_epoch(1)
+        assert [repr(x) for x in t] == [repr(x) for x in s]
+
+
+def test_resuming_twice_with_enumerate_steps_replays_and_skips_nothing(ds: SegmentDataset) -> None:
+    """The README's loop: ``state_dict(consumed=step + 1)`` with ``enumerate(loader)`` steps,
+    stopped and resumed twice, sees every batch of the epoch exactly once."""
+
+    def run(state: dict[str, Any] | None, stop: int) -> tuple[list[list[int]], Any]:
+        b = BucketBatchSampler(ds, 4000, seed=0)
+        if state is not None:
+            b.load_state_dict(state)
+        b.set_epoch(0)
+        seen, ck = [], None
+        for step, batch in enumerate(b):
+            seen.append(list(batch))
+            ck = b.state_dict(consumed=step + 1)
+            if step + 1 == stop:
+                break
+        return seen, ck
+
+    full, _ = run(None, 10**9)
+    first, c1 = run(None, 3)
+    second, c2 = run(c1, 2)
+    third, _ = run(c2, 10**9)
+    assert first + second + third == full
+
+
+def test_a_state_survives_json_and_numpy_ints(ds: SegmentDataset) -> None:
+    import json
+
+    b = BucketBatchSampler(ds, 4000, buckets=[500, 1500], seed=1)
+    state = json.loads(json.dumps(b.state_dict(consumed=1)))
+    again = BucketBatchSampler(ds, 4000, buckets=[500, 1500], seed=1)
+    again.load_state_dict(state)  # lists came back for the tuple of buckets
+    s = SegmentSampler(ds, seed=1)
+    state = s.state_dict(consumed=2)
+    state["position"] = np.int64(state["position"])
+    state["epoch"] = np.int64(state["epoch"])
+    SegmentSampler(ds, seed=1).load_state_dict(state)
+
+
+def test_consumed_beyond_the_epoch_is_refused(ds: SegmentDataset) -> None:
+    s = SegmentSampler(ds, seed=1)
+    with pytest.raises(SamplerError, match="at most"):
+        s.state_dict(consumed=len(ds) + 1)
