@@ -42,7 +42,13 @@ def _kind(path: str) -> str:
     if os.path.isdir(path):
         if is_store(path):
             return "store"
-        if os.listdir(path) and _interrupted_creation(path):
+        # only lock, index and journal leftovers: a directory holding .npy files of any
+        # name might be the user's, and deleting on a guess is never right
+        if (
+            os.listdir(path)
+            and _interrupted_creation(path)
+            and not any(n.endswith(".npy") for n in os.listdir(path))
+        ):
             return "partial"
         raise NotAStoreError(
             f"{path!r} is a directory but not a bigarray store (no manifest.json); refusing to "
@@ -70,6 +76,8 @@ def remove(path: str | os.PathLike[str]) -> None:
     """
     full = _local(path, "remove")
     kind = _kind(full)
+    if kind == "store" and not os.path.islink(full):
+        _refuse_live_writers(full)
     if os.path.islink(full) or kind == "legacy":
         os.remove(full)
         return
@@ -81,6 +89,26 @@ def remove(path: str | os.PathLike[str]) -> None:
         from .fileutil import wrap_os_error
 
         raise wrap_os_error(exc, full) from None
+
+
+def _refuse_live_writers(path: str) -> None:
+    """Refuse to delete a store an open writer session (of this or another program) is
+    writing: its next commit would find the store gone."""
+    from .errors import StoreExistsError
+    from .fileutil import locked
+    from .format import LOCK_NAME
+    from .journal import collect_dead_sessions
+
+    try:
+        with locked(os.path.join(path, LOCK_NAME)):
+            live = collect_dead_sessions(path, "")
+    except FileNotFoundError:  # removed meanwhile
+        return
+    if live:
+        raise StoreExistsError(
+            f"refusing to remove the store at {path!r}: {live} open writer session(s) (of "
+            "this or another program) are writing it. Close those writers first."
+        )
 
 
 def getsize(path: str | os.PathLike[str]) -> int:

@@ -245,3 +245,31 @@ def test_reopening_a_checksummed_store_reads_its_index_files_once(
     os.replace(tmp_path / "copy", bounds)  # replaced (another inode): read again
     np.testing.assert_array_equal(PointerArray(tmp_path / "s")["b"], x[2500:])
     assert len(loads) == 5
+
+
+def test_remove_refuses_a_store_an_open_writer_is_writing(tmp_path: Path) -> None:
+    from bigarray import PointerArrayWriter, remove
+    from bigarray.errors import StoreExistsError
+
+    p = tmp_path / "x.bigarray"
+    w = PointerArrayWriter(p, shape=(None,), dtype="int32")
+    w.write({"a": np.arange(2)})
+    w.flush()
+    with pytest.raises(StoreExistsError, match="open writer"):
+        remove(p)
+    w.close()
+    remove(p)
+    assert not p.exists()
+
+
+def test_remove_never_deletes_a_directory_with_npy_files_on_a_guess(tmp_path: Path) -> None:
+    from bigarray import remove
+    from bigarray.errors import NotAStoreError
+
+    d = tmp_path / "u"
+    (d / "index").mkdir(parents=True)
+    (d / ".lock").touch()
+    np.save(d / "mydata.npy", np.arange(5))
+    with pytest.raises(NotAStoreError):
+        remove(d)
+    assert (d / "mydata.npy").exists()
