@@ -266,6 +266,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
         self.transform = transform
         self._count = len(bounds)
         self._crc = _bounds_crc(bounds)
+        self._ident = _local_identity(handle.url)
         self._init_local()
         self._bounds = bounds
         _torch_dtype(handle.dtype, repr(self))
@@ -285,6 +286,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
             "transform": self.transform,
             "_count": self._count,
             "_crc": self._crc,
+            "_ident": self._ident,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -487,7 +489,10 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
             ) from exc
         h = self.handle
         why = ""
-        if fresh.generation < h.generation:
+        ident = self.__dict__.get("_ident")
+        if ident is not None and _local_identity(self.url) != ident:
+            why = "another store now stands at its path (it was replaced)"
+        elif fresh.generation < h.generation:
             why = f"its generation went back from {h.generation} to {fresh.generation}"
         elif fresh.dtype != h.dtype or fresh.shape[1:] != h.shape[1:]:
             why = f"it now holds {fresh.dtype} rows of shape {fresh.shape[1:]}"
@@ -509,6 +514,18 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
                 "segments the samplers refer to are gone; open the dataset again and build new "
                 "samplers."
             )
+
+
+def _local_identity(url: str) -> tuple[int, int] | None:
+    """(device, inode) of a local store's directory: a store replaced at the same path
+    (``remove_exist``, a copy switched into place) is a new directory; appends are not."""
+    if not is_local(url):
+        return None
+    try:
+        st = os.stat(url)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _bounds_crc(bounds: np.ndarray) -> int:

@@ -639,3 +639,26 @@ def test_consumed_beyond_the_epoch_is_refused(ds: SegmentDataset) -> None:
     s = SegmentSampler(ds, seed=1)
     with pytest.raises(SamplerError, match="at most"):
         s.state_dict(consumed=len(ds) + 1)
+
+
+def test_a_store_replaced_with_the_same_bounds_is_detected(tmp_path: Any) -> None:
+    p = str(tmp_path / "same-bounds.bigarray")
+
+    def write(names: str, mid: float) -> None:
+        with PointerArrayWriter(p, remove_exist=True) as w:
+            w.write(
+                {
+                    names[0]: np.zeros(2000, "f4"),
+                    names[1]: np.full(2000, mid, "f4"),
+                    names[2]: np.zeros(2000, "f4"),
+                }
+            )
+
+    write("abc", 1.0)
+    ds = SegmentDataset(p)
+    s = SegmentSampler(ds, shuffle=False)
+    assert list(s) == [0, 1, 2]
+    write("xyz", 7.0)  # same bounds, same first and last rows
+    s.set_epoch(1)
+    with pytest.raises(StoreChangedError, match="replaced"):
+        list(s)
