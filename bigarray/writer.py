@@ -1309,6 +1309,13 @@ class StoreWriter:
         self._commit()
 
     def _commit(self, final: bool = False) -> None:
+        if not os.path.isdir(self.path):
+            # deleted by hand (or by another program) under the session: a clear error, never a
+            # bare FileNotFoundError from the lock file, and nothing re-created there
+            raise CommitConflictError(
+                f"the store {self.path!r} was deleted after this writer opened it; the writes "
+                "it had not committed are lost with it. Nothing was committed."
+            )
         with locked(self._lock_path):
             _crash_point("commit-locked")
             manifest = read_manifest(self.path)

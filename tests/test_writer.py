@@ -716,3 +716,20 @@ def test_a_writer_killed_before_its_first_manifest_leaves_a_free_location(tmp_pa
     with pytest.raises(StoreExistsError):
         PointerArrayWriter(user, dtype="int32")
     assert np.load(user / "data.npy").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_commit_into_a_store_deleted_by_hand_is_a_bigarray_error(tmp_path: Path) -> None:
+    import shutil
+
+    from bigarray.errors import BigArrayError
+
+    path = tmp_path / "s"
+    w = PointerArrayWriter(path, shape=(None,), dtype="int32")
+    w.write({"a": np.arange(2, dtype=np.int32)})
+    w.flush()
+    w.write({"b": np.arange(2, dtype=np.int32)})
+    shutil.rmtree(path)  # not bigarray.remove, which refuses an open writer's store
+    with pytest.raises(BigArrayError, match="was deleted"):
+        w.close()
+    assert not path.exists()
+    w.writer.discard()
