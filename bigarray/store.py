@@ -283,6 +283,24 @@ def _require_regular(st: os.stat_result, full: str, where: str) -> None:
         )
 
 
+def _open_regular(full: str, where: str) -> tuple[int, os.stat_result]:
+    """Open a file the manifest names, read-only, and check it is a regular file; the
+    caller closes the descriptor. O_NONBLOCK: a FIFO planted there must not hang the
+    reader; a missing file raises the clear error of :func:`file_size`."""
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        file_size(full, where)  # raises the clear error
+        raise
+    try:
+        st = os.fstat(fd)
+        _require_regular(st, full, where)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 class Store:
     """A committed store opened for reading (local directory).
 
@@ -381,14 +399,8 @@ class Store:
 
     def _load(self, full: str, need: int, role: str) -> Any:
         """Read (or map) the first ``need`` bytes of an index file."""
+        fd, st = _open_regular(full, self.path)
         try:
-            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            file_size(full, self.path)  # raises the clear error
-            raise
-        try:
-            st = os.fstat(fd)
-            _require_regular(st, full, self.path)
             size = st.st_size
             if size < need:
                 raise StoreCorruptedError(
@@ -426,16 +438,9 @@ class Store:
             shape = (shard.stop - shard.start, *var.shape[1:])
             nbytes = var.row_nbytes * (shard.stop - shard.start)
             full = resolve_inside(self.path, shard.path)
+            # the size checked is the size of the file mapped (one descriptor for both)
+            fd, st = _open_regular(full, self.path)
             try:
-                # O_NONBLOCK: a FIFO planted as the data file must not hang the reader
-                fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
-            except FileNotFoundError:
-                file_size(full, self.path)  # raises the clear error
-                raise
-            try:
-                # the size checked is the size of the file mapped (one descriptor for both)
-                st = os.fstat(fd)
-                _require_regular(st, full, self.path)
                 if st.st_size < shard.offset + nbytes:
                     raise StoreCorruptedError(
                         f"data file {full!r} holds {st.st_size:,} bytes but the manifest needs "
