@@ -93,10 +93,11 @@ def name_block(lo: int, hi: int) -> np.ndarray:
 def generate_store(path: str, n: int, block: int = 5_000_000) -> float:
     """A store of ``n`` one-row int8 segments named ``s000000000``... in one index run,
     written without any per-name Python object; returns the seconds it took."""
-    from bigarray import StoreWriter, integrity
-    from bigarray.format import INDEX_DIR, save_npy
-    from bigarray.index import IndexFiles, build_table
-    from bigarray.writer import update_manifest
+    from bigarray import StoreWriter
+    from bigarray.core import integrity
+    from bigarray.core.format import INDEX_DIR, save_npy
+    from bigarray.core.index import IndexFiles, build_table
+    from bigarray.core.writer import update_manifest
 
     t0 = time.perf_counter()
     shutil.rmtree(path, ignore_errors=True)
@@ -138,7 +139,7 @@ def generate_store(path: str, n: int, block: int = 5_000_000) -> float:
         sums = dict(var.checksums or {})
         if sums:
             sums["index"] = entry
-        from bigarray.format import Manifest, Variable
+        from bigarray.core.format import Manifest, Variable
 
         v = Variable(
             var.name,
@@ -200,7 +201,7 @@ def open_lookup_ms(path: str, name: str, repeat: int = 7) -> float:
 
 
 def runs_of(path: str) -> list[int]:
-    from bigarray.store import read_manifest
+    from bigarray.core.store import read_manifest
 
     spec = read_manifest(path).segments
     return [] if spec is None else [r.count for r in spec.all_runs]
@@ -277,7 +278,7 @@ def run_table(size: str, root: str) -> list[dict[str, Any]]:
 
 
 def _compact(path: str) -> dict[str, Any]:
-    from bigarray.index import compact
+    from bigarray.core.compact import compact
 
     t = time.perf_counter()
     compact(path)

@@ -9,7 +9,7 @@ No function raises NotImplementedError unconditionally any more; each does so on
 the bigarray module it needs cannot be imported.
 
 The "2020 format" peer lives here too because it reads through bigarray's legacy reader
-(:mod:`bigarray.legacy`); its writer is an emulation (:mod:`benchmarks.legacy_format`).
+(:mod:`bigarray.core.legacy`); its writer is an emulation (:mod:`benchmarks.legacy_format`).
 
 Conventions: paths are store paths (directories); ``segments`` is ``{name: ndarray}`` with the
 segments in row order; readers return in-RAM copies (see :mod:`benchmarks.peers`).
@@ -133,9 +133,11 @@ def dask_array(path: str | Path) -> Any:
 # ------------------------------------------------------------------------------ the 2020 format
 def _read_legacy() -> Any:
     try:
-        from bigarray.legacy import read_legacy
+        from bigarray.core.legacy import read_legacy
     except ImportError as exc:
-        raise NotImplementedError(f"bigarray.legacy.read_legacy not available: {exc}") from None
+        raise NotImplementedError(
+            f"bigarray.core.legacy.read_legacy not available: {exc}"
+        ) from None
     return read_legacy
 
 

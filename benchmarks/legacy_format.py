@@ -1,13 +1,13 @@
 """A writer for the original 2020 bigarray file format, for the "2020 format" peer.
 
 The 2020 code itself is not part of this repository. This module writes the same bytes from the
-format description in :mod:`bigarray.legacy` (magic, 8 ASCII length digits, a marshal header,
+format description in :mod:`bigarray.core.legacy` (magic, 8 ASCII length digits, a marshal header,
 data at the first multiple of the itemsize at or after byte 502, then a pickled dict
 ``name -> (start, stop)`` and its 8-byte big-endian length), the way the 2020 writer did it: one
 memmap store per segment, then the pickled index appended. It does not reproduce the 2020
 writer's ``multiprocessing.Manager`` or its ``msync`` calls, so its write figure is an upper bound
 for the original (BENCHMARKS.md anchors the original at 0.30 GB/s). Reads go through bigarray's
-own legacy reader (:func:`bigarray.legacy.read_legacy`), as a user converting old files would.
+own legacy reader (:func:`bigarray.core.legacy.read_legacy`), as a user converting old files would.
 """
 
 from __future__ import annotations

@@ -78,9 +78,9 @@ def soak_remote(rounds: int, seed: int = 7) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
     from s3fs import S3FileSystem
 
+    from bigarray.core.format import manifest_objects
+    from bigarray.core.store import open_store
     from bigarray.errors import StoreChangedError, StoreNotFoundError
-    from bigarray.remote_commit import manifest_objects
-    from bigarray.store import open_store
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

@@ -124,7 +124,7 @@ def owner_program(path: str, log_path: str, seed: int) -> None:
 
     # The pool forks before the threads start: a fork while other threads run can copy
     # Python's own import lock held (a numpy lazy attribute), and the child then hangs.
-    # (The writer's own locks are safe across such a fork: see bigarray.fileutil.locked.)
+    # (The writer's own locks are safe across such a fork: see bigarray.core.fileutil.locked.)
     with multiprocessing.get_context("fork").Pool(2) as pool:
         threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)]
         threads.append(threading.Thread(target=flusher))
@@ -215,7 +215,7 @@ def _spawn(kind: str, path: str, log: str, seed: int, errlog: Path) -> subproces
 def check(path: str, log_path: str, stats: SoakStats) -> None:
     """Every write logged before a commit that returned must be committed, bytes exact."""
     from bigarray import PointerArray
-    from bigarray.integrity import verify_store
+    from bigarray.core.verify import verify_store
 
     written: dict[str, list[str]] = {}
     must: set[str] = set()

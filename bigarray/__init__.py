@@ -7,11 +7,11 @@ plus a segment index ``name -> [start, stop)``. See the README for the tour.
 from __future__ import annotations
 
 from .arrays import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
+from .core.manage import getsize, remove
+from .core.store import Store, is_store
+from .core.writer import StoreWriter
 from .errors import BigArrayError
 from .lazy import open_array as open
-from .manage import getsize, remove
-from .store import Store, is_store
-from .writer import StoreWriter
 
 __version__ = "1.0.0.dev0"
 

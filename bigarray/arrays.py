@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from .core.index import SegmentIndex
+from .core.store import open_local
+from .core.writer import StoreWriter
 from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
-from .index import SegmentIndex
-from .store import open_local
-from .writer import StoreWriter
 
 __all__ = ["MmapArray", "MmapArrayWriter", "PointerArray", "PointerArrayWriter"]
 
@@ -73,7 +73,7 @@ class MmapArray(np.memmap):
         ``bigarray.dask_backend.from_bigarray(url)`` for lazy reads.
     verify
         Check every byte against the checksums recorded at the last commit first
-        (:func:`bigarray.integrity.verify_store`; about one second per 3 GB) and raise
+        (:func:`bigarray.core.verify.verify_store`; about one second per 3 GB) and raise
         :class:`~bigarray.errors.IntegrityError` if anything is damaged.
 
     Examples
@@ -111,7 +111,7 @@ class MmapArray(np.memmap):
                 f"{cls.__name__} opens stores read-only (mode='r'), got mode={mode!r}; write "
                 "with MmapArrayWriter/PointerArrayWriter, which commit atomically"
             )
-        from .filesystem import check_local_options, is_local, local_path
+        from .core.filesystem import check_local_options, is_local, local_path
 
         if not is_local(path):
             return cls._open_remote(os.fspath(path), variable, storage_options, max_bytes)
@@ -209,7 +209,7 @@ class MmapArray(np.memmap):
         except BigArrayError:
             store = None
         if getattr(store, "is_legacy", False):
-            from .legacy import convert_hint
+            from .core.legacy import convert_hint
 
             raise ReadOnlyError(
                 f"{self.path!r} is a file of the 2020 bigarray, opened read-only in place. To "
@@ -242,8 +242,8 @@ class MmapArray(np.memmap):
         """A remote store (any fsspec URL) copied into memory: an object store cannot be
         memory-mapped, so the data is fetched once (by concurrent byte ranges) into an
         anonymous read-only array of this class, up to ``max_bytes``."""
+        from .core.store import RemoteStore
         from .errors import RemoteStoreError
-        from .store import RemoteStore
 
         store = RemoteStore(url, storage_options)
         var = store.variable(variable)
@@ -460,7 +460,7 @@ class _Writer:
 
 def _refuse_legacy(path: str) -> None:
     """Writers never append to a file of the 2020 library: say how to convert it."""
-    from .legacy import convert_hint, is_legacy_file
+    from .core.legacy import convert_hint, is_legacy_file
 
     if is_legacy_file(path):
         raise ReadOnlyError(
@@ -473,7 +473,7 @@ def _refuse_legacy(path: str) -> None:
 
 def _verify_local(path: str) -> None:
     """``verify=True``: the checksums of a store; what a 2020 file allows (it has none)."""
-    from .legacy import check_legacy, is_legacy_file
+    from .core.legacy import check_legacy, is_legacy_file
 
     if os.path.isfile(path) and is_legacy_file(path):
         ok, lines = check_legacy(path)
@@ -482,7 +482,7 @@ def _verify_local(path: str) -> None:
 
             raise IntegrityError("\n".join(lines))
         return
-    from .integrity import verify_store
+    from .core.verify import verify_store
 
     verify_store(path).raise_if_bad()
 

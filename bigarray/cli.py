@@ -37,7 +37,7 @@ def _options(text: str | None) -> dict[str, Any] | None:
 
 def _open_any(path: str, options: dict[str, Any] | None) -> Any:
     """A store at a local path (memory-mapped) or any fsspec URL (byte ranges)."""
-    from .store import open_store
+    from .core.store import open_store
 
     return open_store(path, storage_options=options)
 
@@ -104,7 +104,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"index      {len(runs)} run{'s' if len(runs) > 1 else ''} ({sizes} segments){hint}")
     print(f"data size  {_human(total)}")
     if not getattr(store, "is_remote", False):
-        from .manage import getsize
+        from .core.manage import getsize
 
         on_disk = getsize(args.path)
         print(f"on disk    {_human(on_disk)} ({on_disk:,} bytes, all files; bigarray.getsize)")
@@ -117,8 +117,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .filesystem import is_local
-    from .legacy import check_legacy, is_legacy_file
+    from .core.filesystem import is_local
+    from .core.legacy import check_legacy, is_legacy_file
 
     if os.path.isfile(args.path) and is_legacy_file(args.path):
         ok, lines = check_legacy(args.path)
@@ -128,13 +128,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0 if ok else 1
 
     if is_local(args.path):
-        from .filesystem import check_local_options
-        from .integrity import verify_store
+        from .core.filesystem import check_local_options
+        from .core.verify import verify_store
 
         check_local_options(args.path, _options(args.storage_options))
         report = verify_store(args.path)
     else:
-        from .remote_verify import verify_remote
+        from .core.remote_verify import verify_remote
 
         report = verify_remote(args.path, _options(args.storage_options))
     print(report)
@@ -142,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from .manage import remove
+    from .core.manage import remove
 
     for path in args.paths:
         remove(path)
@@ -152,13 +152,21 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from .index import compact
-    from .store import is_store
+    from tqdm.auto import tqdm
+
+    from .core.compact import compact
+    from .core.store import is_store
 
     if not is_store(args.path):
         print(f"bigarray compact: {args.path!r} is not a local bigarray store", file=sys.stderr)
         return 2
-    spec = compact(args.path, progress=not args.quiet)
+    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc="compact") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        spec = compact(args.path, progress=progress)
     if spec is None:
         print("no segment index: nothing to compact")
     else:

@@ -13,13 +13,13 @@ zarr       a zarr array (v3 or v2)                             an unnamed store
 zarr       a zarr group of plain arrays                        one segment per array (sorted)
 zarr       a zarr group written by xarray (arrays have dims)   read through xarray
 netcdf     a netCDF file (netCDF4/HDF5 or classic)             read through xarray
-legacy     a file of the original 2020 bigarray                :func:`bigarray.legacy.convert_legacy`
+legacy     a file of the original 2020 bigarray                :func:`convert_legacy`
 bigarray   a bigarray store                                    zarr or netCDF, through xarray
 ========== =================================================== =================================
 
 Array sources are streamed in blocks of about 64 MiB of rows, so a multi-GB dataset never
 sits in memory; a segment larger than a block is written block by block and named once
-(:meth:`bigarray.writer.StoreWriter.name_rows`). Nothing here unpickles: ``.npy``/``.npz``
+(:meth:`bigarray.core.writer.StoreWriter.name_rows`). Nothing here unpickles: ``.npy``/``.npz``
 are read with ``allow_pickle=False`` semantics and object arrays are refused.
 
 The xarray paths go through :mod:`bigarray.xarray_backend` (``engine="bigarray"`` and
@@ -40,6 +40,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from .arrays import MmapArrayWriter, PointerArrayWriter
+from .core.format import normalize_dtype
+from .core.legacy import CONVERT_CHUNK_BYTES, legacy_runs, read_legacy
+from .core.store import is_store
+from .core.writer import remove_store
 from .errors import (
     FormatError,
     SchemaError,
@@ -47,8 +52,6 @@ from .errors import (
     StoreNotFoundError,
     VariableNotFoundError,
 )
-from .format import normalize_dtype
-from .store import is_store
 
 __all__ = [
     "FORMATS",
@@ -269,7 +272,7 @@ def _write_parts(
     """
     from tqdm.auto import tqdm
 
-    from .writer import StoreWriter, remove_store
+    from .core.writer import StoreWriter, remove_store
 
     _check_dst(dst, remove_exist)
     dtype = normalize_dtype(dtype)
@@ -703,7 +706,7 @@ def _task_progress(progress: bool, desc: str) -> Iterator[None]:
 
 
 def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool, desc: str) -> None:
-    from .writer import remove_store
+    from .core.writer import remove_store
 
     backend = _xarray_backend()
     _check_dst(dst, remove_exist)
@@ -967,8 +970,6 @@ def convert(
                 f"{path!r} as a whole"
             )
         if fmt == "legacy":
-            from .legacy import convert_legacy
-
             convert_legacy(path, dst, remove_exist=remove_exist, progress=progress)
         else:
             from_npy(path, dst, remove_exist=remove_exist, progress=progress)
@@ -987,3 +988,79 @@ def convert(
     else:
         from_netcdf(src, dst, variable=variable, remove_exist=remove_exist, progress=progress)
     return fmt
+
+
+def convert_legacy(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    remove_exist: bool = False,
+    progress: bool = False,
+) -> None:
+    """Convert a legacy MmapArray/PointerArray file into a new bigarray store.
+
+    Every segment keeps its rows (``start``, ``stop``) and name, so code that used
+    ``legacy.indices[name]`` sees the same positions in the new store.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        The legacy file (see :func:`bigarray.core.legacy.read_legacy` for what is checked).
+    dst : str or os.PathLike
+        Where to create the new store.
+    remove_exist : bool, default False
+        Replace an existing store at ``dst`` instead of raising.
+    progress : bool, default False
+        Show a ``tqdm`` progress bar counted in rows.
+
+    Raises
+    ------
+    StoreExistsError
+        ``dst`` exists and ``remove_exist`` is False.
+    OverlapError
+        Two legacy segments share rows (the original writer allowed it; the new format does not).
+    BigArrayError
+        Anything :func:`read_legacy` or the writer raises. On any failure during the copy,
+        the half-written store at ``dst`` is deleted.
+    """
+    legacy = read_legacy(src)
+    array = legacy.array.view(np.ndarray)  # plain views: slicing a memmap is ~10x slower
+    # Plan every write before creating anything, so a refused file leaves no store behind.
+    writes: list[tuple[int, Any]]
+    if legacy.indices is None:
+        row_nbytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=object)))
+        step = max(1, CONVERT_CHUNK_BYTES // row_nbytes)
+        writes = [(start, array[start : start + step]) for start in range(0, len(array), step)]
+    else:
+        writes = list(legacy_runs(legacy, legacy.indices))
+
+    from tqdm.auto import tqdm  # imported here: only conversions need it
+
+    if os.path.lexists(dst) and not remove_exist:
+        # The writers would open an existing store for appending; a conversion never should.
+        raise StoreExistsError(
+            f"{os.fspath(dst)!r} already exists; pass remove_exist=True to replace it, "
+            "or convert to another path"
+        )
+    # shape[0] keeps the new store as long as the legacy one even where its last rows were
+    # never named (rows no segment covers read as zeros there).
+    cls = MmapArrayWriter if legacy.indices is None else PointerArrayWriter
+    writer: Any = cls(
+        os.fspath(dst), shape=array.shape, dtype=array.dtype, remove_exist=remove_exist
+    )
+    sizes = [sum(map(len, p.values())) if isinstance(p, dict) else len(p) for _, p in writes]
+    bar = tqdm(total=sum(sizes), unit="row", disable=not progress, desc=Path(src).name)
+    try:
+        for (start, payload), rows in zip(writes, sizes, strict=True):
+            writer.write(payload, start_position=start)
+            bar.update(rows)
+    except BaseException:
+        # Leave nothing half-converted: drop the journaled rows, release the writer and
+        # delete the store, which this call created (an existing one was refused above).
+        for cleanup in (writer.writer.abort, writer.close, lambda: remove_store(writer.path)):
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                cleanup()
+        raise
+    finally:
+        bar.close()
+    writer.close()

@@ -19,10 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import NotAStoreError, StoreCorruptedError, StoreExistsError
-from .filesystem import FileAccess, check_local_options, is_local, local_path
-from .format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
-from .remote_commit import (
+from .core.commit import (
     put_manifest,
     refuse_live_writers,
     remove_path,
@@ -31,6 +28,10 @@ from .remote_commit import (
     staging_path,
     switch_into_place,
 )
+from .core.crash import remote_crash_point
+from .core.filesystem import FileAccess, check_local_options, is_local, local_path
+from .core.format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
+from .errors import NotAStoreError, StoreCorruptedError, StoreExistsError
 
 __all__ = ["CopyReport", "copy_store"]
 
@@ -88,7 +89,7 @@ def copy_store(
         Replace a store already at ``dst``; otherwise that is an error. The copy is written
         beside the old store (a new directory, or objects under names of this copy) and
         replaces it at the commit: until then readers see the old store, whole, and a copy
-        that fails or is killed leaves it as it was. See :mod:`bigarray.remote_commit`.
+        that fails or is killed leaves it as it was. See :mod:`bigarray.core.commit`.
 
     Returns
     -------
@@ -112,13 +113,13 @@ def copy_store(
     >>> copy_store("audio.bigarray", "s3://bucket/audio.bigarray",     # doctest: +SKIP
     ...            dst_options={"profile": "lab"})
     """
-    from .store import open_store
+    from .core.store import open_store
 
     t0 = time.perf_counter()
     source = open_store(src, src_options)  # clear errors for a missing or foreign source
     if getattr(source, "is_legacy", False):  # opened in place for reading, but no store
+        from .core.legacy import convert_hint
         from .errors import NotAStoreError
-        from .legacy import convert_hint
 
         raise NotAStoreError(
             f"{src!r} is a file of the 2020 bigarray, not a store: `bigarray cp` copies stores. "
@@ -212,7 +213,7 @@ def copy_store(
                 )
         if renames:
             raw = _renamed(manifest, renames).dumps()
-        _crash_point("copy-before-manifest")
+        remote_crash_point("copy-before-manifest")
         if base is not None:
             put_manifest(d_acc, raw, base)
         else:
@@ -234,12 +235,6 @@ def copy_store(
     return CopyReport(
         s_acc.url, final.url, len(need) + 1, total + len(raw), time.perf_counter() - t0
     )
-
-
-def _crash_point(step: str) -> None:
-    from .remote_writer import _crash_point as crash
-
-    crash(step)
 
 
 def _session_name(rel: str, session: str) -> str:
@@ -275,7 +270,7 @@ def _local_destination(d_acc: FileAccess, overwrite: bool) -> tuple[FileAccess, 
     """Where a copy to a local path writes first: a new sibling directory, switched into
     place at the end (a store being replaced stays whole until then). Refuses a file and a
     non-empty directory that is not a store, as the writers do."""
-    from .store import is_store
+    from .core.store import is_store
 
     path = d_acc.root
     replacing = False
@@ -314,7 +309,7 @@ def _move_new(staging: str, final: str) -> None:
             "nothing was copied there. Copy again, with overwrite=True to replace it."
         ) from None
     with contextlib.suppress(OSError):
-        from .fileutil import fsync_dir
+        from .core.fileutil import fsync_dir
 
         fsync_dir(os.path.dirname(final) or ".")
 

@@ -281,7 +281,7 @@ class _AttachedWriters:
         self._lock = threading.Lock()
 
     def get(self, handoff: Mapping[str, Any]) -> Any:
-        from .writer import StoreWriter
+        from .core.writer import StoreWriter
 
         key = (os.getpid(), str(handoff["session"]))
         with self._lock:
@@ -439,7 +439,7 @@ def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.
         starts, stops = starts[order], stops[order]
     # Duplicate names and overlapping rows are refused here, before anything is removed
     # or written (the commit would refuse them only after every task wrote its rows).
-    from .index import SegmentArrays, merge
+    from .core.index import SegmentArrays, merge
 
     merge(SegmentArrays.empty(), SegmentArrays.from_names(names, starts, stops))
     return names, starts, stops
@@ -489,8 +489,8 @@ class BigArrayTarget:
         dims: Sequence[str] | None = None,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        from .store import is_store, read_manifest
-        from .writer import StoreWriter
+        from .core.store import is_store, read_manifest
+        from .core.writer import StoreWriter
 
         path = os.path.abspath(os.fspath(path))
         shape = tuple(int(s) for s in shape)
@@ -522,7 +522,7 @@ class BigArrayTarget:
         self._final: str | None = None
         self._replacing = False
         if remove_exist or not is_store(path):
-            from .remote_commit import check_replaceable, staging_path
+            from .core.commit import check_replaceable, staging_path
 
             self._replacing = check_replaceable(path, remove_exist)
             self._final, path, remove_exist = path, staging_path(path), False
@@ -548,7 +548,7 @@ class BigArrayTarget:
 
     @property
     def writer(self) -> Any:
-        """The underlying :class:`~bigarray.writer.StoreWriter` (None in other processes)."""
+        """The underlying :class:`~bigarray.core.writer.StoreWriter` (None in other processes)."""
         return self._owner_writer()
 
     def _owner_writer(self) -> Any:
@@ -587,7 +587,7 @@ class BigArrayTarget:
     def _switch(self) -> None:
         """Put a store written beside its path in its place (see __init__)."""
         if self._final is not None and os.path.isdir(self.path):
-            from .remote_commit import move_into_place
+            from .core.commit import move_into_place
 
             move_into_place(self.path, self._final, replacing=self._replacing)
 
@@ -604,7 +604,7 @@ class BigArrayTarget:
         # when a sibling failed may journal rows after this.
         w.discard()
         if self._final is not None:  # a replacement that never committed: the old store stays
-            from .remote_commit import remove_path
+            from .core.commit import remove_path
 
             remove_path(self.path)
 
@@ -614,8 +614,8 @@ class BigArrayTarget:
         or early by :func:`to_bigarray` so that the names never travel with the graph."""
         if self._recorded:
             return
-        from .index import SegmentArrays
-        from .journal import Journal, Record
+        from .core.index import SegmentArrays
+        from .core.journal import Journal, Record
 
         rows = self.shape[0]
         empty = np.zeros(0, np.int64)
@@ -640,7 +640,7 @@ class BigArrayTarget:
         if self._owner_writer() is not None:
             self.close()
             return
-        from .writer import StoreWriter
+        from .core.writer import StoreWriter
 
         heir = StoreWriter.attach(self._handoff)
         # Hand the commit over to this process: the journal holds every record of the
@@ -734,7 +734,7 @@ def to_bigarray(
         columns are rechunked to whole rows first.
     path
         Store directory, or an fsspec URL (``s3://``, ``memory://``: a sharded store is
-        written through :mod:`bigarray.remote_writer`).
+        written through :mod:`bigarray.core.sharded`).
     segments
         A mapping ``name -> (start, stop)`` over the rows, a sequence of ``(name, length)``
         pairs covering every row in order, or ``None`` for an array without names.
@@ -774,7 +774,7 @@ def to_bigarray(
         )
     target_url = os.fspath(path)
     if not is_local(target_url):
-        from .remote_writer import to_bigarray_sharded
+        from .core.sharded import to_bigarray_sharded
 
         return to_bigarray_sharded(
             x,

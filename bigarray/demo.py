@@ -101,7 +101,7 @@ def run_demo(
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
-    from . import PointerArray, PointerArrayWriter
+    from .arrays import PointerArray, PointerArrayWriter
     from .dask_backend import map_segments
 
     spec = SIZES[size]

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .core.format import Shard, Variable, normalize_dtype
 from .errors import SchemaError, StoreChangedError, StoreNotFoundError
-from .format import Shard, Variable, normalize_dtype
 
 __all__ = ["LazyArray", "open_array", "segment_chunks", "target_rows"]
 
@@ -55,8 +55,8 @@ def _local_path(url: str) -> str:
 
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Open the store at ``url`` (a memory-mapped local store, or an fsspec reader)."""
-    from .store import open_local
-    from .store import open_store as open_any
+    from .core.store import open_local
+    from .core.store import open_store as open_any
 
     if is_local(url):
         return open_local(_local_path(url))

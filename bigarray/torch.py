@@ -438,7 +438,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
             self._view = None
             self._view_pid = os.getpid()
             if is_local(self.url):
-                from .store import open_local
+                from .core.store import open_local
 
                 # open the snapshot through the handle first: it checks, in this process,
                 # that the store was not replaced since the dataset was made
@@ -460,7 +460,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
         """This process's byte-range reader (rows below the snapshot never change). Opened
         per process: an fsspec client inherited through fork is not usable in the child."""
         if self._remote is None or self._remote_pid != os.getpid():
-            from .store import open_store
+            from .core.store import open_store
 
             store = open_store(self.url, self.handle.storage_options or None)
             if store.manifest.generation < self.handle.generation:

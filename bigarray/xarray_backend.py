@@ -33,7 +33,7 @@ variable is a :class:`xarray.core.indexing.LazilyIndexedArray` over a
 or (URL, storage options) and holds no descriptor. A local read maps exactly the rows asked
 for privately (``MAP_PRIVATE``): no copy, the pages come from the page cache, and the array
 handed out is writable without ever changing the file. Remote stores (any fsspec URL) read
-by byte ranges through :func:`bigarray.store.open_store`.
+by byte ranges through :func:`bigarray.core.store.open_store`.
 
 ``encoding["preferred_chunks"]`` of row variables holds chunks whose boundaries fall on
 segment boundaries (about ``dask.config["array.chunk-size"]`` bytes each; a single segment
@@ -77,13 +77,13 @@ from xarray.backends.common import AbstractDataStore
 from xarray.backends.store import StoreBackendEntrypoint
 from xarray.core import indexing
 
+from .core.format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
 from .errors import (
     BigArrayError,
     SchemaError,
     SegmentNotFoundError,
     StoreCorruptedError,
 )
-from .format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
 
 __all__ = [
     "BigArrayBackendArray",
@@ -276,13 +276,13 @@ class _RemoteRows:
 
 def _open_store(path: str, storage_options: Mapping[str, Any] | None) -> Any:
     """Open a store for reading by path or URL (the one place the core is called)."""
-    from .store import open_store
+    from .core.store import open_store
 
     return open_store(path, dict(storage_options) if storage_options else None)
 
 
 def _is_local(path: str) -> bool:
-    from .filesystem import is_local
+    from .core.filesystem import is_local
 
     return is_local(path)
 
@@ -298,7 +298,7 @@ def _dir_id(path: str) -> tuple[int, int]:
 def _reader_for(store: Any, var: Variable, storage_options: Mapping[str, Any] | None) -> Any:
     if getattr(store, "is_remote", False):
         return _RemoteRows(store.url, var.name, storage_options, store.fingerprint())
-    from .store import resolve_inside
+    from .core.fileutil import resolve_inside
 
     files = [(resolve_inside(store.path, s.path), s.offset, s.start, s.stop) for s in var.shards]
     return _LocalRows(files, var.dtype, tuple(var.shape[1:]), var.rows, store.path)
@@ -873,14 +873,14 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
             text = filename_or_obj.rstrip("/")
             if not _is_local(text):
                 return text.endswith(".bigarray") or text.endswith(".bigarray/manifest.json")
-            from .filesystem import local_path
-            from .store import is_store
+            from .core.filesystem import local_path
+            from .core.store import is_store
 
             path = local_path(text)
             if os.path.basename(path) == "manifest.json":
                 path = os.path.dirname(path)
             if os.path.isfile(path):  # a 2020 file: its magic bytes, never its index
-                from .legacy import is_legacy_file
+                from .core.legacy import is_legacy_file
 
                 return is_legacy_file(path)
             return is_store(path)

@@ -48,8 +48,8 @@ from xarray.backends.common import (
 from xarray.coding import strings, times
 from xarray.coding import variables as cf_variables
 
+from .core.format import DEFAULT_ROW_DIM, Manifest, Variable, normalize_dtype
 from .errors import BigArrayError, SchemaError, StoreExistsError
-from .format import DEFAULT_ROW_DIM, Manifest, Variable, normalize_dtype
 
 if TYPE_CHECKING:
     from .xarray_backend import BigArrayDataStore
@@ -192,7 +192,7 @@ class BigArrayStore(AbstractWritableDataStore):
         segments: Mapping[str, tuple[int, int]] | None = None,
         fsync: bool = True,
     ) -> None:
-        from .store import is_store
+        from .core.store import is_store
 
         if mode not in ("w-", "w", "a"):
             raise BigArrayError(
@@ -202,7 +202,7 @@ class BigArrayStore(AbstractWritableDataStore):
             raise BigArrayError(
                 f"append_dim={append_dim!r} needs mode='a' (got mode={mode!r}); pass mode='a'"
             )
-        from .filesystem import is_local, local_path
+        from .core.filesystem import is_local, local_path
 
         if not is_local(path):
             raise BigArrayError(
@@ -233,7 +233,7 @@ class BigArrayStore(AbstractWritableDataStore):
                 "refusing to replace it. Remove it yourself or choose another path."
             )
         if mode == "w" and is_store(self.path):
-            from .remote_commit import refuse_live_writers
+            from .core.commit import refuse_live_writers
 
             refuse_live_writers(self.path)  # early; the switch checks again under the lock
         if mode == "a" and exists and not is_store(self.path):
@@ -266,7 +266,7 @@ class BigArrayStore(AbstractWritableDataStore):
         return dict(self._read().get_attrs())
 
     def get_dimensions(self) -> dict[Hashable, int]:
-        from .store import is_store
+        from .core.store import is_store
 
         return self._read().get_dimensions() if is_store(self.path) else {}
 
@@ -347,7 +347,7 @@ class BigArrayStore(AbstractWritableDataStore):
     ) -> dict[Hashable, xr.Variable]:
         """Variables already in the store take its CF encoding (as zarr's appends do): the
         rows appended are packed, masked and time-encoded like the rows there."""
-        from .store import read_manifest
+        from .core.store import read_manifest
 
         held = read_manifest(self.path).variables
         present = [k for k in variables if names[k] in held]
@@ -433,8 +433,8 @@ class BigArrayStore(AbstractWritableDataStore):
 
     # -------------------------------------------------------------- a new store
     def _create(self, prepared: list[_Prepared], ds_attrs: dict[str, Any]) -> None:
-        from .fileutil import fsync_dir
-        from .remote_commit import staging_path, switch_into_place
+        from .core.commit import staging_path, switch_into_place
+        from .core.fileutil import fsync_dir
 
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
@@ -464,7 +464,7 @@ class BigArrayStore(AbstractWritableDataStore):
 
     # -------------------------------------------------------------- appending
     def _append(self, prepared: list[_Prepared], ds_attrs: dict[str, Any]) -> None:
-        from .store import Store, read_manifest
+        from .core.store import Store, read_manifest
 
         m = read_manifest(self.path)
         row_dim = m.row_dim
@@ -622,7 +622,7 @@ def _check_unchanged(p: _Prepared, old: Variable, store: Any) -> None:
 def _segment_arrays(
     segments: Mapping[str, tuple[int, int]], rows: int, offset: int, path: str, store: Any = None
 ) -> Any:
-    from .index import SegmentArrays, merge
+    from .core.index import SegmentArrays, merge
 
     names = list(segments)
     b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2)
@@ -722,7 +722,7 @@ def _write_all(
     fsync: bool,
 ) -> None:
     """Write a complete new store at ``path`` (a fresh directory)."""
-    from .writer import StoreWriter, update_manifest
+    from .core.writer import StoreWriter, update_manifest
 
     row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
     rows = row_vars[0].shape[0] if row_vars else 0
@@ -774,10 +774,10 @@ def _stage_new_variables(
     """Write the variables an append adds as a complete store aside (the storage core's
     own commits and checksums), then move their data files into the store at ``path``,
     where nothing names them until the append's manifest commit does."""
-    from . import integrity
-    from .fileutil import fsync_dir
-    from .format import Shard
-    from .store import read_manifest
+    from .core import integrity
+    from .core.fileutil import fsync_dir
+    from .core.format import Shard
+    from .core.store import read_manifest
 
     parent = os.path.dirname(path)
     stage = os.path.join(parent, f".{os.path.basename(path)}.stage-{uuid.uuid4().hex[:12]}")
@@ -828,7 +828,7 @@ def _append_all(
     seg_names: _Names | None,
     fsync: bool,
 ) -> None:
-    from .writer import StoreWriter, update_manifest
+    from .core.writer import StoreWriter, update_manifest
 
     added = _stage_new_variables(path, new, m.row_dim, fsync) if new else {}
     plan = [(p, StoreWriter(path, variable=p.name, named=False, fsync=fsync)) for p, _ in grow]
@@ -950,7 +950,7 @@ def to_bigarray(
             seg_map = dict(zip(names, zip(starts.tolist(), stops.tolist())))
             if len(seg_map) != len(names):
                 seg_map = None
-                from .index import SegmentArrays, merge
+                from .core.index import SegmentArrays, merge
 
                 merge(
                     SegmentArrays.empty(),

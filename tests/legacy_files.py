@@ -1,7 +1,7 @@
 """Write files in the exact on-disk layout of the original 2020 ``bigarray`` (trungnt13).
 
 Byte for byte what ``MmapArrayWriter`` / ``PointerArrayWriter`` of trungnt13/bigarray produce
-(see the docstring of :mod:`bigarray.legacy`), without importing that library. Also builds
+(see the docstring of :mod:`bigarray.core.legacy`), without importing that library. Also builds
 hostile variants for the security tests.
 """
 

@@ -194,7 +194,7 @@ def test_index_commit_benchmark_reports_every_size(tmp_path: Path) -> None:
 
     from benchmarks import bench_index
     from bigarray import PointerArray
-    from bigarray.integrity import verify_store
+    from bigarray.core.verify import verify_store
 
     result = bench_index.main(["--size", "smoke", "--workdir", str(tmp_path)])
     rows = result["table"]

@@ -1,6 +1,6 @@
 """Concurrency: many writer sessions committing into one store while readers open it.
 
-Eight processes, each with its own :class:`~bigarray.writer.StoreWriter` (its own session),
+Eight processes, each with its own :class:`~bigarray.core.writer.StoreWriter` (its own session),
 write 10,000 named segments each: half at fixed positions inside a pre-sized region of
 the store, half appended. They commit every two batches, so commits contend for the store
 lock and merge each other's index. Reader processes reopen the store in a loop meanwhile
@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from bigarray import PointerArray, StoreWriter
+from bigarray.core.verify import verify_store
 from bigarray.errors import DuplicateSegmentError, OverlapError
-from bigarray.integrity import verify_store
 
 WRITERS = 8
 SEGMENTS = 10_000  # per writer
@@ -435,7 +435,7 @@ def test_a_child_forked_while_the_store_lock_is_held_does_not_keep_it(tmp_path: 
     that lock for the child's whole life: every later writer would wait forever."""
     import fcntl
 
-    from bigarray.fileutil import locked
+    from bigarray.core.fileutil import locked
 
     lock = str(tmp_path / ".lock")
     with locked(lock):

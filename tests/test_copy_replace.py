@@ -17,10 +17,10 @@ import pytest
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray.cli import main
 from bigarray.copy import copy_store
+from bigarray.core.filesystem import FileAccess
+from bigarray.core.format import manifest_objects
+from bigarray.core.store import open_store
 from bigarray.errors import NotAStoreError, StoreChangedError
-from bigarray.filesystem import FileAccess
-from bigarray.remote_commit import manifest_objects
-from bigarray.store import open_store
 
 
 @pytest.fixture()

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bigarray import PointerArray, StoreWriter, index
+from bigarray import PointerArray, StoreWriter
+from bigarray.core import index
+from bigarray.core.compact import compact
+from bigarray.core.store import read_manifest
+from bigarray.core.verify import verify_store
 from bigarray.errors import NotAStoreError, StoreNotFoundError, VariableNotFoundError
-from bigarray.index import compact
-from bigarray.integrity import verify_store
-from bigarray.store import read_manifest
 
 CRASH_ENV = "BIGARRAY_CRASH_AT"
 WRITE_STEPS = ("after-allocate", "mid-data", "after-data")

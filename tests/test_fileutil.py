@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigarray import fileutil
-from bigarray.fileutil import preallocate, pwrite_all, start_writeback
+from bigarray.core import fileutil
+from bigarray.core.fileutil import preallocate, pwrite_all, start_writeback
 
 
 def test_pwrite_all_splits_large_buffers_and_reports_progress(tmp_path: Path) -> None:

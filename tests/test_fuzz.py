@@ -32,8 +32,8 @@ import pytest
 from hypothesis import strategies as st
 
 from bigarray import PointerArray, Store, StoreWriter
+from bigarray.core.verify import verify_store
 from bigarray.errors import BigArrayError
-from bigarray.integrity import verify_store
 
 MODES = ("files", "manifest-bytes", "manifest-json", "files-no-checksums", "legacy")
 _EXAMPLES = int(os.environ.get("BIGARRAY_FUZZ_EXAMPLES", "250"))
@@ -231,7 +231,7 @@ def read_legacy_in_place(path: Path) -> str:
     The format has no checksums, so a flipped data byte reads back as it now is."""
     import bigarray
     from bigarray import MmapArray
-    from bigarray.legacy import check_legacy
+    from bigarray.core.legacy import check_legacy
 
     try:
         x = PointerArray(path)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bigarray import PointerArray, StoreWriter
+from bigarray.core.verify import verify_store
 from bigarray.errors import (
     BigArrayError,
     FormatError,
@@ -26,7 +27,6 @@ from bigarray.errors import (
     SchemaError,
     StoreCorruptedError,
 )
-from bigarray.integrity import verify_store
 
 REFUSED: list[str] = []  # what this module saw refused (for the closing figures)
 
@@ -317,7 +317,7 @@ def test_legacy_file_with_a_malicious_pickle_runs_nothing(tmp_path: Path) -> Non
     sys.path.insert(0, str(Path(__file__).parent))
     from legacy_files import append_index, write_legacy_mmap
 
-    from bigarray.legacy import read_legacy
+    from bigarray.core.legacy import read_legacy
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.bigarray"

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from bigarray import PointerArray, PointerArrayWriter
+from bigarray.core.store import RemoteStore, open_store
 from bigarray.errors import StoreCorruptedError, StoreNotFoundError
-from bigarray.store import RemoteStore, open_store
 
 pytest.importorskip("aiohttp")
 

@@ -15,10 +15,11 @@ import pytest
 
 from bigarray import PointerArray, PointerArrayWriter, StoreWriter
 from bigarray.copy import copy_store
+from bigarray.core.compact import compact
+from bigarray.core.index import MERGE_FACTOR
+from bigarray.core.store import Store, open_store, read_manifest
+from bigarray.core.verify import verify_store
 from bigarray.errors import DuplicateSegmentError, OverlapError
-from bigarray.index import MERGE_FACTOR, compact
-from bigarray.integrity import verify_store
-from bigarray.store import Store, open_store, read_manifest
 
 
 def seg(name: str) -> np.ndarray:
@@ -237,7 +238,7 @@ def test_store_lookups_match_across_runs_without_loading_names(tmp_path: Path) -
     path = tmp_path / "s"
     append(path, [f"a{i}" for i in range(300)])
     append(path, ["b"])
-    from bigarray.index import SegmentArrays
+    from bigarray.core.index import SegmentArrays
 
     with Store(str(path)) as store:
         idx = store.index
@@ -321,9 +322,9 @@ def test_big_merges_stream_through_memory_maps(
 ) -> None:
     """Runs of millions of segments are merged file to file; the threshold is lowered so
     that small runs take that path here."""
-    import bigarray.index
+    import bigarray.core.index
 
-    monkeypatch.setattr(bigarray.index, "STREAM_MIN", 1)
+    monkeypatch.setattr(bigarray.core.index, "STREAM_MIN", 1)
     path = tmp_path / "s"
     names: list[str] = []
     for c, size in enumerate((50, 40, 30, 20, 200, 7)):

@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bigarray import MmapArray, PointerArray, StoreWriter, integrity
-from bigarray.errors import IntegrityError, SchemaError, StoreNotFoundError
-from bigarray.integrity import (
+from bigarray import MmapArray, PointerArray, StoreWriter
+from bigarray.core import integrity
+from bigarray.core.integrity import (
     BLOCK_BYTES,
     DataChecksums,
     block_rows_for,
-    verify_store,
 )
+from bigarray.core.verify import verify_store
+from bigarray.errors import IntegrityError, SchemaError, StoreNotFoundError
 
 ROW = 64  # float32 columns: 256-byte rows, 4096 rows per 1 MiB block
 BR = block_rows_for(ROW * 4)
@@ -269,7 +270,7 @@ def test_sums_of_blocks_written_twice_before_a_commit_are_not_reused(tmp_path: P
 
 
 def test_reuse_written_sums_only_for_blocks_one_record_touches() -> None:
-    from bigarray.integrity import WrittenSums, reuse_written_sums
+    from bigarray.core.integrity import WrittenSums, reuse_written_sums
 
     plan = DataChecksums(10, 100, 0, np.zeros(10, np.uint32))
     todo = np.arange(10)
@@ -330,7 +331,7 @@ def test_attached_copies_follow_the_owners_checksums_setting(tmp_path: Path) -> 
 
 
 def _slow_to_publish(w: StoreWriter, go: Any) -> None:
-    from bigarray import journal
+    from bigarray.core import journal
 
     real = journal.Journal.append
 

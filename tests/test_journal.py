@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bigarray.core.index import SegmentArrays
+from bigarray.core.integrity import WrittenSums
+from bigarray.core.journal import Record, decode_record, encode_record
 from bigarray.errors import StoreCorruptedError
-from bigarray.index import SegmentArrays
-from bigarray.integrity import WrittenSums
-from bigarray.journal import Record, decode_record, encode_record
 
 
 @pytest.mark.parametrize("named", [True, False])

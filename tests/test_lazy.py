@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 import bigarray
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray import lazy as lazy_mod
+from bigarray.core.format import Shard, save_npy
+from bigarray.core.writer import update_manifest
 from bigarray.errors import (
     SchemaError,
     StoreNotFoundError,
     VariableNotFoundError,
 )
-from bigarray.format import Shard, save_npy
 from bigarray.lazy import LazyArray, open_array, segment_chunks
-from bigarray.writer import update_manifest
 
 
 def _write(

@@ -19,6 +19,8 @@ from legacy_files import (
     write_raw_legacy,
 )
 
+from bigarray.convert import convert_legacy
+from bigarray.core.legacy import LegacyArray, is_legacy_file, read_legacy
 from bigarray.errors import (
     FormatError,
     HostileInputError,
@@ -28,7 +30,6 @@ from bigarray.errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from bigarray.legacy import LegacyArray, convert_legacy, is_legacy_file, read_legacy
 
 DTYPES = ["float32", "float64", "int64", "int8", "uint16", "bool", "complex64", "<U5", "S3", ">i4"]
 
@@ -427,7 +428,7 @@ def test_convert_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_segments_grouped_into_few_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bigarray import legacy as legacy_module
+    from bigarray.core import legacy as legacy_module
 
     _pointer_sample(tmp_path / "p")  # rows 0..3, 3..10, 10..10, gap, 12..20; 16-byte rows
     got = read_legacy(tmp_path / "p")

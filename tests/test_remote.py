@@ -1,11 +1,11 @@
 """Stores anywhere: one suite over a local directory, ``memory://`` and S3 (moto server).
 
-Writes go through :func:`bigarray.remote_writer.to_bigarray_sharded` (and the dask face's
+Writes go through :func:`bigarray.core.sharded.to_bigarray_sharded` (and the dask face's
 ``to_bigarray`` when it is installed) on a real ``dask.distributed`` LocalCluster with 2
 worker processes, except on ``memory://``: that filesystem lives inside one process, so
 workers in other processes could never see its objects; there the threaded scheduler
 writes. Reads go through ``PointerArray``, ``from_bigarray`` and ``xr.open_dataset`` where
-those faces exist, and through :func:`bigarray.store.open_store` always.
+those faces exist, and through :func:`bigarray.core.store.open_store` always.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import pytest
 
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray.copy import copy_store
+from bigarray.core.filesystem import FileAccess, is_local
+from bigarray.core.sharded import SHARD_DIR, segment_arrays, shard_bounds, to_bigarray_sharded
+from bigarray.core.store import RemoteStore, Store, is_store, open_store
 from bigarray.errors import (
     BigArrayError,
     NotAStoreError,
@@ -33,9 +36,6 @@ from bigarray.errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from bigarray.filesystem import FileAccess, is_local
-from bigarray.remote_writer import SHARD_DIR, segment_arrays, shard_bounds, to_bigarray_sharded
-from bigarray.store import RemoteStore, Store, is_store, open_store
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bigarray.core.commit import ConcurrentCommitError
+from bigarray.core.filesystem import FileAccess
+from bigarray.core.format import manifest_objects
+from bigarray.core.store import open_store
 from bigarray.errors import StoreExistsError, StoreNotFoundError
-from bigarray.filesystem import FileAccess
-from bigarray.remote_commit import ConcurrentCommitError, manifest_objects
-from bigarray.store import open_store
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")

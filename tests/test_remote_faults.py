@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bigarray.core.filesystem import S3_CONFIG_DEFAULTS, FileAccess
+from bigarray.core.store import open_store
 from bigarray.errors import RemoteStoreError, StoreNotFoundError
-from bigarray.filesystem import S3_CONFIG_DEFAULTS, FileAccess
-from bigarray.store import open_store
 
 da = pytest.importorskip("dask.array")
 moto_server = pytest.importorskip("moto.server")
@@ -192,9 +192,9 @@ def test_a_server_killed_mid_read_ends_in_remote_store_error(server: tuple[Any, 
 def test_a_stalled_server_at_the_commit_leaves_the_old_version(
     server: tuple[Any, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bigarray.filesystem
+    import bigarray.core.filesystem
 
-    monkeypatch.setattr(bigarray.filesystem, "WRITE_TIMEOUT", 3.0)  # (60 s by default)
+    monkeypatch.setattr(bigarray.core.filesystem, "WRITE_TIMEOUT", 3.0)  # (60 s by default)
     _, port = server
     url = f"s3://{_bucket(port)}/commit.bigarray"
     _write(url, _options(port), 1.0)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bigarray.core.store import open_store
 from bigarray.errors import StoreChangedError
-from bigarray.store import open_store
 
 da = pytest.importorskip("dask.array")
 

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from bigarray import PointerArray, StoreWriter
+from bigarray.core.verify import verify_store
 from bigarray.errors import ReadOnlyError, WriteFailedError
-from bigarray.integrity import verify_store
 
 
 def make_store(path: Path, n: int = 5) -> dict[str, np.ndarray]:

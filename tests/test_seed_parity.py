@@ -20,10 +20,11 @@ from legacy_files import write_legacy_mmap
 from test_cli import _run
 
 import bigarray
-from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter, integrity
-from bigarray import store as store_module
+from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
+from bigarray.core import integrity
+from bigarray.core import store as store_module
+from bigarray.core.verify import verify_store
 from bigarray.errors import HostileInputError, NotAStoreError
-from bigarray.integrity import verify_store
 
 
 def test_large_write_returns_before_its_block_sums_and_commit_records_them(
@@ -67,8 +68,8 @@ def test_gil_free_crc_matches_google_crc32c(nbytes: int) -> None:
     import google_crc32c
 
     data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
-    assert integrity._extend(7, data) == google_crc32c.extend(7, data)
-    assert integrity._extend(0, data.tobytes()) == google_crc32c.extend(0, data.tobytes())
+    assert integrity.extend_crc(7, data) == google_crc32c.extend(7, data)
+    assert integrity.extend_crc(0, data.tobytes()) == google_crc32c.extend(0, data.tobytes())
 
 
 # --------------------------------------------------------------------------- open and slice

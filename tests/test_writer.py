@@ -320,7 +320,7 @@ def test_threads_of_a_worker_share_its_writer_copy(tmp_path: Path) -> None:
     """A dask worker with several threads runs tasks through one attached writer: one
     thread's write must never close or reuse the descriptor another is writing through."""
     from bigarray import StoreWriter
-    from bigarray.integrity import verify_store
+    from bigarray.core.verify import verify_store
 
     w = StoreWriter(str(tmp_path / "s"), dtype="int64", shape=(0, 16), named=False, fsync=False)
     ctx = mp.get_context("fork")
@@ -463,7 +463,7 @@ def test_a_commit_lost_to_another_session_keeps_the_writer_open(tmp_path: Path) 
 
 
 def test_unnamed_committed_rows_are_never_overwritten(tmp_path: Path) -> None:
-    from bigarray.integrity import verify_store
+    from bigarray.core.verify import verify_store
 
     path = tmp_path / "m"
     with MmapArrayWriter(path, dtype="int32") as w:

@@ -14,9 +14,9 @@ import pytest
 import xarray as xr
 
 from bigarray import PointerArray
+from bigarray.core.format import MANIFEST_NAME
+from bigarray.core.verify import verify_store
 from bigarray.errors import BigArrayError, SchemaError, StoreExistsError
-from bigarray.format import MANIFEST_NAME
-from bigarray.integrity import verify_store
 from bigarray.xarray_backend import BigArrayStore, InvalidNameError, to_bigarray
 
 ENGINE = "bigarray"

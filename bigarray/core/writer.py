@@ -44,9 +44,9 @@ Commit order (the power-loss model), all under an exclusive ``flock`` on ``.lock
 3. ``fsync`` the data file (it holds every row written by every process of the session);
 4. rewrite the row count in the data file's ``.npy`` header in place, ``fsync``;
 5. write the commit's run of the index (its segments, merged with the newest runs; see
-   :mod:`bigarray.index`) to new files, ``fsync`` each, then ``fsync`` the index
+   :mod:`bigarray.core.index`) to new files, ``fsync`` each, then ``fsync`` the index
    directory (so the new names are durable before the manifest names them);
-6. record checksums (:mod:`bigarray.integrity`): crc32 of the data blocks written since the
+6. record checksums (:mod:`bigarray.core.integrity`): crc32 of the data blocks written since the
    last commit (summed in background threads while step 3 runs) and of the new index files;
 7. write ``manifest.json`` to a temporary file, ``fsync``, ``rename`` over the old one,
    ``fsync`` the directory: this rename is the commit;
@@ -75,7 +75,6 @@ import itertools
 import os
 import re
 import shutil
-import signal
 import stat
 import threading
 import warnings
@@ -84,8 +83,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import integrity
-from .errors import (
+from ..errors import (
     BigArrayError,
     BigArrayWarning,
     ClosedError,
@@ -97,18 +95,20 @@ from .errors import (
     SchemaError,
     StoreExistsError,
 )
+from . import integrity
+from .crash import crash_point
 from .fileutil import (
     atomic_write,
     fsync_dir,
     locked,
     preallocate,
     pwrite_all,
+    resolve_inside,
     wrap_os_error,
 )
 from .format import (
     DEFAULT_ROW_DIM,
     INDEX_DIR,
-    JOURNAL_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
     IndexFiles,
@@ -122,7 +122,7 @@ from .format import (
 from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
 from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
 from .reruns import drop_identical_reruns, pread_rows
-from .store import Store, is_store, read_manifest, resolve_inside
+from .store import Store, interrupted_creation, is_store, read_manifest
 
 _ALLOC_NAME = "alloc"
 _BATCH_BYTES = 32 << 20
@@ -132,29 +132,7 @@ _PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the
 _HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see _holes_of
 _PENDING_KEY = "row_shape_pending"  # Variable.encoding key: see _row_shape_pending
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
-_CRASH_ENV = "BIGARRAY_CRASH_AT"
-_crash_hits: dict[str, int] = {}
 _owner_marks = itertools.count()
-
-
-def _crash_point(step: str) -> None:
-    """Test hook: SIGKILL this process at ``step`` when ``BIGARRAY_CRASH_AT`` names it.
-
-    ``BIGARRAY_CRASH_AT=after-index`` kills at the first time the step is reached,
-    ``after-index@3`` at the third. Costs one dictionary lookup when the variable is unset.
-    Steps: ``after-allocate``, ``mid-data``, ``after-data``, ``after-journal`` (writes);
-    ``commit-locked``, ``after-data-fsync``, ``after-header``, ``after-index``,
-    ``before-manifest``, ``after-manifest``, ``after-discard`` (commit).
-    """
-    spec = os.environ.get(_CRASH_ENV)
-    if spec is None:
-        return
-    name, _, nth = spec.partition("@")
-    if name != step:
-        return
-    _crash_hits[step] = hits = _crash_hits.get(step, 0) + 1
-    if hits >= (int(nth) if nth else 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def data_file_name(variable: str) -> str:
@@ -299,57 +277,6 @@ def _read_alloc(path: str) -> int:
         return 0
 
 
-def _interrupted_creation(path: str) -> bool:
-    """True for a directory holding only what a writer killed while creating a store
-    leaves behind (lock, empty index directory, manifest temporaries): nothing was ever
-    committed there, so a new writer may create the store in it."""
-    try:
-        names = os.listdir(path)
-        index = os.path.join(path, INDEX_DIR)
-        if INDEX_DIR in names and (os.path.islink(index) or os.listdir(index)):
-            return False
-    except OSError:
-        return False
-    if JOURNAL_DIR in names and not _only_session_debris(os.path.join(path, JOURNAL_DIR)):
-        return False
-    # a writer killed between its new variable's data file and the first manifest leaves
-    # that file too: accepted only beside both the lock and the index directory a writer
-    # makes first (a user's directory of .npy files is never taken for debris)
-    ours = LOCK_NAME in names and INDEX_DIR in names
-
-    def data_file(n: str) -> bool:
-        with contextlib.suppress(OSError):
-            return n.endswith(".npy") and stat.S_ISREG(os.lstat(os.path.join(path, n)).st_mode)
-        return False
-
-    return all(
-        n in (LOCK_NAME, INDEX_DIR, JOURNAL_DIR)
-        or n.startswith(MANIFEST_NAME + ".tmp-")
-        or (ours and data_file(n))
-        for n in names
-    )
-
-
-def _only_session_debris(journal: str) -> bool:
-    """True if the sessions under ``journal`` hold no record of a write (only their lock,
-    gate and marks): what a writer that never wrote leaves when its store vanished."""
-    try:
-        if os.path.islink(journal):
-            return False
-        for session in os.listdir(journal):
-            d = os.path.join(journal, session)
-            if os.path.islink(d) or not os.path.isdir(d):
-                return False
-            if any(
-                not (n in ("owner.lock", "gate", "reserved") or n.endswith(".inflight"))
-                for n in os.listdir(d)
-            ):
-                return False
-    except OSError:
-        return False
-    return True
-
-
 class _StoreMoved(Exception):
     """The directory at a store's path is no longer the one whose lock we waited for."""
 
@@ -387,7 +314,7 @@ def remove_store(path: str) -> None:
     """
     if os.path.isdir(path) and not os.path.islink(path):
         store = is_store(path)
-        if not store and os.listdir(path) and not _interrupted_creation(path):
+        if not store and os.listdir(path) and not interrupted_creation(path):
             raise NotAStoreError(
                 f"remove_exist=True but {path!r} is a non-empty directory that is not a "
                 "bigarray store; refusing to delete it. Remove it yourself or pick another path."
@@ -482,7 +409,7 @@ class StoreWriter:
         writes at page-cache speed, which is faster than most disks.
     checksums
         Record CRC-32C checksums of the data blocks and index files written at every
-        commit (default), checked by :func:`bigarray.integrity.verify_store`. A write of 8
+        commit (default), checked by :func:`bigarray.core.verify.verify_store`. A write of 8
         blocks (8 MiB) or more sums its whole blocks in background threads: in the owner
         from the moment ``write`` returns (the call itself costs what a ``pwrite`` costs),
         in a worker process while it writes; the commit waits for those sums and sums only
@@ -574,13 +501,13 @@ class StoreWriter:
         if not os.path.isdir(path):
             return False
         with contextlib.suppress(OSError):
-            if not os.listdir(path) or _interrupted_creation(path):
+            if not os.listdir(path) or interrupted_creation(path):
                 return True
         if os.path.isfile(self._lock_path):
             # Another writer may be creating the store (it writes the data file, then the
             # first manifest, under the lock): once we hold the lock, it is a store or not.
             with _locked_here(path):  # (a directory renamed away: start again)
-                return is_store(path) or _interrupted_creation(path)
+                return is_store(path) or interrupted_creation(path)
         return False
 
     def _init_state(self, path: str, variable: str, named: bool, fsync: bool) -> None:
@@ -980,7 +907,7 @@ class StoreWriter:
                     self._check_arrays(arrays)
                     raise
             pwrite_all(fd, [as_bytes(buf)], pos, self.path)
-            _crash_point("mid-data")
+            crash_point("mid-data")
             pos += buf.nbytes
             if progress is not None:
                 progress(pos - offset)
@@ -1120,7 +1047,7 @@ class StoreWriter:
         fd = self._data_fd() if owner else self._open_data_file()
         try:
             start = self._allocate(total, start_position, fd)
-            _crash_point("after-allocate")
+            crash_point("after-allocate")
             stop = start + total
             self._check_committed_overlap(start, stop)
             if owner:
@@ -1151,7 +1078,7 @@ class StoreWriter:
                 self._followers.append(follow)
             elif follow is not None:  # a worker's journal record must carry its sums
                 sums = follow.result()
-            _crash_point("after-data")
+            crash_point("after-data")
             starts = np.empty(len(prepared), np.int64)
             ends = np.cumsum(lengths) + start if len(lengths) else np.zeros(0, np.int64)
             starts[:] = ends - lengths
@@ -1177,7 +1104,7 @@ class StoreWriter:
                         self._remember(names, start, stop)
             else:
                 self._journal.append(record, starts, ends)
-                _crash_point("after-journal")
+                crash_point("after-journal")
                 assert mark is not None
                 self._journal.end_write(mark)
                 if names:
@@ -1317,7 +1244,7 @@ class StoreWriter:
                 "it had not committed are lost with it. Nothing was committed."
             )
         with locked(self._lock_path):
-            _crash_point("commit-locked")
+            crash_point("commit-locked")
             manifest = read_manifest(self.path)
             self._check_same_store()
             # Marks before records: a write still running now may publish its record before
@@ -1449,11 +1376,11 @@ class StoreWriter:
                     )
                 if self.fsync:
                     os.fsync(fd)
-                _crash_point("after-data-fsync")
+                crash_point("after-data-fsync")
                 os.pwrite(fd, npy_header(var.dtype, (rows, *var.shape[1:])), 0)
                 if self.fsync:
                     os.fsync(fd)
-                _crash_point("after-header")
+                crash_point("after-header")
             except OSError as exc:
                 raise wrap_os_error(exc, self.path) from None
             generation = manifest.generation + 1
@@ -1465,7 +1392,7 @@ class StoreWriter:
                         fsync_dir(os.path.join(self.path, INDEX_DIR))
                 except OSError as exc:
                     raise wrap_os_error(exc, self.path) from None
-                _crash_point("after-index")
+                crash_point("after-index")
             checksums = None
             if sums is not None:
                 try:
@@ -1498,16 +1425,16 @@ class StoreWriter:
                 manifest.row_dim,
                 manifest.attrs,
             )
-            _crash_point("before-manifest")
+            crash_point("before-manifest")
             atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
-            _crash_point("after-manifest")
+            crash_point("after-manifest")
             self._shard = shard
             if _read_alloc(self._alloc_path) < rows:
                 atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
             self._journal.discard(files)
             # only what this commit took: other threads may have written meanwhile
             self._forget_taken(taken, unrecorded_taken)  # (it read unrecorded blocks back)
-            _crash_point("after-discard")
+            crash_point("after-discard")
             self._drop_old_index(segments, manifest)
 
     def _settle_followers(self) -> None:

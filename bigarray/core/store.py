@@ -8,7 +8,7 @@ truncated file is a :class:`~bigarray.errors.StoreCorruptedError`, never a SIGBU
 :func:`open_store` is the one entry point for paths *and* URLs: a local path or ``file://``
 URL gives a memory-mapped :class:`Store`; any other fsspec URL gives a :class:`RemoteStore`
 with the same interface (``manifest``, ``index``, ``variable()``, ``read_rows()``,
-``read_ranges()``, ``close()``) that reads by byte ranges (see :mod:`bigarray.filesystem`).
+``read_ranges()``, ``close()``) that reads by byte ranges (see :mod:`bigarray.core.filesystem`).
 """
 
 from __future__ import annotations
@@ -23,16 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     NotAStoreError,
     StoreCorruptedError,
     StoreNotFoundError,
     VariableNotFoundError,
 )
-from .fileutil import map_readonly
+from .fileutil import map_readonly, resolve_inside
 from .format import (
     DEFAULT_VARIABLE,
+    INDEX_DIR,
     INDEX_ROLES,
+    JOURNAL_DIR,
+    LOCK_NAME,
     MANIFEST_NAME,
     IndexFiles,
     Manifest,
@@ -44,6 +47,57 @@ from .index import IndexRun, SegmentIndex, index_nbytes
 
 # Index files smaller than this are read into memory: no descriptor or map is kept open.
 _MAP_THRESHOLD = 1 << 20
+
+
+def interrupted_creation(path: str) -> bool:
+    """True for a directory holding only what a writer killed while creating a store
+    leaves behind (lock, empty index directory, manifest temporaries): nothing was ever
+    committed there, so a new writer may create the store in it."""
+    try:
+        names = os.listdir(path)
+        index = os.path.join(path, INDEX_DIR)
+        if INDEX_DIR in names and (os.path.islink(index) or os.listdir(index)):
+            return False
+    except OSError:
+        return False
+    if JOURNAL_DIR in names and not only_session_debris(os.path.join(path, JOURNAL_DIR)):
+        return False
+    # a writer killed between its new variable's data file and the first manifest leaves
+    # that file too: accepted only beside both the lock and the index directory a writer
+    # makes first (a user's directory of .npy files is never taken for debris)
+    ours = LOCK_NAME in names and INDEX_DIR in names
+
+    def data_file(n: str) -> bool:
+        with contextlib.suppress(OSError):
+            return n.endswith(".npy") and stat.S_ISREG(os.lstat(os.path.join(path, n)).st_mode)
+        return False
+
+    return all(
+        n in (LOCK_NAME, INDEX_DIR, JOURNAL_DIR)
+        or n.startswith(MANIFEST_NAME + ".tmp-")
+        or (ours and data_file(n))
+        for n in names
+    )
+
+
+def only_session_debris(journal: str) -> bool:
+    """True if the sessions under ``journal`` hold no record of a write (only their lock,
+    gate and marks): what a writer that never wrote leaves when its store vanished."""
+    try:
+        if os.path.islink(journal):
+            return False
+        for session in os.listdir(journal):
+            d = os.path.join(journal, session)
+            if os.path.islink(d) or not os.path.isdir(d):
+                return False
+            if any(
+                not (n in ("owner.lock", "gate", "reserved") or n.endswith(".inflight"))
+                for n in os.listdir(d)
+            ):
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def is_store(path: str, storage_options: dict[str, Any] | None = None) -> bool:
@@ -188,30 +242,6 @@ def read_manifest(path: str, *, cached: bool = False) -> Manifest:
     return manifest
 
 
-def resolve_inside(store: str, rel: str) -> str:
-    """``store/rel``, refusing symlinks that lead out of the store directory."""
-    from .errors import HostileInputError
-
-    full = os.path.join(store, rel)
-    if _no_links_below(store, rel):
-        return full
-    real_store = os.path.realpath(store)
-    real = os.path.realpath(full)
-    if real != real_store and not real.startswith(real_store + os.sep):
-        raise HostileInputError(
-            f"{store!r}: manifest file {rel!r} resolves to {real!r}, outside the store "
-            "(a symlink leaving the directory); refusing to read it"
-        )
-    return full
-
-
-#: Small index files read for a cached manifest (see :meth:`Store._open_index`), by the id of
-#: that Manifest object (kept alive by the entry, so the id is not reused).
-_INDEX_BYTES: dict[int, tuple[Manifest, dict[str, Any], Any]] = {}
-_INDEX_CACHE_BYTES = 1 << 20  # larger indexes are read anew (at most 32 MiB held in all)
-_INDEX_CACHE_ENTRIES = 32
-
-
 def _index_pinned(manifest: Manifest) -> bool:
     """Whether the manifest records the CRC-32C of every file of its index generation (a
     commit with checksums does): then its bytes fix the index files' bytes, and an index
@@ -247,19 +277,11 @@ def _map_memmap(
     return arr
 
 
-def _no_links_below(store: str, rel: str) -> bool:
-    """True when every component of ``rel`` under ``store`` exists and is no symlink: then
-    ``store/rel`` is inside the store without resolving whole paths (two ``realpath`` calls
-    cost more than opening a store should). ``rel`` was checked by ``check_relpath``."""
-    at = store
-    try:
-        for part in rel.split("/"):
-            at = os.path.join(at, part)
-            if stat.S_ISLNK(os.lstat(at).st_mode):
-                return False
-    except (OSError, ValueError):
-        return False
-    return True
+#: Small index files read for a cached manifest (see :meth:`Store._open_index`), by the id of
+#: that Manifest object (kept alive by the entry, so the id is not reused).
+_INDEX_BYTES: dict[int, tuple[Manifest, dict[str, Any], Any]] = {}
+_INDEX_CACHE_BYTES = 1 << 20  # larger indexes are read anew (at most 32 MiB held in all)
+_INDEX_CACHE_ENTRIES = 32
 
 
 def file_size(full: str, where: str) -> int:
@@ -568,7 +590,7 @@ class RemoteStore:
 
     @property
     def access(self) -> Any:
-        """The :class:`~bigarray.filesystem.FileAccess` of this store's files."""
+        """The :class:`~bigarray.core.filesystem.FileAccess` of this store's files."""
         return self._access
 
     def _read_manifest(self) -> Manifest:
@@ -663,7 +685,7 @@ class RemoteStore:
 
     def shard_views(self, var: Variable) -> list[np.ndarray]:
         """Not available: a remote store has no memory maps (use :meth:`read_rows`)."""
-        from .errors import BigArrayError
+        from ..errors import BigArrayError
 
         raise BigArrayError(
             f"{self.url!r} is a remote store, read by byte ranges: it has no memory-mapped shard "
@@ -744,7 +766,7 @@ class RemoteStore:
     def read_ranges(self, name: str | None, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Rows ``[start, stop)`` of each range, fetched together.
 
-        Neighbouring ranges (closer than :data:`bigarray.filesystem.DEFAULT_GAP` bytes) go
+        Neighbouring ranges (closer than :data:`bigarray.core.filesystem.DEFAULT_GAP` bytes) go
         out as one request and every request runs concurrently: reading 5,000 segments by
         name costs a handful of round trips, not 5,000.
         """
@@ -789,7 +811,7 @@ def open_local(
     """Open a local store and (``with_index``) its segment index at once.
 
     A file written by the 2020 library opens in place as a read-only
-    :class:`~bigarray.legacy.LegacyStore` (same interface).
+    :class:`~bigarray.core.legacy.LegacyStore` (same interface).
 
     The index files of a generation are deleted two commits later, so a reader keeps the
     index of the commit it read by mapping it right away. A commit landing between the

@@ -48,13 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     DuplicateSegmentError,
     OverlapError,
     SchemaError,
     SegmentNotFoundError,
     StoreCorruptedError,
 )
+from .crash import crash_point
 from .format import INDEX_DIR, INDEX_ROLES, IndexFiles, byte_view, index_of_runs
 
 _CHECK_OFFSETS_MAX = 1 << 16  # runs up to this size have every name offset checked at open
@@ -290,7 +291,6 @@ def write_index(
     """Write one run of the index (``seg``, in row order) as ``index/g<generation>-*.npy``;
     return its manifest entry. ``written(role)`` is called after each file."""
     from .format import save_npy
-    from .writer import _crash_point
 
     os.makedirs(os.path.join(store_dir, INDEX_DIR), exist_ok=True)
     arrays = index_arrays(seg)
@@ -299,7 +299,7 @@ def write_index(
         rel = f"{INDEX_DIR}/g{generation}-{role}.npy"
         offsets[role] = save_npy(os.path.join(store_dir, rel), arrays[role], fsync=fsync)
         files[role] = rel
-        _crash_point("mid-index")
+        crash_point("mid-index")
         if written is not None:
             written(role)
     return IndexFiles(seg.count, generation, len(arrays["table"]), files, offsets)
@@ -342,7 +342,6 @@ def write_concat(
     through memory-mapped output files, ``block`` segments at a time: merging runs of
     hundreds of millions of segments needs no more anonymous memory than the hash table's
     build (two 32-bit arrays of the run's size), not a copy of every run."""
-    from .writer import _crash_point
 
     os.makedirs(os.path.join(store_dir, INDEX_DIR), exist_ok=True)
     n = sum(p.count for p in parts)
@@ -367,7 +366,7 @@ def write_concat(
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _crash_point("mid-index")
+        crash_point("mid-index")
         if written is not None:
             written(role)
 
@@ -934,95 +933,3 @@ def drop_unused_runs(store_dir: str, *specs: IndexFiles | None) -> None:
                 os.unlink(os.path.join(d, name))
             except OSError:
                 pass
-
-
-def compact(
-    path: str | os.PathLike[str], *, progress: bool = False, fsync: bool = True
-) -> IndexFiles | None:
-    """Merge every run of the segment index of the local store at ``path`` into one.
-
-    A commit like any other, under the store lock: the merged run is written to new
-    files, the manifest that names it replaces the old one by rename, and the old runs'
-    files go once no reader can need them. A crash at any point leaves the last commit.
-    Lookups then probe one table and the row-order arrays are a plain memory map again.
-    Returns the new index entry (``None`` for a store without segments).
-    """
-    from tqdm.auto import tqdm
-
-    from . import integrity
-    from .fileutil import atomic_write, fsync_dir, locked
-    from .format import LOCK_NAME, MANIFEST_NAME, Manifest, Variable
-    from .store import Store, read_manifest
-    from .writer import _crash_point
-
-    path = os.path.abspath(os.fspath(path))
-    with locked(os.path.join(path, LOCK_NAME)):
-        manifest = read_manifest(path)
-        spec = manifest.segments
-        if spec is None or len(spec.all_runs) == 1:
-            return spec
-        generation = manifest.generation + 1
-        with Store(path) as store:
-            index = store.index
-            assert index is not None
-            bar = tqdm(
-                total=2 * spec.count,
-                unit="seg",
-                unit_scale=True,
-                disable=not progress,
-                desc=f"compact {len(index.runs)} runs",
-            )
-            with bar:
-                prefix = f"g{generation}-"
-                d = os.path.join(path, INDEX_DIR)
-                for name in os.listdir(d):  # left by a compaction killed before its rename
-                    if name.startswith(prefix):
-                        os.unlink(os.path.join(d, name))
-                runs = sorted(
-                    (r for r in index.runs if len(r)),
-                    key=lambda r: (int(r.arrays.bounds[0, 0]), int(r.arrays.bounds[0, 1])),
-                )
-                parts = [r.arrays for r in runs]
-                step = spec.count // len(INDEX_ROLES)
-                if spec.count >= STREAM_MIN and follow_in_rows(parts):  # no copy in memory
-                    bar.update(spec.count)
-                    new = write_concat(
-                        path, generation, parts, fsync=fsync, written=lambda _r: bar.update(step)
-                    )
-                else:
-                    copies = []
-                    for run in runs:
-                        a = run.arrays
-                        copies.append(
-                            SegmentArrays(
-                                np.array(a.names),
-                                np.array(a.name_offsets),
-                                np.array(a.bounds),
-                                np.array(a.hashes),
-                            )
-                        )
-                        bar.update(len(run))
-                    seg = row_order(concat(copies))
-                    del copies
-                    new = write_index(
-                        path, generation, seg, fsync=fsync, written=lambda _r: bar.update(step)
-                    )
-                del parts, runs
-                bar.update(2 * spec.count - bar.n)
-        if fsync:
-            fsync_dir(os.path.join(path, INDEX_DIR))
-        _crash_point("compact-after-index")
-        variables = {}
-        for name, var in manifest.variables.items():
-            sums = var.checksums
-            if isinstance(sums, Mapping) and sums.get("index") is not None:
-                sums = {**sums, "index": integrity.index_entry(path, new, sums.get("index"))}
-            variables[name] = Variable(
-                var.name, var.dtype, var.shape, var.dims, var.shards, var.attrs, var.encoding, sums
-            )
-        out = Manifest(generation, variables, new, manifest.row_dim, manifest.attrs)
-        _crash_point("compact-before-manifest")
-        atomic_write(os.path.join(path, MANIFEST_NAME), out.dumps(), fsync=fsync)
-        _crash_point("compact-after-manifest")
-        drop_unused_runs(path, new, spec)
-        return new

@@ -30,7 +30,6 @@ says "pointer array": a file that ends exactly at the end of the data is a plain
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import io
 import itertools
@@ -53,7 +52,6 @@ from bigarray.errors import (
     NotAStoreError,
     OverlapError,
     StoreCorruptedError,
-    StoreExistsError,
     StoreNotFoundError,
 )
 
@@ -62,7 +60,6 @@ __all__ = [
     "LegacyIndex",
     "LegacyStore",
     "check_legacy",
-    "convert_legacy",
     "is_legacy_file",
     "read_legacy",
 ]
@@ -71,8 +68,8 @@ MAGIC = b"mmapdata"
 _MAX_META = 486  # the original's _MAXIMUM_HEADER_SIZE
 _HEADER_SPAN = len(MAGIC) + 8 + _MAX_META  # 502: data offsets are computed from this
 _TRAILER = 8
+CONVERT_CHUNK_BYTES = 64 << 20  # bound the memory of one write call during conversion
 _MAX_NDIM = 64  # numpy's own limit (NPY_MAXDIMS in numpy 2)
-_CONVERT_CHUNK_BYTES = 64 << 20  # bound the memory of one write call during conversion
 
 # marshal type codes (CPython Python/marshal.c) that [dtype, shape] legitimately uses.
 _FLAG_REF = 0x80
@@ -372,13 +369,13 @@ def _read_open(path: Path, f: BinaryIO) -> LegacyArray:
     return LegacyArray(array=_map(path, f, layout), indices=indices, path=path)  # type: ignore[arg-type]
 
 
-def _runs(
+def legacy_runs(
     legacy: LegacyArray, indices: dict[str, tuple[int, int]]
 ) -> list[tuple[int, dict[str, np.ndarray]]]:
     """Group segments, sorted by start, into runs of back-to-back rows (one write call each).
 
     A 1,000,000-segment file then costs a handful of writes instead of a million; runs are
-    also cut at ``_CONVERT_CHUNK_BYTES`` so one call never copies much more than that. The
+    also cut at ``CONVERT_CHUNK_BYTES`` so one call never copies much more than that. The
     sorting and cutting is vectorised: a Python sort of a million items alone takes seconds.
     """
     n = len(indices)
@@ -405,7 +402,7 @@ def _runs(
     cut = np.ones(n, dtype=bool)
     cut[1:] = starts[1:] != stops[:-1]  # a gap (or an empty segment inside another) ends a run
     run_start = starts[cut][np.cumsum(cut) - 1]
-    chunk = (starts - run_start) * row_nbytes // _CONVERT_CHUNK_BYTES
+    chunk = (starts - run_start) * row_nbytes // CONVERT_CHUNK_BYTES
     cut[1:] |= chunk[1:] != chunk[:-1]
     edges = [*np.flatnonzero(cut).tolist(), n]
     sorted_names = [names[k] for k in order.tolist()]
@@ -417,85 +414,6 @@ def _runs(
         )
         for a, b in itertools.pairwise(edges)
     ]
-
-
-def convert_legacy(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    remove_exist: bool = False,
-    progress: bool = False,
-) -> None:
-    """Convert a legacy MmapArray/PointerArray file into a new bigarray store.
-
-    Every segment keeps its rows (``start``, ``stop``) and name, so code that used
-    ``legacy.indices[name]`` sees the same positions in the new store.
-
-    Parameters
-    ----------
-    src : str or os.PathLike
-        The legacy file (see :func:`read_legacy` for what is checked).
-    dst : str or os.PathLike
-        Where to create the new store.
-    remove_exist : bool, default False
-        Replace an existing store at ``dst`` instead of raising.
-    progress : bool, default False
-        Show a ``tqdm`` progress bar counted in rows.
-
-    Raises
-    ------
-    StoreExistsError
-        ``dst`` exists and ``remove_exist`` is False.
-    OverlapError
-        Two legacy segments share rows (the original writer allowed it; the new format does not).
-    BigArrayError
-        Anything :func:`read_legacy` or the writer raises. On any failure during the copy,
-        the half-written store at ``dst`` is deleted.
-    """
-    legacy = read_legacy(src)
-    array = legacy.array.view(np.ndarray)  # plain views: slicing a memmap is ~10x slower
-    # Plan every write before creating anything, so a refused file leaves no store behind.
-    writes: list[tuple[int, Any]]
-    if legacy.indices is None:
-        row_nbytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=object)))
-        step = max(1, _CONVERT_CHUNK_BYTES // row_nbytes)
-        writes = [(start, array[start : start + step]) for start in range(0, len(array), step)]
-    else:
-        writes = list(_runs(legacy, legacy.indices))
-
-    from tqdm.auto import tqdm  # imported here: only conversions need these
-
-    from bigarray import MmapArrayWriter, PointerArrayWriter
-    from bigarray.writer import remove_store
-
-    if os.path.lexists(dst) and not remove_exist:
-        # The writers would open an existing store for appending; a conversion never should.
-        raise StoreExistsError(
-            f"{os.fspath(dst)!r} already exists; pass remove_exist=True to replace it, "
-            "or convert to another path"
-        )
-    # shape[0] keeps the new store as long as the legacy one even where its last rows were
-    # never named (rows no segment covers read as zeros there).
-    cls = MmapArrayWriter if legacy.indices is None else PointerArrayWriter
-    writer: Any = cls(
-        os.fspath(dst), shape=array.shape, dtype=array.dtype, remove_exist=remove_exist
-    )
-    sizes = [sum(map(len, p.values())) if isinstance(p, dict) else len(p) for _, p in writes]
-    bar = tqdm(total=sum(sizes), unit="row", disable=not progress, desc=Path(src).name)
-    try:
-        for (start, payload), rows in zip(writes, sizes, strict=True):
-            writer.write(payload, start_position=start)
-            bar.update(rows)
-    except BaseException:
-        # Leave nothing half-converted: drop the journaled rows, release the writer and
-        # delete the store, which this call created (an existing one was refused above).
-        for cleanup in (writer.writer.abort, writer.close, lambda: remove_store(writer.path)):
-            with contextlib.suppress(Exception):  # the original error is the one to report
-                cleanup()
-        raise
-    finally:
-        bar.close()
-    writer.close()
 
 
 # --------------------------------------------------------------------------- in place
@@ -524,7 +442,7 @@ def _unpickle_index(path: Path, blob: bytes) -> dict[str, tuple[int, int]]:
 class LegacyIndex(Mapping[str, tuple[int, int]]):
     """The segment index of a 2020 file, read in place: ``name -> (start, stop)``.
 
-    Offers what :class:`~bigarray.index.SegmentIndex` offers. A lookup is a dict lookup
+    Offers what :class:`~bigarray.core.index.SegmentIndex` offers. A lookup is a dict lookup
     whose entry is checked when it is read, so opening a file and reading one segment costs
     one (restricted) unpickling; the row-ordered arrays (``arrays``, ``starts``, ``find``,
     iteration) are built and every entry checked on first use. Iteration is in row order,
@@ -575,10 +493,10 @@ class LegacyIndex(Mapping[str, tuple[int, int]]):
 
     @property
     def arrays(self) -> Any:
-        """The index as :class:`~bigarray.index.SegmentArrays` in row order (sorted by
+        """The index as :class:`~bigarray.core.index.SegmentArrays` in row order (sorted by
         start, then stop); every entry is checked here."""
         if self._arrays is None:
-            from bigarray.index import SegmentArrays
+            from bigarray.core.index import SegmentArrays
 
             names = list(self._table)
             spans = list(self._table.values())
@@ -682,7 +600,7 @@ def convert_hint(path: str | os.PathLike[str]) -> str:
 
 
 class LegacyStore:
-    """A 2020 file opened read-only in place, with the interface of :class:`~bigarray.store.Store`.
+    """A 2020 file opened read-only in place, with the interface of :class:`~bigarray.core.store.Store`.
 
     One variable, ``data``, whose single shard is the data region of the file, memory-mapped
     where it lies; the segment index (a PointerArray file) through the restricted unpickler,
@@ -701,7 +619,7 @@ class LegacyStore:
     storage_options: dict[str, Any] | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, with_index: bool = True) -> None:
-        from bigarray.format import DEFAULT_ROW_DIM, DEFAULT_VARIABLE, Shard, Variable
+        from bigarray.core.format import DEFAULT_ROW_DIM, DEFAULT_VARIABLE, Shard, Variable
 
         self.path = os.fspath(path)
         where = Path(self.path)
@@ -750,9 +668,9 @@ class LegacyStore:
 
     @property
     def manifest(self) -> Any:
-        """A :class:`~bigarray.format.Manifest` describing the file (generation 0)."""
+        """A :class:`~bigarray.core.format.Manifest` describing the file (generation 0)."""
         if self._manifest is None:
-            from bigarray.format import INDEX_ROLES, IndexFiles, Manifest
+            from bigarray.core.format import INDEX_ROLES, IndexFiles, Manifest
 
             index = self.index
             segments = None

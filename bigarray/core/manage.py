@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 
-from .errors import BigArrayError, NotAStoreError, StoreNotFoundError
+from ..errors import BigArrayError, NotAStoreError, StoreNotFoundError
 
 __all__ = ["getsize", "remove"]
 
@@ -34,8 +34,7 @@ def _kind(path: str) -> str:
     """``"store"``, ``"legacy"`` (a 2020 file) or ``"partial"`` (a directory a writer killed
     while creating the store left, with nothing committed); anything else raises."""
     from .legacy import is_legacy_file
-    from .store import is_store
-    from .writer import _interrupted_creation
+    from .store import interrupted_creation, is_store
 
     if not os.path.lexists(path):
         raise StoreNotFoundError(f"no bigarray store at {path!r}: the path does not exist")
@@ -46,7 +45,7 @@ def _kind(path: str) -> str:
         # name might be the user's, and deleting on a guess is never right
         if (
             os.listdir(path)
-            and _interrupted_creation(path)
+            and interrupted_creation(path)
             and not any(n.endswith(".npy") for n in os.listdir(path))
         ):
             return "partial"
@@ -94,7 +93,7 @@ def remove(path: str | os.PathLike[str]) -> None:
 def _refuse_live_writers(path: str) -> None:
     """Refuse to delete a store an open writer session (of this or another program) is
     writing: its next commit would find the store gone."""
-    from .errors import StoreExistsError
+    from ..errors import StoreExistsError
     from .fileutil import locked
     from .format import LOCK_NAME
     from .journal import collect_dead_sessions

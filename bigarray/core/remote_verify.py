@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BigArrayError, NotAStoreError, StoreNotFoundError
-from .integrity import BadBlock, DataChecksums, VerifyReport, block_rows_for
+from ..errors import BigArrayError, NotAStoreError, StoreNotFoundError
+from .integrity import DataChecksums, block_rows_for
+from .verify import BadBlock, VerifyReport
 
 __all__ = ["verify_remote"]
 
@@ -30,7 +31,7 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
     StoreNotFoundError, NotAStoreError
         Nothing to verify at ``url``.
     """
-    from .integrity import _extend
+    from .integrity import extend_crc
     from .store import RemoteStore
 
     report = VerifyReport(url)
@@ -88,7 +89,7 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
                 for k, lo in enumerate(range(0, raw.nbytes, nb)):
                     i = a // block + k
                     report.blocks_checked += 1
-                    got = _extend(0, bytes(raw[lo : lo + nb]))
+                    got = extend_crc(0, bytes(raw[lo : lo + nb]))
                     want = int(sums.blocks[i]) if i < sums.nblocks else -1
                     if got != want:
                         report.bad_block_count += 1

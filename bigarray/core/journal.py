@@ -26,7 +26,7 @@ Record layout (little endian)::
             | u32 crc32 of everything before
 
 The optional block sums are those the writing process computed of the whole blocks it
-wrote (:class:`bigarray.integrity.WrittenSums`), so the commit need not read them back.
+wrote (:class:`bigarray.core.integrity.WrittenSums`), so the commit need not read them back.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ClosedError, StoreCorruptedError
+from ..errors import ClosedError, StoreCorruptedError
 from .fileutil import close_held, open_held, wrap_os_error
 from .format import JOURNAL_DIR, byte_view
 from .index import SegmentArrays
@@ -242,7 +242,7 @@ class Journal:
         name holds the range); :meth:`end_write` removes the mark once the write's record is
         published. A mark left behind (the write raised, or the process was killed) tells
         the commit that those rows changed with no record saying how, so it must not trust
-        sums computed of them before (see :func:`bigarray.integrity.reuse_written_sums`)."""
+        sums computed of them before (see :func:`bigarray.core.integrity.reuse_written_sums`)."""
         name = f"{start}-{stop}-{os.getpid()}-{os.urandom(4).hex()}{_INFLIGHT}"
         path = os.path.join(self.dir, name)
         # Never re-create the directory: a missing one means the owner ended the session,

@@ -6,7 +6,7 @@ A store is a directory::
       manifest.json            the commit point: replaced atomically by every commit
       data.npy                 one variable's rows, a standard .npy (C order, little endian)
       index/g7-bounds.npy      a run of the segment index, written by commit 7
-      index/g7-names.npy ...   (see :mod:`bigarray.index`; an index is one or more runs)
+      index/g7-names.npy ...   (see :mod:`bigarray.core.index`; an index is one or more runs)
       journal/<session>/...    segments recorded by writer processes, merged at commit
       .lock                    flock target serialising allocation and commit
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FormatError, HostileInputError, SchemaError
+from ..errors import FormatError, HostileInputError, SchemaError
 
 FORMAT_NAME = "bigarray"
 FORMAT_VERSION = 1
@@ -169,7 +169,7 @@ class Variable:
 
 @dataclass(frozen=True)
 class IndexFiles:
-    """Where the segment index lives (see :mod:`bigarray.index`).
+    """Where the segment index lives (see :mod:`bigarray.core.index`).
 
     An index is one or more immutable **runs**; each run is five ``.npy`` files written by
     the commit of generation ``generation``. A single-run index is described by this object
@@ -432,3 +432,16 @@ def byte_view(array: np.ndarray) -> memoryview:
     """``memoryview(array)``: numpy arrays are buffers, though numpy's stubs for Python < 3.12
     do not say so (no ``__buffer__``), hence the one ignore here rather than at every use."""
     return memoryview(array)  # type: ignore[arg-type]
+
+
+def manifest_objects(manifest: Manifest | None) -> set[str]:
+    """Every file a manifest names (shards of every variable, index files)."""
+    out: set[str] = set()
+    if manifest is None:
+        return out
+    for var in manifest.variables.values():
+        out.update(s.path for s in var.shards)
+    if manifest.segments is not None:
+        for run in manifest.segments.all_runs:
+            out.update(run.files[r] for r in INDEX_ROLES)
+    return out

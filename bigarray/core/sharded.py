@@ -1,7 +1,7 @@
 """Sharded writes: many writers, no shared file, one commit (object stores, any fsspec URL).
 
 Object stores take no partial writes and no appends, and workers of a cluster share no
-disk, so :class:`bigarray.writer.StoreWriter` (``pwrite`` into one data file under a
+disk, so :class:`bigarray.core.writer.StoreWriter` (``pwrite`` into one data file under a
 lock) cannot work there. Here every dask task writes its block as its own **shard**
 object, a standard ``.npy`` file (``numpy.load`` reads it), in one ``PUT``::
 
@@ -13,7 +13,7 @@ object, a standard ``.npy`` file (``numpy.load`` reads it), in one ``PUT``::
 
 The client gathers every task's shard description, checks that they tile the rows and
 that every object has the size it should, writes the index files and finally the
-manifest, with a conditional ``PUT`` (:mod:`bigarray.remote_commit`): two writers racing
+manifest, with a conditional ``PUT`` (:mod:`bigarray.core.commit`): two writers racing
 on one URL never mix (every object name carries its session), and exactly one of them
 commits where the store supports conditional writes (S3). A failed task (or a failed
 check, or a lost race) means no manifest: nothing is committed and the objects written
@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     SchemaError,
     StoreCorruptedError,
     StoreExistsError,
 )
+from .crash import remote_crash_point
 from .filesystem import FileAccess, check_local_options, is_local, local_path
 from .format import (
     DEFAULT_ROW_DIM,
@@ -72,7 +73,7 @@ def segment_arrays(segments: Any, rows: int) -> SegmentArrays | None:
     Accepted forms (rows, half-open):
 
     - ``None``: no segment index (an unnamed store);
-    - a mapping ``name -> (start, stop)`` (a :class:`~bigarray.index.SegmentIndex`,
+    - a mapping ``name -> (start, stop)`` (a :class:`~bigarray.core.index.SegmentIndex`,
       ``PointerArray.indices``, a dict);
     - a mapping ``name -> length``: segments back to back from row 0, in mapping order;
     - a sequence of ``(name, length)`` or ``(name, start, stop)`` tuples.
@@ -182,7 +183,7 @@ def write_index_files(
     access: FileAccess, generation: int, seg: SegmentArrays, tag: str = ""
 ) -> IndexFiles:
     """Write one generation of the segment index as ``.npy`` objects (same roles and
-    layout as :func:`bigarray.index.write_index`, through fsspec).
+    layout as :func:`bigarray.core.index.write_index`, through fsspec).
 
     ``tag`` (the write session) goes into every name, so the index of a commit never
     replaces an object another commit (a racing writer, the version being replaced) names.
@@ -214,7 +215,7 @@ def _commit(
 ) -> Manifest:
     """Check every shard, write the index, then the manifest (the commit).
 
-    The manifest goes last, with a conditional ``PUT`` (see :mod:`bigarray.remote_commit`):
+    The manifest goes last, with a conditional ``PUT`` (see :mod:`bigarray.core.commit`):
     if another writer committed meanwhile, this write is not committed, everything it
     wrote is deleted and the error says so. A replaced version's objects are deleted after
     the new manifest landed, never before.
@@ -253,7 +254,7 @@ def _check_and_commit(
     session: str,
     index_written: list[str],
 ) -> Manifest:
-    from .remote_commit import put_manifest, remove_replaced, snapshot
+    from .commit import put_manifest, remove_replaced, snapshot
 
     dt = np.dtype(dtype)
     rows = shape[0]
@@ -298,24 +299,12 @@ def _check_and_commit(
     shards = tuple(Shard(r["path"], r["offset"], r["start"], r["stop"]) for r in results)
     var = Variable(variable, dt, shape, dims, shards, dict(attrs))
     manifest = Manifest(generation, {variable: var}, index, dims[0])
-    _crash_point("remote-before-manifest")
+    remote_crash_point("remote-before-manifest")
     put_manifest(access, manifest.dumps(), base)
     index_written.clear()  # committed: nothing of it may be cleaned up now
     if old is not None:
         remove_replaced(access, old, manifest)
     return manifest
-
-
-def _crash_point(step: str) -> None:
-    """Test hook: ``BIGARRAY_REMOTE_CRASH_AT=<step>`` kills this process at ``step`` (the
-    fault tests stop a commit exactly there); ``<step>:sleep=<seconds>`` pauses it."""
-    want = os.environ.get("BIGARRAY_REMOTE_CRASH_AT", "")
-    if not want or want.split(":", 1)[0] != step:
-        return
-    if ":sleep=" in want:
-        time.sleep(float(want.split(":sleep=", 1)[1]))
-        return
-    os._exit(77)
 
 
 def _cleanup(access: FileAccess, prefix: str, extra: Sequence[str] = ()) -> None:
@@ -384,7 +373,7 @@ def to_bigarray_sharded(
     variable
         Name of the variable.
     compute
-        Write now and return the committed :class:`~bigarray.format.Manifest`; with
+        Write now and return the committed :class:`~bigarray.core.format.Manifest`; with
         ``False`` return a ``dask.delayed`` object whose computation writes and commits
         (nothing at ``url`` is touched before it runs). If a *block* of that computation
         fails, the commit task never runs: the shards its sibling tasks wrote stay,

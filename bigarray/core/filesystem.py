@@ -1,7 +1,7 @@
 """The file-access seam: a store's files on the local disk or behind any fsspec URL.
 
 Local stores (plain paths and ``file://`` URLs) are read through memory maps by
-:class:`bigarray.store.Store` and never come here for reading. Everything else (``s3://``,
+:class:`bigarray.core.store.Store` and never come here for reading. Everything else (``s3://``,
 ``memory://``, ``http(s)://``, ``gcs://``, chained URLs such as ``simplecache::s3://...``) is
 reached through :class:`FileAccess`, which names files by their path relative to the store
 root and talks to fsspec only in the calls object stores do well:
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
-from .errors import (
+from ..errors import (
     BigArrayError,
     RemoteStoreError,
     StorageOptionsError,
@@ -422,7 +422,7 @@ class FileAccess:
     def _replaced(self, rel: str) -> StoreChangedError | None:
         """The error for an object a reader's manifest names that is gone because the store
         was committed again since (its manifest names other objects now), else None."""
-        from .format import MANIFEST_NAME, parse_manifest
+        from .format import MANIFEST_NAME, manifest_objects, parse_manifest
 
         try:
             self.invalidate()
@@ -430,7 +430,6 @@ class FileAccess:
             manifest = parse_manifest(raw, self.url)
         except Exception:
             return None
-        from .remote_commit import manifest_objects
 
         if rel in manifest_objects(manifest):
             return None

@@ -43,15 +43,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BigArrayError, StoreExistsError
+from ..errors import BigArrayError, StoreExistsError
 from .filesystem import FileAccess
-from .format import INDEX_ROLES, MANIFEST_NAME, Manifest, parse_manifest
+from .format import MANIFEST_NAME, Manifest, manifest_objects, parse_manifest
 
 __all__ = [
     "ConcurrentCommitError",
     "Snapshot",
     "conditional_support",
-    "manifest_objects",
     "put_manifest",
     "remove_replaced",
     "snapshot",
@@ -106,7 +105,7 @@ def _etag(access: FileAccess) -> str | None:
 
 def snapshot(access: FileAccess) -> Snapshot:
     """Read the current manifest (bytes and ETag, consistent with each other)."""
-    from .errors import StoreNotFoundError
+    from ..errors import StoreNotFoundError
 
     def missing() -> BigArrayError:
         return StoreNotFoundError("absent")
@@ -246,19 +245,6 @@ def _put_local(access: FileAccess, full: str, data: bytes, base: Snapshot) -> No
             os.unlink(tmp)
 
 
-def manifest_objects(manifest: Manifest | None) -> set[str]:
-    """Every file a manifest names (shards of every variable, index files)."""
-    out: set[str] = set()
-    if manifest is None:
-        return out
-    for var in manifest.variables.values():
-        out.update(s.path for s in var.shards)
-    if manifest.segments is not None:
-        for run in manifest.segments.all_runs:
-            out.update(run.files[r] for r in INDEX_ROLES)
-    return out
-
-
 def remove_replaced(access: FileAccess, old: Manifest | None, new: Manifest) -> None:
     """After a replacement committed: delete the objects only the old manifest named (best
     effort; a failure leaves unreferenced objects, never a damaged store)."""
@@ -391,15 +377,14 @@ def check_replaceable(final: str, remove_exist: bool) -> bool:
     creation left is free; with it also a store and a file, never a foreign non-empty
     directory.
     """
-    from .errors import NotAStoreError
-    from .store import is_store
-    from .writer import _interrupted_creation
+    from ..errors import NotAStoreError
+    from .store import interrupted_creation, is_store
 
     if not os.path.lexists(final):
         return False
     if os.path.isdir(final) and not os.path.islink(final):
         store = is_store(final)
-        if not store and (not os.listdir(final) or _interrupted_creation(final)):
+        if not store and (not os.listdir(final) or interrupted_creation(final)):
             return True
         if not store:
             raise NotAStoreError(
