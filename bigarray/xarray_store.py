@@ -722,7 +722,8 @@ def _write_all(
     fsync: bool,
 ) -> None:
     """Write a complete new store at ``path`` (a fresh directory)."""
-    from .core.writer import StoreWriter, update_manifest
+    from .core.commit import update_manifest
+    from .core.writer import StoreWriter
 
     row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
     rows = row_vars[0].shape[0] if row_vars else 0
@@ -828,7 +829,8 @@ def _append_all(
     seg_names: _Names | None,
     fsync: bool,
 ) -> None:
-    from .core.writer import StoreWriter, update_manifest
+    from .core.commit import update_manifest
+    from .core.writer import StoreWriter
 
     added = _stage_new_variables(path, new, m.row_dim, fsync) if new else {}
     plan = [(p, StoreWriter(path, variable=p.name, named=False, fsync=fsync)) for p, _ in grow]

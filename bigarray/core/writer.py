@@ -96,10 +96,10 @@ from ..errors import (
     StoreExistsError,
 )
 from . import integrity
+from .commit import DataUpdate, commit_local
 from .crash import crash_point
 from .fileutil import (
     atomic_write,
-    fsync_dir,
     locked,
     preallocate,
     pwrite_all,
@@ -111,7 +111,6 @@ from .format import (
     INDEX_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
-    IndexFiles,
     Manifest,
     Shard,
     Variable,
@@ -119,7 +118,7 @@ from .format import (
     normalize_dtype,
     npy_header,
 )
-from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
+from .index import SegmentArrays, concat, plan_commit
 from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
 from .reruns import drop_identical_reruns, pread_rows
 from .store import Store, interrupted_creation, is_store, read_manifest
@@ -363,20 +362,6 @@ def _replace_empty_file(path: str) -> None:
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
             with contextlib.suppress(FileNotFoundError):  # a concurrent writer did it first
                 os.unlink(path)
-
-
-def update_manifest(path: str, change: Any, *, fsync: bool = True) -> Manifest:
-    """Commit ``change(manifest) -> manifest`` atomically under the store lock.
-
-    For metadata-only commits (attributes, encodings, coordinates added by the xarray
-    writer): the generation is bumped and the manifest replaced by rename.
-    """
-    with locked(os.path.join(path, LOCK_NAME)):
-        current = read_manifest(path)
-        new = change(current)
-        new = Manifest(current.generation + 1, new.variables, new.segments, new.row_dim, new.attrs)
-        atomic_write(os.path.join(path, MANIFEST_NAME), new.dumps(), fsync=fsync)
-        return new
 
 
 class StoreWriter:
@@ -1286,7 +1271,6 @@ class StoreWriter:
                 self._adopt(var)
             rows = max([var.rows, self._declared_rows, *[r.stop for r in mine]])
             new_segments = [r.segments for r in mine if r.segments is not None]
-            segments = manifest.segments
             if new_segments:
                 # checked against every run of the committed index, which stays on disk
                 fresh = concat(new_segments)
@@ -1338,7 +1322,6 @@ class StoreWriter:
                 self._journal.discard(files)
                 self._forget_taken(taken, unrecorded_taken)
                 return
-            need = self._shard.offset + rows * self._row_nbytes
             shard = Shard(self._shard.path, self._shard.offset, 0, rows)
             new_var = Variable(
                 var.name,
@@ -1347,95 +1330,38 @@ class StoreWriter:
                 var.dims,
                 (shard,),
                 var.attrs,
-                var.encoding,
+                encoding,
                 None,
             )
-            try:
-                if os.fstat(fd).st_size < need:
-                    os.ftruncate(fd, need)
-                sums = None
-                if self.checksums:
-                    # Sum only the blocks written since the last commit, in threads, while
-                    # the data is made durable below.
-                    # (records that only name rows wrote nothing: the rows they name were
-                    # written, and are summed, under records of their own)
-                    wrote = [r for r in mine if r.data]
-                    ranges = [
-                        (r.start, r.stop) if r.start is not None else (0, r.stop) for r in wrote
-                    ]
-                    sums_of = [None if r.mark in self._seen_marks else r.sums for r in wrote]
-                    # Writes with no record (raised, killed, or still running) changed rows
-                    # too: their blocks are read back, whatever sums other records bring.
-                    unrecorded = unrecorded_taken + list(unfinished.values())
-                    ranges += unrecorded
-                    sums_of += [None] * len(unrecorded)
-                    plan, todo = integrity.plan_commit(var, new_var, ranges)
-                    todo = integrity.reuse_written_sums(plan, todo, ranges, sums_of)
-                    sums = integrity.BlockSums(
-                        fd, shard.offset, self._row_nbytes, rows, plan.block_rows, todo
-                    )
-                if self.fsync:
-                    os.fsync(fd)
-                crash_point("after-data-fsync")
-                os.pwrite(fd, npy_header(var.dtype, (rows, *var.shape[1:])), 0)
-                if self.fsync:
-                    os.fsync(fd)
-                crash_point("after-header")
-            except OSError as exc:
-                raise wrap_os_error(exc, self.path) from None
-            generation = manifest.generation + 1
-            if new_segments:
-                try:
-                    self._clear_generation(generation)
-                    segments = plan_index.write(self.path, generation, fsync=self.fsync)
-                    if self.fsync:
-                        fsync_dir(os.path.join(self.path, INDEX_DIR))
-                except OSError as exc:
-                    raise wrap_os_error(exc, self.path) from None
-                crash_point("after-index")
-            checksums = None
-            if sums is not None:
-                try:
-                    plan.blocks[todo] = sums.result()
-                    index = (
-                        (var.checksums or {}).get("index")
-                        if isinstance(var.checksums, Mapping)
-                        else None
-                    )
-                    if new_segments and segments is not None:
-                        index = integrity.index_entry(self.path, segments, index)
-                    plan.index = index
-                except OSError as exc:
-                    raise wrap_os_error(exc, self.path) from None
-                checksums = plan.to_json()
-            new_var = Variable(
-                var.name,
-                var.dtype,
-                new_var.shape,
-                var.dims,
-                (shard,),
-                var.attrs,
-                encoding,
-                checksums,
+            # The blocks to sum: those written since the last commit. Records that only name
+            # rows wrote nothing (the rows they name are summed under records of their own);
+            # writes with no record (raised, killed, or still running) changed rows too:
+            # their blocks are read back, whatever sums other records bring.
+            wrote = [r for r in mine if r.data]
+            ranges = [(r.start, r.stop) if r.start is not None else (0, r.stop) for r in wrote]
+            sums_of = [None if r.mark in self._seen_marks else r.sums for r in wrote]
+            unrecorded = unrecorded_taken + list(unfinished.values())
+            ranges += unrecorded
+            sums_of += [None] * len(unrecorded)
+            update = DataUpdate(new_var, fd, ranges, sums_of, checksums=self.checksums)
+
+            def published(_new: Manifest) -> None:
+                self._shard = shard
+                if _read_alloc(self._alloc_path) < rows:
+                    atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
+                self._journal.discard(files)
+                # only what this commit took: other threads may have written meanwhile
+                self._forget_taken(taken, unrecorded_taken)  # (it read unrecorded blocks back)
+                crash_point("after-discard")
+
+            commit_local(
+                self.path,
+                manifest,
+                [update],
+                index=plan_index if new_segments else None,
+                fsync=self.fsync,
+                published=published,
             )
-            new = Manifest(
-                generation,
-                {**manifest.variables, self.variable: new_var},
-                segments,
-                manifest.row_dim,
-                manifest.attrs,
-            )
-            crash_point("before-manifest")
-            atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
-            crash_point("after-manifest")
-            self._shard = shard
-            if _read_alloc(self._alloc_path) < rows:
-                atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
-            self._journal.discard(files)
-            # only what this commit took: other threads may have written meanwhile
-            self._forget_taken(taken, unrecorded_taken)  # (it read unrecorded blocks back)
-            crash_point("after-discard")
-            self._drop_old_index(segments, manifest)
 
     def _settle_followers(self) -> None:
         """Wait for the owner's write followers and put their sums in the pending records
@@ -1458,23 +1384,6 @@ class StoreWriter:
                 else p
                 for p in self._pending
             ]
-
-    def _clear_generation(self, generation: int) -> None:
-        """Remove index files of ``generation`` left by a commit that crashed before its
-        rename (never named by a manifest). Unlinking first also means a hostile store's
-        symlink there is removed, never written through; the directory must be inside."""
-        d = resolve_inside(self.path, INDEX_DIR)
-        prefix = f"g{generation}-"
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(d):
-                if name.startswith(prefix):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(d, name))
-
-    def _drop_old_index(self, current: IndexFiles | None, previous: Manifest) -> None:
-        """Delete index generations older than the one the previous manifest named: readers
-        that opened before this commit may still be reading that one."""
-        drop_unused_runs(self.path, current, previous.segments)
 
     def _forget_taken(self, taken: list[Any], unrecorded: list[tuple[int, int]]) -> None:
         """Drop the pending records (and failed writes' rows) a commit took, by identity."""
