@@ -74,11 +74,9 @@ import dataclasses
 import itertools
 import os
 import re
-import shutil
-import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -90,7 +88,6 @@ from ..errors import (
     CommitConflictError,
     DuplicateSegmentError,
     IntegrityError,
-    NotAStoreError,
     OverlapError,
     SchemaError,
     StoreExistsError,
@@ -120,16 +117,24 @@ from .format import (
 )
 from .index import SegmentArrays, concat, plan_commit
 from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
+from .location import StoreMoved, locked_here, remove_store, replace_empty_file
 from .reruns import drop_identical_reruns, pread_rows
+from .rows import (
+    ALLOC_NAME,
+    PENDING_KEY,
+    covered,
+    next_unwritten,
+    read_alloc,
+    row_shape_pending,
+    unwritten_rows,
+)
+from .session import Session
 from .store import Store, interrupted_creation, is_store, read_manifest
 
-_ALLOC_NAME = "alloc"
 _BATCH_BYTES = 32 << 20
 _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
 _FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
 _PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
-_HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see _holes_of
-_PENDING_KEY = "row_shape_pending"  # Variable.encoding key: see _row_shape_pending
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _owner_marks = itertools.count()
 
@@ -160,87 +165,6 @@ def _check_fits(a: np.ndarray, dtype: np.dtype, i: int) -> None:
         )
 
 
-def _holes_of(var: Variable) -> list[tuple[int, int]]:
-    """Committed rows of an unnamed variable that no commit wrote (a declared shape's
-    padding, or a gap before a positioned write): they read as zeros and stay writable."""
-    raw = var.encoding.get(_HOLES_KEY) if isinstance(var.encoding, Mapping) else None
-    out = []
-    if isinstance(raw, list):
-        for item in raw:
-            if isinstance(item, list) and len(item) == 2:
-                a, b = item
-                if isinstance(a, int) and isinstance(b, int) and 0 <= a < b:
-                    out.append((a, b))
-    return sorted(out)
-
-
-def _row_shape_pending(var: Variable) -> bool:
-    """True for the empty ``(0,)`` placeholder a writer given a dtype but no shape commits
-    when it creates a store, so that readers see an empty array of that dtype (not a store
-    without the variable) until its first write fixes the row shape and replaces it."""
-    return (
-        var.rows == 0 and isinstance(var.encoding, Mapping) and bool(var.encoding.get(_PENDING_KEY))
-    )
-
-
-def _covered(holes: Sequence[tuple[int, int]], start: int, stop: int) -> bool:
-    """True if ``[start, stop)`` lies inside one of the (merged, sorted) ``holes``."""
-    i = bisect.bisect_right(holes, (start, 1 << 62)) - 1
-    return i >= 0 and holes[i][0] <= start and stop <= holes[i][1]
-
-
-def _subtract(holes: list[tuple[int, int]], used: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``holes`` minus the ``used`` ranges, merged and sorted (one sweep: O(n log n))."""
-
-    def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        out: list[tuple[int, int]] = []
-        for a, b in sorted(r for r in ranges if r[1] > r[0]):
-            if out and a <= out[-1][1]:
-                out[-1] = (out[-1][0], max(b, out[-1][1]))
-            else:
-                out.append((a, b))
-        return out
-
-    cut = merged(used)
-    out: list[tuple[int, int]] = []
-    j = 0
-    for a, b in merged(holes):
-        while j < len(cut) and cut[j][1] <= a:
-            j += 1
-        k, pos = j, a
-        while k < len(cut) and cut[k][0] < b:
-            if cut[k][0] > pos:
-                out.append((pos, cut[k][0]))
-            pos = max(pos, cut[k][1])
-            k += 1
-        if pos < b:
-            out.append((pos, b))
-    return out
-
-
-def _next_holes(
-    var: Variable,
-    rows: int,
-    mine: Sequence[Record],
-    unrecorded: Sequence[tuple[int, int]],
-    unfinished: Mapping[str, tuple[int, int]],
-) -> dict[str, Any]:
-    """The encoding of an unnamed variable after a commit of ``rows`` rows: its holes (see
-    :func:`_holes_of`) plus the new rows past the old end, minus every row written."""
-    holes = _holes_of(var)
-    if rows > var.rows:
-        holes.append((var.rows, rows))
-    enc = {k: v for k, v in var.encoding.items() if k != _HOLES_KEY}
-    if not holes:
-        return enc if _HOLES_KEY in var.encoding else var.encoding
-    used = [(r.start if r.start is not None else 0, r.stop) for r in mine if r.data]
-    used += list(unrecorded) + list(unfinished.values())
-    left = _subtract(holes, used)
-    if left:
-        enc[_HOLES_KEY] = [[a, b] for a, b in left]
-    return enc
-
-
 def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str]:
     """Names of the ``new`` segments that a merge refuses: a name used with other rows
     (committed, or twice among ``new``), or rows shared with another segment."""
@@ -265,103 +189,6 @@ def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str
         if b > reach:
             reach, who = b, i
     return list(dict.fromkeys(names[i] for i in sorted(bad)))
-
-
-def _read_alloc(path: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
-    except FileNotFoundError:
-        return 0
-
-
-class _StoreMoved(Exception):
-    """The directory at a store's path is no longer the one whose lock we waited for."""
-
-
-@contextlib.contextmanager
-def _locked_here(path: str) -> Iterator[int]:
-    """:func:`locked` on ``path``'s store lock, raising :class:`_StoreMoved` when, by the time
-    the lock is ours, ``path`` no longer holds the directory we locked: a ``remove_exist``
-    renames the directory away under its lock (see :func:`remove_store`), and a writer that
-    waited on the old lock must not go on in whatever is at ``path`` now (nor re-create
-    ``path`` with nothing but its journal in it) without holding that directory's lock."""
-    lock = os.path.join(path, LOCK_NAME)
-    with contextlib.ExitStack() as stack:
-        try:
-            fd = stack.enter_context(locked(lock))
-        except FileNotFoundError:  # the directory itself is gone
-            raise _StoreMoved from None
-        try:
-            here = os.stat(lock)
-        except FileNotFoundError:
-            raise _StoreMoved from None
-        mine = os.fstat(fd)
-        if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
-            raise _StoreMoved
-        yield fd
-
-
-def remove_store(path: str) -> None:
-    """Delete a store directory (or an empty file, or a symlink); refuse anything else.
-
-    A store that a live writer session holds open (in this or another program) is refused
-    with :class:`StoreExistsError`: deleting it would leave that session committing rows
-    into files that no longer exist. Otherwise the directory is renamed away under the
-    store lock (so no session can start or commit in it meanwhile) and deleted from there.
-    """
-    if os.path.isdir(path) and not os.path.islink(path):
-        store = is_store(path)
-        if not store and os.listdir(path) and not interrupted_creation(path):
-            raise NotAStoreError(
-                f"remove_exist=True but {path!r} is a non-empty directory that is not a "
-                "bigarray store; refusing to delete it. Remove it yourself or pick another path."
-            )
-        parent, base = os.path.split(os.path.normpath(path))
-        tomb = os.path.join(parent, f".{base}.removing-{os.urandom(4).hex()}")
-        try:
-            with locked(os.path.join(path, LOCK_NAME)):
-                live = collect_dead_sessions(path, "")
-                if live:
-                    raise StoreExistsError(
-                        f"remove_exist=True but the store at {path!r} is being written by "
-                        f"{live} live writer session(s) (another program, or a writer of this "
-                        "one that is still open); refusing to delete it under them. Close "
-                        "those writers first, or write to another path."
-                    )
-                os.rename(path, tomb)
-        except BigArrayError:
-            raise
-        except FileNotFoundError:
-            return  # another writer removed it first
-        except OSError as exc:
-            raise wrap_os_error(exc, path) from None
-        # a session that raced us may still drop a file into the renamed directory
-        shutil.rmtree(tomb, ignore_errors=True)
-    elif os.path.lexists(path):
-        st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode) and not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
-            # an empty regular file (tempfile.mkstemp) is a free location; a symlink is
-            # removed, never what it points to; anything else is the user's, not ours
-            raise NotAStoreError(
-                f"remove_exist=True but {path!r} is a "
-                f"{'non-empty file' if stat.S_ISREG(st.st_mode) else 'special file'} that is "
-                "not a bigarray store; refusing to delete it. Remove it yourself or pick "
-                "another path."
-            )
-        with contextlib.suppress(FileNotFoundError):  # another writer removed it first
-            os.unlink(path)
-
-
-def _replace_empty_file(path: str) -> None:
-    """An existing empty regular file (``tempfile.mkstemp()``) is a free location, as in the
-    2020 library: remove it so the store directory can take its place."""
-    with contextlib.suppress(OSError):
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            with contextlib.suppress(FileNotFoundError):  # a concurrent writer did it first
-                os.unlink(path)
 
 
 class StoreWriter:
@@ -438,13 +265,13 @@ class StoreWriter:
         if remove_exist:
             remove_store(self.path)
         # Another writer's remove_exist may rename the directory away while we wait for its
-        # lock (see _locked_here): then start again with whatever is at the path now (never
+        # lock (see locked_here): then start again with whatever is at the path now (never
         # removing again: a store there now was created by a writer after our removal).
         for attempt in itertools.count():
             try:
                 self._open_session()
                 break
-            except _StoreMoved:
+            except StoreMoved:
                 if attempt >= 100:
                     raise StoreExistsError(
                         f"the store at {self.path!r} keeps being deleted and re-created by "
@@ -456,7 +283,7 @@ class StoreWriter:
 
     def _open_session(self) -> None:
         """Create the store if there is none, then start this writer's session in it."""
-        _replace_empty_file(self.path)
+        replace_empty_file(self.path)
         existed = is_store(self.path)
         if not existed:
             if not self._free_location():
@@ -465,7 +292,7 @@ class StoreWriter:
                     "to replace it, or choose another path"
                 )
             self._create_empty()
-        with _locked_here(self.path):
+        with locked_here(self.path):
             others = collect_dead_sessions(self.path, self._session)
             self._journal.start()
             manifest = read_manifest(self.path)
@@ -491,7 +318,7 @@ class StoreWriter:
         if os.path.isfile(self._lock_path):
             # Another writer may be creating the store (it writes the data file, then the
             # first manifest, under the lock): once we hold the lock, it is a store or not.
-            with _locked_here(path):  # (a directory renamed away: start again)
+            with locked_here(path):  # (a directory renamed away: start again)
                 return is_store(path) or interrupted_creation(path)
         return False
 
@@ -506,8 +333,7 @@ class StoreWriter:
         self._dtype = None
         self._dims = None
         self._attrs = {}
-        self._owner_pid = os.getpid()
-        self._session = os.urandom(8).hex()
+        self._sess = Session(path)
         self._closed = False
         # Guards the in-memory session state below against this process's threads (writes
         # and commits run concurrently; the store lock orders commits between processes).
@@ -531,19 +357,29 @@ class StoreWriter:
         self._seen_marks: set[str] = set()  # marks of writes a commit saw still running
         self._shard: Shard | None = None
         self._committed: tuple[Any, ...] | None = None  # see _committed_state
-        self._journal = Journal(self.path, self._session)
+
+    # the session's identity (see core/session.py), under the names the writer uses
+    @property
+    def _session(self) -> str:
+        return self._sess.token
+
+    @property
+    def _owner_pid(self) -> int:
+        return self._sess.owner_pid
+
+    @property
+    def _journal(self) -> Journal:
+        return self._sess.journal
 
     def handoff(self) -> dict[str, Any]:
         """JSON-able description that lets another process join this writer's session
         (see :meth:`attach`); used for spawned children that re-import ``__main__``."""
         return {
-            "path": self.path,
+            **self._sess.handoff(),
             "variable": self.variable,
             "named": self.named,
             "fsync": self.fsync,
             "checksums": self.checksums,
-            "session": self._session,
-            "owner_pid": self._owner_pid,
         }
 
     @classmethod
@@ -557,10 +393,8 @@ class StoreWriter:
             bool(handoff["named"]),
             bool(handoff["fsync"]),
         )
-        self._session = str(handoff["session"])
-        self._owner_pid = int(handoff["owner_pid"])
+        self._sess = Session.from_handoff(handoff)
         self.checksums = bool(handoff.get("checksums", True))
-        self._journal = Journal(self.path, self._session)
         manifest = read_manifest(self.path)
         if self.variable in manifest.variables:
             self._adopt(manifest.variables[self.variable])
@@ -573,12 +407,12 @@ class StoreWriter:
 
     @property
     def _alloc_path(self) -> str:
-        return os.path.join(self.path, _ALLOC_NAME)
+        return os.path.join(self.path, ALLOC_NAME)
 
     @property
     def is_owner(self) -> bool:
         """True in the process that created this writer (the one that commits)."""
-        return os.getpid() == self._owner_pid
+        return self._sess.is_owner
 
     def _create_empty(self) -> None:
         try:
@@ -586,14 +420,14 @@ class StoreWriter:
             os.makedirs(os.path.join(self.path, INDEX_DIR), exist_ok=True)
         except OSError as exc:
             raise wrap_os_error(exc, self.path) from None
-        with _locked_here(self.path):
+        with locked_here(self.path):
             if is_store(self.path):  # another process won the race to create it
                 return
             empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})
             if self._dtype is not None:
                 # dtype known: the first commit already holds the variable, so no reader
                 # (and no crash) ever sees a store without it; with no row shape yet, an
-                # empty placeholder the first write replaces (see _row_shape_pending)
+                # empty placeholder the first write replaces (see row_shape_pending)
                 self._commit_new_variable(
                     empty, self._dtype, self._trailing or (), pending=self._trailing is None
                 )
@@ -602,7 +436,7 @@ class StoreWriter:
 
     def _adopt(self, var: Variable) -> None:
         """Take dtype, row shape and data file from the committed variable (appending)."""
-        pending = _row_shape_pending(var)
+        pending = row_shape_pending(var)
         if self._dtype is not None and self._dtype != var.dtype:
             raise SchemaError(
                 f"the store at {self.path!r} holds {var.dtype} data in {self.variable!r} but this "
@@ -635,7 +469,7 @@ class StoreWriter:
                 return
             manifest = read_manifest(self.path)
             var = manifest.variables.get(self.variable)
-            if var is not None and not _row_shape_pending(var):
+            if var is not None and not row_shape_pending(var):
                 self._adopt(var)
                 return
             self._commit_new_variable(manifest, dtype, trailing)
@@ -669,7 +503,7 @@ class StoreWriter:
             raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
         self._dims = tuple(dims)
         shard = Shard(fname, len(header), 0, 0)
-        encoding = {_PENDING_KEY: True} if pending else {}
+        encoding = {PENDING_KEY: True} if pending else {}
         var = Variable(
             self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs, encoding
         )
@@ -902,7 +736,7 @@ class StoreWriter:
         data file large enough, under the store lock so that processes never race."""
         assert self._shard is not None
         with locked(self._lock_path):
-            alloc = _read_alloc(self._alloc_path)
+            alloc = read_alloc(self._alloc_path)
             begin = alloc if start is None else start
             end = begin + n
             if start is not None and start < alloc and n:
@@ -945,7 +779,7 @@ class StoreWriter:
         store = Store(self.path)
         var = store.manifest.variables.get(self.variable)
         rows = var.rows if var is not None else 0
-        holes = _holes_of(var) if var is not None else []
+        holes = unwritten_rows(var) if var is not None else []
         # every committed segment ends within the rows of the variable that named it
         rows_all = max((v.rows for v in store.manifest.variables.values()), default=0)
         state = (stamp, store, rows, holes, rows_all)
@@ -981,7 +815,7 @@ class StoreWriter:
                 f"{self.path!r}; committed data is never overwritten. Append with "
                 "start_position=None or pick free rows."
             )
-        if start < rows and not _covered(holes, start, min(stop, rows)):
+        if start < rows and not covered(holes, start, min(stop, rows)):
             raise OverlapError(
                 f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it holds "
                 f"{rows:,} committed rows{', some written without a name' if idx is not None else ''}"
@@ -1256,7 +1090,7 @@ class StoreWriter:
                 for r, _, _ in taken
             ]
             var = manifest.variables.get(self.variable)
-            if var is not None and _row_shape_pending(var) and not records:
+            if var is not None and row_shape_pending(var) and not records:
                 var = None  # the placeholder stays until a write (or close) replaces it
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
@@ -1314,8 +1148,8 @@ class StoreWriter:
             # new manifest (new sums) even when no row and no segment was added.
             resum = self.checksums and bool(mine)
             # the committed rows no write has written yet (named store or not): rows written
-            # by unnamed writes are committed too and never overwritten (see _holes_of)
-            encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
+            # by unnamed writes are committed too and never overwritten (see unwritten_rows)
+            encoding = next_unwritten(var, rows, mine, unrecorded_taken, unfinished)
             if rows == var.rows and not new_segments and not resum and encoding == var.encoding:
                 if mine and self.fsync:  # rows rewritten in place: make them durable
                     os.fsync(fd)
@@ -1347,7 +1181,7 @@ class StoreWriter:
 
             def published(_new: Manifest) -> None:
                 self._shard = shard
-                if _read_alloc(self._alloc_path) < rows:
+                if read_alloc(self._alloc_path) < rows:
                     atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
                 self._journal.discard(files)
                 # only what this commit took: other threads may have written meanwhile
@@ -1542,7 +1376,7 @@ class StoreWriter:
     def take_ownership(self) -> None:
         """Make this process the owner of the session (to commit a write whose owner is
         elsewhere, e.g. the final task of a delayed dask write)."""
-        self._owner_pid = os.getpid()
+        self._sess.take_ownership()
 
     def _release(self) -> None:
         self._closed = True
@@ -1588,13 +1422,11 @@ class StoreWriter:
         state["_names_seen"] = None
         state["_extents"] = []
         state.pop("_lock", None)
-        state.pop("_journal", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        self._journal = Journal(self.path, self._session)
 
     def __repr__(self) -> str:
         role = "owner" if self.is_owner else "worker"
