@@ -81,6 +81,7 @@ from .format import (
     INDEX_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
+    IndexFiles,
     Manifest,
     Variable,
     manifest_objects,
@@ -171,6 +172,7 @@ def commit_local(
     *,
     variables: Mapping[str, Variable] | None = None,
     index: IndexCommit | None = None,
+    segments: IndexFiles | None = None,
     attrs: Mapping[str, Any] | None = None,
     row_dim: str | None = None,
     fsync: bool = True,
@@ -181,7 +183,8 @@ def commit_local(
     The caller holds :func:`store_lock` and read ``base`` (the current manifest) under it.
     ``updates`` are the variables whose data this commit makes durable and sums;
     ``variables`` are entries added or replaced as given (metadata only, or data already
-    summed); ``index`` is the new segments' run (:func:`plan_index`); ``attrs`` and
+    summed); ``index`` is the new segments' run (:func:`plan_index`), written here, or
+    ``segments`` an index already written and durable (compaction); ``attrs`` and
     ``row_dim`` replace the store's when given. ``published(new)`` runs right after the
     manifest rename, before the old index runs are deleted (a writer forgets its journal
     records there). The steps and the crash model are in the module docstring; crash points
@@ -219,7 +222,8 @@ def commit_local(
         crash_point("after-header")
     except OSError as exc:
         raise wrap_os_error(exc, path) from None
-    segments = base.segments
+    if segments is None:
+        segments = base.segments
     if index is not None and index.new.count:
         try:
             _clear_generation(path, generation)

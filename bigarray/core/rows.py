@@ -11,14 +11,18 @@ every written row is committed for good and never overwritten.
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .format import Variable
-from .journal import Record
+from ..errors import OverlapError
+from .fileutil import atomic_write, locked, preallocate, wrap_os_error
+from .format import LOCK_NAME, Variable
+from .journal import Journal, Record, reserved_by_others
 
 __all__ = [
     "ALLOC_NAME",
+    "allocate",
     "covered",
     "next_unwritten",
     "read_alloc",
@@ -29,6 +33,7 @@ __all__ = [
 
 ALLOC_NAME = "alloc"
 HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see unwritten_rows
+PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
 PENDING_KEY = "row_shape_pending"  # Variable.encoding key: see row_shape_pending
 
 
@@ -122,3 +127,50 @@ def read_alloc(path: str) -> int:
         return int.from_bytes(raw, "little") if len(raw) == 8 else 0
     except FileNotFoundError:
         return 0
+
+
+def allocate(
+    path: str,
+    journal: Journal,
+    fd: int,
+    data_offset: int,
+    row_nbytes: int,
+    n: int,
+    start: int | None,
+) -> int:
+    """Reserve rows ``[start, start + n)`` of the store at ``path`` for a write of the
+    session ``journal`` (appending at the allocation mark when ``start`` is None) and grow
+    the data file ``fd`` to hold them, under the store lock so that processes never race.
+
+    Positioned rows below the mark may be another open session's appends, written (or being
+    written) and not committed yet: they are refused (:class:`OverlapError`), never
+    overwritten. Appends record their rows in the session's ``reserved`` file so that other
+    sessions can tell. Returns the first row.
+    """
+    with locked(os.path.join(path, LOCK_NAME)):
+        alloc_path = os.path.join(path, ALLOC_NAME)
+        alloc = read_alloc(alloc_path)
+        begin = alloc if start is None else start
+        end = begin + n
+        if start is not None and start < alloc and n:
+            taken = reserved_by_others(path, journal.session, begin, end)
+            if taken is not None:
+                raise OverlapError(
+                    f"rows [{begin}, {end}) overlap rows [{taken[0]}, {taken[1]}) that "
+                    f"another open writer of {path!r} appended and has not committed "
+                    "yet; they are never overwritten. Nothing was written: append with "
+                    "start_position=None, or write past the rows allocated so far."
+                )
+        elif start is None and n:
+            journal.reserve(begin, end)
+        if end > alloc:
+            atomic_write(alloc_path, end.to_bytes(8, "little"), fsync=False)
+        need = data_offset + end * row_nbytes
+        try:
+            if os.fstat(fd).st_size < need:  # only ever grow: others may be past us
+                os.ftruncate(fd, need)
+        except OSError as exc:
+            raise wrap_os_error(exc, path) from None
+    if n * row_nbytes >= PREALLOCATE_MIN_BYTES:
+        preallocate(fd, data_offset + begin * row_nbytes, n * row_nbytes, path)
+    return begin

@@ -98,7 +98,6 @@ from .crash import crash_point
 from .fileutil import (
     atomic_write,
     locked,
-    preallocate,
     pwrite_all,
     resolve_inside,
     wrap_os_error,
@@ -116,12 +115,14 @@ from .format import (
     npy_header,
 )
 from .index import SegmentArrays, concat, plan_commit
-from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
+from .journal import Journal, Record, collect_dead_sessions
 from .location import StoreMoved, locked_here, remove_store, replace_empty_file
 from .reruns import drop_identical_reruns, pread_rows
+from .rowcheck import check_arrays, check_fits, narrowing_ints
 from .rows import (
     ALLOC_NAME,
     PENDING_KEY,
+    allocate,
     covered,
     next_unwritten,
     read_alloc,
@@ -134,7 +135,6 @@ from .store import Store, interrupted_creation, is_store, read_manifest
 _BATCH_BYTES = 32 << 20
 _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
 _FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
-_PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _owner_marks = itertools.count()
 
@@ -143,26 +143,6 @@ def data_file_name(variable: str) -> str:
     """File name of a variable's first shard (a sanitised name, never a path)."""
     stem = variable if _SAFE_FILE.match(variable) and not variable.startswith(".") else None
     return f"{stem}.npy" if stem else f"var-{abs(hash(variable)) % 10**8:08d}.npy"
-
-
-def _narrowing_ints(src: np.dtype, dst: np.dtype) -> bool:
-    """True when integer (or bool) data of ``src`` may hold values ``dst`` cannot."""
-    return src.kind in "iub" and dst.kind in "iu" and not np.can_cast(src, dst, "safe")
-
-
-def _check_fits(a: np.ndarray, dtype: np.dtype, i: int) -> None:
-    """Refuse integers that would wrap in ``dtype`` (numpy's cast does so silently)."""
-    if not a.size:
-        return
-    lo, hi = int(a.min()), int(a.max())
-    info = np.iinfo(dtype)
-    if lo < info.min or hi > info.max:
-        bad = lo if lo < info.min else hi
-        raise SchemaError(
-            f"array #{i} holds {bad}, which does not fit this {dtype} store (values "
-            f"{info.min}..{info.max}); storing it would lose information. Write it to a store "
-            f"of a wider dtype, or clip it first (np.clip(arr, {info.min}, {info.max}))"
-        )
 
 
 def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str]:
@@ -593,37 +573,8 @@ class StoreWriter:
             rows_shape = self._trailing if self._trailing is not None else out[0].shape[1:]
             if out[0].ndim:
                 self._ensure_variable(first, tuple(rows_shape))
-        dtype, trailing = self._dtype, self._trailing
-        shapes = [a.shape for a in out]
-        bad = [i for i, sh in enumerate(shapes) if not sh or sh[1:] != trailing]
-        if bad:
-            i = bad[0]
-            if not shapes[i]:
-                raise SchemaError(
-                    f"array #{i} is a scalar ({out[i]!r}); write arrays with at least one row, "
-                    "e.g. np.atleast_1d(x)"
-                )
-            assert trailing is not None
-            want = f"(n, {', '.join(map(str, trailing))})" if trailing else "(n,) (1-D)"
-            raise SchemaError(
-                f"array #{i} has shape {shapes[i]}; rows of this store have shape "
-                f"{trailing}, so arrays must have shape {want}"
-            )
-        assert dtype is not None and trailing is not None
-        for k in {a.dtype for a in out}:
-            if k == dtype:
-                continue
-            strings = dtype.kind in "SU" or k.kind in "SU"
-            if not np.can_cast(k, dtype, "safe" if strings else "same_kind"):
-                raise SchemaError(
-                    f"cannot store {k} data in this {dtype} store without losing information; "
-                    f"convert it first (arr.astype({str(dtype)!r})) or write to a {k} store"
-                )
-            if _narrowing_ints(k, dtype):
-                for i, a in enumerate(out):
-                    if a.dtype == k:
-                        _check_fits(a, dtype, i)
-        return np.fromiter((sh[0] for sh in shapes), np.int64, len(shapes))
+        assert self._dtype is not None and self._trailing is not None
+        return check_arrays(out, self._dtype, self._trailing)
 
     def _write_batches(
         self, fd: int, arrays: list[np.ndarray], lengths: np.ndarray, start: int
@@ -713,10 +664,10 @@ class StoreWriter:
                 if buf.dtype != dtype:
                     if not np.can_cast(buf.dtype, dtype, casting):
                         self._check_arrays(arrays)  # names the array
-                    if _narrowing_ints(buf.dtype, dtype):
+                    if narrowing_ints(buf.dtype, dtype):
                         for j, a in enumerate(batch):
-                            if _narrowing_ints(a.dtype, dtype):
-                                _check_fits(a, dtype, lo + j)
+                            if narrowing_ints(a.dtype, dtype):
+                                check_fits(a, dtype, lo + j)
                     buf = buf.astype(dtype, casting=casting)
             else:
                 try:
@@ -733,38 +684,11 @@ class StoreWriter:
 
     def _allocate(self, n: int, start: int | None, fd: int) -> int:
         """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
-        data file large enough, under the store lock so that processes never race."""
+        data file large enough (see :func:`bigarray.core.rows.allocate`)."""
         assert self._shard is not None
-        with locked(self._lock_path):
-            alloc = read_alloc(self._alloc_path)
-            begin = alloc if start is None else start
-            end = begin + n
-            if start is not None and start < alloc and n:
-                # rows below the allocation mark may be another open writer's appends,
-                # written (or being written) and not committed yet: never overwrite them
-                taken = reserved_by_others(self.path, self._session, begin, end)
-                if taken is not None:
-                    raise OverlapError(
-                        f"rows [{begin}, {end}) overlap rows [{taken[0]}, {taken[1]}) that "
-                        f"another open writer of {self.path!r} appended and has not committed "
-                        "yet; they are never overwritten. Nothing was written: append with "
-                        "start_position=None, or write past the rows allocated so far."
-                    )
-            elif start is None and n:
-                self._journal.reserve(begin, end)
-            if end > alloc:
-                atomic_write(self._alloc_path, end.to_bytes(8, "little"), fsync=False)
-            need = self._shard.offset + end * self._row_nbytes
-            try:
-                if os.fstat(fd).st_size < need:  # only ever grow: others may be past us
-                    os.ftruncate(fd, need)
-            except OSError as exc:
-                raise wrap_os_error(exc, self.path) from None
-        if n * self._row_nbytes >= _PREALLOCATE_MIN_BYTES:
-            preallocate(
-                fd, self._shard.offset + begin * self._row_nbytes, n * self._row_nbytes, self.path
-            )
-        return begin
+        return allocate(
+            self.path, self._journal, fd, self._shard.offset, self._row_nbytes, n, start
+        )
 
     def _committed_state(self) -> tuple[Any, ...]:
         """``(stamp, open store, rows, holes, rows of the longest variable)`` of
