@@ -624,11 +624,6 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         self._bases: dict[int, int] | None = None
         self._inverse: np.ndarray | None = None
 
-    @classmethod
-    def from_arrays(cls, seg: SegmentArrays) -> SegmentIndex:
-        """An in-memory index of one run (used by writers and by remote stores)."""
-        return cls([IndexRun.from_arrays(seg)])
-
     # ------------------------------------------------------------ row order across runs
     def _layout(self) -> None:
         """Find whether the runs, taken by their first segment, are already in row order
