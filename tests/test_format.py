@@ -594,6 +594,20 @@ def test_the_row_count_can_be_rewritten_in_place(
     assert _read_header(full)[0] == (rows, *trailing)
 
 
+def test_every_row_count_up_to_20_digits_fits_the_header_of_an_empty_array() -> None:
+    """Header lengths at every distance from a 64-byte boundary: the padding always leaves
+    room for 20 digits, so a commit never needs to move the data."""
+    for dtype in ("<f4", "<M8[ns]", "<U123"):
+        for ndim in range(0, 6):
+            for digits in range(1, 9):
+                trailing = (10 ** (digits - 1),) * ndim
+                empty = npy_header(np.dtype(dtype), (0, *trailing))
+                for rows in (10**19, 10**20 - 1):
+                    full = npy_header(np.dtype(dtype), (rows, *trailing))
+                    assert len(full) == len(empty), (dtype, trailing, rows)
+                    assert _read_header(full)[0] == (rows, *trailing)
+
+
 @pytest.mark.parametrize(
     "array",
     [
