@@ -392,6 +392,49 @@ def test_match_and_first_overlap_look_in_every_run() -> None:
     assert idx.first_overlap(np.array([[6, 20], [23, 25]])) is None
 
 
+def test_first_overlap_of_several_runs_is_the_first_range_of_all() -> None:
+    """The first range sharing rows with any run, not the first range of the first run
+    with a clash (the commit's error names that range)."""
+    idx = in_memory(back_to_back(["old"], size=10), back_to_back(["new"], start=20, size=10))
+    assert idx.first_overlap(np.array([[25, 26], [5, 6]])) == (0, "new", 20, 30)
+    assert idx.first_overlap(np.array([[10, 20], [5, 6], [25, 26]])) == (1, "old", 0, 10)
+
+
+def _brute_overlaps(committed: dict[str, tuple[int, int]], a: int, b: int) -> set[str]:
+    return {n for n, (s, e) in committed.items() if e > s and b > a and s < b and a < e}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 6)), min_size=1, max_size=12),
+    st.lists(st.tuples(st.integers(0, 70), st.integers(0, 8)), max_size=8),
+    st.integers(1, 3),
+)
+def test_first_overlap_agrees_with_a_brute_force_search(
+    starts: list[tuple[int, int]], queries: list[tuple[int, int]], nruns: int
+) -> None:
+    committed: dict[str, tuple[int, int]] = {}
+    taken: set[int] = set()
+    for k, (s, n) in enumerate(starts):  # keep the committed segments disjoint
+        rows = set(range(s, s + n))
+        if not rows & taken:
+            taken |= rows
+            committed[f"c{k}"] = (s, s + n)
+    items = list(committed.items())
+    parts = [segs(dict(items[r::nruns])) for r in range(nruns)]
+    idx = in_memory(*parts)
+    bounds = np.array([(a, a + n) for a, n in queries], np.int64).reshape(-1, 2)
+    clashes = [i for i, (a, b) in enumerate(bounds.tolist()) if _brute_overlaps(committed, a, b)]
+    hit = idx.first_overlap(bounds)
+    if not clashes:
+        assert hit is None
+        return
+    assert hit is not None
+    i, name, s, e = hit
+    assert i == clashes[0] and committed[name] == (s, e)
+    assert name in _brute_overlaps(committed, *bounds[i].tolist())
+
+
 # --------------------------------------------------------------------------- files
 
 
