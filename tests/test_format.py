@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bigarray import StoreWriter
 from bigarray.core.format import (
     FORMAT_VERSION,
     INDEX_ROLES,
@@ -98,6 +99,37 @@ def test_a_manifest_survives_dumps_and_parse() -> None:
     parsed = parse_manifest(m.dumps(), "m")
     assert parsed == m
     assert parsed.dumps() == m.dumps()
+
+
+@pytest.mark.parametrize(
+    ("attrs", "reason"),
+    [
+        ({"scale": float("nan")}, "not JSON compliant: nan"),
+        ({"scale": float("inf")}, "not JSON compliant: inf"),
+        ({"scale": np.float32(0.5)}, "float32 is not JSON serializable"),
+        ({"table": np.arange(3)}, "ndarray is not JSON serializable"),
+        ({"when": b"bytes"}, "bytes is not JSON serializable"),
+    ],
+)
+def test_metadata_that_is_not_json_is_a_schema_error(attrs: dict[str, Any], reason: str) -> None:
+    for m in (manifest(attrs=attrs), manifest(variables={"data": variable(attrs=attrs)})):
+        with pytest.raises(SchemaError, match="cannot be written as JSON") as info:
+            m.dumps()
+        assert reason in str(info.value) and ".item()" in str(info.value)
+
+
+def test_a_writer_given_attrs_that_are_not_json_refuses_and_leaves_a_free_location(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    with pytest.raises(SchemaError, match="cannot be written as JSON"):
+        StoreWriter(path, dtype="f4", shape=(0, 2), attrs={"x": float("nan")}, fsync=False)
+    w = StoreWriter(path, dtype="f4", shape=(0, 2), attrs={"x": 0.5}, fsync=False)
+    w.write_rows([np.ones((2, 2), "f4")], ["a"])
+    w.close()
+    assert parse_manifest((path / "manifest.json").read_bytes(), "m").variables["data"].attrs == {
+        "x": 0.5
+    }
 
 
 def test_dumps_is_sorted_json_with_the_format_name_and_version() -> None:
