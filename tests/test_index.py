@@ -697,5 +697,84 @@ def test_any_sequence_of_commits_keeps_every_segment_findable(
     assert plan_commit(idx, spec, segs(dict(items[:pos]))).new.count == 0
 
 
+def _expected_refusal(entries: list[tuple[str, int, int]]) -> type[Exception] | None:
+    """What merging ``entries`` must raise, found the slow way (None: nothing)."""
+    seen: dict[str, tuple[int, int]] = {}
+    for name, a, b in entries:
+        if seen.setdefault(name, (a, b)) != (a, b):
+            return DuplicateSegmentError
+    rows = [(a, b) for a, b in seen.values() if b > a]
+    for k, (a, b) in enumerate(rows):
+        if any(a < d and c < b for c, d in rows[k + 1 :]):
+            return OverlapError
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d", "e", *COLLIDE]),
+            st.integers(0, 30),
+            st.integers(0, 4),
+        ),
+        max_size=8,
+    ),
+    st.integers(0, 8),
+)
+def test_merge_and_plan_commit_refuse_exactly_what_a_brute_force_search_finds(
+    raw: list[tuple[str, int, int]], split: int
+) -> None:
+    entries = [(n, a, a + k) for n, a, k in raw]
+    expected = _expected_refusal(entries)
+    new = segs({}) if not entries else concat([segs({n: (a, b)}) for n, a, b in entries])
+    if expected is None:
+        merged = merge(SegmentArrays.empty(), new)
+        want = {n: (a, b) for n, a, b in entries}
+        assert as_dict(merged) == want
+        assert merged.bounds.tolist() == sorted(merged.bounds.tolist())
+    else:
+        with pytest.raises(expected):
+            merge(SegmentArrays.empty(), new)
+    # the same segments in two commits: the second is checked against the first
+    first, second = entries[:split], entries[split:]
+    if _expected_refusal(first) is not None:
+        return
+    done = {n: (a, b) for n, a, b in first}
+    refusal = _expected_refusal(second)  # the commit's own segments are checked first
+    if refusal is None and any(done.get(n, (a, b)) != (a, b) for n, a, b in second):
+        refusal = DuplicateSegmentError
+    if refusal is None:
+        fresh = [(a, b) for n, a, b in second if n not in done and b > a]
+        if any(a < d and c < b for a, b in fresh for c, d in done.values() if d > c):
+            refusal = OverlapError
+    assert (refusal is None) == (expected is None)
+    committed = in_memory(segs(done))
+    spec = IndexFiles(len(committed), 1, 8, {}, {})
+    again = concat([segs({}), *(segs({n: (a, b)}) for n, a, b in second)])
+    if refusal is None:
+        plan = plan_commit(committed, spec, again)
+        assert {**done, **as_dict(plan.new)} == {n: (a, b) for n, a, b in entries}
+        assert not set(as_dict(plan.new)) & set(done), "committed segments are dropped"
+    else:
+        with pytest.raises(refusal):
+            plan_commit(committed, spec, again)
+
+
+def test_a_full_damaged_table_ends_the_probe() -> None:
+    """A table with no empty slot (damaged) must not loop forever; slots pointing past the
+    run are ignored."""
+    seg = back_to_back(["a", "b"])
+    arrays = index_arrays(seg)
+    spec = IndexFiles(2, 1, 8, {}, dict.fromkeys(INDEX_ROLES, 0))
+    for fill in (0, 99):
+        buffers = {r: a.tobytes() for r, a in arrays.items()}
+        buffers["table"] = np.full(8, fill, "<i8").tobytes()
+        run = IndexRun(buffers, spec, "s")
+        assert run.find("zz") == -1
+        assert run.match(segs({"zz": (9, 10)})).tolist() == [-1]
+        assert run.find("a") == (0 if fill == 0 else -1)
+
+
 def test_index_commit_is_exported_for_the_writers() -> None:
     assert IndexCommit.__dataclass_fields__.keys() == {"previous", "keep", "merged", "new"}
