@@ -167,11 +167,7 @@ def build_store(
     return expected
 
 
-@pytest.fixture()
-def make_store(tmp_path: Path) -> MakeStore:
-    """A factory of small stores on disk: ``make_store(path=None, segments=5, **options)``
-    returns ``(path, {name: array})`` (see :func:`build_store` for the options); without
-    ``path`` each store gets a fresh directory under ``tmp_path``."""
+def _factory(root: Callable[[], Path]) -> MakeStore:
     counter = itertools.count()
 
     def make(
@@ -179,7 +175,22 @@ def make_store(tmp_path: Path) -> MakeStore:
         segments: int | Sequence[int] | Mapping[str, Any] = 5,
         **options: Any,
     ) -> tuple[Path, dict[str, np.ndarray]]:
-        where = Path(path) if path is not None else tmp_path / f"store{next(counter)}.bigarray"
+        where = Path(path) if path is not None else root() / f"store{next(counter)}.bigarray"
         return where, build_store(where, segments, **options)
 
     return make
+
+
+@pytest.fixture()
+def make_store(tmp_path: Path) -> MakeStore:
+    """A factory of small stores on disk: ``make_store(path=None, segments=5, **options)``
+    returns ``(path, {name: array})`` (see :func:`build_store` for the options); without
+    ``path`` each store gets a fresh directory under ``tmp_path``."""
+    return _factory(lambda: tmp_path)
+
+
+@pytest.fixture(scope="session")
+def make_shared_store(tmp_path_factory: pytest.TempPathFactory) -> MakeStore:
+    """:func:`make_store` for module- and session-scoped fixtures (stores that many tests
+    read and none changes)."""
+    return _factory(lambda: tmp_path_factory.mktemp("stores"))
