@@ -363,6 +363,21 @@ def test_runs_interleaved_in_rows_are_merged_into_row_order() -> None:
     assert idx.bounds.tolist() == [[i, i + 1] for i in range(6)]
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_bounds_of_several_runs_come_in_row_order_before_any_name_is_gathered(
+    interleaved: bool,
+) -> None:
+    if interleaved:
+        parts = [segs({"r1": (1, 2), "r3": (3, 4)}), segs({"r0": (0, 1), "r2": (2, 3)})]
+    else:
+        parts = [back_to_back(["r2", "r3"], start=2, size=1), back_to_back(["r0", "r1"], size=1)]
+    idx = in_memory(*parts)
+    assert idx.bounds.tolist() == [[0, 1], [1, 2], [2, 3], [3, 4]]  # first use: bounds only
+    assert idx.starts.tolist() == [0, 1, 2, 3] and idx.stops.tolist() == [1, 2, 3, 4]
+    assert list(idx) == ["r0", "r1", "r2", "r3"]
+    assert SegmentIndex([IndexRun.from_arrays(SegmentArrays.empty())] * 2).bounds.shape == (0, 2)
+
+
 def test_a_missing_name_says_how_many_segments_there_are() -> None:
     idx = in_memory(back_to_back(["first", "second"]), back_to_back(["third"], start=6))
     with pytest.raises(SegmentNotFoundError, match="no segment named 'nope' among 3 segments"):
@@ -561,6 +576,26 @@ def test_a_commit_merges_the_newest_runs_while_the_next_is_at_most_factor_times_
     assert written.all_runs[-1].generation == 9 and written.count == sum(sizes) + new
     after = load(tmp_path, written)
     assert dict(after) == {**dict(idx), **as_dict(fresh)}
+
+
+def test_a_big_append_is_streamed_into_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past STREAM_MIN segments, an append merged with the newest runs is written through
+    memory maps (write_concat); readers cannot tell."""
+    import bigarray.core.index as index_module
+
+    monkeypatch.setattr(index_module, "STREAM_MIN", 8)
+    idx, spec = committed(tmp_path, [100, 6])
+    fresh = back_to_back([f"n{i}" for i in range(5)], start=3 * 106)
+    plan = plan_commit(idx, spec, fresh)
+    assert [len(r) for r in plan.merged] == [6]
+    written = plan.write(str(tmp_path), 3, fsync=False)
+    assert written is not None and [r.count for r in written.all_runs] == [100, 11]
+    after = load(tmp_path, written)
+    assert dict(after) == {**dict(idx), **as_dict(fresh)}
+    names = np.load(tmp_path / written.all_runs[-1].files["names"])
+    assert names.tobytes() == b"".join(n.encode() for n in [*list(idx)[100:], *as_dict(fresh)])
 
 
 def test_a_commit_of_segments_already_committed_writes_nothing(tmp_path: Path) -> None:
