@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from bigarray.core.format import INDEX_ROLES, IndexFiles, index_of_runs
 from bigarray.core.index import (
     MERGE_FACTOR,
-    IndexCommit,
     IndexRun,
     SegmentArrays,
     SegmentIndex,
@@ -809,7 +808,3 @@ def test_a_full_damaged_table_ends_the_probe() -> None:
         assert run.find("zz") == -1
         assert run.match(segs({"zz": (9, 10)})).tolist() == [-1]
         assert run.find("a") == (0 if fill == 0 else -1)
-
-
-def test_index_commit_is_exported_for_the_writers() -> None:
-    assert IndexCommit.__dataclass_fields__.keys() == {"previous", "keep", "merged", "new"}
