@@ -170,3 +170,29 @@ def test_one_shard_sums_are_the_local_grid(tmp_path: Path) -> None:
     assert a.checksums["blocks"] == b.checksums["blocks"]
     assert verify_store(str(tmp_path / "a")).ok
     assert os.path.isdir(tmp_path / "a" / "shards")
+
+
+def test_a_copied_store_verifies_at_its_destination(
+    tmp_path: Path, bucket: str, s3_options: dict[str, Any], client: Any
+) -> None:
+    """``bigarray cp`` renames every file (its session in the name): the checksums that name
+    files (layout, index spec) follow, so the copy verifies as its source does."""
+    from bigarray import PointerArrayWriter
+    from bigarray.copy import copy_store
+
+    local = str(tmp_path / "local.bigarray")
+    with PointerArrayWriter(local, dtype="f8") as w:
+        w.write({f"s{i}": np.full((300, 8), i, "f8") for i in range(10)})
+    sharded = f"s3://{bucket}/sharded.bigarray"
+    write_sharded(sharded, s3_options)
+    copies = [
+        (local, None, f"s3://{bucket}/from-local.bigarray", s3_options),
+        (sharded, s3_options, str(tmp_path / "from-s3.bigarray"), None),
+        (sharded, s3_options, f"s3://{bucket}/from-s3.bigarray", s3_options),
+    ]
+    for src, src_opts, dst, dst_opts in copies:
+        copy_store(src, dst, src_options=src_opts, dst_options=dst_opts, progress=False)
+        report = verify(dst, dst_opts)
+        assert report.ok, str(report)
+        assert report.blocks_checked > 0
+        assert not [n for n in report.notes if "checksums" in n], report.notes

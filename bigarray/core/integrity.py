@@ -67,6 +67,7 @@ __all__ = [
     "BLOCK_BYTES",
     "DataChecksums",
     "block_spans",
+    "renamed_checksums",
 ]
 
 ALGORITHM = "crc32c"
@@ -221,6 +222,36 @@ def block_spans(shards: Sequence[Any], block_rows: int) -> list[tuple[int, int, 
     for i, s in enumerate(shards):
         start, stop = int(s.start), int(s.stop)
         out += [(i, a, min(a + block_rows, stop)) for a in range(start, stop, block_rows)]
+    return out
+
+
+def renamed_checksums(
+    old: Variable,
+    new: Variable,
+    old_spec: IndexFiles | None,
+    new_spec: IndexFiles | None,
+) -> dict[str, Any] | None:
+    """``old.checksums`` for ``new``, the same variable with its files renamed (a copy).
+
+    The bytes are the same, so the block and file sums stay; ``layout`` and the index
+    ``spec`` name the files, so they are recomputed, but only where they agreed with
+    ``old`` and ``old_spec``: sums that did not match the source (a damaged manifest) stay
+    as they were, so the copy fails verification as its source does.
+    """
+    sums = old.checksums
+    if not isinstance(sums, Mapping):
+        return sums
+    out = dict(sums)
+    if out.get("layout") == layout_crc(old):
+        out["layout"] = layout_crc(new)
+    entry = out.get("index")
+    if (
+        isinstance(entry, Mapping)
+        and old_spec is not None
+        and new_spec is not None
+        and entry.get("spec") == spec_crc(old_spec)
+    ):
+        out["index"] = {**entry, "spec": spec_crc(new_spec)}
     return out
 
 
