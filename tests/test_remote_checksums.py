@@ -196,3 +196,21 @@ def test_a_copied_store_verifies_at_its_destination(
         assert report.ok, str(report)
         assert report.blocks_checked > 0
         assert not [n for n in report.notes if "checksums" in n], report.notes
+
+
+@pytest.mark.parametrize(
+    "shape", [(10, 0), (0, 3), (10,), (300_000, 8)], ids=["zero-width", "empty", "1d", "big"]
+)
+def test_sharded_checksums_of_odd_shapes_verify(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    from bigarray.dask_backend import to_bigarray_sharded
+
+    data = np.arange(int(np.prod(shape)), dtype="f8").reshape(shape)
+    chunks = max(1, shape[0] // 3)
+    for url in (str(tmp_path / "x"), f"memory://odd-{uuid.uuid4().hex[:8]}/x"):
+        with dask.config.set(scheduler="threads"):
+            to_bigarray_sharded(da.from_array(data, chunks=(chunks, *shape[1:])), url)
+        report = verify_store(url) if "://" not in url else verify_remote(url)
+        assert report.ok, str(report)
+        var = open_store(url, None).manifest.variables["data"]
+        assert var.checksums is not None
+        assert report.blocks_checked == len(block_spans(var.shards, block_rows_for(var.row_nbytes)))

@@ -170,16 +170,14 @@ def _verify_variable(report: VerifyReport, store: Any, url: str, var: Variable) 
                 report.bytes_checked += raw.nbytes
                 if sums is None:
                     continue
-                nb = block * rb
-                for lo in range(0, raw.nbytes, nb):
+                for r0 in range(a, b, block):  # by rows: rows of zero bytes make blocks too
+                    r1 = min(b, r0 + block)
                     report.blocks_checked += 1
-                    got = int(extend_crc(0, raw[lo : lo + nb]))
+                    got = int(extend_crc(0, raw[(r0 - a) * rb : (r1 - a) * rb]))
                     want = int(sums.blocks[k]) if k < sums.nblocks else -1
                     if got != want:
                         report.bad_block_count += 1
                         if not any(bb.variable == var.name for bb in report.bad_blocks):
-                            r0 = a + lo // rb
-                            r1 = min(shard.stop, r0 + block)
                             p0 = shard.offset + (r0 - shard.start) * rb
                             bad = BadBlock(
                                 var.name,

@@ -283,8 +283,11 @@ def shard_block_sums(data: Any, rows: int, row_nbytes: int) -> list[int]:
     bytes of ``rows`` rows), from the shard's first row: the per-shard block grid that
     :mod:`bigarray.core.integrity` describes."""
     raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    step = block_rows_for(row_nbytes) * row_nbytes
-    return [int(extend_crc(0, raw[a : a + step])) for a in range(0, rows * row_nbytes, step)]
+    br = block_rows_for(row_nbytes)
+    # by rows, not bytes: rows of zero bytes still make blocks (of empty sums)
+    return [
+        int(extend_crc(0, raw[a * row_nbytes : (a + br) * row_nbytes])) for a in range(0, rows, br)
+    ]
 
 
 def write_shard(block: Any, plan: ShardedWrite, i: int) -> dict[str, Any]:
