@@ -1035,7 +1035,7 @@ def _run_sharded(job: _ShardedJob, nested: bool) -> Any:
 
     from .core.sharded import cleanup_session, commit_shards, write_shard
 
-    plan = job.plan
+    plan = job.plan.renewed()  # a Delayed computed twice: two runs, two sessions
     blocks = job.arr.to_delayed().reshape(-1) if plan.nshards else []
     writes = [dask.delayed(write_shard, pure=False)(blk, plan, i) for i, blk in enumerate(blocks)]
     try:

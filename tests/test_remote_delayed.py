@@ -126,3 +126,39 @@ def test_a_failed_block_of_a_delayed_write_on_threads_leaves_nothing(tmp_path: P
     acc = FileAccess(url)
     acc.invalidate()
     assert not acc.fs.exists(acc.root) or not acc.fs.find(acc.root)
+
+
+def test_a_delayed_write_computed_twice_keeps_the_first_commit(
+    bucket: str, s3_options: dict[str, Any], client: Any
+) -> None:
+    """The second run finds the store its first run committed: it is refused, and its
+    cleanup removes its own objects only, never those the committed manifest names."""
+    from bigarray.errors import StoreExistsError
+
+    url = f"s3://{bucket}/twice.bigarray"
+    delayed = to_bigarray(version(2.0), url, names("b"), storage_options=s3_options, compute=False)
+    delayed.compute()
+    before = everything("s3", f"s3://{bucket}", s3_options)
+    with pytest.raises(StoreExistsError):
+        delayed.compute()
+    assert everything("s3", f"s3://{bucket}", s3_options) == before
+    store = open_store(url, s3_options)
+    assert np.all(store.read_rows("data", 0, 400) == 2.0)
+
+
+def test_cleanup_of_a_session_never_removes_committed_objects(tmp_path: Path) -> None:
+    from bigarray.core.sharded import (
+        cleanup_session,
+        commit_shards,
+        plan_sharded_write,
+        write_shard,
+    )
+
+    url = str(tmp_path / "x.bigarray")
+    data = np.arange(40.0).reshape(20, 2)
+    plan = plan_sharded_write(url, data.shape, data.dtype, [10, 10], {"a": 10, "b": 10})
+    results = [write_shard(data[a:b], plan, i) for i, (a, b) in enumerate([(0, 10), (10, 20)])]
+    commit_shards(results, plan)
+    cleanup_session(plan)  # a run of the same session that failed after the commit
+    store = open_store(url, None)
+    np.testing.assert_array_equal(store.read_rows("data", 0, 20), data)

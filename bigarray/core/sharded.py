@@ -63,6 +63,7 @@ from .format import (
     Shard,
     Variable,
     as_bytes,
+    manifest_objects,
     normalize_dtype,
     npy_header,
 )
@@ -207,6 +208,12 @@ class ShardedWrite:
 
     def shard_path(self, i: int) -> str:
         return f"{SHARD_DIR}/{self.prefix}-{i:06d}.npy"
+
+    def renewed(self) -> ShardedWrite:
+        """The same write under a new session: each run of a write (a ``compute=False``
+        Delayed computed twice) names its own objects, so a failed run cleans up only its
+        own and never the objects of a run that committed."""
+        return dataclasses.replace(self, session=uuid.uuid4().hex[:12])
 
 
 def plan_sharded_write(
@@ -488,9 +495,20 @@ def cleanup_session(plan: ShardedWrite, extra: Sequence[str] = ()) -> None:
             deadline = access.write_deadline(0)  # a hung server must not hang the cleanup
             found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"), **deadline)
             if found:
+                # never an object a committed manifest names (whoever committed it)
+                named = {access.full(r) for r in _committed_objects(access)}
+                found = [f for f in found if f not in named]
+            if found:
                 access.fs.rm(list(found), **deadline)
             elif attempt:
                 break
         time.sleep(0.25)
     with contextlib.suppress(Exception):
         access.remove([mark])
+
+
+def _committed_objects(access: FileAccess) -> set[str]:
+    """The objects the store's current manifest names (none when it has none)."""
+    from .commit import snapshot
+
+    return manifest_objects(snapshot(access).manifest)
