@@ -16,6 +16,8 @@ Writing
     every task ``pwrite``\\ s its own rows through a pickled (non-owner) writer, the segment
     names stay in the client, and the client commits once after every task finished.
     :class:`BigArrayTarget` is the same writer as a ``dask.array.store`` target.
+    :func:`to_bigarray_sharded` (every URL that is not local) writes one ``.npy`` object
+    per block instead and commits them (:mod:`bigarray.core.sharded`: the storage part).
 """
 
 from __future__ import annotations
@@ -753,7 +755,10 @@ def to_bigarray(
         Variable name.
     compute
         ``False`` returns a ``dask.delayed.Delayed`` whose computation (on any scheduler,
-        ``client.compute`` included) writes and then commits, in its final task.
+        ``client.compute`` included) writes and then commits. It is one task that creates
+        the writer when it runs and runs the write tasks itself (on ``dask.distributed``
+        through the worker's client): building it touches nothing on disk, and a failed
+        block leaves nothing behind (the previous commit stays as it was).
     storage_options
         fsspec options for remote URLs.
     remove_exist
@@ -865,7 +870,9 @@ def _run_local_write(job: _LocalWrite, nested: bool) -> None:
             meta=np.empty((0,) * x.ndim, np.int64),
         )
         total = written.sum()
-        target.record_segments()  # the names stay here, in the journal: never in the graph
+        # the names go to the journal, never into the graph of the write tasks (with
+        # compute=False they travel once, in ``job``, to the task running this)
+        target.record_segments()
         _compute_here([total], nested)
         target.close()
     except BaseException:
