@@ -162,3 +162,21 @@ def test_cleanup_of_a_session_never_removes_committed_objects(tmp_path: Path) ->
     cleanup_session(plan)  # a run of the same session that failed after the commit
     store = open_store(url, None)
     np.testing.assert_array_equal(store.read_rows("data", 0, 20), data)
+
+
+@pytest.mark.parametrize("compute", [True, False])
+def test_a_failed_sharded_write_to_a_local_path_leaves_no_directory(
+    tmp_path: Path, compute: bool
+) -> None:
+    from bigarray.dask_backend import to_bigarray_sharded
+
+    bad = version(2.0).map_blocks(_fail_on_third_block, dtype="f8")
+    with dask.config.set(scheduler="threads"), pytest.raises(RuntimeError, match="on purpose"):
+        out = to_bigarray_sharded(bad, str(tmp_path / "x.bigarray"), names("b"), compute=compute)
+        if not compute:
+            out.compute()
+    assert os.listdir(tmp_path) == []
+    # and the path is free for the next write
+    with dask.config.set(scheduler="threads"):
+        to_bigarray_sharded(version(1.0), str(tmp_path / "x.bigarray"), names("b"))
+    assert open_store(str(tmp_path / "x.bigarray"), None).variable().rows == 400

@@ -505,6 +505,10 @@ def cleanup_session(plan: ShardedWrite, extra: Sequence[str] = ()) -> None:
         time.sleep(0.25)
     with contextlib.suppress(Exception):
         access.remove([mark])
+    if access.local:  # the directories the write made, when nothing else is in them
+        for rel in (SHARD_DIR, INDEX_DIR, ""):
+            with contextlib.suppress(OSError):
+                os.rmdir(access.full(rel))
 
 
 def _committed_objects(access: FileAccess) -> set[str]:
