@@ -1044,7 +1044,8 @@ def _run_sharded(job: _ShardedJob, nested: bool) -> Any:
 
     plan = job.plan.renewed()  # a Delayed computed twice: two runs, two sessions
     blocks = job.arr.to_delayed().reshape(-1) if plan.nshards else []
-    writes = [dask.delayed(write_shard, pure=False)(blk, plan, i) for i, blk in enumerate(blocks)]
+    light = plan.for_tasks()
+    writes = [dask.delayed(write_shard, pure=False)(blk, light, i) for i, blk in enumerate(blocks)]
     try:
         results = _compute_here(writes, nested)
     except BaseException:

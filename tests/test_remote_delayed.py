@@ -180,3 +180,24 @@ def test_a_failed_sharded_write_to_a_local_path_leaves_no_directory(
     with dask.config.set(scheduler="threads"):
         to_bigarray_sharded(version(1.0), str(tmp_path / "x.bigarray"), names("b"))
     assert open_store(str(tmp_path / "x.bigarray"), None).variable().rows == 400
+
+
+def test_shard_tasks_carry_no_segment_table(tmp_path: Path) -> None:
+    """Every shard task gets the plan without the names (only the commit needs them)."""
+    import pickle
+
+    from bigarray.core.sharded import commit_shards, plan_sharded_write, write_shard
+
+    n = 50_000
+    data = np.arange(2.0 * n).reshape(n, 2)
+    url = str(tmp_path / "x.bigarray")
+    plan = plan_sharded_write(
+        url, data.shape, data.dtype, [n // 2, n // 2], {f"s{i}": 1 for i in range(n)}
+    )
+    light = plan.for_tasks()
+    assert len(pickle.dumps(light)) < 2_000 < len(pickle.dumps(plan))
+    results = [write_shard(data[: n // 2], light, 0), write_shard(data[n // 2 :], light, 1)]
+    commit_shards(results, plan)
+    store = open_store(url, None)
+    assert store.index is not None and len(store.index) == n
+    np.testing.assert_array_equal(store.read_rows("data", 0, n), data)

@@ -209,6 +209,12 @@ class ShardedWrite:
     def shard_path(self, i: int) -> str:
         return f"{SHARD_DIR}/{self.prefix}-{i:06d}.npy"
 
+    def for_tasks(self) -> ShardedWrite:
+        """This plan without the segment index and attributes, which only the commit needs:
+        what every :func:`write_shard` task carries (a table of a million names must not
+        travel with each task)."""
+        return dataclasses.replace(self, seg=None, attrs={})
+
     def renewed(self) -> ShardedWrite:
         """The same write under a new session: each run of a write (a ``compute=False``
         Delayed computed twice) names its own objects, so a failed run cleans up only its
