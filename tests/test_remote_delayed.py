@@ -146,7 +146,10 @@ def test_a_delayed_write_computed_twice_keeps_the_first_commit(
     assert np.all(store.read_rows("data", 0, 400) == 2.0)
 
 
-def test_cleanup_of_a_session_never_removes_committed_objects(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_cleanup_of_a_session_never_removes_committed_objects(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
     from bigarray.core.sharded import (
         cleanup_session,
         commit_shards,
@@ -154,13 +157,18 @@ def test_cleanup_of_a_session_never_removes_committed_objects(tmp_path: Path) ->
         write_shard,
     )
 
+    opts = None
     url = str(tmp_path / "x.bigarray")
+    if where == "s3":
+        opts = request.getfixturevalue("s3_options")
+        url = f"s3://{request.getfixturevalue('bucket')}/x.bigarray"
     data = np.arange(40.0).reshape(20, 2)
-    plan = plan_sharded_write(url, data.shape, data.dtype, [10, 10], {"a": 10, "b": 10})
+    segments = {"a": 10, "b": 10}
+    plan = plan_sharded_write(url, data.shape, data.dtype, [10, 10], segments, "data", opts)
     results = [write_shard(data[a:b], plan, i) for i, (a, b) in enumerate([(0, 10), (10, 20)])]
     commit_shards(results, plan)
     cleanup_session(plan)  # a run of the same session that failed after the commit
-    store = open_store(url, None)
+    store = open_store(url, opts)
     np.testing.assert_array_equal(store.read_rows("data", 0, 20), data)
 
 
