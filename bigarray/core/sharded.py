@@ -172,12 +172,12 @@ def shard_bounds(chunk_rows: Sequence[int], seg: SegmentArrays | None) -> list[i
 # --------------------------------------------------------------------------- the plan
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShardedWrite:
     """Everything a sharded write needs besides the data: where, what, and its session.
 
-    Built by :func:`plan_sharded_write` (which only reads the target), pickled into every
-    task. ``bounds`` are the shard boundaries (rows); shard ``i`` holds rows
+    Built by :func:`plan_sharded_write` (which only reads the target); every shard task
+    carries its :meth:`for_tasks` copy, the commit the whole plan. ``bounds`` are the shard boundaries (rows); shard ``i`` holds rows
     ``[bounds[i], bounds[i + 1])`` and is written as :meth:`shard_path` ``(i)``.
     """
 
