@@ -1,6 +1,6 @@
 """Stores anywhere: one suite over a local directory, ``memory://`` and S3 (moto server).
 
-Writes go through :func:`bigarray.core.sharded.to_bigarray_sharded` (and the dask face's
+Writes go through :func:`bigarray.dask_backend.to_bigarray_sharded` (and the dask face's
 ``to_bigarray`` when it is installed) on a real ``dask.distributed`` LocalCluster with 2
 worker processes, except on ``memory://``: that filesystem lives inside one process, so
 workers in other processes could never see its objects; there the threaded scheduler
@@ -23,8 +23,9 @@ import pytest
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray.copy import copy_store
 from bigarray.core.filesystem import FileAccess, is_local
-from bigarray.core.sharded import SHARD_DIR, segment_arrays, shard_bounds, to_bigarray_sharded
+from bigarray.core.sharded import SHARD_DIR, segment_arrays, shard_bounds
 from bigarray.core.store import RemoteStore, Store, is_store, open_store
+from bigarray.dask_backend import to_bigarray_sharded
 from bigarray.errors import (
     BigArrayError,
     NotAStoreError,
