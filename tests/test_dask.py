@@ -464,11 +464,6 @@ def test_rerun_of_an_appending_task_on_a_killed_worker_commits_once(
         np.testing.assert_array_equal(x[f"s{i}"], np.full((10, 3), i, "f8"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18 item 4: the rerun's rows stay in the data file and in shape[0]; needs the "
-    "local writer (core/writer.py) to skip a journaled identical write or to drop its rows",
-)
 def test_rerun_of_an_appending_task_leaves_no_rows_outside_the_segments(
     tmp_path: Path, client: Any
 ) -> None:
@@ -484,12 +479,6 @@ def test_rerun_of_an_appending_task_leaves_no_rows_outside_the_segments(
     assert float(np.asarray(x).sum()) == 30.0 * sum(range(8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18 item 4: a rerun whose first attempt a flush() already committed is refused "
-    "at write() as a duplicate; needs the local writer (core/writer.py) to know its session's "
-    "committed names",
-)
 def test_rerun_after_a_flush_committed_the_first_attempt_is_recognised(tmp_path: Path) -> None:
     path = str(tmp_path / "x.bigarray")
     w = PointerArrayWriter(path, dtype="f8")

@@ -115,7 +115,7 @@ from .format import (
     npy_header,
 )
 from .index import SegmentArrays, concat, plan_commit
-from .journal import Journal, Record, collect_dead_sessions
+from .journal import Journal, Record, collect_dead_sessions, record_key
 from .location import StoreMoved, locked_here, remove_store, replace_empty_file
 from .reruns import drop_identical_reruns, pread_rows
 from .rowcheck import check_arrays, check_fits, narrowing_ints
@@ -779,6 +779,10 @@ class StoreWriter:
         if not prepared and self._shard is None:  # nothing to write, and nowhere yet
             return 0, 0
         if names:
+            assert seg is not None
+            rerun = self._rerun_of(names, seg, prepared, lengths)
+            if rerun is not None:  # this very write, done before by this session
+                return rerun
             # Refused here, before any byte is written, rather than at the commit
             self._check_names(names, seg, unique)
             if start_position is not None:
@@ -846,7 +850,8 @@ class StoreWriter:
                     if names:
                         self._remember(names, start, stop)
             else:
-                self._journal.append(record, starts, ends)
+                key = record_key(names) if names else None
+                self._journal.append(record, starts, ends, key=key)
                 crash_point("after-journal")
                 assert mark is not None
                 self._journal.end_write(mark)
@@ -871,6 +876,65 @@ class StoreWriter:
             self._names_seen.update(names)
         if stop > start:
             bisect.insort(self._extents, (start, stop))
+
+    def _rerun_of(
+        self,
+        names: list[str],
+        seg: SegmentArrays,
+        arrays: list[np.ndarray],
+        lengths: np.ndarray,
+    ) -> tuple[int, int] | None:
+        """The rows of an earlier write of this session with the same names, lengths and
+        bytes (a dask task rerun after its worker died, or a pool task retried), or None.
+
+        Such a write is done already: it is not written again (no rows allocated, nothing
+        counted twice in the shape). Found through the session's journal (a record not
+        committed yet, filed under :func:`~bigarray.core.journal.record_key` of its names)
+        or its commits (name hashes of what each commit of the session added); the bytes
+        are compared before a write counts as a rerun. Anything else is judged as usual
+        (a name used before with other bytes stays a duplicate).
+        """
+        if self._shard is None or self._dtype is None:
+            return None
+        bounds: np.ndarray | None = None
+        if not self.is_owner:  # (the owner's own writes are in its memory, never rerun)
+            found = self._journal.find(record_key(names))
+            if found is not None:
+                rec, b = found
+                assert rec.segments is not None
+                if (
+                    rec.segments.count == len(names)
+                    and [rec.segments.name(i) for i in range(len(names))] == names
+                ):
+                    bounds = b
+        if bounds is None:
+            with self._lock:
+                idx = self._committed_state()[1].index
+                hits = idx.match(seg) if idx is not None and len(idx) else None
+                if not self.is_owner:
+                    self._drop_committed_state()
+            if hits is None or not bool(np.all(hits[:, 0] >= 0)):
+                return None
+            mine = self._journal.committed_hashes()
+            pos = np.searchsorted(mine, seg.hashes)
+            pos[pos >= len(mine)] = 0
+            if not len(mine) or not bool(np.all(mine[pos] == seg.hashes)):
+                return None  # committed by another session: a duplicate
+            bounds = hits
+        if not np.array_equal(bounds[:, 1] - bounds[:, 0], lengths):
+            return None
+        fd = self._data_fd() if self.is_owner else self._open_data_file()
+        try:
+            read = pread_rows(fd, self._shard.offset, self._row_nbytes)
+            assert self._dtype is not None
+            for (a, b), arr in zip(bounds.tolist(), arrays, strict=True):
+                want = np.ascontiguousarray(arr, dtype=self._dtype)
+                if read(a, b) != want.tobytes():
+                    return None
+        finally:
+            if not self.is_owner:
+                os.close(fd)
+        return int(bounds[:, 0].min()), int(bounds[:, 1].max())
 
     def _check_names(self, names: list[str], seg: SegmentArrays | None, unique: bool) -> None:
         """Refuse names used twice in this call, already written by this process in this
@@ -1103,8 +1167,11 @@ class StoreWriter:
             sums_of += [None] * len(unrecorded)
             update = DataUpdate(new_var, fd, ranges, sums_of, checksums=self.checksums)
 
-            def published(_new: Manifest) -> None:
+            def published(new: Manifest) -> None:
                 self._shard = shard
+                if new_segments and plan_index.new.count:
+                    # a task rerun after this commit is recognised (see _rerun_of)
+                    self._journal.note_committed(new.generation, plan_index.new.hashes)
                 if read_alloc(self._alloc_path) < rows:
                     atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
                 self._journal.discard(files)
