@@ -780,11 +780,23 @@ class StoreWriter:
             return 0, 0
         if names:
             assert seg is not None
-            rerun = self._rerun_of(names, seg, prepared, lengths)
-            if rerun is not None:  # this very write, done before by this session
+            # a write done before by this session (a task rerun): not written again
+            rerun = None if self.is_owner else self._journaled_rerun(names, prepared, lengths)
+            if rerun is not None:
                 return rerun
             # Refused here, before any byte is written, rather than at the commit
-            self._check_names(names, seg, unique)
+            committed = self._check_names(names, seg, unique)
+            if committed is not None:
+                rerun = self._committed_rerun(seg, committed, prepared, lengths)
+                if rerun is not None:
+                    return rerun
+                i = int(np.flatnonzero(committed[:, 0] >= 0)[0])
+                a, b = committed[i]
+                raise DuplicateSegmentError(
+                    f"segment name {names[i]!r} is already committed in {self.path!r} "
+                    f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
+                    "written by this call."
+                )
             if start_position is not None:
                 self._check_own_overlap(start_position, start_position + total)
         owner = self.is_owner
@@ -877,68 +889,71 @@ class StoreWriter:
         if stop > start:
             bisect.insort(self._extents, (start, stop))
 
-    def _rerun_of(
+    def _journaled_rerun(
+        self, names: list[str], arrays: list[np.ndarray], lengths: np.ndarray
+    ) -> tuple[int, int] | None:
+        """The rows of an earlier write of this session, journaled and not committed yet,
+        with the same names, lengths and bytes (a dask task rerun after its worker died, a
+        pool task retried), or None. Its record is filed under
+        :func:`~bigarray.core.journal.record_key` of its names."""
+        found = self._journal.find(record_key(names))
+        if found is None:
+            return None
+        rec, bounds = found
+        assert rec.segments is not None
+        if rec.segments.count != len(names) or any(
+            rec.segments.name(i) != n for i, n in enumerate(names)
+        ):
+            return None
+        return self._same_rows(bounds, arrays, lengths)
+
+    def _committed_rerun(
         self,
-        names: list[str],
         seg: SegmentArrays,
+        found: np.ndarray,
         arrays: list[np.ndarray],
         lengths: np.ndarray,
     ) -> tuple[int, int] | None:
-        """The rows of an earlier write of this session with the same names, lengths and
-        bytes (a dask task rerun after its worker died, or a pool task retried), or None.
+        """The rows of an earlier write of this session that one of its commits (a flush)
+        committed, with the same names, lengths and bytes, or None: ``found`` holds the
+        committed bounds of each name. A name another session committed is not this
+        session's to repeat (each commit of the session notes the name hashes it added)."""
+        if not bool(np.all(found[:, 0] >= 0)):
+            return None
+        mine = self._journal.committed_hashes()
+        if not len(mine):
+            return None
+        pos = np.minimum(np.searchsorted(mine, seg.hashes), len(mine) - 1)
+        if not bool(np.all(mine[pos] == seg.hashes)):
+            return None
+        return self._same_rows(found, arrays, lengths)
 
-        Such a write is done already: it is not written again (no rows allocated, nothing
-        counted twice in the shape). Found through the session's journal (a record not
-        committed yet, filed under :func:`~bigarray.core.journal.record_key` of its names)
-        or its commits (name hashes of what each commit of the session added); the bytes
-        are compared before a write counts as a rerun. Anything else is judged as usual
-        (a name used before with other bytes stays a duplicate).
-        """
+    def _same_rows(
+        self, bounds: np.ndarray, arrays: list[np.ndarray], lengths: np.ndarray
+    ) -> tuple[int, int] | None:
+        """``(first row, end)`` of ``bounds`` if the data file holds exactly ``arrays``
+        there (the store's dtype), else None."""
         if self._shard is None or self._dtype is None:
             return None
-        bounds: np.ndarray | None = None
-        if not self.is_owner:  # (the owner's own writes are in its memory, never rerun)
-            found = self._journal.find(record_key(names))
-            if found is not None:
-                rec, b = found
-                assert rec.segments is not None
-                if (
-                    rec.segments.count == len(names)
-                    and [rec.segments.name(i) for i in range(len(names))] == names
-                ):
-                    bounds = b
-        if bounds is None:
-            with self._lock:
-                idx = self._committed_state()[1].index
-                hits = idx.match(seg) if idx is not None and len(idx) else None
-                if not self.is_owner:
-                    self._drop_committed_state()
-            if hits is None or not bool(np.all(hits[:, 0] >= 0)):
-                return None
-            mine = self._journal.committed_hashes()
-            pos = np.searchsorted(mine, seg.hashes)
-            pos[pos >= len(mine)] = 0
-            if not len(mine) or not bool(np.all(mine[pos] == seg.hashes)):
-                return None  # committed by another session: a duplicate
-            bounds = hits
         if not np.array_equal(bounds[:, 1] - bounds[:, 0], lengths):
             return None
         fd = self._data_fd() if self.is_owner else self._open_data_file()
         try:
             read = pread_rows(fd, self._shard.offset, self._row_nbytes)
-            assert self._dtype is not None
             for (a, b), arr in zip(bounds.tolist(), arrays, strict=True):
-                want = np.ascontiguousarray(arr, dtype=self._dtype)
-                if read(a, b) != want.tobytes():
+                if read(a, b) != np.ascontiguousarray(arr, dtype=self._dtype).tobytes():
                     return None
         finally:
             if not self.is_owner:
                 os.close(fd)
         return int(bounds[:, 0].min()), int(bounds[:, 1].max())
 
-    def _check_names(self, names: list[str], seg: SegmentArrays | None, unique: bool) -> None:
-        """Refuse names used twice in this call, already written by this process in this
-        session, or already committed (by this or another session)."""
+    def _check_names(
+        self, names: list[str], seg: SegmentArrays | None, unique: bool
+    ) -> np.ndarray | None:
+        """Refuse names used twice in this call or already written by this process in this
+        session; return the committed bounds of each name (``-1`` where not committed) when
+        some are committed already, else None."""
         if not unique and len(set(names)) != len(names):
             seen: set[str] = set()
             dup = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
@@ -959,27 +974,19 @@ class StoreWriter:
                     "by this call, and the segments written before are kept."
                 )
         if seg is None:
-            return
+            return None
         with self._lock:
             idx = self._committed_state()[1].index
             if idx is None or not len(idx):
                 if not self.is_owner:
                     self._drop_committed_state()
-                return
+                return None
             # the index's hash tables, probed for all names at once: O(new names), no
             # committed name decoded
             found = idx.match(seg)
             if not self.is_owner:  # worker copies keep no descriptor of the store
                 self._drop_committed_state()
-        hit = np.flatnonzero(found[:, 0] >= 0)
-        if hit.size:
-            i = int(hit[0])
-            a, b = found[i]
-            raise DuplicateSegmentError(
-                f"segment name {names[i]!r} is already committed in {self.path!r} "
-                f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
-                "written by this call."
-            )
+        return found if bool(np.any(found[:, 0] >= 0)) else None
 
     def _check_own_overlap(self, start: int, stop: int) -> None:
         """Refuse a positioned named write over rows this process's named writes of this
