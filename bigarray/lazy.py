@@ -26,15 +26,24 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .core.chunks import rows_per_chunk, segment_chunks
+from .core.filesystem import is_local, local_path
 from .core.format import Shard, Variable, normalize_dtype
-from .errors import SchemaError, StoreChangedError, StoreNotFoundError
+from .errors import SchemaError, SegmentNotFoundError, StoreChangedError, StoreNotFoundError
 
-__all__ = ["LazyArray", "open_array", "segment_chunks", "target_rows"]
+__all__ = [
+    "EMPTY_INDEX",
+    "LazyArray",
+    "SupportsLazyArray",
+    "chunk_bytes",
+    "open_array",
+    "target_rows",
+]
 
 #: At most this many stores stay open per process (each holds a memory map, hence a file
 #: descriptor, per shard); the least recently used is closed first.
@@ -44,22 +53,13 @@ _DEFAULT_CHUNK_BYTES = 128 << 20
 
 
 # ----------------------------------------------------------------------------- the seam
-def is_local(url: str) -> bool:
-    """True for a plain path or a ``file://`` URL (read through memory maps)."""
-    return "://" not in url or url.startswith("file://")
-
-
-def _local_path(url: str) -> str:
-    return os.path.abspath(url[len("file://") :] if url.startswith("file://") else url)
-
-
 def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Open the store at ``url`` (a memory-mapped local store, or an fsspec reader)."""
     from .core.store import open_local
     from .core.store import open_store as open_any
 
     if is_local(url):
-        return open_local(_local_path(url))
+        return open_local(local_path(url))
     return open_any(url, storage_options=dict(storage_options or {}))
 
 
@@ -70,9 +70,10 @@ def _options_key(options: Mapping[str, Any] | None) -> str:
 
 
 # ----------------------------------------------------------------------------- chunk plans
-def target_rows(chunks: Any, row_nbytes: int) -> int:
-    """Rows per chunk for ``chunks`` = ``"auto"`` (dask's ``array.chunk-size``), a byte
-    string such as ``"64 MiB"``, or an int number of rows."""
+def chunk_bytes(chunks: Any, row_nbytes: int) -> int:
+    """Target bytes per chunk for ``chunks`` = ``"auto"`` (dask's ``array.chunk-size``), a
+    byte string such as ``"64 MiB"``, or an int number of rows (of ``row_nbytes`` each),
+    for the planner :func:`bigarray.core.chunks.segment_chunks`."""
     if isinstance(chunks, bool):
         raise SchemaError(f"chunks={chunks!r}: expected 'auto', 'segments', an int or bytes")
     if isinstance(chunks, (int, np.integer)):
@@ -80,7 +81,7 @@ def target_rows(chunks: Any, row_nbytes: int) -> int:
             raise SchemaError(
                 f"chunks={chunks!r}: a row count must be >= 1 (or use 'auto' or 'segments')"
             )
-        return int(chunks)
+        return int(chunks) * max(1, row_nbytes)
     if chunks == "auto":
         nbytes: int = _DEFAULT_CHUNK_BYTES
         try:
@@ -90,98 +91,26 @@ def target_rows(chunks: Any, row_nbytes: int) -> int:
             nbytes = int(parse_bytes(dask.config.get("array.chunk-size", "128MiB")))
         except ImportError:  # dask is optional for the handle itself
             pass
-    elif isinstance(chunks, str):
+        return nbytes
+    if isinstance(chunks, str):
         try:
             from dask.utils import parse_bytes
 
-            nbytes = int(parse_bytes(chunks))
+            return int(parse_bytes(chunks))
         except (ImportError, ValueError):
             raise SchemaError(
                 f"chunks={chunks!r} is not understood: expected 'auto', 'segments', an int "
                 "number of rows, or a size such as '64 MiB'"
             ) from None
-    else:
-        raise SchemaError(
-            f"chunks={chunks!r} is not understood: expected 'auto', 'segments', an int "
-            "number of rows, a size such as '64 MiB', or a tuple of row counts"
-        )
-    return max(1, nbytes // max(1, row_nbytes))
+    raise SchemaError(
+        f"chunks={chunks!r} is not understood: expected 'auto', 'segments', an int "
+        "number of rows, a size such as '64 MiB', or a tuple of row counts"
+    )
 
 
-def segment_chunks(
-    bounds: np.ndarray | None,
-    rows: int,
-    target: int | None,
-    forced: np.ndarray | list[int] | tuple[int, ...] = (),
-    *,
-    split: bool = True,
-) -> tuple[int, ...]:
-    """Row chunk sizes whose boundaries fall on segment boundaries (vectorised).
-
-    Parameters
-    ----------
-    bounds
-        ``(n, 2)`` int64 ``[start, stop)`` of every segment (row order), or ``None`` for an
-        array without segments (any row is a boundary).
-    rows
-        Total rows.
-    target
-        About this many rows per chunk; ``None`` gives one chunk per segment.
-    forced
-        Boundaries that must be cuts (shard starts: a chunk never spans two data files).
-    split
-        Split a single segment (or a gap between segments) longer than ``target`` into
-        near-equal pieces; the only case where a chunk boundary falls inside a segment.
-
-    Returns
-    -------
-    tuple of int
-        Chunk sizes, summing to ``rows``.
-
-    Notes
-    -----
-    Candidate cuts are all segment starts and stops. For every multiple ``k * target`` the
-    largest candidate not above it is a cut; segments (or gaps) longer than ``target`` are
-    cut on both sides. So chunks never straddle a segment and hold at most about
-    ``2 * target`` rows, with no Python loop over segments.
-    """
-    if rows == 0:
-        return (0,)
-    forced_arr = np.asarray(forced, np.int64).reshape(-1)
-    if bounds is None or len(bounds) == 0:
-        cand = _unique(np.concatenate([[0, rows], forced_arr]))
-        unnamed = True
-    else:
-        b = np.asarray(bounds, np.int64)
-        cand = _unique(np.concatenate([[0, rows], b.reshape(-1), forced_arr]))
-        unnamed = False
-    cand = cand[(cand >= 0) & (cand <= rows)]
-    if target is None:
-        cuts = cand
-        sizes = np.diff(cuts)
-        if unnamed:  # no segments: one chunk per shard is the best "segment" plan
-            return tuple(int(s) for s in sizes) or (0,)
-        return tuple(int(s) for s in sizes)
-    target = max(1, int(target))
-    gaps = np.diff(cand)
-    big = gaps > target
-    picks = np.arange(1, -(-rows // target), dtype=np.int64) * target
-    chosen = cand[np.searchsorted(cand, picks, "right") - 1]
-    cuts = _unique(np.concatenate([[0, rows], chosen, cand[:-1][big], cand[1:][big], forced_arr]))
-    cuts = cuts[(cuts >= 0) & (cuts <= rows)]
-    sizes = np.diff(cuts)
-    if split:
-        # an interval is "one piece" when no candidate lies strictly inside it
-        inside = np.searchsorted(cand, cuts[1:], "left") - np.searchsorted(cand, cuts[:-1], "right")
-        parts = np.where((inside == 0) & (sizes > target), -(-sizes // target), 1)
-        if int(parts.max(initial=1)) > 1:
-            base = np.repeat(sizes // parts, parts)
-            rem = np.repeat(sizes % parts, parts)
-            first = np.repeat(np.cumsum(parts) - parts, parts)
-            pos = np.arange(len(base)) - first
-            sizes = base + (pos < rem)
-    sizes = sizes[sizes > 0] if len(sizes) > 1 else sizes
-    return tuple(sizes.tolist())
+def target_rows(chunks: Any, row_nbytes: int) -> int:
+    """Rows per chunk for ``chunks`` (see :func:`chunk_bytes`)."""
+    return rows_per_chunk(chunk_bytes(chunks, row_nbytes), row_nbytes)
 
 
 def check_row_chunks(
@@ -211,20 +140,26 @@ def check_row_chunks(
     return tuple(int(s) for s in sizes)
 
 
-def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted unique values; ``np.unique`` hashes first in recent numpy and is ~500x slower
-    on the already nearly sorted boundary arrays this module feeds it."""
-    a = np.sort(np.asarray(a, np.int64).reshape(-1), kind="stable")
-    if len(a) < 2:
-        return a
-    keep = np.empty(len(a), bool)
-    keep[0] = True
-    np.not_equal(a[1:], a[:-1], out=keep[1:])
-    return a[keep]
-
-
 def _short(t: tuple[int, ...]) -> str:
     return repr(t) if len(t) <= 6 else f"({', '.join(map(str, t[:3]))}, ..., {t[-1]}) [{len(t)}]"
+
+
+# ----------------------------------------------------------------------------- no segments
+class _EmptyIndex(Mapping[str, tuple[int, int]]):
+    """The segment index of a store written without names: no name is in it."""
+
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        raise SegmentNotFoundError(f"no segment named {name!r}: this store has no segment index")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+#: ``x.indices`` of a store without a segment index (an empty read-only mapping).
+EMPTY_INDEX: Mapping[str, tuple[int, int]] = _EmptyIndex()
 
 
 # ----------------------------------------------------------------------------- open stores
@@ -461,19 +396,21 @@ class LazyArray:
             return check_row_chunks(
                 tuple(int(c) for c in chunks), len(self), self.segment_bounds(), repr(self)
             )
+        row_nbytes = self._var.row_nbytes
         if chunks == "segments":
             key: Any = ("segments",)
             target = None
         else:
-            target = target_rows(chunks, max(1, self._var.row_nbytes))
-            key = (target, split)
+            target = chunk_bytes(chunks, row_nbytes)
+            key = (rows_per_chunk(target, row_nbytes), split)
         hit = self._chunk_cache.get(key)
         if hit is None:
             forced = [s.start for s in self._var.shards[1:]]
             # a target of every row cuts only at shard starts whatever the segments: the
             # plan of a store that fits one chunk never reads its (maybe huge) index
-            bounds = None if target is not None and target >= len(self) else self.segment_bounds()
-            hit = segment_chunks(bounds, len(self), target, forced, split=split)
+            whole = target is not None and rows_per_chunk(target, row_nbytes) >= len(self)
+            bounds = None if whole else self.segment_bounds()
+            hit = segment_chunks(bounds, len(self), row_nbytes, target, forced=forced, split=split)
             self._chunk_cache[key] = hit
         return hit
 
@@ -493,9 +430,7 @@ class LazyArray:
         """The store's segment index: a read-only mapping ``name -> (start, stop)``."""
         idx = self._opened().store.index
         if idx is None:
-            from .arrays import _EMPTY_INDEX
-
-            return _EMPTY_INDEX
+            return EMPTY_INDEX
         return idx
 
     def segment(self, name: str) -> np.ndarray:
@@ -657,6 +592,14 @@ class LazyArray:
             )
 
 
+@runtime_checkable
+class SupportsLazyArray(Protocol):
+    """An object that can give the :class:`LazyArray` of the store it reads (an open
+    ``MmapArray``/``PointerArray``): how the dask face takes one without importing it."""
+
+    def __bigarray_lazy__(self, variable: str | None = None) -> LazyArray: ...
+
+
 def _var_state(var: Variable) -> tuple[Any, ...]:
     return (
         var.name,
@@ -727,7 +670,7 @@ def open_array(
     url = os.fspath(path_or_url)
     local = is_local(url)
     if local:
-        url = _local_path(url)
+        url = local_path(url)
     store = open_store(url, storage_options)
     try:
         var = store.variable(variable)

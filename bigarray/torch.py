@@ -56,8 +56,9 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "for your platform from https://pytorch.org first)"
     ) from exc
 
+from .core.filesystem import is_local
 from .errors import SamplerError, SchemaError, SegmentIndexError, StoreChangedError
-from .lazy import LazyArray, is_local, open_array
+from .lazy import LazyArray, open_array
 
 __all__ = [
     "BucketBatchSampler",
