@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.index import SegmentIndex
-from .core.store import open_local
+from .core.store import SegmentLookup, StoreReader, open_local
 from .core.writer import StoreWriter
 from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
 from .lazy import EMPTY_INDEX, LazyArray, open_array
@@ -86,7 +85,7 @@ class MmapArray(np.memmap):
     # Class-level defaults: a view (a slice) sets only what differs from them, which keeps
     # x[i:i + 256] as cheap as the same slice of a numpy memmap.
     _bigarray_root: tuple[str, str | None, int] | None = None
-    _bigarray_store: Any = None  # Store or RemoteStore of the root array; None on views
+    _bigarray_store: StoreReader | None = None  # the root array's reader; None on views
     _bigarray_plain: np.ndarray | None = None
     _bigarray_base: Any = None  # the root array a view was sliced from
     _bigarray_options: dict[str, Any] | None = None  # set on arrays of remote stores
@@ -209,7 +208,7 @@ class MmapArray(np.memmap):
             store = self._root_array()._bigarray_store
         except BigArrayError:
             store = None
-        if getattr(store, "is_legacy", False):
+        if store is not None and store.is_legacy:
             from .core.legacy import convert_hint
 
             raise ReadOnlyError(
@@ -355,7 +354,7 @@ class PointerArray(MmapArray):
     """
 
     @property
-    def indices(self) -> SegmentIndex:
+    def indices(self) -> SegmentLookup:
         """Read-only mapping ``name -> (start, stop)`` (rows, half-open), in row order."""
         root = self._root_array()
         store = root._bigarray_store

@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BigArrayError
+
+if TYPE_CHECKING:
+    from .core.legacy import LegacyStore
+    from .core.store import StoreReader
 
 
 def _human(n: float) -> str:
@@ -35,14 +39,14 @@ def _options(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _open_any(path: str, options: dict[str, Any] | None) -> Any:
+def _open_any(path: str, options: dict[str, Any] | None) -> StoreReader:
     """A store at a local path (memory-mapped) or any fsspec URL (byte ranges)."""
     from .core.store import open_store
 
     return open_store(path, storage_options=options)
 
 
-def _legacy_info(store: Any, args: argparse.Namespace) -> int:
+def _legacy_info(store: LegacyStore, args: argparse.Namespace) -> int:
     """``bigarray info`` of a file written by the 2020 library (read in place)."""
     var = store.variable()
     nbytes = var.row_nbytes * var.rows
@@ -68,8 +72,10 @@ def _legacy_info(store: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .core.legacy import LegacyStore
+
     store = _open_any(args.path, _options(args.storage_options))
-    if getattr(store, "is_legacy", False):
+    if isinstance(store, LegacyStore):
         return _legacy_info(store, args)
     m = store.manifest
     print(f"store      {args.path}")
@@ -88,6 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("segments   none (an unnamed array)")
     else:
         index = store.index
+        assert index is not None  # the manifest names segments
         bounds = index.bounds
         lengths = bounds[:, 1] - bounds[:, 0]
         print(f"segments   {seg.count:,}", end="")
@@ -103,7 +110,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         hint = "; `bigarray compact` merges them" if len(runs) > 1 else ""
         print(f"index      {len(runs)} run{'s' if len(runs) > 1 else ''} ({sizes} segments){hint}")
     print(f"data size  {_human(total)}")
-    if not getattr(store, "is_remote", False):
+    if not store.is_remote:
         from .core.manage import getsize
 
         on_disk = getsize(args.path)

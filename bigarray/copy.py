@@ -117,7 +117,7 @@ def copy_store(
 
     t0 = time.perf_counter()
     source = open_store(src, src_options)  # clear errors for a missing or foreign source
-    if getattr(source, "is_legacy", False):  # opened in place for reading, but no store
+    if source.is_legacy:  # opened in place for reading, but no store
         from .core.legacy import convert_hint
         from .errors import NotAStoreError
 

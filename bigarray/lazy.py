@@ -34,6 +34,9 @@ import numpy as np
 from .core.chunks import rows_per_chunk, segment_chunks
 from .core.filesystem import is_local, local_path
 from .core.format import Shard, Variable, normalize_dtype
+from .core.index import SegmentArrays
+from .core.store import SegmentLookup, StoreReader, open_local
+from .core.store import open_store as open_any
 from .errors import SchemaError, SegmentNotFoundError, StoreChangedError, StoreNotFoundError
 
 __all__ = [
@@ -53,11 +56,8 @@ _DEFAULT_CHUNK_BYTES = 128 << 20
 
 
 # ----------------------------------------------------------------------------- the seam
-def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> StoreReader:
     """Open the store at ``url`` (a memory-mapped local store, or an fsspec reader)."""
-    from .core.store import open_local
-    from .core.store import open_store as open_any
-
     if is_local(url):
         return open_local(local_path(url))
     return open_any(url, storage_options=dict(storage_options or {}))
@@ -148,6 +148,14 @@ def _short(t: tuple[int, ...]) -> str:
 class _EmptyIndex(Mapping[str, tuple[int, int]]):
     """The segment index of a store written without names: no name is in it."""
 
+    @property
+    def bounds(self) -> np.ndarray:
+        return np.zeros((0, 2), np.int64)
+
+    @property
+    def arrays(self) -> SegmentArrays:
+        return SegmentArrays.empty()
+
     def __getitem__(self, name: str) -> tuple[int, int]:
         raise SegmentNotFoundError(f"no segment named {name!r}: this store has no segment index")
 
@@ -159,7 +167,7 @@ class _EmptyIndex(Mapping[str, tuple[int, int]]):
 
 
 #: ``x.indices`` of a store without a segment index (an empty read-only mapping).
-EMPTY_INDEX: Mapping[str, tuple[int, int]] = _EmptyIndex()
+EMPTY_INDEX: SegmentLookup = _EmptyIndex()
 
 
 # ----------------------------------------------------------------------------- open stores
@@ -167,7 +175,7 @@ class _Opened:
     """One store opened in this process: the store object and the views of the shards the
     handle saw (local), or the store for ``read_rows`` (remote)."""
 
-    def __init__(self, store: Any, var: Variable, local: bool) -> None:
+    def __init__(self, store: StoreReader, var: Variable, local: bool) -> None:
         self.store = store
         self.var = var
         self.local = local
@@ -197,9 +205,7 @@ class _Opened:
 
     def close(self) -> None:
         self.views = []
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        self.store.close()
 
 
 class _StoreCache:
@@ -257,12 +263,11 @@ def open_store_count() -> int:
 
 
 # ----------------------------------------------------------------------------- the handle
-def _fingerprint(store: Any, var: Variable, local: bool) -> tuple[Any, ...]:
+def _fingerprint(store: StoreReader, var: Variable, local: bool) -> tuple[Any, ...]:
     """Identity of the committed bytes: each shard file's inode, size and mtime (local), or
-    whatever the remote store reports (its manifest generation at least)."""
+    the remote store's commit (URL, manifest generation and bytes)."""
     if not local:
-        fp = getattr(store, "fingerprint", None)
-        return (fp() if callable(fp) else fp,)
+        return (store.fingerprint(),)
     out = []
     for s in var.shards:
         try:
@@ -549,13 +554,11 @@ class LazyArray:
                     "and rebuild the computation."
                 )
         except BaseException:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+            store.close()
             raise
         return _CACHE.put(key, opened)
 
-    def _check_same(self, store: Any, local: bool) -> None:
+    def _check_same(self, store: StoreReader, local: bool) -> None:
         """Refuse to read a store that was replaced since this handle was made (the rows it
         names may hold other data now); appends are fine, committed rows never change."""
         now = store.manifest
@@ -681,9 +684,7 @@ def open_array(
             fp = (*fp, _sample_crc(opened, var.rows))
         handle = LazyArray(url, var, generation, fp, storage_options)
     except BaseException:
-        close = getattr(store, "close", None)
-        if close is not None:
-            close()
+        store.close()
         raise
     _CACHE.put(handle._key(), opened)
     return handle

@@ -18,8 +18,8 @@ import mmap
 import os
 import stat
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,8 +45,95 @@ from .format import (
 )
 from .index import IndexRun, SegmentIndex, index_nbytes
 
+if TYPE_CHECKING:
+    from .legacy import LegacyStore
+
 # Index files smaller than this are read into memory: no descriptor or map is kept open.
 _MAP_THRESHOLD = 1 << 20
+
+
+class SegmentLookup(Protocol):
+    """What every reader's segment index offers (:class:`~bigarray.core.index.SegmentIndex`,
+    and the 2020 files' :class:`~bigarray.core.legacy.LegacyIndex`): ``name -> (start,
+    stop)`` rows in row order, and the arrays behind it."""
+
+    def __getitem__(self, name: str) -> tuple[int, int]: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """``(n, 2)`` int64 ``[start, stop)`` of every segment in row order."""
+        ...
+
+    @property
+    def arrays(self) -> Any:
+        """The index arrays: ``bounds``, ``name_offsets``, ``names`` (uint8)."""
+        ...
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """The read side every face is typed against: :class:`Store` (memory maps),
+    :class:`RemoteStore` (byte ranges) and :class:`~bigarray.core.legacy.LegacyStore` (a
+    2020 file in place) all satisfy it, so callers never probe for a method.
+
+    A reader is a context manager; ``close()`` releases what it holds (maps of the index),
+    and views or arrays handed out stay valid.
+    """
+
+    #: True when rows are read by byte ranges (no memory maps: ``shard_views`` raises).
+    is_remote: bool
+    #: True for a file of the 2020 library opened in place (read-only, no commit).
+    is_legacy: bool
+
+    @property
+    def path(self) -> str:
+        """Where the store is: a directory, a 2020 file, or the URL."""
+        ...
+
+    @property
+    def manifest(self) -> Manifest:
+        """The committed manifest this reader reads (one commit, whatever lands later)."""
+        ...
+
+    @property
+    def index(self) -> SegmentLookup | None:
+        """The segment index (``None`` for a store written without names)."""
+        ...
+
+    def variable(self, name: str | None = None) -> Variable:
+        """The manifest entry of variable ``name`` (default: ``data`` or the only one)."""
+        ...
+
+    def shard_views(self, var: Variable) -> list[np.ndarray]:
+        """Read-only memory maps of each shard of ``var`` (local readers only)."""
+        ...
+
+    def read_rows(self, name: str | None, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a variable."""
+        ...
+
+    def read_ranges(self, name: str | None, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Rows ``[start, stop)`` of each range."""
+        ...
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """The identity of the commit read: a store rewritten or replaced since gives
+        another value (per-process caches key on it)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the reader holds."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def interrupted_creation(path: str) -> bool:
@@ -334,14 +421,29 @@ class Store:
 
     #: Memory-mapped: ``shard_views`` gives numpy views of the data files.
     is_remote = False
+    is_legacy = False
     storage_options: dict[str, Any] | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, cached: bool = False) -> None:
         self.path = os.fspath(path)
+        # the manifest's identity before it is read: a commit landing in between gives a
+        # fingerprint that matches no commit, never the new commit's (a cache misses, safely)
+        try:
+            st = os.stat(os.path.join(self.path, MANIFEST_NAME))
+            self._manifest_id: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        except OSError:
+            self._manifest_id = (-1, -1, -1)
         self.manifest = read_manifest(self.path, cached=cached)
         self._cached = cached
         self._index: SegmentIndex | None = None
         self._maps: list[Any] = []
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Identity of the commit this store object reads: path, manifest generation and
+        the manifest file's identity when it was read (every commit renames a new manifest
+        into place, so a store rewritten or replaced at the same path gives another value,
+        even at the same generation)."""
+        return (self.path, self.manifest.generation, *self._manifest_id)
 
     # ------------------------------------------------------------------ index
     @property
@@ -564,6 +666,7 @@ class RemoteStore:
 
     #: Read by byte ranges: there are no memory maps to hand out.
     is_remote = True
+    is_legacy = False
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         from .filesystem import FileAccess
@@ -849,3 +952,11 @@ def _open_legacy(path: str | os.PathLike[str], with_index: bool) -> Any:
     if not is_legacy_file(path):
         return None
     return LegacyStore(path, with_index=with_index)
+
+
+if TYPE_CHECKING:  # mypy checks that every reader satisfies the protocol
+
+    def _every_reader_is_a_store_reader(
+        a: Store, b: RemoteStore, c: LegacyStore
+    ) -> list[StoreReader]:
+        return [a, b, c]
