@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .core.cache import MAX_OPEN_STORES, OPEN_STORES, freeze_options, store_key
 from .core.chunks import rows_per_chunk, segment_chunks
 from .core.filesystem import is_local, local_path
 from .core.format import Shard, Variable, normalize_dtype
@@ -41,16 +40,13 @@ from .errors import SchemaError, SegmentNotFoundError, StoreChangedError, StoreN
 
 __all__ = [
     "EMPTY_INDEX",
+    "MAX_OPEN_STORES",
     "LazyArray",
     "SupportsLazyArray",
     "chunk_bytes",
     "open_array",
     "target_rows",
 ]
-
-#: At most this many stores stay open per process (each holds a memory map, hence a file
-#: descriptor, per shard); the least recently used is closed first.
-MAX_OPEN_STORES = 64
 
 _DEFAULT_CHUNK_BYTES = 128 << 20
 
@@ -61,12 +57,6 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> St
     if is_local(url):
         return open_local(local_path(url))
     return open_any(url, storage_options=dict(storage_options or {}))
-
-
-def _options_key(options: Mapping[str, Any] | None) -> str:
-    # storage_options may hold nested dicts (client_kwargs): a sorted repr is stable enough
-    # for a cache key and never contains data.
-    return repr(sorted((str(k), repr(v)) for k, v in (options or {}).items()))
 
 
 # ----------------------------------------------------------------------------- chunk plans
@@ -204,61 +194,17 @@ class _Opened:
         return np.concatenate(parts)
 
     def close(self) -> None:
-        self.views = []
+        # the views stay: a thread may be reading through them (their maps go with them)
         self.store.close()
 
 
-class _StoreCache:
-    """Per-process LRU of open stores, keyed by what the handle saw (so a rewritten store is
-    reopened, never served from a stale map)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[Any, ...], _Opened] = OrderedDict()
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-
-    def get(self, key: tuple[Any, ...]) -> _Opened | None:
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the maps are valid, the lock is fresh
-                self._pid = os.getpid()
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: tuple[Any, ...], item: _Opened) -> _Opened:
-        evicted = []
-        with self._lock:
-            old = self._items.get(key)
-            if old is not None:  # another thread opened it first: keep one
-                self._items.move_to_end(key)
-                evicted.append(item)
-                item = old
-            else:
-                self._items[key] = item
-                while len(self._items) > self.capacity:
-                    evicted.append(self._items.popitem(last=False)[1])
-        for e in evicted:
-            e.close()
-        return item
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            items = list(self._items.values())
-            self._items.clear()
-        for e in items:
-            e.close()
-
-
-_CACHE = _StoreCache(MAX_OPEN_STORES)
+#: The one per-process cache of open stores (see :mod:`bigarray.core.cache`).
+_CACHE = OPEN_STORES
 
 
 def open_store_count() -> int:
-    """How many stores this process holds open in the handle cache (for tests and tools)."""
+    """How many stores this process holds open in its cache of open stores (for tests and
+    tools)."""
     return len(_CACHE)
 
 
@@ -368,6 +314,12 @@ class LazyArray:
     def generation(self) -> int:
         """Manifest generation this handle reads (its committed snapshot)."""
         return self._generation
+
+    @property
+    def commit(self) -> tuple[Any, ...]:
+        """An opaque, hashable identity of the commit this handle reads (the key under
+        which readers opened for it are cached)."""
+        return (self._generation, self._fp)
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -523,7 +475,7 @@ class LazyArray:
             self._fp,
             self._var.shape,
             self._var.dtype.str,
-            _options_key(self._options),
+            freeze_options(self._options),
         )
 
     def __repr__(self) -> str:
@@ -534,7 +486,9 @@ class LazyArray:
 
     # ------------------------------------------------------------------ opening
     def _key(self) -> tuple[Any, ...]:
-        return (self.url, self._var.name, self._generation, self._fp, _options_key(self._options))
+        # what the handle saw is the commit: a rewritten store is reopened, never served
+        # from a stale map
+        return store_key(self.url, self._options, self.commit, "lazy", self._var.name)
 
     def _opened(self) -> _Opened:
         key = self._key()

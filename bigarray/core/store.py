@@ -254,6 +254,46 @@ def open_store(
     return RemoteStore(os.fspath(url_or_path), storage_options)
 
 
+def open_cached(
+    url_or_path: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    commit: Any = None,
+) -> StoreReader:
+    """A reader of the store at ``url_or_path`` shared through the per-process cache of open
+    stores (:data:`bigarray.core.cache.OPEN_STORES`). Do not close it: it is shared.
+
+    Parameters
+    ----------
+    url_or_path, storage_options
+        As for :func:`open_store`.
+    commit
+        The ``fingerprint()`` of the commit the caller read (a Dataset or dataset opened
+        earlier, maybe in another process): the entry is kept per commit, so a store
+        committed again is never served from a reader of the old commit. On a miss the
+        store is opened as it is now; compare its ``fingerprint()`` with ``commit`` to
+        refuse one that changed. Without it, the reader first opened in this process
+        (a local store whose manifest changed since is opened again).
+
+    Returns
+    -------
+    StoreReader
+    """
+    from .cache import OPEN_STORES, store_key
+
+    key = store_key(url_or_path, storage_options, commit, "reader")
+    hit = OPEN_STORES.get(key)
+    if hit is not None:
+        if not (
+            commit is None
+            and isinstance(hit, Store)
+            and hit._manifest_id != _manifest_identity(hit.path)
+        ):
+            return hit
+        OPEN_STORES.discard(key)  # committed again since: open the commit there now
+    return OPEN_STORES.put(key, open_store(url_or_path, storage_options))
+
+
 #: Parsed manifests by (store path, manifest bytes): opening a store again reads the file
 #: (a commit replaces it) but skips the JSON validation when its bytes did not change.
 _PARSED: dict[tuple[str, bytes], Manifest] = {}
@@ -410,6 +450,16 @@ def _open_regular(full: str, where: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _manifest_identity(path: str) -> tuple[int, int, int]:
+    """(device, inode, mtime) of a store's manifest file: every commit renames a new one
+    into place, so this changes with every commit."""
+    try:
+        st = os.stat(os.path.join(path, MANIFEST_NAME))
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
 class Store:
     """A committed store opened for reading (local directory).
 
@@ -428,11 +478,7 @@ class Store:
         self.path = os.fspath(path)
         # the manifest's identity before it is read: a commit landing in between gives a
         # fingerprint that matches no commit, never the new commit's (a cache misses, safely)
-        try:
-            st = os.stat(os.path.join(self.path, MANIFEST_NAME))
-            self._manifest_id: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        except OSError:
-            self._manifest_id = (-1, -1, -1)
+        self._manifest_id = _manifest_identity(self.path)
         self.manifest = read_manifest(self.path, cached=cached)
         self._cached = cached
         self._index: SegmentIndex | None = None
