@@ -1,4 +1,4 @@
-"""The ``bigarray`` command line: info, verify, rm, compact, convert, cp, demo, bench.
+"""The ``bigarray`` command line: info, verify, rm, compact, convert, cp, demo.
 
 Each subcommand imports what it needs when it runs, so ``bigarray info`` stays quick
 and the core never imports dask, xarray or fsspec.
@@ -158,26 +158,59 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_compactable(path: str) -> str | None:
+    """Why ``bigarray compact`` cannot work on ``path`` (None: it is a local store)."""
+    import os
+
+    from .core.filesystem import is_local, local_path
+    from .core.legacy import convert_hint, is_legacy_file
+    from .core.store import is_store
+
+    if not is_local(path):
+        return (
+            f"{path!r} is a URL; compact rewrites a local store's index in place. Copy the "
+            "store to a local path (`bigarray cp`), compact it there and copy it back"
+        )
+    full = local_path(path)
+    if not os.path.lexists(full):
+        return f"{path!r} does not exist; give the path of a local bigarray store"
+    if is_store(full):
+        return None
+    if os.path.isfile(full) and is_legacy_file(full):
+        return (
+            f"{path!r} is a file of the 2020 bigarray, which has no index runs to merge; "
+            f"convert it to a store first (`{convert_hint(path)}`)"
+        )
+    kind = "a directory without a manifest" if os.path.isdir(full) else "not a directory"
+    return f"{path!r} is not a local bigarray store ({kind})"
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .core.compact import compact
-    from .core.store import is_store
+    from .core.filesystem import local_path
+    from .core.store import read_manifest
 
-    if not is_store(args.path):
-        print(f"bigarray compact: {args.path!r} is not a local bigarray store", file=sys.stderr)
+    why = _not_compactable(args.path)
+    if why is not None:
+        print(f"bigarray compact: {why}", file=sys.stderr)
         return 2
-    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc="compact") as bar:
+    path = local_path(args.path)
+    spec = read_manifest(path).segments
+    runs = len(spec.all_runs) if spec is not None else 0
+    desc = f"compact {runs} run{'s' if runs != 1 else ''}"
+    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc=desc) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        spec = compact(args.path, progress=progress)
-    if spec is None:
+        merged = compact(path, progress=progress)
+    if merged is None:
         print("no segment index: nothing to compact")
     else:
-        print(f"index      1 run ({spec.count:,} segments)")
+        print(f"index      1 run ({merged.count:,} segments)")
     return 0
 
 
@@ -216,24 +249,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(size=args.size, workers=args.workers, path=args.path, progress=not args.quiet)
     return 0
-
-
-def run_bench(argv: Sequence[str]) -> int:
-    """``bigarray bench ARGS`` is ``python -m benchmarks ARGS`` from a source checkout."""
-    import os
-
-    if os.path.isdir(os.path.join(os.getcwd(), "benchmarks")) and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # the console script's sys.path[0] is the venv's bin/
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError:
-        print(
-            "bigarray bench runs the suite in benchmarks/ of a source checkout: "
-            "run it from the repository root (python -m benchmarks)",
-            file=sys.stderr,
-        )
-        return 2
-    return int(bench_main(list(argv)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (default: bigarray, or zarr/netcdf for a store by DST extension)",
     )
     s.add_argument("--variable", help="which array/dataset of the source to convert")
-    s.add_argument("--remove-exist", action="store_true", help="replace DST if it exists")
+    s.add_argument(
+        "--remove-exist",
+        action="store_true",
+        help="replace a store at DST (written beside it; anything else at DST is refused)",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_convert)
 
@@ -295,15 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
 
-    # `bench` hands every argument to the suite's own parser (see main()); listed for --help
-    sub.add_parser("bench", help="run the benchmark suite: bigarray bench --size W1 (see --list)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        return run_bench(argv[1:])
+        # the benchmarks are a directory of the source checkout, not part of the package
+        print(
+            "bigarray: there is no `bench` command; run the benchmark suite from the root of "
+            "a source checkout with `python -m benchmarks --size W1` (see --list)",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
