@@ -104,3 +104,13 @@ def test_copy_takes_a_local_store_by_any_spelling(
     copy_store(_spell(path, how), _spell(dest, how))
     assert dest.is_dir()
     np.testing.assert_array_equal(PointerArray(dest)["c"], data[12:])
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_the_xarray_engine_opens_a_local_store_by_any_spelling(
+    store: tuple[Path, np.ndarray], how: str
+) -> None:
+    xr = pytest.importorskip("xarray")
+    path, data = store
+    with xr.open_dataset(_spell(path, how), engine="bigarray") as ds:
+        np.testing.assert_array_equal(ds["data"].values, data)
