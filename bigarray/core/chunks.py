@@ -86,25 +86,11 @@ def segment_chunks(
     if target >= rows and not len(forced_arr):
         return (rows,)
     n = len(cand)
-    # furthest candidate within the target of each candidate, never past the next forced cut
-    reach = np.searchsorted(cand, cand + target, "right") - 1
-    if len(forced_arr):
-        is_forced = np.zeros(n, bool)
-        is_forced[np.searchsorted(cand, forced_arr)] = True
-        is_forced[-1] = True
-        nxt_forced = np.flatnonzero(is_forced)
-        stop_at = nxt_forced[
-            np.searchsorted(nxt_forced, np.arange(n), "right").clip(0, len(nxt_forced) - 1)
-        ]
-        reach = np.minimum(reach, stop_at)
-    # a piece longer than the target with no candidate inside is a chunk of its own
-    reach = np.maximum(reach, np.minimum(np.arange(n) + 1, n - 1))
-    step = reach.tolist()
-    cuts = [0]
-    i = 0
-    while i < n - 1:  # one step per chunk, not per segment
-        i = step[i]
-        cuts.append(i)
+    stops_at = np.flatnonzero(np.isin(cand, forced_arr)) if len(forced_arr) else None
+    if rows // target < n // 8:
+        cuts = _walk_few(cand, target, stops_at)
+    else:
+        cuts = _walk_many(cand, target, stops_at)
     edges = cand[np.asarray(cuts, np.int64)]
     sizes = np.diff(edges)
     if split:
@@ -116,6 +102,41 @@ def segment_chunks(
             pos = np.arange(len(base)) - first
             sizes = base + (pos < rem)
     return tuple(sizes.tolist())
+
+
+def _walk_few(cand: np.ndarray, target: int, forced: np.ndarray | None) -> list[int]:
+    """Indices into ``cand`` of the greedy cuts, one binary search per chunk (few chunks
+    over many candidates: a store of a million segments cut into a hundred chunks)."""
+    n = len(cand)
+    cuts = [0]
+    i = 0
+    while i < n - 1:
+        j = int(np.searchsorted(cand, cand[i] + target, "right")) - 1
+        if forced is not None:
+            k = int(np.searchsorted(forced, i, "right"))
+            if k < len(forced):
+                j = min(j, int(forced[k]))
+        i = max(j, i + 1)  # a piece longer than the target is a chunk of its own
+        cuts.append(i)
+    return cuts
+
+
+def _walk_many(cand: np.ndarray, target: int, forced: np.ndarray | None) -> list[int]:
+    """The same cuts with every binary search done at once (many chunks)."""
+    n = len(cand)
+    reach = np.searchsorted(cand, cand + target, "right") - 1
+    if forced is not None and len(forced):
+        ends = np.append(forced, n - 1)
+        nxt = ends[np.searchsorted(ends, np.arange(n), "right").clip(0, len(ends) - 1)]
+        np.minimum(reach, nxt, out=reach)
+    step = reach.tolist()
+    cuts = [0]
+    i = 0
+    while i < n - 1:  # one step per chunk, not per segment
+        j = step[i]
+        i = j if j > i else i + 1  # a piece longer than the target is a chunk of its own
+        cuts.append(i)
+    return cuts
 
 
 def _unique(a: np.ndarray) -> np.ndarray:
