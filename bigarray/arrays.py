@@ -297,8 +297,8 @@ class MmapArray(np.memmap):
         if self.shape != handle.shape:
             raise SchemaError(
                 f"this {type(self).__name__} is a slice {self.shape} of the store's "
-                f"{handle.shape} array; build the dask array from the whole array "
-                "(x.to_dask()) and slice that"
+                f"{handle.shape} array; build the dask array from the whole store "
+                "(bigarray.dask_backend.from_bigarray(path)) and slice that"
             )
         return handle
 
