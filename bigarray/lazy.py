@@ -254,6 +254,7 @@ class LazyArray:
     """
 
     __slots__ = (
+        "_cache_key",
         "_chunk_cache",
         "_fp",
         "_generation",
@@ -276,6 +277,7 @@ class LazyArray:
         self._fp = fingerprint
         self._options = dict(storage_options or {})
         self._chunk_cache: dict[Any, tuple[int, ...]] = {}
+        self._cache_key: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ array protocol
     @property
@@ -487,8 +489,12 @@ class LazyArray:
     # ------------------------------------------------------------------ opening
     def _key(self) -> tuple[Any, ...]:
         # what the handle saw is the commit: a rewritten store is reopened, never served
-        # from a stale map
-        return store_key(self.url, self._options, self.commit, "lazy", self._var.name)
+        # from a stale map. Built once: every read looks it up.
+        key = self._cache_key
+        if key is None:
+            key = store_key(self.url, self._options, self.commit, "lazy", self._var.name)
+            self._cache_key = key
+        return key
 
     def _opened(self) -> _Opened:
         key = self._key()

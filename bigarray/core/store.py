@@ -302,12 +302,15 @@ _PARSED_MAX_BYTES = 256 << 10
 _MANIFEST_LIMIT = 64 << 20  # bytes read of a manifest (a hostile one may be endless)
 
 
-def read_manifest(path: str, *, cached: bool = False) -> Manifest:
+def read_manifest(
+    path: str, *, cached: bool = False, identity: list[tuple[int, int, int]] | None = None
+) -> Manifest:
     """Read and validate the committed manifest of the store at ``path``.
 
     ``cached=True`` returns the same :class:`Manifest` object as an earlier call that read
     the same bytes (validation is most of the cost of a warm open); callers must treat it as
-    read-only, as every reader does.
+    read-only, as every reader does. ``identity`` receives the manifest file's (device,
+    inode, mtime) as read (see :meth:`Store.fingerprint`).
     """
     mpath = os.path.join(path, MANIFEST_NAME)
     try:
@@ -315,6 +318,8 @@ def read_manifest(path: str, *, cached: bool = False) -> Manifest:
         fd = os.open(mpath, os.O_RDONLY | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
+            if identity is not None:
+                identity.append((st.st_dev, st.st_ino, st.st_mtime_ns))
             if not stat.S_ISREG(st.st_mode):
                 raise NotAStoreError(
                     f"{mpath!r} is not a regular file; a bigarray manifest is a plain JSON file"
@@ -476,10 +481,11 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, cached: bool = False) -> None:
         self.path = os.fspath(path)
-        # the manifest's identity before it is read: a commit landing in between gives a
-        # fingerprint that matches no commit, never the new commit's (a cache misses, safely)
-        self._manifest_id = _manifest_identity(self.path)
-        self.manifest = read_manifest(self.path, cached=cached)
+        # the identity of the manifest file read (fstat of the descriptor read): every
+        # commit renames a new file into place
+        ident: list[tuple[int, int, int]] = []
+        self.manifest = read_manifest(self.path, cached=cached, identity=ident)
+        self._manifest_id = ident[0]
         self._cached = cached
         self._index: SegmentIndex | None = None
         self._maps: list[Any] = []
