@@ -124,22 +124,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .core.filesystem import is_local
+    from .core.filesystem import is_local, local_path
     from .core.legacy import check_legacy, is_legacy_file
 
-    if os.path.isfile(args.path) and is_legacy_file(args.path):
-        ok, lines = check_legacy(args.path)
+    local = is_local(args.path)
+    if local and os.path.isfile(local_path(args.path)) and is_legacy_file(local_path(args.path)):
+        ok, lines = check_legacy(local_path(args.path))
         print(f"bigarray verify {args.path}: {'OK' if ok else 'FAILED'}")
         for line in lines:
             print(f"  {line}")
         return 0 if ok else 1
 
-    if is_local(args.path):
+    if local:
         from .core.filesystem import check_local_options
         from .core.verify import verify_store
 
         check_local_options(args.path, _options(args.storage_options))
-        report = verify_store(args.path)
+        report = verify_store(local_path(args.path))
     else:
         from .core.remote_verify import verify_remote
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from legacy_files import write_legacy_pointer
 
 import bigarray
 from bigarray import MmapArray, PointerArray, PointerArrayWriter
@@ -114,3 +115,36 @@ def test_the_xarray_engine_opens_a_local_store_by_any_spelling(
     path, data = store
     with xr.open_dataset(_spell(path, how), engine="bigarray") as ds:
         np.testing.assert_array_equal(ds["data"].values, data)
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_the_command_line_and_store_tools_take_any_spelling(
+    tmp_path: Path, store: tuple[Path, np.ndarray], how: str, capsys: Any
+) -> None:
+    from bigarray.cli import main
+
+    path, _ = store
+    url = _spell(path, how)
+    assert main(["info", url]) == 0
+    assert "segments   3" in capsys.readouterr().out
+    assert main(["verify", url]) == 0
+    assert main(["compact", url, "--quiet"]) == 0
+    assert bigarray.getsize(url) == bigarray.getsize(path) > 0
+    bigarray.remove(url)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_convert_takes_any_spelling_of_its_source_and_destination(
+    tmp_path: Path, store: tuple[Path, np.ndarray], how: str
+) -> None:
+    from bigarray.convert import convert
+
+    np.save(tmp_path / "a.npy", np.arange(6))
+    assert convert(_spell(tmp_path / "a.npy", how), _spell(tmp_path / "out", how)) == "npy"
+    np.testing.assert_array_equal(np.asarray(MmapArray(tmp_path / "out")), np.arange(6))
+    _, data = store
+    legacy = tmp_path / "old.bin"
+    write_legacy_pointer(legacy, data, {"a": (0, 5)})
+    assert convert(_spell(legacy, how), _spell(tmp_path / "new", how)) == "legacy"
+    np.testing.assert_array_equal(PointerArray(tmp_path / "new")["a"], data[:5])
