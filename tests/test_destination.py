@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from legacy_files import write_legacy_pointer
 
+import bigarray
 from bigarray import MmapArray, PointerArray, PointerArrayWriter
 from bigarray.convert import convert, to_netcdf, to_zarr
 from bigarray.copy import copy_store
+from bigarray.core.cache import OPEN_STORES
 from bigarray.core.destination import prepare_destination
-from bigarray.errors import NotAStoreError, StoreExistsError
+from bigarray.errors import NotAStoreError, StoreChangedError, StoreExistsError
 
 
 def _store(path: Path, value: int, n: int = 6) -> Path:
@@ -57,8 +59,14 @@ def test_a_store_is_replaced_only_when_asked_and_readers_keep_the_old_one(
     old = PointerArray(path)
     _store(Path(dest.staging), 2)
     assert PointerArray(path)["a"][0, 0] == 1  # the old store until the switch
+    handle = bigarray.open(path)
+    assert handle["a"][0, 0] == 1 and len(OPEN_STORES) >= 1
     dest.commit()
     assert PointerArray(path)["a"][0, 0] == 2 and old["a"][0, 0] == 1
+    # the cached readers of the old store were let go (they pinned its deleted files)
+    assert not [k for k in OPEN_STORES._items if k[0] == str(path)]
+    with pytest.raises(StoreChangedError):
+        handle["a"]
     dest = prepare_destination(path, replace=True)
     _store(Path(dest.staging), 3)
     dest.abandon()

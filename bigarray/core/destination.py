@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import NotAStoreError, StoreExistsError
+from .cache import OPEN_STORES
 from .commit import move_into_place, refuse_live_writers, remove_path, staging_path
 from .filesystem import is_local, local_path
 from .store import interrupted_creation, is_store
@@ -57,6 +58,9 @@ class Destination:
         the store it replaces (deleted after). Refused, and the write removed, when
         something that may not be replaced appeared at ``path`` meanwhile."""
         move_into_place(self.staging, self.path, replacing=self.replacing)
+        if self.replacing:
+            # readers this process cached of the old store would pin its deleted files
+            OPEN_STORES.release(self.path)
 
     def abandon(self) -> None:
         """Delete the unfinished write; :attr:`path` is left as it was."""
