@@ -128,8 +128,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .core.legacy import check_legacy, is_legacy_file
 
     local = is_local(args.path)
-    if local and os.path.isfile(local_path(args.path)) and is_legacy_file(local_path(args.path)):
-        ok, lines = check_legacy(local_path(args.path))
+    # the path as the user gave it (relative paths stay so in the hints), without a scheme
+    where = local_path(args.path) if local and "://" in args.path else args.path
+    if local and os.path.isfile(where) and is_legacy_file(where):
+        ok, lines = check_legacy(where)
         print(f"bigarray verify {args.path}: {'OK' if ok else 'FAILED'}")
         for line in lines:
             print(f"  {line}")
@@ -140,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from .core.verify import verify_store
 
         check_local_options(args.path, _options(args.storage_options))
-        report = verify_store(local_path(args.path))
+        report = verify_store(where)
     else:
         from .core.remote_verify import verify_remote
 
