@@ -154,7 +154,7 @@ def copy_store(
     for rel, n in need.items():
         size = sizes.get(rel)
         if size is None:
-            raise s_acc._missing_listed(rel)
+            raise s_acc.missing_listed(rel)
         if size < 0:
             raise StoreCorruptedError(
                 f"{s_acc.where(rel)!r}: the server does not tell its size, so a copy could not "
@@ -283,7 +283,7 @@ def _copy_file(
     """Stream one file in :data:`BLOCK`-byte blocks (one block in memory at a time)."""
     dst_rel = dst_rel or rel
     if size <= BLOCK:
-        data = s_acc.cat(rel, missing=lambda: s_acc._missing_listed(rel)) if size else b""
+        data = s_acc.cat(rel, missing=lambda: s_acc.missing_listed(rel)) if size else b""
         d_acc.pipe(dst_rel, data)
         if bar is not None:
             bar.update(len(data))

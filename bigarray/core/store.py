@@ -802,9 +802,7 @@ class RemoteStore:
         runs = spec.all_runs
         rels = list(dict.fromkeys(r.files[role] for r in runs for role in INDEX_ROLES))
         got = dict(
-            zip(
-                rels, self._access.cat_many(rels, missing=self._access._missing_listed), strict=True
-            )
+            zip(rels, self._access.cat_many(rels, missing=self._access.missing_listed), strict=True)
         )
         out = []
         for run in runs:
@@ -868,7 +866,7 @@ class RemoteStore:
             size = sizes.get(shard.path)
             where = self._access.where(shard.path)
             if size is None:
-                raise self._access._missing_listed(shard.path)
+                raise self._access.missing_listed(shard.path)
             if 0 <= size < need:
                 shape = (shard.stop - shard.start, *var.shape[1:])
                 raise StoreCorruptedError(
