@@ -1,7 +1,7 @@
 """bigarray's benchmark suite: bigarray against its peers, as ratios measured in the same run.
 
 Run ``python -m benchmarks --size smoke|W1|large [--cases a,b] [--out DIR] [--compare OLD.json]
-[--repeat N]``; ``bigarray bench`` calls :func:`main` with the same arguments.
+[--repeat N]`` from the root of a source checkout.
 See ``benchmarks/README.md`` for the workloads, peers and goals, and :mod:`benchmarks.cases`
 for how to add a case.
 """

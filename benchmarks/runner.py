@@ -1,4 +1,4 @@
-"""Command line of the suite: ``python -m benchmarks`` and ``bigarray bench`` call :func:`main`."""
+"""Command line of the suite: ``python -m benchmarks`` calls :func:`main`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _load_cases() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (shared with ``bigarray bench``)."""
+    """The argument parser (``python -m benchmarks --help``)."""
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description=(

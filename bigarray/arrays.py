@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .core.index import SegmentIndex
 from .core.members import join_parent_session
-from .core.store import open_local
+from .core.store import SegmentLookup, StoreReader, open_local
 from .core.writer import StoreWriter
 from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
+from .lazy import EMPTY_INDEX, LazyArray, open_array
 
 __all__ = ["MmapArray", "MmapArrayWriter", "PointerArray", "PointerArrayWriter"]
 
@@ -86,7 +86,7 @@ class MmapArray(np.memmap):
     # Class-level defaults: a view (a slice) sets only what differs from them, which keeps
     # x[i:i + 256] as cheap as the same slice of a numpy memmap.
     _bigarray_root: tuple[str, str | None, int] | None = None
-    _bigarray_store: Any = None  # Store or RemoteStore of the root array; None on views
+    _bigarray_store: StoreReader | None = None  # the root array's reader; None on views
     _bigarray_plain: np.ndarray | None = None
     _bigarray_base: Any = None  # the root array a view was sliced from
     _bigarray_options: dict[str, Any] | None = None  # set on arrays of remote stores
@@ -209,7 +209,7 @@ class MmapArray(np.memmap):
             store = self._root_array()._bigarray_store
         except BigArrayError:
             store = None
-        if getattr(store, "is_legacy", False):
+        if store is not None and store.is_legacy:
             from .core.legacy import convert_hint
 
             raise ReadOnlyError(
@@ -276,6 +276,33 @@ class MmapArray(np.memmap):
             raise BigArrayError("this array is not backed by a bigarray store")
         return base
 
+    # ------------------------------------------------------------------ other faces
+    @property
+    def lazy(self) -> LazyArray:
+        """A read-only array-like handle (not an ndarray) for ``dask.array.from_array``:
+        it pickles by reference and never copies the data (see :mod:`bigarray.lazy`)."""
+        options = self._root_array()._bigarray_options
+        if options is not None:  # a remote store
+            return open_array(self.path, variable=self.variable_name, storage_options=options)
+        return open_array(self.path, variable=self.variable_name)
+
+    def __bigarray_lazy__(self, variable: str | None = None) -> LazyArray:
+        """The :class:`~bigarray.lazy.LazyArray` of this whole array (the protocol by which
+        :func:`bigarray.dask_backend.from_bigarray` takes an open array without importing
+        this module); a slice of the store's rows is refused."""
+        root = self._root_array()
+        options = root._bigarray_options
+        handle = open_array(
+            self.path, variable=variable or self.variable_name, storage_options=options
+        )
+        if self.shape != handle.shape:
+            raise SchemaError(
+                f"this {type(self).__name__} is a slice {self.shape} of the store's "
+                f"{handle.shape} array; build the dask array from the whole store "
+                "(bigarray.dask_backend.from_bigarray(path)) and slice that"
+            )
+        return handle
+
     # ------------------------------------------------------------------ pickling
     def __reduce__(self) -> Any:
         """Pickle as (path, variable, row range) when this is the whole array or a range of
@@ -328,14 +355,14 @@ class PointerArray(MmapArray):
     """
 
     @property
-    def indices(self) -> SegmentIndex:
+    def indices(self) -> SegmentLookup:
         """Read-only mapping ``name -> (start, stop)`` (rows, half-open), in row order."""
         root = self._root_array()
         store = root._bigarray_store
         assert store is not None
         idx = store.index
         if idx is None:
-            idx = _EMPTY_INDEX
+            idx = EMPTY_INDEX
         return idx
 
     def __getitem__(self, key: Any) -> Any:
@@ -374,17 +401,6 @@ class PointerArray(MmapArray):
                 self.path, chunks=chunks, variable=self.variable_name, storage_options=options
             )
         return from_bigarray(self.path, chunks=chunks, variable=self.variable_name)
-
-    @property
-    def lazy(self) -> Any:
-        """A read-only array-like handle (not an ndarray) for ``dask.array.from_array``:
-        it pickles by reference and never copies the data (see :mod:`bigarray.lazy`)."""
-        from .lazy import open_array
-
-        options = getattr(self._root_array(), "_bigarray_options", None)
-        if options is not None:  # a remote store
-            return open_array(self.path, variable=self.variable_name, storage_options=options)
-        return open_array(self.path, variable=self.variable_name)
 
 
 class _Writer:
@@ -557,19 +573,3 @@ class PointerArrayWriter(_Writer):
             )
         # the keys view tells the writer the names are unique (no check needed)
         return self._w.write_rows(list(arrays.values()), arrays.keys(), start_position)
-
-
-class _EmptyIndex(Mapping[str, tuple[int, int]]):
-    def __getitem__(self, name: str) -> tuple[int, int]:
-        from .errors import SegmentNotFoundError
-
-        raise SegmentNotFoundError(f"no segment named {name!r}: this store has no segment index")
-
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-_EMPTY_INDEX: Any = _EmptyIndex()

@@ -1,4 +1,4 @@
-"""The ``bigarray`` command line: info, verify, rm, compact, convert, cp, demo, bench.
+"""The ``bigarray`` command line: info, verify, rm, compact, convert, cp, demo.
 
 Each subcommand imports what it needs when it runs, so ``bigarray info`` stays quick
 and the core never imports dask, xarray or fsspec.
@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BigArrayError
+
+if TYPE_CHECKING:
+    from .core.legacy import LegacyStore
+    from .core.store import StoreReader
 
 
 def _human(n: float) -> str:
@@ -35,14 +39,14 @@ def _options(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _open_any(path: str, options: dict[str, Any] | None) -> Any:
+def _open_any(path: str, options: dict[str, Any] | None) -> StoreReader:
     """A store at a local path (memory-mapped) or any fsspec URL (byte ranges)."""
     from .core.store import open_store
 
     return open_store(path, storage_options=options)
 
 
-def _legacy_info(store: Any, args: argparse.Namespace) -> int:
+def _legacy_info(store: LegacyStore, args: argparse.Namespace) -> int:
     """``bigarray info`` of a file written by the 2020 library (read in place)."""
     var = store.variable()
     nbytes = var.row_nbytes * var.rows
@@ -68,8 +72,10 @@ def _legacy_info(store: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .core.legacy import LegacyStore
+
     store = _open_any(args.path, _options(args.storage_options))
-    if getattr(store, "is_legacy", False):
+    if isinstance(store, LegacyStore):
         return _legacy_info(store, args)
     m = store.manifest
     print(f"store      {args.path}")
@@ -88,6 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("segments   none (an unnamed array)")
     else:
         index = store.index
+        assert index is not None  # the manifest names segments
         bounds = index.bounds
         lengths = bounds[:, 1] - bounds[:, 0]
         print(f"segments   {seg.count:,}", end="")
@@ -103,7 +110,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         hint = "; `bigarray compact` merges them" if len(runs) > 1 else ""
         print(f"index      {len(runs)} run{'s' if len(runs) > 1 else ''} ({sizes} segments){hint}")
     print(f"data size  {_human(total)}")
-    if not getattr(store, "is_remote", False):
+    if not store.is_remote:
         from .core.manage import getsize
 
         on_disk = getsize(args.path)
@@ -117,22 +124,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .core.filesystem import is_local
+    from .core.filesystem import is_local, local_path
     from .core.legacy import check_legacy, is_legacy_file
 
-    if os.path.isfile(args.path) and is_legacy_file(args.path):
-        ok, lines = check_legacy(args.path)
+    local = is_local(args.path)
+    # the path as the user gave it (relative paths stay so in the hints), without a scheme
+    where = local_path(args.path) if local and "://" in args.path else args.path
+    if local and os.path.isfile(where) and is_legacy_file(where):
+        ok, lines = check_legacy(where)
         print(f"bigarray verify {args.path}: {'OK' if ok else 'FAILED'}")
         for line in lines:
             print(f"  {line}")
         return 0 if ok else 1
 
-    if is_local(args.path):
+    if local:
         from .core.filesystem import check_local_options
         from .core.verify import verify_store
 
         check_local_options(args.path, _options(args.storage_options))
-        report = verify_store(args.path)
+        report = verify_store(where)
     else:
         from .core.remote_verify import verify_remote
 
@@ -151,28 +161,59 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_compactable(path: str) -> str | None:
+    """Why ``bigarray compact`` cannot work on ``path`` (None: it is a local store)."""
+    import os
+
+    from .core.filesystem import is_local, local_path
+    from .core.legacy import convert_hint, is_legacy_file
+    from .core.store import is_store
+
+    if not is_local(path):
+        return (
+            f"{path!r} is a URL; compact rewrites a local store's index in place. Copy the "
+            "store to a local path (`bigarray cp`), compact it there and copy it back"
+        )
+    full = local_path(path)
+    if not os.path.lexists(full):
+        return f"{path!r} does not exist; give the path of a local bigarray store"
+    if is_store(full):
+        return None
+    if os.path.isfile(full) and is_legacy_file(full):
+        return (
+            f"{path!r} is a file of the 2020 bigarray, which has no index runs to merge; "
+            f"convert it to a store first (`{convert_hint(path)}`)"
+        )
+    kind = "a directory without a manifest" if os.path.isdir(full) else "not a directory"
+    return f"{path!r} is not a local bigarray store ({kind})"
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .core.compact import compact
-    from .core.store import is_store, read_manifest
+    from .core.filesystem import local_path
+    from .core.store import read_manifest
 
-    if not is_store(args.path):
-        print(f"bigarray compact: {args.path!r} is not a local bigarray store", file=sys.stderr)
+    why = _not_compactable(args.path)
+    if why is not None:
+        print(f"bigarray compact: {why}", file=sys.stderr)
         return 2
-    spec = read_manifest(args.path).segments
+    path = local_path(args.path)
+    spec = read_manifest(path).segments
     runs = len(spec.all_runs) if spec is not None else 0
-    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc=f"compact {runs} runs") as bar:
+    desc = f"compact {runs} run{'s' if runs != 1 else ''}"
+    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc=desc) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        spec = compact(args.path, progress=progress)
-    if spec is None:
+        merged = compact(path, progress=progress)
+    if merged is None:
         print("no segment index: nothing to compact")
     else:
-        print(f"index      1 run ({spec.count:,} segments)")
+        print(f"index      1 run ({merged.count:,} segments)")
     return 0
 
 
@@ -211,24 +252,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(size=args.size, workers=args.workers, path=args.path, progress=not args.quiet)
     return 0
-
-
-def run_bench(argv: Sequence[str]) -> int:
-    """``bigarray bench ARGS`` is ``python -m benchmarks ARGS`` from a source checkout."""
-    import os
-
-    if os.path.isdir(os.path.join(os.getcwd(), "benchmarks")) and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # the console script's sys.path[0] is the venv's bin/
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError:
-        print(
-            "bigarray bench runs the suite in benchmarks/ of a source checkout: "
-            "run it from the repository root (python -m benchmarks)",
-            file=sys.stderr,
-        )
-        return 2
-    return int(bench_main(list(argv)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (default: bigarray, or zarr/netcdf for a store by DST extension)",
     )
     s.add_argument("--variable", help="which array/dataset of the source to convert")
-    s.add_argument("--remove-exist", action="store_true", help="replace DST if it exists")
+    s.add_argument(
+        "--remove-exist",
+        action="store_true",
+        help="replace a store at DST (written beside it; anything else at DST is refused)",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_convert)
 
@@ -290,15 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
 
-    # `bench` hands every argument to the suite's own parser (see main()); listed for --help
-    sub.add_parser("bench", help="run the benchmark suite: bigarray bench --size W1 (see --list)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        return run_bench(argv[1:])
+        # the benchmarks are a directory of the source checkout, not part of the package
+        print(
+            "bigarray: there is no `bench` command; run the benchmark suite from the root of "
+            "a source checkout with `python -m benchmarks --size W1` (see --list)",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -41,14 +40,14 @@ from typing import IO, Any
 import numpy as np
 
 from .arrays import MmapArrayWriter, PointerArrayWriter
+from .core.destination import Destination, prepare_destination
+from .core.filesystem import is_local, local_path
 from .core.format import normalize_dtype
 from .core.legacy import CONVERT_CHUNK_BYTES, legacy_runs, read_legacy
-from .core.location import remove_store
 from .core.store import is_store
 from .errors import (
     FormatError,
     SchemaError,
-    StoreExistsError,
     StoreNotFoundError,
     VariableNotFoundError,
 )
@@ -93,6 +92,8 @@ def split_source(src: str | os.PathLike[str]) -> tuple[str, str | None]:
     ``.npz`` key, a zarr array in a group, a netCDF variable).
     """
     text = os.fspath(src)
+    if "://" in text and is_local(text):  # file:///x, FILE:///x, local:///x: the path /x
+        text = local_path(text)
     if os.path.lexists(text) or ":" not in text:
         return text, None
     path, _, inner = text.rpartition(":")
@@ -219,13 +220,17 @@ def _block_rows(dtype: np.dtype, trailing: Sequence[int], chunk_rows: int = 1) -
     return rows
 
 
-def _check_dst(dst: str, remove_exist: bool) -> None:
-    if os.path.lexists(dst) and not remove_exist:
-        # The writers would open an existing store for appending; a conversion never should.
-        raise StoreExistsError(
-            f"{dst!r} already exists; pass remove_exist=True (--remove-exist) to replace it, "
-            "or convert to another path"
-        )
+def _destination(
+    dst: str | os.PathLike[str],
+    remove_exist: bool,
+    replaceable: Callable[[str], bool] | None = None,
+) -> Destination:
+    """Where a conversion writes: beside ``dst``, switched into place when it is complete
+    (a store it replaces stays readable until then, and a failed conversion leaves it as
+    it was). A conversion never appends to an existing store."""
+    return prepare_destination(
+        dst, remove_exist, option="remove_exist=True (--remove-exist)", replaceable=replaceable
+    )
 
 
 def _check_schema(src: str, parts: Sequence[tuple[str, np.dtype, tuple[int, ...]]]) -> None:
@@ -272,15 +277,16 @@ def _write_parts(
     """
     from tqdm.auto import tqdm
 
-    from .core.location import remove_store
     from .core.writer import StoreWriter
 
-    _check_dst(dst, remove_exist)
+    dest = _destination(dst, remove_exist)
     dtype = normalize_dtype(dtype)
     total = sum(p.rows for p in parts)
-    writer = StoreWriter(
-        dst, shape=(total, *trailing), dtype=dtype, remove_exist=remove_exist, named=named
-    )
+    try:
+        writer = StoreWriter(dest.staging, shape=(total, *trailing), dtype=dtype, named=named)
+    except BaseException:
+        dest.abandon()
+        raise
     bar = tqdm(total=total, unit="row", disable=not progress, desc=desc)
     row_bytes = _row_nbytes(dtype, trailing)
     pending: list[np.ndarray] = []
@@ -327,14 +333,19 @@ def _write_parts(
                 writer.name_rows([part.name], [start], [position])
         flush_pending()
     except BaseException:
-        # Leave nothing half-converted (an existing store at dst was refused or removed).
-        for cleanup in (writer.abort, writer.close, lambda: remove_store(writer.path)):
+        # Leave nothing half-converted; a store at dst is untouched until the switch.
+        for cleanup in (writer.abort, writer.close, dest.abandon):
             with contextlib.suppress(Exception):  # the original error is the one to report
                 cleanup()
         raise
     finally:
         bar.close()
-    writer.close()
+    try:
+        writer.close()
+    except BaseException:
+        dest.abandon()
+        raise
+    dest.commit()
 
 
 def _check_block(
@@ -707,20 +718,16 @@ def _task_progress(progress: bool, desc: str) -> Iterator[None]:
 
 
 def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool, desc: str) -> None:
-    from .core.location import remove_store
-
     backend = _xarray_backend()
-    _check_dst(dst, remove_exist)
-    if remove_exist and os.path.lexists(dst):
-        remove_store(dst)
+    dest = _destination(dst, remove_exist)
     try:
         with _task_progress(progress, desc):
-            backend.to_bigarray(ds, dst)
+            backend.to_bigarray(ds, dest.staging)
     except BaseException:
         with contextlib.suppress(Exception):
-            if os.path.lexists(dst):
-                remove_store(dst)
+            dest.abandon()
         raise
+    dest.commit()
 
 
 def _select(ds: Any, variable: str | None, where: str) -> Any:
@@ -795,12 +802,21 @@ def _open_store_dataset(src: str, variable: str | None) -> Any:
     return _select(ds, variable, src)
 
 
-def _clear_dst(dst: str, remove_exist: bool) -> None:
-    _check_dst(dst, remove_exist)
-    if os.path.isdir(dst) and not os.path.islink(dst):
-        shutil.rmtree(dst)
-    elif os.path.lexists(dst):
-        os.unlink(dst)
+def _is_zarr(path: str) -> bool:
+    """A zarr group or array directory (v2 or v3), which ``to_zarr`` may replace."""
+    return os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, n)) for n in ("zarr.json", ".zgroup", ".zarray")
+    )
+
+
+def _is_netcdf(path: str) -> bool:
+    """A netCDF (HDF5 or classic) file, which ``to_netcdf`` may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return head.startswith((_HDF5_MAGIC, b"CDF\x01", b"CDF\x02", b"CDF\x05"))
 
 
 def to_zarr(
@@ -820,22 +836,23 @@ def to_zarr(
         ``dst`` exists and ``remove_exist`` is False.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    _clear_dst(dst, remove_exist)
+    dest = _destination(dst, remove_exist, _is_zarr)
     ds = _open_store_dataset(src, variable)
     try:
         with warnings.catch_warnings():
             # xarray consolidates metadata (fast opens, the xarray convention); zarr 3 warns
             # that v3 has no spec for it yet, at every conversion. Nothing for a user to do.
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=Warning)
-            delayed = ds.to_zarr(dst, mode="w-", compute=False)
+            delayed = ds.to_zarr(dest.staging, mode="w-", compute=False)
         with _task_progress(progress, Path(src).name):
             delayed.compute(scheduler="threads")
     except BaseException:
         with contextlib.suppress(Exception):
-            shutil.rmtree(dst)
+            dest.abandon()
         raise
     finally:
         ds.close()
+    dest.commit()
 
 
 def to_netcdf(
@@ -855,18 +872,19 @@ def to_netcdf(
         ``dst`` exists and ``remove_exist`` is False.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    _clear_dst(dst, remove_exist)
+    dest = _destination(dst, remove_exist, _is_netcdf)
     ds = _open_store_dataset(src, variable)
     try:
-        delayed = ds.to_netcdf(dst, engine="h5netcdf", compute=False)
+        delayed = ds.to_netcdf(dest.staging, engine="h5netcdf", compute=False)
         with _task_progress(progress, Path(src).name):
             delayed.compute(scheduler="threads")
     except BaseException:
         with contextlib.suppress(Exception):
-            os.unlink(dst)
+            dest.abandon()
         raise
     finally:
         ds.close()
+    dest.commit()
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -915,7 +933,11 @@ def convert(
         Output format. Default: ``"bigarray"`` for every source but a bigarray store, which
         goes to zarr or netCDF by the extension of ``dst`` (``.zarr``, ``.nc``).
     remove_exist : bool, default False
-        Replace whatever is at ``dst``. Otherwise an existing ``dst`` is an error.
+        Replace a bigarray store at ``dst`` (for ``to="zarr"``/``"netcdf"``: a zarr group or
+        netCDF file). The new one is written beside it and switched into place when it is
+        complete: until then readers see the old one, and a failed conversion leaves it as
+        it was. Anything else at ``dst`` (a user's file, a directory that is not a store) is
+        refused with :class:`~bigarray.errors.NotAStoreError` and never deleted.
     progress : bool, default False
         Show a tqdm progress bar (rows for array sources, tasks for xarray paths).
 
@@ -929,7 +951,9 @@ def convert(
     FormatError
         The source format is unknown, or the source/output pair is not supported.
     StoreExistsError
-        ``dst`` exists and ``remove_exist`` is False.
+        A store exists at ``dst`` and ``remove_exist`` is False.
+    NotAStoreError
+        Something that is not a store stands at ``dst`` (never replaced).
     SchemaError
         The source's arrays cannot form one store (object dtype, mixed dtypes or row shapes).
 
@@ -1037,18 +1061,15 @@ def convert_legacy(
 
     from tqdm.auto import tqdm  # imported here: only conversions need it
 
-    if os.path.lexists(dst) and not remove_exist:
-        # The writers would open an existing store for appending; a conversion never should.
-        raise StoreExistsError(
-            f"{os.fspath(dst)!r} already exists; pass remove_exist=True to replace it, "
-            "or convert to another path"
-        )
+    dest = _destination(dst, remove_exist)
     # shape[0] keeps the new store as long as the legacy one even where its last rows were
     # never named (rows no segment covers read as zeros there).
     cls = MmapArrayWriter if legacy.indices is None else PointerArrayWriter
-    writer: Any = cls(
-        os.fspath(dst), shape=array.shape, dtype=array.dtype, remove_exist=remove_exist
-    )
+    try:
+        writer: Any = cls(dest.staging, shape=array.shape, dtype=array.dtype)
+    except BaseException:
+        dest.abandon()
+        raise
     sizes = [sum(map(len, p.values())) if isinstance(p, dict) else len(p) for _, p in writes]
     bar = tqdm(total=sum(sizes), unit="row", disable=not progress, desc=Path(src).name)
     try:
@@ -1057,11 +1078,16 @@ def convert_legacy(
             bar.update(rows)
     except BaseException:
         # Leave nothing half-converted: drop the journaled rows, release the writer and
-        # delete the store, which this call created (an existing one was refused above).
-        for cleanup in (writer.writer.abort, writer.close, lambda: remove_store(writer.path)):
+        # delete the new store beside dst (a store at dst is untouched until the switch).
+        for cleanup in (writer.writer.abort, writer.close, dest.abandon):
             with contextlib.suppress(Exception):  # the original error is the one to report
                 cleanup()
         raise
     finally:
         bar.close()
-    writer.close()
+    try:
+        writer.close()
+    except BaseException:
+        dest.abandon()
+        raise
+    dest.commit()

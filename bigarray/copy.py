@@ -21,18 +21,15 @@ from typing import Any
 
 from .core.commit import (
     put_manifest,
-    refuse_live_writers,
-    remove_path,
     remove_replaced,
     snapshot,
-    staging_path,
-    switch_into_place,
 )
 from .core.crash import remote_crash_point
+from .core.destination import Destination, prepare_destination
 from .core.filesystem import FileAccess, check_local_options, is_local, local_path
 from .core.format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
 from .core.integrity import renamed_checksums
-from .errors import NotAStoreError, StoreCorruptedError, StoreExistsError
+from .errors import StoreCorruptedError, StoreExistsError
 
 __all__ = ["CopyReport", "copy_store"]
 
@@ -100,7 +97,8 @@ def copy_store(
     Raises
     ------
     StoreNotFoundError, NotAStoreError
-        No store at ``src``.
+        No store at ``src``; or something that is not a store (a file, a non-empty
+        directory) stands at a local ``dst``: it is never replaced nor deleted.
     StoreExistsError
         A store exists at ``dst`` and ``overwrite`` is false.
     StoreCorruptedError
@@ -118,7 +116,7 @@ def copy_store(
 
     t0 = time.perf_counter()
     source = open_store(src, src_options)  # clear errors for a missing or foreign source
-    if getattr(source, "is_legacy", False):  # opened in place for reading, but no store
+    if source.is_legacy:  # opened in place for reading, but no store
         from .core.legacy import convert_hint
         from .errors import NotAStoreError
 
@@ -157,7 +155,7 @@ def copy_store(
     for rel, n in need.items():
         size = sizes.get(rel)
         if size is None:
-            raise s_acc._missing_listed(rel)
+            raise s_acc.missing_listed(rel)
         if size < 0:
             raise StoreCorruptedError(
                 f"{s_acc.where(rel)!r}: the server does not tell its size, so a copy could not "
@@ -171,8 +169,14 @@ def copy_store(
 
     final = d_acc
     base = None
+    dest: Destination | None = None
     if d_acc.local:
-        d_acc, replacing = _local_destination(d_acc, overwrite)
+        # written beside the destination and switched into place at the end: a store being
+        # replaced stays whole until then; anything but a store is refused, never deleted
+        dest = prepare_destination(
+            d_acc.root, overwrite, option="overwrite=True (`bigarray cp --overwrite`)"
+        )
+        d_acc = FileAccess(dest.staging)
         renames: dict[str, str] = {}
     else:
         base = snapshot(d_acc)
@@ -220,17 +224,14 @@ def copy_store(
         else:
             d_acc.commit_file(MANIFEST_NAME, raw)
     except BaseException:
-        if d_acc is not final:  # a local staging directory: the destination is untouched
-            remove_path(d_acc.root)
+        if dest is not None:  # a local staging directory: the destination is untouched
+            dest.abandon()
         elif renames:
             with contextlib.suppress(Exception):
                 d_acc.remove(list(dst_of.values()))
         raise
-    if d_acc is not final:
-        if replacing:
-            switch_into_place(d_acc.root, final.root)
-        else:
-            _move_new(d_acc.root, final.root)
+    if dest is not None:
+        dest.commit()
     elif base is not None and base.raw is not None:
         remove_replaced(d_acc, base.manifest, parse_manifest(raw, final.url))
     return CopyReport(
@@ -275,54 +276,6 @@ def _renamed(manifest: Manifest, renames: dict[str, str]) -> Manifest:
     return dataclasses.replace(manifest, variables=variables, segments=segments)
 
 
-def _local_destination(d_acc: FileAccess, overwrite: bool) -> tuple[FileAccess, bool]:
-    """Where a copy to a local path writes first: a new sibling directory, switched into
-    place at the end (a store being replaced stays whole until then). Refuses a file and a
-    non-empty directory that is not a store, as the writers do."""
-    from .core.store import is_store
-
-    path = d_acc.root
-    replacing = False
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise StoreExistsError(
-            f"the destination {path!r} is a file, not a directory; a store is a directory. "
-            "Copy to another path, or remove the file first."
-        )
-    if os.path.isdir(path):
-        if is_store(path):
-            if not overwrite:
-                raise StoreExistsError(
-                    f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
-                    "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
-                )
-            refuse_live_writers(path)  # early: the switch checks again
-            replacing = True
-        elif os.listdir(path):
-            raise NotAStoreError(
-                f"the destination {path!r} is a non-empty directory that is not a bigarray "
-                "store; refusing to copy into it (and never deleting it). Copy to a new or "
-                "empty directory."
-            )
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return FileAccess(staging_path(path)), replacing
-
-
-def _move_new(staging: str, final: str) -> None:
-    """Move a finished copy to a destination that held no store (absent or empty)."""
-    try:
-        os.rename(staging, final)  # replaces an empty directory, refuses a non-empty one
-    except OSError as exc:
-        remove_path(staging)
-        raise StoreExistsError(
-            f"{final!r} was filled by someone else while the copy ran ({exc.strerror}); "
-            "nothing was copied there. Copy again, with overwrite=True to replace it."
-        ) from None
-    with contextlib.suppress(OSError):
-        from .core.fileutil import fsync_dir
-
-        fsync_dir(os.path.dirname(final) or ".")
-
-
 def _progress(total: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
@@ -339,7 +292,7 @@ def _copy_file(
     """Stream one file in :data:`BLOCK`-byte blocks (one block in memory at a time)."""
     dst_rel = dst_rel or rel
     if size <= BLOCK:
-        data = s_acc.cat(rel, missing=lambda: s_acc._missing_listed(rel)) if size else b""
+        data = s_acc.cat(rel, missing=lambda: s_acc.missing_listed(rel)) if size else b""
         d_acc.pipe(dst_rel, data)
         if bar is not None:
             bar.update(len(data))

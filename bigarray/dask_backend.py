@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from .core.filesystem import is_local, local_path
 from .core.members import OWNERS, writer_here
 from .errors import BigArrayError, SchemaError, StoreExistsError
-from .lazy import LazyArray, is_local, open_array
+from .lazy import LazyArray, SupportsLazyArray, open_array
 
 __all__ = [
     "BigArrayTarget",
@@ -50,16 +51,8 @@ def as_handle(
     """A :class:`LazyArray` for a path/URL, a handle, or a whole ``MmapArray``/``PointerArray``."""
     if isinstance(x, LazyArray):
         return x
-    from .arrays import MmapArray
-
-    if isinstance(x, MmapArray):
-        handle = open_array(x.path, variable=variable or x.variable_name)
-        if x.shape != handle.shape:
-            raise SchemaError(
-                f"this {type(x).__name__} is a slice {x.shape} of the store's {handle.shape} "
-                "array; build the dask array from the whole array (x.to_dask()) and slice that"
-            )
-        return handle
+    if isinstance(x, SupportsLazyArray):  # an open MmapArray/PointerArray
+        return x.__bigarray_lazy__(variable)
     if isinstance(x, np.ndarray):
         raise SchemaError(
             f"a plain {type(x).__name__} {x.shape} is not a store; use dask.array.from_array "
@@ -735,8 +728,7 @@ def to_bigarray(
             dims=dims,
             attrs=attrs,
         )
-    if target_url.startswith("file://"):
-        target_url = target_url[len("file://") :]
+    target_url = local_path(target_url)
     if not isinstance(x, da.Array):
         if isinstance(x, LazyArray) or not hasattr(x, "shape"):
             raise SchemaError(

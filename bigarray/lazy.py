@@ -24,55 +24,46 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .core.cache import MAX_OPEN_STORES, OPEN_STORES, freeze_options, store_key
+from .core.chunks import rows_per_chunk, segment_chunks
+from .core.filesystem import is_local, local_path
 from .core.format import Shard, Variable, normalize_dtype
-from .errors import SchemaError, StoreChangedError, StoreNotFoundError
+from .core.index import SegmentArrays
+from .core.store import SegmentLookup, StoreReader, open_local
+from .core.store import open_store as open_any
+from .errors import SchemaError, SegmentNotFoundError, StoreChangedError, StoreNotFoundError
 
-__all__ = ["LazyArray", "open_array", "segment_chunks", "target_rows"]
-
-#: At most this many stores stay open per process (each holds a memory map, hence a file
-#: descriptor, per shard); the least recently used is closed first.
-MAX_OPEN_STORES = 64
+__all__ = [
+    "EMPTY_INDEX",
+    "MAX_OPEN_STORES",
+    "LazyArray",
+    "SupportsLazyArray",
+    "chunk_bytes",
+    "open_array",
+    "target_rows",
+]
 
 _DEFAULT_CHUNK_BYTES = 128 << 20
 
 
 # ----------------------------------------------------------------------------- the seam
-def is_local(url: str) -> bool:
-    """True for a plain path or a ``file://`` URL (read through memory maps)."""
-    return "://" not in url or url.startswith("file://")
-
-
-def _local_path(url: str) -> str:
-    return os.path.abspath(url[len("file://") :] if url.startswith("file://") else url)
-
-
-def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> StoreReader:
     """Open the store at ``url`` (a memory-mapped local store, or an fsspec reader)."""
-    from .core.store import open_local
-    from .core.store import open_store as open_any
-
     if is_local(url):
-        return open_local(_local_path(url))
+        return open_local(local_path(url))
     return open_any(url, storage_options=dict(storage_options or {}))
 
 
-def _options_key(options: Mapping[str, Any] | None) -> str:
-    # storage_options may hold nested dicts (client_kwargs): a sorted repr is stable enough
-    # for a cache key and never contains data.
-    return repr(sorted((str(k), repr(v)) for k, v in (options or {}).items()))
-
-
 # ----------------------------------------------------------------------------- chunk plans
-def target_rows(chunks: Any, row_nbytes: int) -> int:
-    """Rows per chunk for ``chunks`` = ``"auto"`` (dask's ``array.chunk-size``), a byte
-    string such as ``"64 MiB"``, or an int number of rows."""
+def chunk_bytes(chunks: Any, row_nbytes: int) -> int:
+    """Target bytes per chunk for ``chunks`` = ``"auto"`` (dask's ``array.chunk-size``), a
+    byte string such as ``"64 MiB"``, or an int number of rows (of ``row_nbytes`` each),
+    for the planner :func:`bigarray.core.chunks.segment_chunks`."""
     if isinstance(chunks, bool):
         raise SchemaError(f"chunks={chunks!r}: expected 'auto', 'segments', an int or bytes")
     if isinstance(chunks, (int, np.integer)):
@@ -80,7 +71,7 @@ def target_rows(chunks: Any, row_nbytes: int) -> int:
             raise SchemaError(
                 f"chunks={chunks!r}: a row count must be >= 1 (or use 'auto' or 'segments')"
             )
-        return int(chunks)
+        return int(chunks) * max(1, row_nbytes)
     if chunks == "auto":
         nbytes: int = _DEFAULT_CHUNK_BYTES
         try:
@@ -90,98 +81,26 @@ def target_rows(chunks: Any, row_nbytes: int) -> int:
             nbytes = int(parse_bytes(dask.config.get("array.chunk-size", "128MiB")))
         except ImportError:  # dask is optional for the handle itself
             pass
-    elif isinstance(chunks, str):
+        return nbytes
+    if isinstance(chunks, str):
         try:
             from dask.utils import parse_bytes
 
-            nbytes = int(parse_bytes(chunks))
+            return int(parse_bytes(chunks))
         except (ImportError, ValueError):
             raise SchemaError(
                 f"chunks={chunks!r} is not understood: expected 'auto', 'segments', an int "
                 "number of rows, or a size such as '64 MiB'"
             ) from None
-    else:
-        raise SchemaError(
-            f"chunks={chunks!r} is not understood: expected 'auto', 'segments', an int "
-            "number of rows, a size such as '64 MiB', or a tuple of row counts"
-        )
-    return max(1, nbytes // max(1, row_nbytes))
+    raise SchemaError(
+        f"chunks={chunks!r} is not understood: expected 'auto', 'segments', an int "
+        "number of rows, a size such as '64 MiB', or a tuple of row counts"
+    )
 
 
-def segment_chunks(
-    bounds: np.ndarray | None,
-    rows: int,
-    target: int | None,
-    forced: np.ndarray | list[int] | tuple[int, ...] = (),
-    *,
-    split: bool = True,
-) -> tuple[int, ...]:
-    """Row chunk sizes whose boundaries fall on segment boundaries (vectorised).
-
-    Parameters
-    ----------
-    bounds
-        ``(n, 2)`` int64 ``[start, stop)`` of every segment (row order), or ``None`` for an
-        array without segments (any row is a boundary).
-    rows
-        Total rows.
-    target
-        About this many rows per chunk; ``None`` gives one chunk per segment.
-    forced
-        Boundaries that must be cuts (shard starts: a chunk never spans two data files).
-    split
-        Split a single segment (or a gap between segments) longer than ``target`` into
-        near-equal pieces; the only case where a chunk boundary falls inside a segment.
-
-    Returns
-    -------
-    tuple of int
-        Chunk sizes, summing to ``rows``.
-
-    Notes
-    -----
-    Candidate cuts are all segment starts and stops. For every multiple ``k * target`` the
-    largest candidate not above it is a cut; segments (or gaps) longer than ``target`` are
-    cut on both sides. So chunks never straddle a segment and hold at most about
-    ``2 * target`` rows, with no Python loop over segments.
-    """
-    if rows == 0:
-        return (0,)
-    forced_arr = np.asarray(forced, np.int64).reshape(-1)
-    if bounds is None or len(bounds) == 0:
-        cand = _unique(np.concatenate([[0, rows], forced_arr]))
-        unnamed = True
-    else:
-        b = np.asarray(bounds, np.int64)
-        cand = _unique(np.concatenate([[0, rows], b.reshape(-1), forced_arr]))
-        unnamed = False
-    cand = cand[(cand >= 0) & (cand <= rows)]
-    if target is None:
-        cuts = cand
-        sizes = np.diff(cuts)
-        if unnamed:  # no segments: one chunk per shard is the best "segment" plan
-            return tuple(int(s) for s in sizes) or (0,)
-        return tuple(int(s) for s in sizes)
-    target = max(1, int(target))
-    gaps = np.diff(cand)
-    big = gaps > target
-    picks = np.arange(1, -(-rows // target), dtype=np.int64) * target
-    chosen = cand[np.searchsorted(cand, picks, "right") - 1]
-    cuts = _unique(np.concatenate([[0, rows], chosen, cand[:-1][big], cand[1:][big], forced_arr]))
-    cuts = cuts[(cuts >= 0) & (cuts <= rows)]
-    sizes = np.diff(cuts)
-    if split:
-        # an interval is "one piece" when no candidate lies strictly inside it
-        inside = np.searchsorted(cand, cuts[1:], "left") - np.searchsorted(cand, cuts[:-1], "right")
-        parts = np.where((inside == 0) & (sizes > target), -(-sizes // target), 1)
-        if int(parts.max(initial=1)) > 1:
-            base = np.repeat(sizes // parts, parts)
-            rem = np.repeat(sizes % parts, parts)
-            first = np.repeat(np.cumsum(parts) - parts, parts)
-            pos = np.arange(len(base)) - first
-            sizes = base + (pos < rem)
-    sizes = sizes[sizes > 0] if len(sizes) > 1 else sizes
-    return tuple(sizes.tolist())
+def target_rows(chunks: Any, row_nbytes: int) -> int:
+    """Rows per chunk for ``chunks`` (see :func:`chunk_bytes`)."""
+    return rows_per_chunk(chunk_bytes(chunks, row_nbytes), row_nbytes)
 
 
 def check_row_chunks(
@@ -211,20 +130,34 @@ def check_row_chunks(
     return tuple(int(s) for s in sizes)
 
 
-def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted unique values; ``np.unique`` hashes first in recent numpy and is ~500x slower
-    on the already nearly sorted boundary arrays this module feeds it."""
-    a = np.sort(np.asarray(a, np.int64).reshape(-1), kind="stable")
-    if len(a) < 2:
-        return a
-    keep = np.empty(len(a), bool)
-    keep[0] = True
-    np.not_equal(a[1:], a[:-1], out=keep[1:])
-    return a[keep]
-
-
 def _short(t: tuple[int, ...]) -> str:
     return repr(t) if len(t) <= 6 else f"({', '.join(map(str, t[:3]))}, ..., {t[-1]}) [{len(t)}]"
+
+
+# ----------------------------------------------------------------------------- no segments
+class _EmptyIndex(Mapping[str, tuple[int, int]]):
+    """The segment index of a store written without names: no name is in it."""
+
+    @property
+    def bounds(self) -> np.ndarray:
+        return np.zeros((0, 2), np.int64)
+
+    @property
+    def arrays(self) -> SegmentArrays:
+        return SegmentArrays.empty()
+
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        raise SegmentNotFoundError(f"no segment named {name!r}: this store has no segment index")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+#: ``x.indices`` of a store without a segment index (an empty read-only mapping).
+EMPTY_INDEX: SegmentLookup = _EmptyIndex()
 
 
 # ----------------------------------------------------------------------------- open stores
@@ -232,7 +165,7 @@ class _Opened:
     """One store opened in this process: the store object and the views of the shards the
     handle saw (local), or the store for ``read_rows`` (remote)."""
 
-    def __init__(self, store: Any, var: Variable, local: bool) -> None:
+    def __init__(self, store: StoreReader, var: Variable, local: bool) -> None:
         self.store = store
         self.var = var
         self.local = local
@@ -261,73 +194,26 @@ class _Opened:
         return np.concatenate(parts)
 
     def close(self) -> None:
-        self.views = []
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        # the views stay: a thread may be reading through them (their maps go with them)
+        self.store.close()
 
 
-class _StoreCache:
-    """Per-process LRU of open stores, keyed by what the handle saw (so a rewritten store is
-    reopened, never served from a stale map)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[Any, ...], _Opened] = OrderedDict()
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-
-    def get(self, key: tuple[Any, ...]) -> _Opened | None:
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the maps are valid, the lock is fresh
-                self._pid = os.getpid()
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: tuple[Any, ...], item: _Opened) -> _Opened:
-        evicted = []
-        with self._lock:
-            old = self._items.get(key)
-            if old is not None:  # another thread opened it first: keep one
-                self._items.move_to_end(key)
-                evicted.append(item)
-                item = old
-            else:
-                self._items[key] = item
-                while len(self._items) > self.capacity:
-                    evicted.append(self._items.popitem(last=False)[1])
-        for e in evicted:
-            e.close()
-        return item
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            items = list(self._items.values())
-            self._items.clear()
-        for e in items:
-            e.close()
-
-
-_CACHE = _StoreCache(MAX_OPEN_STORES)
+#: The one per-process cache of open stores (see :mod:`bigarray.core.cache`).
+_CACHE = OPEN_STORES
 
 
 def open_store_count() -> int:
-    """How many stores this process holds open in the handle cache (for tests and tools)."""
+    """How many stores this process holds open in its cache of open stores (for tests and
+    tools)."""
     return len(_CACHE)
 
 
 # ----------------------------------------------------------------------------- the handle
-def _fingerprint(store: Any, var: Variable, local: bool) -> tuple[Any, ...]:
+def _fingerprint(store: StoreReader, var: Variable, local: bool) -> tuple[Any, ...]:
     """Identity of the committed bytes: each shard file's inode, size and mtime (local), or
-    whatever the remote store reports (its manifest generation at least)."""
+    the remote store's commit (URL, manifest generation and bytes)."""
     if not local:
-        fp = getattr(store, "fingerprint", None)
-        return (fp() if callable(fp) else fp,)
+        return (store.fingerprint(),)
     out = []
     for s in var.shards:
         try:
@@ -368,6 +254,7 @@ class LazyArray:
     """
 
     __slots__ = (
+        "_cache_key",
         "_chunk_cache",
         "_fp",
         "_generation",
@@ -390,6 +277,7 @@ class LazyArray:
         self._fp = fingerprint
         self._options = dict(storage_options or {})
         self._chunk_cache: dict[Any, tuple[int, ...]] = {}
+        self._cache_key: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ array protocol
     @property
@@ -430,6 +318,12 @@ class LazyArray:
         return self._generation
 
     @property
+    def commit(self) -> tuple[Any, ...]:
+        """An opaque, hashable identity of the commit this handle reads (the key under
+        which readers opened for it are cached)."""
+        return (self._generation, self._fp)
+
+    @property
     def storage_options(self) -> dict[str, Any]:
         return dict(self._options)
 
@@ -461,19 +355,21 @@ class LazyArray:
             return check_row_chunks(
                 tuple(int(c) for c in chunks), len(self), self.segment_bounds(), repr(self)
             )
+        row_nbytes = self._var.row_nbytes
         if chunks == "segments":
             key: Any = ("segments",)
             target = None
         else:
-            target = target_rows(chunks, max(1, self._var.row_nbytes))
-            key = (target, split)
+            target = chunk_bytes(chunks, row_nbytes)
+            key = (rows_per_chunk(target, row_nbytes), split)
         hit = self._chunk_cache.get(key)
         if hit is None:
             forced = [s.start for s in self._var.shards[1:]]
             # a target of every row cuts only at shard starts whatever the segments: the
             # plan of a store that fits one chunk never reads its (maybe huge) index
-            bounds = None if target is not None and target >= len(self) else self.segment_bounds()
-            hit = segment_chunks(bounds, len(self), target, forced, split=split)
+            whole = target is not None and rows_per_chunk(target, row_nbytes) >= len(self)
+            bounds = None if whole else self.segment_bounds()
+            hit = segment_chunks(bounds, len(self), row_nbytes, target, forced=forced, split=split)
             self._chunk_cache[key] = hit
         return hit
 
@@ -493,9 +389,7 @@ class LazyArray:
         """The store's segment index: a read-only mapping ``name -> (start, stop)``."""
         idx = self._opened().store.index
         if idx is None:
-            from .arrays import _EMPTY_INDEX
-
-            return _EMPTY_INDEX
+            return EMPTY_INDEX
         return idx
 
     def segment(self, name: str) -> np.ndarray:
@@ -583,7 +477,7 @@ class LazyArray:
             self._fp,
             self._var.shape,
             self._var.dtype.str,
-            _options_key(self._options),
+            freeze_options(self._options),
         )
 
     def __repr__(self) -> str:
@@ -594,7 +488,13 @@ class LazyArray:
 
     # ------------------------------------------------------------------ opening
     def _key(self) -> tuple[Any, ...]:
-        return (self.url, self._var.name, self._generation, self._fp, _options_key(self._options))
+        # what the handle saw is the commit: a rewritten store is reopened, never served
+        # from a stale map. Built once: every read looks it up.
+        key = self._cache_key
+        if key is None:
+            key = store_key(self.url, self._options, self.commit, "lazy", self._var.name)
+            self._cache_key = key
+        return key
 
     def _opened(self) -> _Opened:
         key = self._key()
@@ -614,13 +514,11 @@ class LazyArray:
                     "and rebuild the computation."
                 )
         except BaseException:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+            store.close()
             raise
         return _CACHE.put(key, opened)
 
-    def _check_same(self, store: Any, local: bool) -> None:
+    def _check_same(self, store: StoreReader, local: bool) -> None:
         """Refuse to read a store that was replaced since this handle was made (the rows it
         names may hold other data now); appends are fine, committed rows never change."""
         now = store.manifest
@@ -655,6 +553,14 @@ class LazyArray:
                 "rows this array (or dask graph) refers to are gone; open the store again "
                 "and rebuild the computation."
             )
+
+
+@runtime_checkable
+class SupportsLazyArray(Protocol):
+    """An object that can give the :class:`LazyArray` of the store it reads (an open
+    ``MmapArray``/``PointerArray``): how the dask face takes one without importing it."""
+
+    def __bigarray_lazy__(self, variable: str | None = None) -> LazyArray: ...
 
 
 def _var_state(var: Variable) -> tuple[Any, ...]:
@@ -727,7 +633,7 @@ def open_array(
     url = os.fspath(path_or_url)
     local = is_local(url)
     if local:
-        url = _local_path(url)
+        url = local_path(url)
     store = open_store(url, storage_options)
     try:
         var = store.variable(variable)
@@ -738,9 +644,7 @@ def open_array(
             fp = (*fp, _sample_crc(opened, var.rows))
         handle = LazyArray(url, var, generation, fp, storage_options)
     except BaseException:
-        close = getattr(store, "close", None)
-        if close is not None:
-            close()
+        store.close()
         raise
     _CACHE.put(handle._key(), opened)
     return handle

@@ -56,8 +56,10 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "for your platform from https://pytorch.org first)"
     ) from exc
 
+from .core.filesystem import is_local
+from .core.store import StoreReader, open_cached
 from .errors import SamplerError, SchemaError, SegmentIndexError, StoreChangedError
-from .lazy import LazyArray, is_local, open_array
+from .lazy import LazyArray, open_array
 
 __all__ = [
     "BucketBatchSampler",
@@ -241,7 +243,7 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
 
     _bounds: np.ndarray | None
     _lengths: np.ndarray | None
-    _remote: Any
+    _remote: StoreReader | None
     _remote_pid: int
     _view: np.ndarray | None
     _view_pid: int
@@ -457,12 +459,13 @@ class SegmentDataset(Dataset[tuple[str, Any]]):
         return self._remote_store().index.arrays
 
     def _remote_store(self) -> Any:
-        """This process's byte-range reader (rows below the snapshot never change). Opened
-        per process: an fsspec client inherited through fork is not usable in the child."""
+        """This process's byte-range reader (rows below the snapshot never change), shared
+        through the per-process cache of open stores. Per process: an fsspec client
+        inherited through fork is not usable in the child."""
         if self._remote is None or self._remote_pid != os.getpid():
-            from .core.store import open_store
-
-            store = open_store(self.url, self.handle.storage_options or None)
+            store = open_cached(
+                self.url, self.handle.storage_options or None, commit=self.handle.commit
+            )
             if store.manifest.generation < self.handle.generation:
                 raise StoreChangedError(
                     f"the store {self.url!r} changed after this dataset was opened: its "

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,8 +71,43 @@ def test_verify(store: Path) -> None:
     assert "block 0" in result.stdout and "'u0'" in result.stdout  # segments it touches
 
 
-def test_bench_passes_arguments_through() -> None:
+def test_there_is_no_bench_command_it_points_to_python_m_benchmarks() -> None:
     repo = Path(__file__).resolve().parent.parent
     result = _run("bench", "--list", cwd=repo)
+    assert result.returncode == 2
+    assert "python -m benchmarks" in result.stderr and not result.stdout
+
+
+def test_python_m_bigarray_is_the_bigarray_command(store: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bigarray", "info", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
-    assert "random-reads" in result.stdout and "write-tiny" in result.stdout
+    assert result.stdout == _run("info", str(store)).stdout
+
+
+def test_compact_says_what_is_wrong_with_the_path(tmp_path: Path, capsys: Any) -> None:
+    from legacy_files import write_legacy_pointer
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    legacy = tmp_path / "old.bin"
+    write_legacy_pointer(legacy, np.zeros((4, 2), "i4"), {"a": (0, 4)})
+    cases = {
+        str(tmp_path / "missing"): "does not exist",
+        str(tmp_path): "not a local bigarray store (a directory without a manifest)",
+        str(notes): "not a local bigarray store (not a directory)",
+        str(legacy): "a file of the 2020 bigarray",
+        "s3://bucket/x.bigarray": "is a URL; compact rewrites a local store",
+    }
+    for path, why in cases.items():
+        assert main(["compact", path, "--quiet"]) == 2
+        assert why in capsys.readouterr().err, path
+
+
+def test_compact_takes_a_file_url(store: Path, capsys: Any) -> None:
+    assert main(["compact", f"file://{store}", "--quiet"]) == 0
+    assert "1 run (30 segments)" in capsys.readouterr().out

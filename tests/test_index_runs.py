@@ -258,8 +258,9 @@ def test_store_lookups_match_across_runs_without_loading_names(tmp_path: Path) -
 def test_chunk_plan_of_a_store_that_fits_one_chunk_never_gathers_the_runs(
     tmp_path: Path,
 ) -> None:
+    from bigarray.core.chunks import segment_chunks
     from bigarray.dask_backend import from_bigarray
-    from bigarray.lazy import open_array, segment_chunks
+    from bigarray.lazy import open_array
 
     path = tmp_path / "s"
     append(path, [f"a{i}" for i in range(400)])
@@ -271,7 +272,7 @@ def test_chunk_plan_of_a_store_that_fits_one_chunk_never_gathers_the_runs(
     # the same plan as from the segments, at every target that covers the rows
     bounds = np.asarray(idx.bounds)
     for target in (len(arr), 10 * len(arr)):
-        assert segment_chunks(bounds, len(arr), target) == arr.row_chunks(target)
+        assert segment_chunks(bounds, len(arr), 1, target) == arr.row_chunks(target)
     # smaller targets still cut on segment boundaries
     x = from_bigarray(str(path), chunks=50)
     cuts = np.cumsum(x.chunks[0])[:-1]

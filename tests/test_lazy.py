@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import bigarray
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray import lazy as lazy_mod
+from bigarray.core.chunks import segment_chunks
 from bigarray.core.commit import update_manifest
 from bigarray.core.format import Shard, save_npy
 from bigarray.errors import (
@@ -22,7 +23,7 @@ from bigarray.errors import (
     StoreNotFoundError,
     VariableNotFoundError,
 )
-from bigarray.lazy import LazyArray, open_array, segment_chunks
+from bigarray.lazy import LazyArray, open_array
 
 
 def _write(
@@ -217,17 +218,17 @@ def _bounds(lengths: list[int], gaps: list[int] | None = None) -> tuple[np.ndarr
 
 def test_chunks_on_segment_boundaries_and_oversize_split() -> None:
     b, rows = _bounds([10, 990, 5, 10])
-    sizes = segment_chunks(b, rows, 100)
+    sizes = segment_chunks(b, rows, 1, 100)
     cuts = np.cumsum(sizes)
     assert sum(sizes) == rows == 1015
     inside_big = (cuts > 10) & (cuts < 1000)
     assert set(cuts[~inside_big].tolist()) <= set(b.reshape(-1).tolist())
     # the 990-row segment is the only one split, into 10 near-equal pieces of <= 100 rows
     assert [s for s in sizes if 90 <= s <= 100] == [99] * 10
-    assert segment_chunks(b, rows, 100, split=False) == (10, 990, 15)
-    assert segment_chunks(b, rows, None) == (10, 990, 5, 10)
-    assert segment_chunks(None, 1000, 300) == (250, 250, 250, 250)
-    assert segment_chunks(None, 0, 300) == (0,)
+    assert segment_chunks(b, rows, 1, 100, split=False) == (10, 990, 15)
+    assert segment_chunks(b, rows, 1, None) == (10, 990, 5, 10)
+    assert segment_chunks(None, 1000, 1, 300) == (250, 250, 250, 250)
+    assert segment_chunks(None, 0, 1, 300) == (0,)
 
 
 @settings(max_examples=60, deadline=None)
@@ -239,15 +240,15 @@ def test_chunks_on_segment_boundaries_and_oversize_split() -> None:
 def test_chunk_plan_properties(lengths: list[int], gaps: list[int], target: int) -> None:
     b, rows = _bounds(lengths, gaps[: len(lengths)])
     rows += gaps[-1]
-    sizes = np.array(segment_chunks(b, rows, target))
+    sizes = np.array(segment_chunks(b, rows, 1, target))
     assert (sizes.sum() == rows and (sizes > 0).all()) or rows == 0
     cuts = np.cumsum(sizes)[:-1]
     for c in cuts.tolist():
         # a cut inside a segment only when that segment is longer than the target
         inside = (b[:, 0] < c) & (c < b[:, 1])
         assert not inside.any() or (b[inside, 1] - b[inside, 0] > target).all()
-    assert sizes.max() <= 2 * target or sizes.max() <= max([*lengths, *gaps, 1])
+    assert sizes.max() <= target  # the one planner never exceeds the target (xarray's rule)
     # no segment longer than the target is ever split when split=False
-    whole = np.cumsum(segment_chunks(b, rows, target, split=False))[:-1]
+    whole = np.cumsum(segment_chunks(b, rows, 1, target, split=False))[:-1]
     for c in whole.tolist():
         assert not ((b[:, 0] < c) & (c < b[:, 1])).any()

@@ -178,3 +178,46 @@ def test_store_api(store: Path) -> None:
 def test_every_error_is_a_bigarray_error(tmp_path: Path) -> None:
     with pytest.raises(BigArrayError):
         PointerArray(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------- reader protocol
+def test_every_reader_satisfies_the_store_reader_protocol(tmp_path: Path) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    from legacy_files import write_legacy_pointer
+
+    from bigarray.core.legacy import LegacyStore
+    from bigarray.core.store import RemoteStore, StoreReader, open_store
+
+    data = np.arange(12, dtype="i4").reshape(6, 2)
+    path = tmp_path / "s.bigarray"
+    with PointerArrayWriter(path, shape=(0, 2), dtype="i4") as w:
+        w.write({"a": data[:2], "b": data[2:]})
+    url = f"memory://reader-protocol-{os.getpid()}/s.bigarray"
+    fsspec.filesystem("memory").put(str(path), url, recursive=True)
+    legacy = tmp_path / "old.bin"
+    write_legacy_pointer(legacy, data, {"a": (0, 2), "b": (2, 6)})
+    readers = [open_store(path), open_store(url), open_store(legacy)]
+    assert [type(r) for r in readers] == [Store, RemoteStore, LegacyStore]
+    for reader in readers:
+        assert isinstance(reader, StoreReader)
+        with reader as r:
+            assert r.index is not None and r.index["b"] == (2, 6)
+            np.testing.assert_array_equal(r.index.bounds, [[0, 2], [2, 6]])
+            np.testing.assert_array_equal(r.read_rows(None, 2, 6), data[2:])
+            assert [a.tolist() for a in r.read_ranges(None, [(0, 1), (5, 6)])] == [
+                data[:1].tolist(),
+                data[5:].tolist(),
+            ]
+            assert r.variable().rows == 6 and r.manifest.variables["data"].rows == 6
+            assert r.fingerprint() == r.fingerprint()
+            assert r.is_legacy == (type(r) is LegacyStore)
+
+
+def test_a_store_replaced_at_its_path_has_another_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "s.bigarray"
+    for _ in range(2):
+        with PointerArrayWriter(path, shape=(0,), dtype="i4", remove_exist=True) as w:
+            w.write({"a": np.arange(3, dtype="i4")})
+        if _ == 0:
+            first = Store(path).fingerprint()
+    assert Store(path).fingerprint() != first

@@ -390,7 +390,7 @@ class FileAccess:
                 return [self.fs.cat_file(paths[0], start=starts[0], end=ends[0])]
             return list(self.fs.cat_ranges(paths, starts, ends, on_error="return"))
 
-        got = self._call(run, reqs[0][0], missing=lambda: self._missing_listed(reqs[0][0]))
+        got = self._call(run, reqs[0][0], missing=lambda: self.missing_listed(reqs[0][0]))
         out = []
         for (rel, a, b), item in zip(reqs, got, strict=True):
             if isinstance(item, BaseException):
@@ -407,9 +407,11 @@ class FileAccess:
         return out
 
     def _missing_for(self, rel: str) -> Callable[[], BigArrayError]:
-        return partial(self._missing_listed, rel)
+        return partial(self.missing_listed, rel)
 
-    def _missing_listed(self, rel: str) -> StoreCorruptedError | StoreChangedError:
+    def missing_listed(self, rel: str) -> StoreCorruptedError | StoreChangedError:
+        """The error for a file the manifest lists that is missing: the store was replaced
+        since it was read (:class:`StoreChangedError`), or it is damaged."""
         replaced = self._replaced(rel)
         if replaced is not None:
             return replaced
@@ -418,6 +420,9 @@ class FileAccess:
             "the store was damaged after its last commit (or a copy of it is incomplete). "
             "Restore the object or the whole store from a copy."
         )
+
+    # the old private name, for branches written before it became public
+    _missing_listed = missing_listed
 
     def _replaced(self, rel: str) -> StoreChangedError | None:
         """The error for an object a reader's manifest names that is gone because the store

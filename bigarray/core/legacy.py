@@ -714,6 +714,15 @@ class LegacyStore:
             f"with `{convert_hint(name or self.path)}` to write to it or to get checksums"
         )
 
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Identity of the file read: path, inode, size and mtime (a 2020 file has no
+        commits; one rewritten in place is another file)."""
+        try:
+            st = os.stat(self.path)
+            return (self.path, 0, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            return (self.path, 0, -1, -1, -1)
+
     def close(self) -> None:
         """Drop the index (views handed out keep the data map alive)."""
         self._index = None

@@ -18,8 +18,8 @@ import mmap
 import os
 import stat
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,8 +45,95 @@ from .format import (
 )
 from .index import IndexRun, SegmentIndex, index_nbytes
 
+if TYPE_CHECKING:
+    from .legacy import LegacyStore
+
 # Index files smaller than this are read into memory: no descriptor or map is kept open.
 _MAP_THRESHOLD = 1 << 20
+
+
+class SegmentLookup(Protocol):
+    """What every reader's segment index offers (:class:`~bigarray.core.index.SegmentIndex`,
+    and the 2020 files' :class:`~bigarray.core.legacy.LegacyIndex`): ``name -> (start,
+    stop)`` rows in row order, and the arrays behind it."""
+
+    def __getitem__(self, name: str) -> tuple[int, int]: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """``(n, 2)`` int64 ``[start, stop)`` of every segment in row order."""
+        ...
+
+    @property
+    def arrays(self) -> Any:
+        """The index arrays: ``bounds``, ``name_offsets``, ``names`` (uint8)."""
+        ...
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """The read side every face is typed against: :class:`Store` (memory maps),
+    :class:`RemoteStore` (byte ranges) and :class:`~bigarray.core.legacy.LegacyStore` (a
+    2020 file in place) all satisfy it, so callers never probe for a method.
+
+    A reader is a context manager; ``close()`` releases what it holds (maps of the index),
+    and views or arrays handed out stay valid.
+    """
+
+    #: True when rows are read by byte ranges (no memory maps: ``shard_views`` raises).
+    is_remote: bool
+    #: True for a file of the 2020 library opened in place (read-only, no commit).
+    is_legacy: bool
+
+    @property
+    def path(self) -> str:
+        """Where the store is: a directory, a 2020 file, or the URL."""
+        ...
+
+    @property
+    def manifest(self) -> Manifest:
+        """The committed manifest this reader reads (one commit, whatever lands later)."""
+        ...
+
+    @property
+    def index(self) -> SegmentLookup | None:
+        """The segment index (``None`` for a store written without names)."""
+        ...
+
+    def variable(self, name: str | None = None) -> Variable:
+        """The manifest entry of variable ``name`` (default: ``data`` or the only one)."""
+        ...
+
+    def shard_views(self, var: Variable) -> list[np.ndarray]:
+        """Read-only memory maps of each shard of ``var`` (local readers only)."""
+        ...
+
+    def read_rows(self, name: str | None, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a variable."""
+        ...
+
+    def read_ranges(self, name: str | None, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Rows ``[start, stop)`` of each range."""
+        ...
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """The identity of the commit read: a store rewritten or replaced since gives
+        another value (per-process caches key on it)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the reader holds."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def interrupted_creation(path: str) -> bool:
@@ -167,6 +254,46 @@ def open_store(
     return RemoteStore(os.fspath(url_or_path), storage_options)
 
 
+def open_cached(
+    url_or_path: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    commit: Any = None,
+) -> StoreReader:
+    """A reader of the store at ``url_or_path`` shared through the per-process cache of open
+    stores (:data:`bigarray.core.cache.OPEN_STORES`). Do not close it: it is shared.
+
+    Parameters
+    ----------
+    url_or_path, storage_options
+        As for :func:`open_store`.
+    commit
+        The ``fingerprint()`` of the commit the caller read (a Dataset or dataset opened
+        earlier, maybe in another process): the entry is kept per commit, so a store
+        committed again is never served from a reader of the old commit. On a miss the
+        store is opened as it is now; compare its ``fingerprint()`` with ``commit`` to
+        refuse one that changed. Without it, the reader first opened in this process
+        (a local store whose manifest changed since is opened again).
+
+    Returns
+    -------
+    StoreReader
+    """
+    from .cache import OPEN_STORES, store_key
+
+    key = store_key(url_or_path, storage_options, commit, "reader")
+    hit = OPEN_STORES.get(key)
+    if hit is not None:
+        if not (
+            commit is None
+            and isinstance(hit, Store)
+            and hit._manifest_id != _manifest_identity(hit.path)
+        ):
+            return hit
+        OPEN_STORES.discard(key)  # committed again since: open the commit there now
+    return OPEN_STORES.put(key, open_store(url_or_path, storage_options))
+
+
 #: Parsed manifests by (store path, manifest bytes): opening a store again reads the file
 #: (a commit replaces it) but skips the JSON validation when its bytes did not change.
 _PARSED: dict[tuple[str, bytes], Manifest] = {}
@@ -175,12 +302,15 @@ _PARSED_MAX_BYTES = 256 << 10
 _MANIFEST_LIMIT = 64 << 20  # bytes read of a manifest (a hostile one may be endless)
 
 
-def read_manifest(path: str, *, cached: bool = False) -> Manifest:
+def read_manifest(
+    path: str, *, cached: bool = False, identity: list[tuple[int, int, int]] | None = None
+) -> Manifest:
     """Read and validate the committed manifest of the store at ``path``.
 
     ``cached=True`` returns the same :class:`Manifest` object as an earlier call that read
     the same bytes (validation is most of the cost of a warm open); callers must treat it as
-    read-only, as every reader does.
+    read-only, as every reader does. ``identity`` receives the manifest file's (device,
+    inode, mtime) as read (see :meth:`Store.fingerprint`).
     """
     mpath = os.path.join(path, MANIFEST_NAME)
     try:
@@ -188,6 +318,8 @@ def read_manifest(path: str, *, cached: bool = False) -> Manifest:
         fd = os.open(mpath, os.O_RDONLY | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
+            if identity is not None:
+                identity.append((st.st_dev, st.st_ino, st.st_mtime_ns))
             if not stat.S_ISREG(st.st_mode):
                 raise NotAStoreError(
                     f"{mpath!r} is not a regular file; a bigarray manifest is a plain JSON file"
@@ -323,6 +455,16 @@ def _open_regular(full: str, where: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _manifest_identity(path: str) -> tuple[int, int, int]:
+    """(device, inode, mtime) of a store's manifest file: every commit renames a new one
+    into place, so this changes with every commit."""
+    try:
+        st = os.stat(os.path.join(path, MANIFEST_NAME))
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
 class Store:
     """A committed store opened for reading (local directory).
 
@@ -334,14 +476,26 @@ class Store:
 
     #: Memory-mapped: ``shard_views`` gives numpy views of the data files.
     is_remote = False
+    is_legacy = False
     storage_options: dict[str, Any] | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, cached: bool = False) -> None:
         self.path = os.fspath(path)
-        self.manifest = read_manifest(self.path, cached=cached)
+        # the identity of the manifest file read (fstat of the descriptor read): every
+        # commit renames a new file into place
+        ident: list[tuple[int, int, int]] = []
+        self.manifest = read_manifest(self.path, cached=cached, identity=ident)
+        self._manifest_id = ident[0]
         self._cached = cached
         self._index: SegmentIndex | None = None
         self._maps: list[Any] = []
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Identity of the commit this store object reads: path, manifest generation and
+        the manifest file's identity when it was read (every commit renames a new manifest
+        into place, so a store rewritten or replaced at the same path gives another value,
+        even at the same generation)."""
+        return (self.path, self.manifest.generation, *self._manifest_id)
 
     # ------------------------------------------------------------------ index
     @property
@@ -564,6 +718,7 @@ class RemoteStore:
 
     #: Read by byte ranges: there are no memory maps to hand out.
     is_remote = True
+    is_legacy = False
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         from .filesystem import FileAccess
@@ -647,9 +802,7 @@ class RemoteStore:
         runs = spec.all_runs
         rels = list(dict.fromkeys(r.files[role] for r in runs for role in INDEX_ROLES))
         got = dict(
-            zip(
-                rels, self._access.cat_many(rels, missing=self._access._missing_listed), strict=True
-            )
+            zip(rels, self._access.cat_many(rels, missing=self._access.missing_listed), strict=True)
         )
         out = []
         for run in runs:
@@ -713,7 +866,7 @@ class RemoteStore:
             size = sizes.get(shard.path)
             where = self._access.where(shard.path)
             if size is None:
-                raise self._access._missing_listed(shard.path)
+                raise self._access.missing_listed(shard.path)
             if 0 <= size < need:
                 shape = (shard.stop - shard.start, *var.shape[1:])
                 raise StoreCorruptedError(
@@ -849,3 +1002,11 @@ def _open_legacy(path: str | os.PathLike[str], with_index: bool) -> Any:
     if not is_legacy_file(path):
         return None
     return LegacyStore(path, with_index=with_index)
+
+
+if TYPE_CHECKING:  # mypy checks that every reader satisfies the protocol
+
+    def _every_reader_is_a_store_reader(
+        a: Store, b: RemoteStore, c: LegacyStore
+    ) -> list[StoreReader]:
+        return [a, b, c]
