@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.destination import Destination, prepare_destination
 from .core.filesystem import is_local, local_path
 from .core.members import OWNERS, writer_here
 from .errors import BigArrayError, SchemaError, StoreExistsError
@@ -376,11 +377,17 @@ def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.
 
 
 def _check_target(
-    path: str, shape: tuple[int, ...], variable: str, segments: Any, remove_exist: bool
-) -> tuple[tuple[list[str], np.ndarray, np.ndarray] | None, bool, bool]:
+    path: str,
+    shape: tuple[int, ...],
+    variable: str,
+    segments: Any,
+    remove_exist: bool,
+    check_only: bool = False,
+) -> tuple[tuple[list[str], np.ndarray, np.ndarray] | None, Destination | None, bool]:
     """What :class:`BigArrayTarget` checks before it writes anything (it only *reads* the
-    path): returns the segment table, whether a store is replaced, and whether the new
-    store is written beside the path (a replacement or a creation)."""
+    path): returns the segment table, where the new store is written beside the path (a
+    replacement or a creation; :func:`~bigarray.core.destination.prepare_destination`)
+    and whether it is."""
     from .core.store import is_store, read_manifest
 
     if not shape:
@@ -405,10 +412,8 @@ def _check_target(
             )
     table = _segment_table(segments, shape[0])
     if remove_exist or not is_store(path):
-        from .core.commit import check_replaceable
-
-        return table, check_replaceable(path, remove_exist), True
-    return table, False, False
+        return table, prepare_destination(path, remove_exist, check_only=check_only), True
+    return table, None, False
 
 
 class BigArrayTarget:
@@ -459,18 +464,16 @@ class BigArrayTarget:
 
         path = os.path.abspath(os.fspath(path))
         shape = tuple(int(s) for s in shape)
-        self._table, self._replacing, beside = _check_target(
+        self._table, self._dest, beside = _check_target(
             path, shape, variable, segments, remove_exist
         )
         self._recorded = False
         # Replacing a store, or creating one: write the new one beside the path and move it
         # there at the commit, so readers see the old store (or none), whole, until the new
         # one is committed, and a write that fails or is killed leaves no store behind.
-        self._final: str | None = None
         if beside:
-            from .core.commit import staging_path
-
-            self._final, path, remove_exist = path, staging_path(path), False
+            assert self._dest is not None
+            path, remove_exist = self._dest.staging, False
         # declared rows stay 0: if the write fails, closing commits nothing
         self._writer: Any = StoreWriter(
             path,
@@ -531,10 +534,8 @@ class BigArrayTarget:
 
     def _switch(self) -> None:
         """Put a store written beside its path in its place (see __init__)."""
-        if self._final is not None and os.path.isdir(self.path):
-            from .core.commit import move_into_place
-
-            move_into_place(self.path, self._final, replacing=self._replacing)
+        if self._dest is not None and os.path.isdir(self.path):
+            self._dest.commit()
 
     def abort(self) -> None:
         """Forget what was written (nothing is committed) and release the writer."""
@@ -548,10 +549,8 @@ class BigArrayTarget:
         # End the session without a commit: close() would commit, and tasks still running
         # when a sibling failed may journal rows after this.
         w.discard()
-        if self._final is not None:  # a replacement that never committed: the old store stays
-            from .core.commit import remove_path
-
-            remove_path(self.path)
+        if self._dest is not None:  # a replacement that never committed: the old store stays
+            self._dest.abandon()
 
     def record_segments(self) -> None:
         """Publish the segment names (and the row count) in the writer session's journal,
@@ -613,8 +612,7 @@ class BigArrayTarget:
                 self.variable,
                 self.shape,
                 str(self.dtype),
-                self._final,
-                self._replacing,
+                self._dest,
             ),
         )
 
@@ -631,13 +629,11 @@ def _target_ref(
     variable: str,
     shape: tuple[int, ...],
     dtype: str,
-    final: str | None = None,
-    replacing: bool = False,
+    dest: Destination | None = None,
 ) -> BigArrayTarget:
     t = BigArrayTarget.__new__(BigArrayTarget)
     t._writer = None
-    t._final = final
-    t._replacing = replacing
+    t._dest = dest
     t._handoff = handoff
     t._table = None
     t._recorded = True  # the names stay with the creating process
@@ -762,7 +758,7 @@ def to_bigarray(
 
         # Checked now (reads only), written when computed: building the Delayed touches
         # nothing on disk, and a Delayed that is never computed leaves nothing behind.
-        _check_target(job.path, tuple(x.shape), variable, segments, remove_exist)
+        _check_target(job.path, tuple(x.shape), variable, segments, remove_exist, True)
         return dask.delayed(_run_local_write, pure=False)(job, True)
     _run_local_write(job, False)
     return None

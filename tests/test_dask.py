@@ -588,3 +588,26 @@ def test_a_handle_opened_before_a_replacement_says_reopen_it(tmp_path: Path) -> 
         to_bigarray(da.zeros((10, 4), chunks=(5, 4)), path, remove_exist=True)
         with pytest.raises(StoreChangedError, match="the store was replaced .*reopen it"):
             old["data"].load()
+
+
+def test_to_bigarray_follows_the_one_destination_rule(tmp_path: Path) -> None:
+    """remove_exist replaces a store and nothing else: a user's file or directory is
+    refused and kept, as by convert and cp (core/destination.py)."""
+    from bigarray.errors import NotAStoreError
+
+    x = da.ones((10, 2), chunks=(5, 2))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    with pytest.raises(NotAStoreError, match="refusing to replace it"):
+        to_bigarray(x, str(mine), remove_exist=True)
+    assert mine.read_text() == "keep me"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.npy").write_bytes(b"x")
+    with pytest.raises(NotAStoreError):
+        to_bigarray(x, str(folder), remove_exist=True)
+    assert os.listdir(folder) == ["a.npy"]
+    store = str(tmp_path / "s.bigarray")
+    to_bigarray(x, store)
+    to_bigarray(2 * x, store, remove_exist=True)  # a store is replaced
+    assert float(np.asarray(MmapArray(store)).sum()) == 40.0

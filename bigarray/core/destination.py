@@ -83,6 +83,7 @@ def prepare_destination(
     *,
     option: str = "remove_exist=True",
     replaceable: Callable[[str], bool] | None = None,
+    check_only: bool = False,
 ) -> Destination:
     """Check that ``dst`` may receive a new store and say where to write it.
 
@@ -97,6 +98,9 @@ def prepare_destination(
     replaceable
         Recognises what else the caller may replace when asked (an export's own format:
         a zarr group, a netCDF file); a bigarray store always is.
+    check_only
+        Only check (a write planned now and run later, ``compute=False``): nothing on disk
+        is touched, and the returned destination has no staging path yet.
 
     Returns
     -------
@@ -159,5 +163,7 @@ def prepare_destination(
                 "it yourself, or write to another path."
             )
         replacing = True
+    if check_only:
+        return Destination(path, "", replacing)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     return Destination(path, staging_path(path), replacing)
