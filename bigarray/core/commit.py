@@ -278,8 +278,9 @@ def commit_local(
 def update_manifest(
     path: str, change: Callable[[Manifest], Manifest], *, fsync: bool = True
 ) -> Manifest:
-    """Commit ``change(manifest) -> manifest`` (variables' metadata, attributes), atomically
-    under the store lock: a local commit that writes no data."""
+    """Commit ``change(manifest) -> manifest`` (variables' metadata, attributes, or an index
+    written beforehand), atomically under the store lock: a local commit that writes no
+    data. Variables cannot be removed this way."""
     from .store import read_manifest
 
     with store_lock(path):
@@ -289,6 +290,7 @@ def update_manifest(
             path,
             current,
             variables=new.variables,
+            segments=new.segments,
             attrs=new.attrs,
             row_dim=new.row_dim,
             fsync=fsync,
