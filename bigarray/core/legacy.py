@@ -1,4 +1,4 @@
-"""Read (and convert) files written by the original 2020 ``bigarray`` (trungnt13/bigarray).
+"""Read files written by the original 2020 ``bigarray`` (trungnt13/bigarray) in place.
 
 On-disk format, confirmed from ``bigarray/mmap_array.py`` and ``bigarray/pointer_array.py`` of
 github.com/trungnt13/bigarray (commits 1100e68 and ed8743f; the layout is the same in both)::

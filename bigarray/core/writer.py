@@ -1,6 +1,11 @@
-"""Writing a store: row allocation, ``pwrite`` of data, journals, and the atomic commit.
+"""Writing a store: :class:`StoreWriter`, the engine under the seed writers and the dask writer.
 
-:class:`StoreWriter` is the engine under the seed writers and the dask writer.
+It writes rows with ``pwrite`` into a variable's data file, journals what it wrote and
+commits. It delegates: the session's identity to :mod:`bigarray.core.session` (which
+writer a process uses, to :mod:`bigarray.core.members`), the checks of the arrays it is
+given to :mod:`bigarray.core.rowcheck`, row allocation and the committed-but-unwritten rows
+to :mod:`bigarray.core.rows`, removing a store to :mod:`bigarray.core.location`, reruns to
+:mod:`bigarray.core.reruns`, and the commit itself to :func:`bigarray.core.commit.commit_local`.
 
 The session model (who owns, who may commit, what a copy is, what threads may do):
 
