@@ -335,9 +335,9 @@ def _slow_to_publish(w: StoreWriter, go: Any) -> None:
 
     real = journal.Journal.append
 
-    def late(self: Any, *args: Any) -> None:
+    def late(self: Any, *args: Any, **kwargs: Any) -> None:
         go.wait(60)
-        real(self, *args)
+        real(self, *args, **kwargs)
 
     journal.Journal.append = late  # type: ignore[method-assign]
     w.write_rows([np.full((16 * KIB_ROWS, 128), 1, np.int64)], start_position=0)
