@@ -35,13 +35,12 @@ import os
 import shutil
 import uuid
 from collections.abc import Hashable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
 from xarray import conventions
 from xarray.backends.common import (
-    NONE_VAR_NAME,
     AbstractWritableDataStore,
     ensure_dtype_not_object,
 )
@@ -50,9 +49,23 @@ from xarray.coding import variables as cf_variables
 
 from .core.format import DEFAULT_ROW_DIM, Manifest, Variable, normalize_dtype
 from .errors import BigArrayError, SchemaError, StoreExistsError
-
-if TYPE_CHECKING:
-    from .xarray_backend import BigArrayDataStore
+from .xarray_schema import (
+    SCALAR_DIM,
+    SEGMENT_VARS,
+    EncodedVariable,
+    EncodingError,
+    InvalidNameError,
+    check_appendable,
+    check_dim,
+    check_name,
+    check_sizes,
+    check_unchanged,
+    default_row_dim,
+    json_attrs,
+    segment_arrays,
+    segment_table_of,
+    store_sizes,
+)
 
 __all__ = ["BigArrayStore", "EncodingError", "InvalidNameError", "to_bigarray"]
 
@@ -97,31 +110,6 @@ _IGNORED_ENCODING = frozenset(
 )
 
 
-class InvalidNameError(SchemaError, TypeError):
-    """A variable name that is neither a str nor None (xarray's engines raise TypeError)."""
-
-
-class EncodingError(SchemaError, TypeError):
-    """xarray's CF encoders refused a variable (a ``ValueError`` and a ``TypeError``, the
-    two types they raise)."""
-
-
-def _check_name(name: Hashable) -> str:
-    if name is None:
-        return NONE_VAR_NAME  # xarray's own spelling of an unnamed variable
-    if not isinstance(name, str):
-        raise InvalidNameError(
-            f"Invalid name {name!r} for DataArray or Dataset key: must be either a string or "
-            "None to be stored; rename it (ds.rename({old: 'new'}))"
-        )
-    if not name:
-        raise SchemaError(
-            f"Invalid name {name!r} for DataArray or Dataset key: string must be length 1 or "
-            "greater to be stored; rename it"
-        )
-    return name
-
-
 def _wants_cf_time(var: xr.Variable) -> bool:
     enc = var.encoding
     if var.dtype.kind not in "mM" or "units" in enc or "calendar" in enc:
@@ -129,29 +117,6 @@ def _wants_cf_time(var: xr.Variable) -> bool:
     # dtype: int64 etc. asks for CF numbers; a datetime dtype (read back from a native
     # variable) does not
     return "dtype" in enc and np.dtype(enc["dtype"]).kind not in "mM"
-
-
-class _Prepared:
-    """One encoded variable, ready for the storage core."""
-
-    __slots__ = ("attrs", "data", "dims", "is_dask", "name", "scalar", "shape")
-
-    def __init__(
-        self,
-        name: str,
-        data: Any,
-        dims: tuple[str, ...],
-        attrs: dict[str, Any],
-        scalar: bool,
-        is_dask: bool,
-    ) -> None:
-        self.name, self.data, self.dims, self.attrs = name, data, dims, attrs
-        self.scalar, self.is_dask = scalar, is_dask
-        self.shape = (1,) if scalar else tuple(int(s) for s in data.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return normalize_dtype(self.data.dtype)
 
 
 class BigArrayStore(AbstractWritableDataStore):
@@ -249,29 +214,33 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"append_dim={append_dim!r} but there is no store at {self.path!r} to append "
                 "to; write it first with mode='w-' (without append_dim)"
             )
-        self._reader: BigArrayDataStore | None = None
+        self._reader: xr.Dataset | None = None
 
     # ------------------------------------------------------------------ reading side
-    def _read(self) -> BigArrayDataStore:
-        from .xarray_backend import BigArrayDataStore
+    # The writer reads its store back the way every reader does: through the engine that
+    # this package registers with xarray (``engine="bigarray"``), found by name, so that
+    # this module never imports the engine's (which imports this one for ``to_bigarray``).
+    def _open(self, **kwargs: Any) -> xr.Dataset:
+        return xr.open_dataset(self.path, engine="bigarray", **kwargs)
 
-        if self._reader is None:
-            self._reader = BigArrayDataStore(self.path)
+    def _read(self) -> xr.Dataset:
+        if self._reader is None:  # as stored: xr.decode_cf(store) decodes it
+            self._reader = self._open(decode_cf=False)
         return self._reader
 
     def get_variables(self) -> dict[str, xr.Variable]:
-        return dict(self._read().get_variables())
+        return {str(k): v for k, v in self._read().variables.items()}
 
     def get_attrs(self) -> dict[str, Any]:
-        return dict(self._read().get_attrs())
+        return dict(self._read().attrs)
 
     def get_dimensions(self) -> dict[Hashable, int]:
         from .core.store import is_store
 
-        return self._read().get_dimensions() if is_store(self.path) else {}
+        return dict(self._read().sizes) if is_store(self.path) else {}
 
     def get_encoding(self) -> dict[str, Any]:
-        return self._read().get_encoding()
+        return dict(self._read().encoding)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -324,13 +293,13 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"unlimited_dims={unlimited_dims!r}: a bigarray store has no unlimited "
                 "dimensions; every store grows along its row dim with mode='a'"
             )
-        names = {k: _check_name(k) for k in variables}
+        names = {k: check_name(k) for k in variables}
         check = set(check_encoding_set)
         if self._appending:
             variables = self._with_store_encoding(variables, names, check)
         encoded, attrs = self.encode(variables, attributes)
         prepared = [self._prepare(names[k], v, k in check) for k, v in encoded.items()]
-        ds_attrs = _json_attrs(attrs, "Dataset attribute")
+        ds_attrs = json_attrs(attrs, "Dataset attribute")
         if self._appending:
             self._append(prepared, ds_attrs)
         else:
@@ -360,18 +329,11 @@ class BigArrayStore(AbstractWritableDataStore):
                 "provided for it; appended values take the store's encoding, so pass no "
                 "encoding for variables that exist"
             )
-        from .xarray_backend import BigArrayDataStore
-
         wanted = {names[k] for k in present}
-        held_store = BigArrayDataStore(  # no segment table: a million names are not needed
-            self.path, segments=False, drop_variables=set(held) - wanted
-        )
-        try:
-            decoded = conventions.decode_cf_variables(
-                held_store.get_variables(), {}, decode_coords=False
-            )[0]
-        finally:
-            held_store.close()
+        with self._open(  # no segment table: a million names are not needed
+            segments=False, drop_variables=sorted(set(held) - wanted), decode_coords=False
+        ) as opened:
+            decoded = {n: opened.variables[n] for n in wanted}
         out = dict(variables)
         for k in present:
             var = variables[k].copy(deep=False)
@@ -389,10 +351,8 @@ class BigArrayStore(AbstractWritableDataStore):
     def store_dataset(self, dataset: xr.Dataset) -> None:
         self.store(dataset.variables, dataset.attrs)
 
-    def _prepare(self, name: str, var: xr.Variable, check: bool) -> _Prepared:
+    def _prepare(self, name: str, var: xr.Variable, check: bool) -> EncodedVariable:
         import dask.array as da
-
-        from .xarray_backend import _SCALAR_DIM
 
         enc = {k: v for k, v in var.encoding.items() if k not in _IGNORED_ENCODING}
         if "dtype" in enc and np.dtype(enc["dtype"]) == var.dtype:
@@ -427,12 +387,12 @@ class BigArrayStore(AbstractWritableDataStore):
         except SchemaError as exc:
             raise SchemaError(f"variable {name!r}: {exc}") from None
         scalar = var.ndim == 0
-        dims = (_SCALAR_DIM,) if scalar else tuple(_check_dim(d, name) for d in var.dims)
-        attrs = _json_attrs(var.attrs, f"variable {name!r} attribute")
-        return _Prepared(name, data, dims, attrs, scalar, is_dask)
+        dims = (SCALAR_DIM,) if scalar else tuple(check_dim(d, name) for d in var.dims)
+        attrs = json_attrs(var.attrs, f"variable {name!r} attribute")
+        return EncodedVariable(name, data, dims, attrs, scalar, is_dask)
 
     # -------------------------------------------------------------- a new store
-    def _create(self, prepared: list[_Prepared], ds_attrs: dict[str, Any]) -> None:
+    def _create(self, prepared: list[EncodedVariable], ds_attrs: dict[str, Any]) -> None:
         from .core.commit import staging_path, switch_into_place
         from .core.fileutil import fsync_dir
 
@@ -440,7 +400,7 @@ class BigArrayStore(AbstractWritableDataStore):
         os.makedirs(parent, exist_ok=True)
         tmp = staging_path(self.path)
         try:
-            row_dim = self.row_dim or _default_row_dim(prepared)
+            row_dim = self.row_dim or default_row_dim(prepared)
             _write_all(tmp, prepared, ds_attrs, row_dim, self.segments, self.fsync)
             if self.fsync:
                 fsync_dir(tmp)
@@ -463,7 +423,7 @@ class BigArrayStore(AbstractWritableDataStore):
             raise
 
     # -------------------------------------------------------------- appending
-    def _append(self, prepared: list[_Prepared], ds_attrs: dict[str, Any]) -> None:
+    def _append(self, prepared: list[EncodedVariable], ds_attrs: dict[str, Any]) -> None:
         from .core.store import Store, read_manifest
 
         m = read_manifest(self.path)
@@ -474,13 +434,13 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"{row_dim!r} only; pass append_dim={row_dim!r}"
             )
         with Store(self.path) as store:
-            sizes = _store_sizes(m)
+            sizes = store_sizes(m)
             old_rows = m.rows
-            grow: list[tuple[_Prepared, Variable]] = []
-            new: list[_Prepared] = []
+            grow: list[tuple[EncodedVariable, Variable]] = []
+            new: list[EncodedVariable] = []
             for p in prepared:  # sizes first: xarray's engines say this before values
                 if not (self.append_dim is not None and p.dims[0] == row_dim):
-                    _check_sizes(p, sizes)
+                    check_sizes(p, sizes)
             for p in prepared:
                 old = m.variables.get(p.name)
                 appending = self.append_dim is not None and p.dims[0] == row_dim
@@ -493,10 +453,10 @@ class BigArrayStore(AbstractWritableDataStore):
                         )
                     new.append(p)
                 elif appending:
-                    _check_appendable(p, old, self.path)
+                    check_appendable(p, old, self.path)
                     grow.append((p, old))
                 else:
-                    _check_unchanged(p, old, store)
+                    check_unchanged(p, old, store)
             if self.append_dim is not None:
                 missing = [
                     n
@@ -517,7 +477,7 @@ class BigArrayStore(AbstractWritableDataStore):
             if self.segments:
                 added = next(iter({p.shape[0] for p, _ in grow}), 0)
                 # checks names and rows against the committed index before anything is written
-                _segment_arrays(self.segments, added, old_rows, self.path, store)
+                segment_arrays(self.segments, added, old_rows, self.path, store)
                 seg_names = _names_abs(self.segments, old_rows)
         _append_all(self.path, m, grow, new, ds_attrs, seg_names, self.fsync)
 
@@ -525,130 +485,12 @@ class BigArrayStore(AbstractWritableDataStore):
 # =============================================================================== helpers
 
 
-def _check_dim(d: Hashable, name: str) -> str:
-    if not isinstance(d, str):
-        raise SchemaError(f"variable {name!r}: dim names must be str to be stored; got {d!r}")
-    return d
-
-
-def _json_attrs(attrs: Mapping[Hashable, Any], where: str) -> dict[str, Any]:
-    from .xarray_backend import encode_json
-
-    out = {}
-    for k, v in attrs.items():
-        if not isinstance(k, str):
-            raise SchemaError(f"{where} names must be str, got {k!r}")
-        out[k] = encode_json(v, f"{where} {k!r}")
-    return out
-
-
-def _default_row_dim(prepared: list[_Prepared]) -> str:
-    from .xarray_backend import _SCALAR_DIM
-
-    dims = [p.dims[0] for p in prepared if p.dims and p.dims[0] != _SCALAR_DIM]
-    if DEFAULT_ROW_DIM in {d for p in prepared for d in p.dims}:
-        return DEFAULT_ROW_DIM
-    return dims[0] if dims else DEFAULT_ROW_DIM
-
-
-def _store_sizes(m: Manifest) -> dict[str, int]:
-    from .xarray_backend import _SCALAR_DIM
-
-    sizes: dict[str, int] = {}
-    for v in m.variables.values():
-        for d, n in zip(v.dims, v.shape):
-            if d != _SCALAR_DIM:
-                sizes[d] = n
-    return sizes
-
-
-def _check_sizes(p: _Prepared, sizes: Mapping[str, int]) -> None:
-    if p.scalar:
-        return
-    for d, n in zip(p.dims, p.shape):
-        if d in sizes and sizes[d] != n:
-            raise SchemaError(
-                f"Unable to update size for existing dimension {d!r} ({n} != {sizes[d]}): "
-                f"variable {p.name!r} does not fit the store. Select the store's {sizes[d]} "
-                f"items along {d!r}, or append rows with append_dim"
-            )
-
-
-def _check_appendable(p: _Prepared, old: Variable, path: str) -> None:
-    if p.dims != old.dims:
-        raise SchemaError(
-            f"variable {p.name!r} has dims {p.dims} but the store at {path!r} holds {old.dims}"
-        )
-    if p.shape[1:] != old.shape[1:]:
-        raise SchemaError(
-            f"variable {p.name!r} has rows of shape {p.shape[1:]} but the store holds rows of "
-            f"shape {old.shape[1:]}; appended rows must keep their shape"
-        )
-    dt = p.dtype
-    if dt != old.dtype:
-        same_text = (
-            dt.kind == old.dtype.kind and dt.kind in "SU" and dt.itemsize <= old.dtype.itemsize
-        )
-        if not same_text:
-            raise SchemaError(
-                f"variable {p.name!r} is {dt} but the store holds {old.dtype}; appended rows must "
-                f"have the store's dtype (cast with .astype({str(old.dtype)!r}))"
-            )
-        p.data = p.data.astype(old.dtype)
-
-
-def _check_unchanged(p: _Prepared, old: Variable, store: Any) -> None:
-    """A variable already in the store, written again without append_dim: it must be the
-    same (the coordinates of every Dataset appended variable by variable); committed values
-    are never rewritten."""
-    shape = (1,) if p.scalar else p.shape
-    same = p.dims == old.dims and shape == old.shape
-    if same:
-        held = np.asarray(store.read_rows(old.name, 0, old.rows)).reshape(shape)
-        new = np.asarray(p.data).reshape(shape)
-        try:
-            same = bool(np.array_equal(held, new, equal_nan=new.dtype.kind in "fc"))
-        except TypeError:
-            same = bool(np.array_equal(held, new))
-    if not same:
-        raise SchemaError(
-            f"variable {p.name!r} is already in the store with other values (or shape); "
-            "mode='a' appends rows (append_dim=...) and adds variables, it never rewrites "
-            "committed values. Write a new store with mode='w' to change it"
-        )
-    p.data = None  # nothing to write
-
-
-def _segment_arrays(
-    segments: Mapping[str, tuple[int, int]], rows: int, offset: int, path: str, store: Any = None
-) -> Any:
-    from .core.index import SegmentArrays, merge
-
-    names = list(segments)
-    b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2)
-    bad = np.flatnonzero((b[:, 0] < 0) | (b[:, 1] > rows) | (b[:, 1] < b[:, 0]))
-    if bad.size:
-        i = int(bad[0])
-        raise SchemaError(
-            f"segment {names[i]!r} covers rows [{b[i, 0]}, {b[i, 1]}) but the Dataset has "
-            f"{rows} rows; segments must lie within [0, {rows})"
-        )
-    committed = SegmentArrays.empty()
-    if store is not None and store.index is not None:
-        a = store.index.arrays
-        committed = SegmentArrays(
-            np.array(a.names), np.array(a.name_offsets), np.array(a.bounds), np.array(a.hashes)
-        )
-    new = SegmentArrays.from_names(names, b[:, 0] + offset, b[:, 1] + offset)
-    return merge(committed, new, f" in the segment table written to {path!r}")
-
-
 _Names = tuple[list[str], np.ndarray, np.ndarray]
 
 
 def _write_rows(
     path: str,
-    plan: list[tuple[_Prepared, Any]],
+    plan: list[tuple[EncodedVariable, Any]],
     start_of: Mapping[str, int],
     names: tuple[str, _Names] | None = None,
 ) -> None:
@@ -657,8 +499,6 @@ def _write_rows(
     writer, so the storage core commits the index (with its checksums) with its rows."""
     import dask
     import dask.array as da
-
-    from .xarray_backend import _RowTarget
 
     sources: list[Any] = []
     targets: list[Any] = []
@@ -691,6 +531,23 @@ def _write_rows(
         raise
 
 
+class _RowTarget:
+    """``dask.array.store`` target writing each block's rows through a StoreWriter.
+
+    Pickles with its writer: on a worker it becomes a non-owner that journals its rows,
+    and the owner's ``close`` commits them.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        value = np.asarray(value)
+        start = key[0].start or 0
+        if len(value):
+            self.writer.write_rows([value], start_position=int(start))
+
+
 class _OffsetTarget:
     """A ``da.store`` target writing block rows at ``offset`` + their position."""
 
@@ -703,10 +560,6 @@ class _OffsetTarget:
         self.target[(shifted, *key[1:])] = value
 
 
-def _meta(p: _Prepared) -> dict[str, Any]:
-    return {"bigarray": {"scalar": True}} if p.scalar else {}
-
-
 def _names_abs(segments: Mapping[str, tuple[int, int]], offset: int) -> _Names:
     names = list(segments)
     b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2) + offset
@@ -715,7 +568,7 @@ def _names_abs(segments: Mapping[str, tuple[int, int]], offset: int) -> _Names:
 
 def _write_all(
     path: str,
-    prepared: list[_Prepared],
+    prepared: list[EncodedVariable],
     ds_attrs: dict[str, Any],
     row_dim: str,
     segments: Mapping[str, tuple[int, int]] | None,
@@ -728,7 +581,7 @@ def _write_all(
     rows = row_vars[0].shape[0] if row_vars else 0
     names = None
     if segments:
-        seg = _segment_arrays(segments, rows, 0, path)  # checks before anything is written
+        seg = segment_arrays(segments, rows, 0, path)  # checks before anything is written
         if not row_vars:
             raise SchemaError(
                 f"the Dataset has a segment table but no variable along its row dim "
@@ -764,12 +617,12 @@ def _write_all(
     update_manifest(path, change, fsync=fsync)
 
 
-def _with_meta(v: Variable, p: _Prepared) -> Variable:
-    return Variable(v.name, v.dtype, v.shape, v.dims, v.shards, p.attrs, _meta(p), v.checksums)
+def _with_meta(v: Variable, p: EncodedVariable) -> Variable:
+    return Variable(v.name, v.dtype, v.shape, v.dims, v.shards, p.attrs, p.meta(), v.checksums)
 
 
 def _stage_new_variables(
-    path: str, new: list[_Prepared], row_dim: str, fsync: bool
+    path: str, new: list[EncodedVariable], row_dim: str, fsync: bool
 ) -> dict[str, Variable]:
     """Write the variables an append adds as a complete store aside (the storage core's
     own commits and checksums), then move their data files into the store at ``path``,
@@ -822,8 +675,8 @@ def _stage_new_variables(
 def _append_all(
     path: str,
     m: Manifest,
-    grow: list[tuple[_Prepared, Variable]],
-    new: list[_Prepared],
+    grow: list[tuple[EncodedVariable, Variable]],
+    new: list[EncodedVariable],
     ds_attrs: dict[str, Any],
     seg_names: _Names | None,
     fsync: bool,
@@ -931,8 +784,6 @@ def to_bigarray(
     """
     from xarray.backends.writers import dump_to_store
 
-    from .xarray_backend import _SEGMENT_VARS, _segment_table_of
-
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
     if not isinstance(ds, xr.Dataset):
@@ -941,7 +792,7 @@ def to_bigarray(
         )
     seg_map: dict[str, tuple[int, int]] | None = None
     if segments is None:
-        table = _segment_table_of(ds)
+        table = segment_table_of(ds)
         if table is not None:
             names, starts, stops = table
             bad = [n for n in names if not isinstance(n, str)]
@@ -957,7 +808,7 @@ def to_bigarray(
                     SegmentArrays.from_names(names, starts, stops),
                     f" in the segment table written to {os.fspath(path)!r}",
                 )
-            ds = ds.drop_vars(list(_SEGMENT_VARS))
+            ds = ds.drop_vars(list(SEGMENT_VARS))
     elif isinstance(segments, Mapping):
         seg_map = {k: (int(a), int(b)) for k, (a, b) in segments.items()}
     elif segments is not False:
