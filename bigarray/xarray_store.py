@@ -13,28 +13,33 @@ strings (object arrays, numpy 2 ``StringDType``) are stored as fixed-width ``<U`
 
 Commits
 -------
-A new store (``mode="w-"``, ``"w"``) is written completely in a hidden sibling directory
-and published by one ``rename``: readers and a killed writer see no store or the whole
-Dataset (variables, coordinates, attributes, segment index), never a part. ``mode="w"``
-never deletes first: the old store stays whole until the new one takes its place (one
-atomic exchange on Linux), and a write that fails leaves it as it was.
+A Dataset write is ONE commit: every variable's data is written first (``pwrite`` at its
+rows; dask-backed variables block by block on the current dask scheduler), then one
+manifest commit records every variable, the new run of the segment index, the attributes,
+and checksums of every data block written and of the index files (so ``bigarray verify``
+checks every store this writer wrote).
 
-``mode="a"`` validates everything before writing anything (a schema mismatch raises and
-changes nothing), then writes each variable's new rows through the storage core and
-commits the attributes last. The storage core commits one variable at a time, so an append
-of several variables is several commits (a crash in between leaves the row variables at
-different lengths until the append is rerun). One commit for a multi-variable append
-needs a multi-variable commit in the storage core (``StoreWriter`` commits one variable).
+- A new store (``mode="w-"``, ``"w"``) is written completely in a hidden sibling
+  directory and published by one ``rename``: readers and a killed writer see no store or
+  the whole Dataset, never a part. ``mode="w"`` never deletes first: the old store stays
+  whole until the new one takes its place (one atomic exchange on Linux), and a write that
+  fails leaves it as it was.
+- ``mode="a"`` holds the store lock from its first check to its commit. It validates
+  everything before writing anything (a schema mismatch raises and changes nothing), writes
+  new variables to new data files and appended rows past each variable's committed rows
+  (where no reader looks), then commits. A crash before the manifest rename leaves the
+  previous commit; after it, the whole append. A store that another writer session holds
+  open is refused (its uncommitted rows would collide with the appended ones).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import uuid
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -47,8 +52,28 @@ from xarray.backends.common import (
 from xarray.coding import strings, times
 from xarray.coding import variables as cf_variables
 
-from .core.format import DEFAULT_ROW_DIM, Manifest, Variable, normalize_dtype
-from .errors import BigArrayError, SchemaError, StoreExistsError
+from .core.crash import crash_point
+from .core.fileutil import (
+    atomic_write,
+    fsync_dir,
+    locked,
+    pwrite_all,
+    resolve_inside,
+    wrap_os_error,
+)
+from .core.format import (
+    DEFAULT_ROW_DIM,
+    INDEX_DIR,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    Shard,
+    Variable,
+    as_bytes,
+    normalize_dtype,
+    npy_header,
+)
+from .errors import BigArrayError, CommitConflictError, SchemaError, StoreExistsError
 from .xarray_schema import (
     SCALAR_DIM,
     SEGMENT_VARS,
@@ -396,12 +421,25 @@ class BigArrayStore(AbstractWritableDataStore):
         from .core.commit import staging_path, switch_into_place
         from .core.fileutil import fsync_dir
 
+        row_dim = self.row_dim or default_row_dim(prepared)
+        row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
+        new_segments = None
+        if self.segments:  # checked before anything is written
+            rows = row_vars[0].shape[0] if row_vars else 0
+            new_segments = segment_arrays(self.segments, rows, 0, self.path)
+            if not row_vars:
+                raise SchemaError(
+                    f"the Dataset has a segment table but no variable along its row dim "
+                    f"{row_dim!r}; segments name rows of a row variable"
+                )
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
         tmp = staging_path(self.path)
         try:
-            row_dim = self.row_dim or default_row_dim(prepared)
-            _write_all(tmp, prepared, ds_attrs, row_dim, self.segments, self.fsync)
+            os.makedirs(os.path.join(tmp, INDEX_DIR))
+            base = Manifest(0, {}, None, row_dim, {})
+            with locked(os.path.join(tmp, LOCK_NAME)):
+                _write_dataset(tmp, base, prepared, [], new_segments, ds_attrs, self.fsync)
             if self.fsync:
                 fsync_dir(tmp)
             if os.path.lexists(self.path):
@@ -424,292 +462,237 @@ class BigArrayStore(AbstractWritableDataStore):
 
     # -------------------------------------------------------------- appending
     def _append(self, prepared: list[EncodedVariable], ds_attrs: dict[str, Any]) -> None:
+        from .core.journal import collect_dead_sessions
         from .core.store import Store, read_manifest
 
-        m = read_manifest(self.path)
-        row_dim = m.row_dim
-        if self.append_dim is not None and self.append_dim != row_dim:
-            raise SchemaError(
-                f"append_dim={self.append_dim!r}: this store grows along its row dim "
-                f"{row_dim!r} only; pass append_dim={row_dim!r}"
+        # Under the store lock from the first check to the commit: no other writer commits
+        # meanwhile, so the rows appended start where the committed ones end.
+        with locked(os.path.join(self.path, LOCK_NAME)):
+            m = read_manifest(self.path)
+            row_dim = m.row_dim
+            if self.append_dim is not None and self.append_dim != row_dim:
+                raise SchemaError(
+                    f"append_dim={self.append_dim!r}: this store grows along its row dim "
+                    f"{row_dim!r} only; pass append_dim={row_dim!r}"
+                )
+            with Store(self.path) as store:
+                grow, new, new_segments = self._plan_append(prepared, m, store)
+            live = collect_dead_sessions(self.path, "")
+            if live:
+                raise CommitConflictError(
+                    f"mode='a': the store at {self.path!r} is being written by {live} live "
+                    "writer session(s) (a StoreWriter, seed writer or dask write not closed "
+                    "yet); their uncommitted rows would collide with the rows appended. Close "
+                    "those writers first. Nothing was written."
+                )
+            _write_dataset(
+                self.path, m, new, grow, new_segments, {**m.attrs, **ds_attrs}, self.fsync
             )
-        with Store(self.path) as store:
-            sizes = store_sizes(m)
-            old_rows = m.rows
-            grow: list[tuple[EncodedVariable, Variable]] = []
-            new: list[EncodedVariable] = []
-            for p in prepared:  # sizes first: xarray's engines say this before values
-                if not (self.append_dim is not None and p.dims[0] == row_dim):
-                    check_sizes(p, sizes)
-            for p in prepared:
-                old = m.variables.get(p.name)
-                appending = self.append_dim is not None and p.dims[0] == row_dim
-                if old is None:
-                    if appending:
-                        raise SchemaError(
-                            f"variable {p.name!r} along {row_dim!r} is not in the store: its "
-                            f"rows would start at {old_rows} with nothing before them. Add it "
-                            "without append_dim first (with all rows), then append"
-                        )
-                    new.append(p)
-                elif appending:
-                    check_appendable(p, old, self.path)
-                    grow.append((p, old))
-                else:
-                    check_unchanged(p, old, store)
-            if self.append_dim is not None:
-                missing = [
-                    n
-                    for n, v in m.variables.items()
-                    if v.dims and v.dims[0] == row_dim and n not in {p.name for p, _ in grow}
-                ]
-                if missing and grow:
+
+    def _plan_append(
+        self, prepared: list[EncodedVariable], m: Manifest, store: Any
+    ) -> tuple[list[tuple[EncodedVariable, Variable]], list[EncodedVariable], Any]:
+        """Check the whole append against the store before anything is written: returns the
+        variables that grow (with their committed entries), the new ones, and the segments."""
+        row_dim = m.row_dim
+        sizes = store_sizes(m)
+        old_rows = m.rows
+        grow: list[tuple[EncodedVariable, Variable]] = []
+        new: list[EncodedVariable] = []
+        for p in prepared:  # sizes first: xarray's engines say this before values
+            if not (self.append_dim is not None and p.dims[0] == row_dim):
+                check_sizes(p, sizes)
+        for p in prepared:
+            old = m.variables.get(p.name)
+            appending = self.append_dim is not None and p.dims[0] == row_dim
+            if old is None:
+                if appending:
                     raise SchemaError(
-                        f"append along {row_dim!r} must bring rows for every row variable of "
-                        f"the store; missing {missing}. Add them to the Dataset"
+                        f"variable {p.name!r} along {row_dim!r} is not in the store: its "
+                        f"rows would start at {old_rows} with nothing before them. Add it "
+                        "without append_dim first (with all rows), then append"
                     )
-                lengths = {p.shape[0] for p, _ in grow}
-                if len(lengths) > 1:
+                new.append(p)
+            elif appending:
+                check_appendable(p, old, self.path)
+                if len(old.shards) != 1 or old.shards[0].start != 0:
                     raise SchemaError(
-                        f"the appended variables bring different row counts {sorted(lengths)}"
+                        f"{self.path!r} variable {p.name!r} is sharded; append to it with "
+                        "bigarray.dask_backend.to_bigarray or write a new store"
                     )
-            seg_names = None
-            if self.segments:
-                added = next(iter({p.shape[0] for p, _ in grow}), 0)
-                # checks names and rows against the committed index before anything is written
-                segment_arrays(self.segments, added, old_rows, self.path, store)
-                seg_names = _names_abs(self.segments, old_rows)
-        _append_all(self.path, m, grow, new, ds_attrs, seg_names, self.fsync)
+                grow.append((p, old))
+            else:
+                check_unchanged(p, old, store)
+        if self.append_dim is not None:
+            missing = [
+                n
+                for n, v in m.variables.items()
+                if v.dims and v.dims[0] == row_dim and n not in {p.name for p, _ in grow}
+            ]
+            if missing and grow:
+                raise SchemaError(
+                    f"append along {row_dim!r} must bring rows for every row variable of "
+                    f"the store; missing {missing}. Add them to the Dataset"
+                )
+            lengths = {p.shape[0] for p, _ in grow}
+            if len(lengths) > 1:
+                raise SchemaError(
+                    f"the appended variables bring different row counts {sorted(lengths)}"
+                )
+        new_segments = None
+        if self.segments:
+            added = next(iter({p.shape[0] for p, _ in grow}), 0)
+            # checks names and rows against the committed index before anything is written
+            new_segments = segment_arrays(self.segments, added, old_rows, self.path, store)
+        return grow, new, new_segments
 
 
-# =============================================================================== helpers
+# =============================================================================== writing
 
 
-_Names = tuple[list[str], np.ndarray, np.ndarray]
-
-
-def _write_rows(
+def _write_dataset(
     path: str,
-    plan: list[tuple[EncodedVariable, Any]],
-    start_of: Mapping[str, int],
-    names: tuple[str, _Names] | None = None,
-) -> None:
-    """Write every variable's rows (dask blocks in parallel on the current scheduler), then
-    commit each writer; ``names`` = (variable, segments) names rows through that variable's
-    writer, so the storage core commits the index (with its checksums) with its rows."""
+    base: Manifest,
+    new: list[EncodedVariable],
+    grow: list[tuple[EncodedVariable, Variable]],
+    new_segments: Any,
+    attrs: dict[str, Any],
+    fsync: bool,
+) -> Manifest:
+    """Write every variable's data, then commit them all, with the segments and the
+    attributes, in ONE manifest commit (the caller holds the store lock; ``base`` is the
+    manifest it read under it).
+
+    New variables go to new data files (names no manifest uses); the rows of a growing
+    variable go past its committed rows, where no reader looks until the commit names
+    them. A crash before the commit leaves the store at ``base``.
+    """
+    taken = {s.path for v in base.variables.values() for s in v.shards}
+    updates: list[Any] = []
+    jobs: list[tuple[EncodedVariable, _RowFile]] = []
+    try:
+        for p in new:
+            fname = _new_file_name(path, p.name, taken)
+            full = os.path.join(path, fname)
+            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            offset = len(npy_header(p.dtype, p.shape))
+            var = Variable(
+                p.name,
+                p.dtype,
+                p.shape,
+                p.dims,
+                (Shard(fname, offset, 0, p.shape[0]),),
+                p.attrs,
+                p.meta(),
+                None,
+            )
+            updates.append(DataUpdate(var, fd, None))
+            jobs.append((p, _RowFile(full, offset, var.row_nbytes, var.dtype, 0)))
+        for p, old in grow:
+            (shard,) = old.shards
+            full = resolve_inside(path, shard.path)
+            fd = os.open(full, os.O_RDWR)
+            rows = old.rows + p.shape[0]
+            var = Variable(
+                old.name,
+                old.dtype,
+                (rows, *old.shape[1:]),
+                old.dims,
+                (Shard(shard.path, shard.offset, 0, rows),),
+                {**old.attrs, **p.attrs},
+                old.encoding,
+                old.checksums,
+            )
+            updates.append(DataUpdate(var, fd, [(old.rows, rows)]))
+            jobs.append((p, _RowFile(full, shard.offset, var.row_nbytes, var.dtype, old.rows)))
+        _write_rows(jobs)
+        return commit_local(
+            path,
+            base,
+            updates,
+            new_segments=new_segments,
+            attrs=attrs,
+            row_dim=base.row_dim,
+            fsync=fsync,
+        )
+    finally:
+        for u in updates:
+            with contextlib.suppress(OSError):
+                os.close(u.fd)
+
+
+def _new_file_name(path: str, name: str, taken: set[str]) -> str:
+    """A data file name for variable ``name`` that neither a manifest nor a file uses."""
+    from .core.writer import data_file_name
+
+    stem, ext = os.path.splitext(data_file_name(name))
+    fname = f"{stem}{ext}"
+    while fname in taken or os.path.lexists(os.path.join(path, fname)):
+        fname = f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
+    taken.add(fname)
+    return fname
+
+
+def _write_rows(jobs: list[tuple[EncodedVariable, _RowFile]]) -> None:
+    """``pwrite`` every variable's rows at their offsets: numpy data here, one variable
+    after the other; dask data block by block, in parallel on the current scheduler."""
     import dask
     import dask.array as da
 
     sources: list[Any] = []
     targets: list[Any] = []
-    writers = [w for _, w in plan]
-    try:
-        for p, w in plan:
-            if p.data is None:
-                continue
-            start = start_of.get(p.name, 0)
-            if p.is_dask:
-                arr = p.data.reshape(1) if p.scalar else p.data
-                if arr.ndim > 1:  # a block must hold whole rows
-                    arr = arr.rechunk({i: -1 for i in range(1, arr.ndim)})
-                w.write_rows([], start_position=start)  # the owner's descriptor before threads
-                sources.append(arr)
-                targets.append(_OffsetTarget(_RowTarget(w), start))
-            elif math.prod(p.shape):
-                w.write_rows([np.asarray(p.data).reshape(p.shape)], start_position=start)
-        if sources:
-            dask.compute(da.store(sources, targets, lock=False, compute=False))
-        for p, w in plan:
-            if names is not None and p.name == names[0]:
-                w.name_rows(*names[1])
-        for w in writers:
-            w.close()
-    except BaseException:
-        for w in writers:
-            with contextlib.suppress(Exception):
-                w.discard()
-        raise
+    for p, target in jobs:
+        if p.is_dask:
+            arr = p.data.reshape(1) if p.scalar else p.data
+            if arr.ndim > 1:  # a block must hold whole rows
+                arr = arr.rechunk({i: -1 for i in range(1, arr.ndim)})
+            sources.append(arr)
+            targets.append(target)
+        else:
+            target.write(0, np.asarray(p.data).reshape(p.shape))
+            crash_point("dataset-after-variable")
+    if sources:
+        dask.compute(da.store(sources, targets, lock=False, compute=False))
+        crash_point("dataset-after-variable")
 
 
-class _RowTarget:
-    """``dask.array.store`` target writing each block's rows through a StoreWriter.
+class _RowFile:
+    """Rows of one variable's data file, written by ``pwrite`` at their byte offsets.
 
-    Pickles with its writer: on a worker it becomes a non-owner that journals its rows,
-    and the owner's ``close`` commits them.
+    A ``dask.array.store`` target: it pickles as (file path, offset, row size, dtype, first
+    row) and opens the file per block, so blocks are written on any scheduler (threads,
+    processes, ``dask.distributed`` workers of this machine) without a writer session.
     """
 
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
+    __slots__ = ("dtype", "first_row", "offset", "path", "row_nbytes")
+
+    def __init__(
+        self, path: str, offset: int, row_nbytes: int, dtype: np.dtype, first_row: int
+    ) -> None:
+        self.path, self.offset, self.row_nbytes = path, offset, row_nbytes
+        self.dtype, self.first_row = dtype, first_row
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.path, self.offset, self.row_nbytes, self.dtype.str, self.first_row)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.path, self.offset, self.row_nbytes, dtype, self.first_row = state
+        self.dtype = np.dtype(dtype)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` as rows ``start, start + 1, ...`` of the variable's new rows."""
+        data = np.ascontiguousarray(rows, self.dtype)
+        if not data.nbytes:
+            return
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            pos = self.offset + (self.first_row + start) * self.row_nbytes
+            pwrite_all(fd, [as_bytes(data)], pos, self.path)
+        finally:
+            os.close(fd)
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        value = np.asarray(value)
-        start = key[0].start or 0
-        if len(value):
-            self.writer.write_rows([value], start_position=int(start))
-
-
-class _OffsetTarget:
-    """A ``da.store`` target writing block rows at ``offset`` + their position."""
-
-    def __init__(self, target: Any, offset: int) -> None:
-        self.target, self.offset = target, offset
-
-    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        k0 = key[0]
-        shifted = slice((k0.start or 0) + self.offset, None)
-        self.target[(shifted, *key[1:])] = value
-
-
-def _names_abs(segments: Mapping[str, tuple[int, int]], offset: int) -> _Names:
-    names = list(segments)
-    b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2) + offset
-    return names, b[:, 0].copy(), b[:, 1].copy()
-
-
-def _write_all(
-    path: str,
-    prepared: list[EncodedVariable],
-    ds_attrs: dict[str, Any],
-    row_dim: str,
-    segments: Mapping[str, tuple[int, int]] | None,
-    fsync: bool,
-) -> None:
-    """Write a complete new store at ``path`` (a fresh directory)."""
-    from .core.writer import StoreWriter, update_manifest
-
-    row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
-    rows = row_vars[0].shape[0] if row_vars else 0
-    names = None
-    if segments:
-        seg = segment_arrays(segments, rows, 0, path)  # checks before anything is written
-        if not row_vars:
-            raise SchemaError(
-                f"the Dataset has a segment table but no variable along its row dim "
-                f"{row_dim!r}; segments name rows of a row variable"
-            )
-        del seg
-        names = (row_vars[0].name, _names_abs(segments, 0))
-    plan = [
-        (
-            p,
-            StoreWriter(
-                path,
-                variable=p.name,
-                shape=p.shape,
-                dtype=p.dtype,
-                dims=p.dims,
-                named=False,
-                fsync=fsync,
-            ),
-        )
-        for p in prepared
-    ]
-    _write_rows(path, plan, {}, names)
-    specs = {p.name: p for p in prepared}
-
-    def change(m: Manifest) -> Manifest:
-        new_vars = {n: _with_meta(v, specs[n]) if n in specs else v for n, v in m.variables.items()}
-        return Manifest(m.generation, new_vars, m.segments, row_dim, ds_attrs)
-
-    if not prepared:  # a Dataset with no variables: an empty store
-        os.makedirs(path, exist_ok=True)
-        StoreWriter(path, variable="_", named=False, fsync=fsync).close()
-    update_manifest(path, change, fsync=fsync)
-
-
-def _with_meta(v: Variable, p: EncodedVariable) -> Variable:
-    return Variable(v.name, v.dtype, v.shape, v.dims, v.shards, p.attrs, p.meta(), v.checksums)
-
-
-def _stage_new_variables(
-    path: str, new: list[EncodedVariable], row_dim: str, fsync: bool
-) -> dict[str, Variable]:
-    """Write the variables an append adds as a complete store aside (the storage core's
-    own commits and checksums), then move their data files into the store at ``path``,
-    where nothing names them until the append's manifest commit does."""
-    from .core import integrity
-    from .core.fileutil import fsync_dir
-    from .core.format import Shard
-    from .core.store import read_manifest
-
-    parent = os.path.dirname(path)
-    stage = os.path.join(parent, f".{os.path.basename(path)}.stage-{uuid.uuid4().hex[:12]}")
-    out: dict[str, Variable] = {}
-    try:
-        _write_all(stage, new, {}, row_dim, None, fsync)
-        staged = read_manifest(stage)
-        for p in new:
-            v = staged.variables[p.name]
-            (shard,) = v.shards
-            stem, ext = os.path.splitext(os.path.basename(shard.path))
-            fname = f"{stem}-{uuid.uuid4().hex[:8]}{ext}"
-            os.rename(os.path.join(stage, shard.path), os.path.join(path, fname))
-            moved = Variable(
-                v.name,
-                v.dtype,
-                v.shape,
-                v.dims,
-                (Shard(fname, shard.offset, shard.start, shard.stop),),
-                v.attrs,
-                v.encoding,
-                None,
-            )
-            checksums = None
-            if v.checksums is not None:
-                # the bytes moved unchanged: the core's block sums hold; only the layout
-                # (which names the file) is the new one
-                sums = integrity.DataChecksums.from_json(v.checksums, f"staged {p.name!r}")
-                sums.layout = integrity.layout_crc(moved)
-                checksums = sums.to_json()
-            out[p.name] = Variable(
-                v.name, v.dtype, v.shape, v.dims, moved.shards, v.attrs, v.encoding, checksums
-            )
-        if fsync:
-            fsync_dir(path)
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(stage)
-    return out
-
-
-def _append_all(
-    path: str,
-    m: Manifest,
-    grow: list[tuple[EncodedVariable, Variable]],
-    new: list[EncodedVariable],
-    ds_attrs: dict[str, Any],
-    seg_names: _Names | None,
-    fsync: bool,
-) -> None:
-    from .core.writer import StoreWriter, update_manifest
-
-    added = _stage_new_variables(path, new, m.row_dim, fsync) if new else {}
-    plan = [(p, StoreWriter(path, variable=p.name, named=False, fsync=fsync)) for p, _ in grow]
-    names = (grow[0][0].name, seg_names) if seg_names is not None and grow else None
-    _write_rows(path, plan, {p.name: old.rows for p, old in grow}, names)
-    attr_updates = {p.name: p.attrs for p, _ in grow}
-
-    def change(cur: Manifest) -> Manifest:
-        new_vars = {}
-        for n, v in cur.variables.items():
-            if n in attr_updates:
-                v = Variable(
-                    v.name,
-                    v.dtype,
-                    v.shape,
-                    v.dims,
-                    v.shards,
-                    {**v.attrs, **attr_updates[n]},
-                    v.encoding,
-                    v.checksums,
-                )
-            new_vars[n] = v
-        new_vars.update(added)
-        return Manifest(
-            cur.generation, new_vars, cur.segments, cur.row_dim, {**cur.attrs, **ds_attrs}
-        )
-
-    update_manifest(path, change, fsync=fsync)
+        self.write(key[0].start or 0, value)
 
 
 # =============================================================================== to_bigarray
@@ -826,3 +809,124 @@ def to_bigarray(
     )
     with store:
         dump_to_store(ds, store, encoding=dict(encoding) if encoding is not None else None)
+
+
+# =============================================================================== the commit
+# A stand-in for the storage core's one local commit (``bigarray.core.commit.commit_local``),
+# with its signature: the Dataset writer calls it once per Dataset write.
+
+
+@dataclass
+class DataUpdate:
+    """One variable's data in a local commit."""
+
+    variable: Variable  # its new manifest entry (one shard; the new row count); sums ignored
+    fd: int  # open read/write on its data file
+    written: Sequence[tuple[int, int]] | None  # rows changed since the base; None: every row
+
+
+def commit_local(
+    path: str,
+    base: Manifest,
+    updates: Sequence[DataUpdate],
+    *,
+    variables: Mapping[str, Variable] = {},
+    new_segments: Any = None,
+    attrs: Mapping[str, Any] | None = None,
+    row_dim: str | None = None,
+    fsync: bool = True,
+    checksums: bool = True,
+) -> Manifest:
+    """Commit ``updates`` (data already written), metadata-only ``variables``, the segments
+    ``new_segments`` and ``attrs`` on top of ``base`` in one manifest commit. The caller
+    holds the store lock and read ``base`` under it.
+
+    Per data file: size, ``fsync``, the ``.npy`` header's row count, block checksums of the
+    rows written (the rest reused from ``base``); then the index run of the new segments
+    (checked against the committed index first) and its checksums; then the manifest,
+    written aside and renamed over the old one: that rename is the commit.
+    """
+    from .core import integrity
+    from .core.index import drop_unused_runs, plan_commit
+    from .core.store import Store
+
+    generation = base.generation + 1
+    plan_index = None
+    index_store = None
+    try:
+        if new_segments is not None and new_segments.count:
+            if base.segments is not None:
+                index_store = Store(path)
+            index = index_store.index if index_store is not None else None
+            plan_index = plan_commit(index, base.segments, new_segments, f" in {path!r}")
+        out = {**base.variables, **variables}
+        sums: list[tuple[DataUpdate, Any, Any, Any]] = []
+        for u in updates:
+            v = u.variable
+            (shard,) = v.shards
+            try:
+                need = shard.offset + v.rows * v.row_nbytes
+                if os.fstat(u.fd).st_size < need:
+                    os.ftruncate(u.fd, need)
+                job = plan = todo = None
+                if checksums:
+                    prev = base.variables.get(v.name)
+                    written = None if u.written is None else list(u.written)
+                    plan, todo = integrity.plan_commit(prev, v, written)
+                    job = integrity.BlockSums(
+                        u.fd, shard.offset, v.row_nbytes, v.rows, plan.block_rows, todo
+                    )
+                if fsync:
+                    os.fsync(u.fd)
+                crash_point("after-data-fsync")
+                os.pwrite(u.fd, npy_header(v.dtype, v.shape), 0)
+                if fsync:
+                    os.fsync(u.fd)
+                crash_point("after-header")
+            except OSError as exc:
+                raise wrap_os_error(exc, path) from None
+            sums.append((u, plan, todo, job))
+        segments = base.segments
+        if plan_index is not None:
+            index_dir = resolve_inside(path, INDEX_DIR)
+            for name in os.listdir(index_dir):  # left by a commit of this generation that died
+                if name.startswith(f"g{generation}-"):
+                    os.unlink(os.path.join(index_dir, name))
+            segments = plan_index.write(path, generation, fsync=fsync)
+            if fsync:
+                fsync_dir(index_dir)
+            crash_point("after-index")
+        index_sums = None
+        if checksums and segments is not None and segments != base.segments:
+            previous = [
+                v.checksums.get("index")
+                for v in base.variables.values()
+                if isinstance(v.checksums, Mapping) and v.checksums.get("index") is not None
+            ]
+            index_sums = integrity.index_entry(path, segments, previous[-1] if previous else None)
+        for u, plan, todo, job in sums:
+            v = u.variable
+            recorded = None
+            if plan is not None:
+                plan.blocks[todo] = job.result()
+                if index_sums is not None:  # on the first variable written
+                    plan.index, index_sums = index_sums, None
+                recorded = plan.to_json()
+            out[v.name] = Variable(
+                v.name, v.dtype, v.shape, v.dims, v.shards, v.attrs, v.encoding, recorded
+            )
+        manifest = Manifest(
+            generation,
+            out,
+            segments,
+            row_dim or base.row_dim,
+            dict(attrs) if attrs is not None else base.attrs,
+        )
+        crash_point("before-manifest")
+        atomic_write(os.path.join(path, MANIFEST_NAME), manifest.dumps(), fsync=fsync)
+        crash_point("after-manifest")
+    finally:
+        if index_store is not None:
+            index_store.close()
+    drop_unused_runs(path, segments, base.segments)
+    return manifest
