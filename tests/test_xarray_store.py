@@ -65,6 +65,35 @@ def test_packing_encoding_is_applied_on_disk_and_decoded_on_open(tmp_path: Any) 
         assert raw_ds["x"].attrs["scale_factor"] == scale
 
 
+def test_a_large_variable_encoded_block_by_block_is_stored_as_encoded_whole(
+    tmp_path: Any,
+) -> None:
+    """A large numeric variable is CF-encoded in blocks of rows as it is written: the bytes
+    stored are those of encoding it whole (packing, NaN to _FillValue), and so are the
+    rows appended to it."""
+    from xarray import conventions
+
+    from bigarray.xarray_store import _CODERS
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(300_001, 16)).astype("f4")  # 19 MB: blocks of 4 MiB
+    data[::7777, 3] = np.nan
+    enc = {"dtype": "int16", "scale_factor": np.float32(0.001), "_FillValue": np.int16(-32768)}
+    ds = xr.Dataset({"x": (("row", "f"), data)})
+    path = tmp_path / "big.bigarray"
+    to_bigarray(ds, path, encoding={"x": enc})
+    to_bigarray(ds, path, mode="a", append_dim="row")
+    whole = xr.Variable(("row", "f"), data, encoding=enc)
+    want = conventions.encode_cf_variable(whole, name="x", coders=_CODERS)
+    with xr.open_dataset(path, engine=ENGINE, decode_cf=False) as raw:
+        assert raw["x"].dtype == np.int16
+        np.testing.assert_array_equal(raw["x"].values, np.concatenate([want.values] * 2))
+        assert raw["x"].attrs == {k: v for k, v in want.attrs.items()}
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_allclose(back["x"].values[:300_001], data, atol=0.001, equal_nan=True)
+    assert verify_store(path).ok
+
+
 def test_encoding_on_open_has_no_none_fill_value(tmp_path: Any) -> None:
     ds = xr.Dataset({"x": ("row", np.arange(3.0))})
     ds["x"].encoding["_FillValue"] = None
