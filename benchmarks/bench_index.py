@@ -95,9 +95,9 @@ def generate_store(path: str, n: int, block: int = 5_000_000) -> float:
     written without any per-name Python object; returns the seconds it took."""
     from bigarray import StoreWriter
     from bigarray.core import integrity
+    from bigarray.core.commit import update_manifest
     from bigarray.core.format import INDEX_DIR, save_npy
     from bigarray.core.index import IndexFiles, build_table
-    from bigarray.core.writer import update_manifest
 
     t0 = time.perf_counter()
     shutil.rmtree(path, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .core.index import SegmentIndex
+from .core.members import join_parent_session
 from .core.store import open_local
 from .core.writer import StoreWriter
 from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
@@ -401,7 +402,7 @@ class _Writer:
     ) -> None:
         path = os.path.abspath(os.fspath(path))
         env = _SESSION_ENV + _path_key(path)
-        joined = _join_parent_session(env)
+        joined = join_parent_session(env)
         if joined is not None:
             # A spawned/forkserver child re-importing the parent's main module: attach to the
             # parent's writer instead of re-creating (and with remove_exist, deleting) the store.
@@ -491,51 +492,6 @@ def _path_key(path: str) -> str:
     import zlib
 
     return f"{zlib.crc32(path.encode()):08x}"
-
-
-def _join_parent_session(env: str) -> StoreWriter | None:
-    """The parent's writer, when this process is a ``multiprocessing`` child of the
-    process that owns it, re-importing the main module (spawn, forkserver).
-
-    Membership is explicit: only while multiprocessing bootstraps this child (it sets
-    ``_inheriting`` while it re-imports ``__main__``) does the inherited variable count, and
-    the owner must be an ancestor. Any other program that merely inherited the environment
-    (``subprocess.run``, a later script) creates its own writer, owner of its own session.
-    A child of an owner whose session has ended joins it closed: its writes raise
-    :class:`~bigarray.errors.ClosedError` rather than being lost.
-    """
-    raw = os.environ.get(env)
-    if raw is None:
-        return None
-    import multiprocessing
-
-    if not getattr(multiprocessing.current_process(), "_inheriting", False):
-        return None
-    try:
-        handoff = json.loads(raw)
-        owner = int(handoff["owner_pid"])
-        if owner == os.getpid() or not _descends_from(owner):
-            return None
-        return StoreWriter.attach(handoff)
-    except (ValueError, KeyError, TypeError, BigArrayError):
-        return None
-
-
-def _descends_from(pid: int) -> bool:
-    import sys
-
-    current = os.getppid()
-    for _ in range(8):
-        if current == pid:
-            return True
-        if current <= 1:
-            return False
-        try:
-            with open(f"/proc/{current}/stat", "rb") as f:
-                current = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return "__mp_main__" in sys.modules
-    return False
 
 
 class MmapArrayWriter(_Writer):

@@ -155,12 +155,14 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .core.compact import compact
-    from .core.store import is_store
+    from .core.store import is_store, read_manifest
 
     if not is_store(args.path):
         print(f"bigarray compact: {args.path!r} is not a local bigarray store", file=sys.stderr)
         return 2
-    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc="compact") as bar:
+    spec = read_manifest(args.path).segments
+    runs = len(spec.all_runs) if spec is not None else 0
+    with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc=f"compact {runs} runs") as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -43,8 +43,8 @@ import numpy as np
 from .arrays import MmapArrayWriter, PointerArrayWriter
 from .core.format import normalize_dtype
 from .core.legacy import CONVERT_CHUNK_BYTES, legacy_runs, read_legacy
+from .core.location import remove_store
 from .core.store import is_store
-from .core.writer import remove_store
 from .errors import (
     FormatError,
     SchemaError,
@@ -272,7 +272,8 @@ def _write_parts(
     """
     from tqdm.auto import tqdm
 
-    from .core.writer import StoreWriter, remove_store
+    from .core.location import remove_store
+    from .core.writer import StoreWriter
 
     _check_dst(dst, remove_exist)
     dtype = normalize_dtype(dtype)
@@ -706,7 +707,7 @@ def _task_progress(progress: bool, desc: str) -> Iterator[None]:
 
 
 def _dataset_to_bigarray(ds: Any, dst: str, remove_exist: bool, progress: bool, desc: str) -> None:
-    from .core.writer import remove_store
+    from .core.location import remove_store
 
     backend = _xarray_backend()
     _check_dst(dst, remove_exist)

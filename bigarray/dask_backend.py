@@ -20,16 +20,13 @@ Writing
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .core.members import OWNERS, writer_here
 from .errors import BigArrayError, SchemaError, StoreExistsError
 from .lazy import LazyArray, is_local, open_array
 
@@ -40,8 +37,6 @@ __all__ = [
     "to_bigarray",
     "write_region",
 ]
-
-_MAX_ATTACHED = 64
 
 
 # ============================================================================== reading
@@ -269,68 +264,6 @@ def map_segments(
 
 
 # ============================================================================== writing
-class _AttachedWriters:
-    """Per-process cache of non-owner writers, one per writer session, so tasks of the same
-    write attach once per process. A worker copy opens the data file for each write and
-    closes it after (see :meth:`StoreWriter.write_rows`): a cached writer holds no
-    descriptor, and the threads of a worker share it safely."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[int, str], Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, handoff: Mapping[str, Any]) -> Any:
-        from .core.writer import StoreWriter
-
-        key = (os.getpid(), str(handoff["session"]))
-        with self._lock:
-            w = self._items.get(key)
-            if w is not None:
-                self._items.move_to_end(key)
-                return w
-        w = StoreWriter.attach(handoff)
-        evicted = []
-        with self._lock:
-            self._items.setdefault(key, w)
-            w = self._items[key]
-            while len(self._items) > self.capacity:
-                evicted.append(self._items.popitem(last=False)[1])
-        for e in evicted:
-            with contextlib.suppress(BigArrayError, OSError):
-                e.close()  # a non-owner close only releases its descriptor
-        return w
-
-
-_ATTACHED = _AttachedWriters(_MAX_ATTACHED)
-
-
-#: The writers created in this process, by session: a copy of one that comes back here
-#: (a target unpickled in its own creating process) must write through the original,
-#: whose in-memory records the commit reads.
-_OWNERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-
-
-def _writer_here(writer: Any) -> Any:
-    """The writer to use in this process for ``writer`` (a StoreWriter or its handoff):
-    the owner itself in the creating process, elsewhere this process's attached copy of
-    the session (a pickled writer would open a descriptor per task)."""
-    handoff = writer if isinstance(writer, Mapping) else writer.handoff()
-    if int(handoff["owner_pid"]) == os.getpid():
-        original = _OWNERS.get(str(handoff["session"]))
-        if original is not None:
-            return original
-        if isinstance(writer, Mapping):
-            raise BigArrayError(
-                f"the writer of {handoff['path']!r} was closed or garbage-collected in this "
-                "process before its tasks ran; keep the target (or writer) alive until the "
-                "computation finished and close() it afterwards"
-            )
-        _OWNERS[str(handoff["session"])] = writer
-        return writer
-    return _ATTACHED.get(handoff)
-
-
 def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None = None) -> None:
     """``target[key] = value`` for a store writer: write whole rows ``key[0]``.
 
@@ -379,7 +312,7 @@ def write_region(writer: Any, key: Any, value: Any, shape: Sequence[int] | None 
         raise SchemaError("a store writer writes rows; got a scalar value")
     if not len(value):
         return
-    _writer_here(writer).write_rows([value], None, start_position=start)
+    writer_here(writer).write_rows([value], None, start_position=start)
 
 
 def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.ndarray] | None:
@@ -539,7 +472,7 @@ class BigArrayTarget:
             fsync=fsync,
         )
         self._handoff = self._writer.handoff()
-        _OWNERS[str(self._handoff["session"])] = self._writer
+        OWNERS[str(self._handoff["session"])] = self._writer
         self.path = path
         self.variable = variable
         self.shape = shape
@@ -555,7 +488,7 @@ class BigArrayTarget:
         if self._writer is not None:
             return self._writer
         if int(self._handoff["owner_pid"]) == os.getpid():
-            return _OWNERS.get(str(self._handoff["session"]))
+            return OWNERS.get(str(self._handoff["session"]))
         return None
 
     @property

@@ -358,12 +358,12 @@ def segment_table_of(ds: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray]
 
 
 def segment_arrays(
-    segments: Mapping[str, tuple[int, int]], rows: int, offset: int, path: str, store: Any = None
+    segments: Mapping[str, tuple[int, int]], rows: int, offset: int, path: str
 ) -> Any:
     """The segments ``{name: (start, stop)}`` of ``rows`` new rows, moved by ``offset``, as
-    :class:`~bigarray.core.index.SegmentArrays`; checked inside the rows, and (with the open
-    ``store``) against its committed index: raises before anything is written."""
-    from .core.index import SegmentArrays, merge
+    :class:`~bigarray.core.index.SegmentArrays`; refuses a segment outside the rows before
+    anything is written (the commit's index plan checks names and overlaps)."""
+    from .core.index import SegmentArrays
 
     names = list(segments)
     b = np.array([segments[k] for k in names], np.int64).reshape(-1, 2)
@@ -374,12 +374,4 @@ def segment_arrays(
             f"segment {names[i]!r} covers rows [{b[i, 0]}, {b[i, 1]}) but the Dataset has "
             f"{rows} rows; segments must lie within [0, {rows})"
         )
-    new = SegmentArrays.from_names(names, b[:, 0] + offset, b[:, 1] + offset)
-    committed = SegmentArrays.empty()
-    if store is not None and store.index is not None:
-        a = store.index.arrays
-        committed = SegmentArrays(
-            np.array(a.names), np.array(a.name_offsets), np.array(a.bounds), np.array(a.hashes)
-        )
-    merge(committed, new, f" in the segment table written to {path!r}")
-    return new
+    return SegmentArrays.from_names(names, b[:, 0] + offset, b[:, 1] + offset)

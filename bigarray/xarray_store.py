@@ -38,8 +38,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -52,20 +51,12 @@ from xarray.backends.common import (
 from xarray.coding import strings, times
 from xarray.coding import variables as cf_variables
 
+from .core.commit import DataUpdate, commit_local, plan_index, store_lock
 from .core.crash import crash_point
-from .core.fileutil import (
-    atomic_write,
-    fsync_dir,
-    locked,
-    pwrite_all,
-    resolve_inside,
-    wrap_os_error,
-)
+from .core.fileutil import fsync_dir, pwrite_all, resolve_inside
 from .core.format import (
     DEFAULT_ROW_DIM,
     INDEX_DIR,
-    LOCK_NAME,
-    MANIFEST_NAME,
     Manifest,
     Shard,
     Variable,
@@ -73,6 +64,7 @@ from .core.format import (
     normalize_dtype,
     npy_header,
 )
+from .core.index import IndexCommit, plan_commit
 from .errors import BigArrayError, CommitConflictError, SchemaError, StoreExistsError
 from .xarray_schema import (
     SCALAR_DIM,
@@ -482,14 +474,14 @@ class BigArrayStore(AbstractWritableDataStore):
     # -------------------------------------------------------------- a new store
     def _create(self, prepared: list[EncodedVariable], ds_attrs: dict[str, Any]) -> None:
         from .core.commit import staging_path, switch_into_place
-        from .core.fileutil import fsync_dir
 
         row_dim = self.row_dim or default_row_dim(prepared)
         row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
-        new_segments = None
+        index = None
         if self.segments:  # checked before anything is written
             rows = row_vars[0].shape[0] if row_vars else 0
-            new_segments = segment_arrays(self.segments, rows, 0, self.path)
+            new = segment_arrays(self.segments, rows, 0, self.path)
+            index = plan_commit(None, None, new, f" in the segment table written to {self.path!r}")
             if not row_vars:
                 raise SchemaError(
                     f"the Dataset has a segment table but no variable along its row dim "
@@ -501,8 +493,8 @@ class BigArrayStore(AbstractWritableDataStore):
         try:
             os.makedirs(os.path.join(tmp, INDEX_DIR))
             base = Manifest(0, {}, None, row_dim, {})
-            with locked(os.path.join(tmp, LOCK_NAME)):
-                _write_dataset(tmp, base, prepared, [], new_segments, ds_attrs, self.fsync)
+            with store_lock(tmp):
+                _write_dataset(tmp, base, prepared, [], index, ds_attrs, self.fsync)
             if self.fsync:
                 fsync_dir(tmp)
             if os.path.lexists(self.path):
@@ -530,7 +522,7 @@ class BigArrayStore(AbstractWritableDataStore):
 
         # Under the store lock from the first check to the commit: no other writer commits
         # meanwhile, so the rows appended start where the committed ones end.
-        with locked(os.path.join(self.path, LOCK_NAME)):
+        with store_lock(self.path):
             m = read_manifest(self.path)
             row_dim = m.row_dim
             if self.append_dim is not None and self.append_dim != row_dim:
@@ -539,7 +531,7 @@ class BigArrayStore(AbstractWritableDataStore):
                     f"{row_dim!r} only; pass append_dim={row_dim!r}"
                 )
             with Store(self.path) as store:
-                grow, new, new_segments = self._plan_append(prepared, m, store)
+                grow, new, index = self._plan_append(prepared, m, store)
             live = collect_dead_sessions(self.path, "")
             if live:
                 raise CommitConflictError(
@@ -549,13 +541,14 @@ class BigArrayStore(AbstractWritableDataStore):
                     "those writers first. Nothing was written."
                 )
             attrs = {**m.attrs, **ds_attrs}
-            _write_dataset(self.path, m, new, grow, new_segments, attrs, self.fsync)
+            _write_dataset(self.path, m, new, grow, index, attrs, self.fsync)
 
     def _plan_append(
         self, prepared: list[EncodedVariable], m: Manifest, store: Any
     ) -> tuple[list[tuple[EncodedVariable, Variable]], list[EncodedVariable], Any]:
         """Check the whole append against the store before anything is written: returns the
-        variables that grow (with their committed entries), the new ones, and the segments."""
+        variables that grow (with their committed entries), the new ones, and the new
+        segments' index run (checked against the committed index)."""
         row_dim = m.row_dim
         sizes = store_sizes(m)
         old_rows = m.rows
@@ -601,12 +594,14 @@ class BigArrayStore(AbstractWritableDataStore):
                 raise SchemaError(
                     f"the appended variables bring different row counts {sorted(lengths)}"
                 )
-        new_segments = None
+        index = None
         if self.segments:
             added = next(iter({p.shape[0] for p, _ in grow}), 0)
             # checks names and rows against the committed index before anything is written
-            new_segments = segment_arrays(self.segments, added, old_rows, self.path, store)
-        return grow, new, new_segments
+            fresh = segment_arrays(self.segments, added, old_rows, self.path)
+            where = f" in the segment table written to {self.path!r}"
+            index = plan_index(self.path, m, fresh, where)
+        return grow, new, index
 
 
 # =============================================================================== writing
@@ -617,12 +612,12 @@ def _write_dataset(
     base: Manifest,
     new: list[EncodedVariable],
     grow: list[tuple[EncodedVariable, Variable]],
-    new_segments: Any,
+    index: IndexCommit | None,
     attrs: dict[str, Any],
     fsync: bool,
 ) -> Manifest:
-    """Write every variable's data, then commit them all, with the segments and the
-    attributes, in ONE manifest commit (the caller holds the store lock; ``base`` is the
+    """Write every variable's data, then commit them all, with the segments' ``index``
+    run and the attributes, in ONE commit (:func:`bigarray.core.commit.commit_local`) (the caller holds the store lock; ``base`` is the
     manifest it read under it).
 
     New variables go to new data files (names no manifest uses); the rows of a growing
@@ -671,15 +666,7 @@ def _write_dataset(
             updates.append(DataUpdate(var, fd, [(old.rows, rows)]))
             jobs.append((p, _RowFile(full, shard.offset, var.row_nbytes, var.dtype, old.rows)))
         _write_rows(jobs)
-        return commit_local(
-            path,
-            base,
-            updates,
-            new_segments=new_segments,
-            attrs=attrs,
-            row_dim=base.row_dim,
-            fsync=fsync,
-        )
+        return commit_local(path, base, updates, index=index, attrs=attrs, fsync=fsync)
     except BaseException:
         for full in created:  # named by no manifest (a commit that raised named nothing)
             with contextlib.suppress(OSError):
@@ -884,124 +871,3 @@ def to_bigarray(
     )
     with store:
         dump_to_store(ds, store, encoding=dict(encoding) if encoding is not None else None)
-
-
-# =============================================================================== the commit
-# A stand-in for the storage core's one local commit (``bigarray.core.commit.commit_local``),
-# with its signature: the Dataset writer calls it once per Dataset write.
-
-
-@dataclass
-class DataUpdate:
-    """One variable's data in a local commit."""
-
-    variable: Variable  # its new manifest entry (one shard; the new row count); sums ignored
-    fd: int  # open read/write on its data file
-    written: Sequence[tuple[int, int]] | None  # rows changed since the base; None: every row
-
-
-def commit_local(
-    path: str,
-    base: Manifest,
-    updates: Sequence[DataUpdate],
-    *,
-    variables: Mapping[str, Variable] = {},
-    new_segments: Any = None,
-    attrs: Mapping[str, Any] | None = None,
-    row_dim: str | None = None,
-    fsync: bool = True,
-    checksums: bool = True,
-) -> Manifest:
-    """Commit ``updates`` (data already written), metadata-only ``variables``, the segments
-    ``new_segments`` and ``attrs`` on top of ``base`` in one manifest commit. The caller
-    holds the store lock and read ``base`` under it.
-
-    Per data file: size, ``fsync``, the ``.npy`` header's row count, block checksums of the
-    rows written (the rest reused from ``base``); then the index run of the new segments
-    (checked against the committed index first) and its checksums; then the manifest,
-    written aside and renamed over the old one: that rename is the commit.
-    """
-    from .core import integrity
-    from .core.index import drop_unused_runs, plan_commit
-    from .core.store import Store
-
-    generation = base.generation + 1
-    plan_index = None
-    index_store = None
-    try:
-        if new_segments is not None and new_segments.count:
-            if base.segments is not None:
-                index_store = Store(path)
-            index = index_store.index if index_store is not None else None
-            plan_index = plan_commit(index, base.segments, new_segments, f" in {path!r}")
-        out = {**base.variables, **variables}
-        sums: list[tuple[DataUpdate, Any, Any, Any]] = []
-        for u in updates:
-            v = u.variable
-            (shard,) = v.shards
-            try:
-                need = shard.offset + v.rows * v.row_nbytes
-                if os.fstat(u.fd).st_size < need:
-                    os.ftruncate(u.fd, need)
-                job = plan = todo = None
-                if checksums:
-                    prev = base.variables.get(v.name)
-                    written = None if u.written is None else list(u.written)
-                    plan, todo = integrity.plan_commit(prev, v, written)
-                    job = integrity.BlockSums(
-                        u.fd, shard.offset, v.row_nbytes, v.rows, plan.block_rows, todo
-                    )
-                if fsync:
-                    os.fsync(u.fd)
-                crash_point("after-data-fsync")
-                os.pwrite(u.fd, npy_header(v.dtype, v.shape), 0)
-                if fsync:
-                    os.fsync(u.fd)
-                crash_point("after-header")
-            except OSError as exc:
-                raise wrap_os_error(exc, path) from None
-            sums.append((u, plan, todo, job))
-        segments = base.segments
-        if plan_index is not None:
-            index_dir = resolve_inside(path, INDEX_DIR)
-            for name in os.listdir(index_dir):  # left by a commit of this generation that died
-                if name.startswith(f"g{generation}-"):
-                    os.unlink(os.path.join(index_dir, name))
-            segments = plan_index.write(path, generation, fsync=fsync)
-            if fsync:
-                fsync_dir(index_dir)
-            crash_point("after-index")
-        index_sums = None
-        if checksums and segments is not None and segments != base.segments:
-            previous = [
-                v.checksums.get("index")
-                for v in base.variables.values()
-                if isinstance(v.checksums, Mapping) and v.checksums.get("index") is not None
-            ]
-            index_sums = integrity.index_entry(path, segments, previous[-1] if previous else None)
-        for u, plan, todo, job in sums:
-            v = u.variable
-            recorded = None
-            if plan is not None:
-                plan.blocks[todo] = job.result()
-                if index_sums is not None:  # on the first variable written
-                    plan.index, index_sums = index_sums, None
-                recorded = plan.to_json()
-            out[v.name] = Variable(
-                v.name, v.dtype, v.shape, v.dims, v.shards, v.attrs, v.encoding, recorded
-            )
-        manifest = Manifest(
-            generation,
-            out,
-            segments,
-            row_dim or base.row_dim,
-            dict(attrs) if attrs is not None else base.attrs,
-        )
-        crash_point("before-manifest")
-        atomic_write(os.path.join(path, MANIFEST_NAME), manifest.dumps(), fsync=fsync)
-        crash_point("after-manifest")
-    finally:
-        if index_store is not None:
-            index_store.close()
-    drop_unused_runs(path, segments, base.segments)
-    return manifest

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import bigarray
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray import lazy as lazy_mod
+from bigarray.core.commit import update_manifest
 from bigarray.core.format import Shard, save_npy
-from bigarray.core.writer import update_manifest
 from bigarray.errors import (
     SchemaError,
     StoreNotFoundError,

@@ -432,10 +432,10 @@ def test_segments_grouped_into_few_writes(tmp_path: Path, monkeypatch: pytest.Mo
 
     _pointer_sample(tmp_path / "p")  # rows 0..3, 3..10, 10..10, gap, 12..20; 16-byte rows
     got = read_legacy(tmp_path / "p")
-    runs = legacy_module._runs(got, got.indices or {})
+    runs = legacy_module.legacy_runs(got, got.indices or {})
     assert [(start, list(run)) for start, run in runs] == [(0, ["a", "b", "empty"]), (12, ["c"])]
-    monkeypatch.setattr(legacy_module, "_CONVERT_CHUNK_BYTES", 3 * 16)  # cut every 3 rows
-    runs = legacy_module._runs(got, got.indices or {})
+    monkeypatch.setattr(legacy_module, "CONVERT_CHUNK_BYTES", 3 * 16)  # cut every 3 rows
+    runs = legacy_module.legacy_runs(got, got.indices or {})
     assert [(start, list(run)) for start, run in runs] == [
         (0, ["a"]),
         (3, ["b"]),  # rows 3..10 start in the second 3-row chunk

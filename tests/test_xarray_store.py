@@ -278,7 +278,7 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "step", ["dataset-after-variable@2", "after-header@2", "before-manifest", "after-manifest"]
+    "step", ["dataset-after-variable@2", "after-header", "before-manifest", "after-manifest"]
 )
 def test_killed_dataset_write_leaves_no_partial_store(tmp_path: Any, step: str) -> None:
     """A new store appears whole (one rename) or not at all; ``mode="w"`` over a store
@@ -343,8 +343,8 @@ def _appended() -> xr.Dataset:
     [
         "dataset-after-variable@1",
         "dataset-after-variable@3",
-        "after-header@1",
-        "after-header@2",
+        "after-data-fsync",
+        "after-header",
         "after-index",
         "before-manifest",
         "after-manifest",

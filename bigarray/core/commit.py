@@ -1,5 +1,34 @@
-"""The commit of a store written through fsspec: atomic, exclusive, the old version kept until then.
+"""The one commit: every writer of a store (local or object store) publishes through here.
 
+A commit makes one new version of a store visible at once, or nothing. Every writer goes
+through the same sequence; only the last step differs by where the store lives:
+
+1. the data is written and durable: rows ``pwrite``-n into a local data file and
+   ``fsync``-ed (:func:`commit_local`), or shard objects ``PUT`` whole
+   (:mod:`bigarray.core.sharded`);
+2. the new segments become one new *run* of the index (:mod:`bigarray.core.index`), written
+   to files no committed manifest names (generation, and on object stores the write
+   session, in the name), durable before anything points at them;
+3. checksums (:mod:`bigarray.core.integrity`): CRC-32C of every data block written since
+   the previous commit and of every new index file, recorded in the manifest entry of each
+   variable the commit wrote, so ``bigarray verify`` checks every store whoever wrote it;
+4. the manifest is published, atomically and exclusively: locally a ``rename`` over the
+   old one under the store's ``flock`` (:func:`commit_local`); through fsspec a
+   conditional ``PUT`` (:func:`put_manifest`, below);
+5. only then is what the previous version alone named deleted (old index runs, a replaced
+   version's objects), never before.
+
+A crash before step 4 leaves the previous version, whole; after it, the new one.
+
+Local commits
+-------------
+:func:`commit_local` is called with the store lock held (:func:`store_lock`) by the
+session writer (:class:`~bigarray.core.writer.StoreWriter`), the xarray Dataset writer (all
+its variables, coordinates and attributes in one commit), compaction and metadata updates
+(:func:`update_manifest`).
+
+Object stores
+-------------
 A write to an object store (``to_bigarray`` on an ``s3://`` URL, ``bigarray cp``) never
 changes an object a committed manifest names. Every object it writes has a name no other
 commit uses (the write session is in it: ``shards/data-<session>-000000.npy``,
@@ -39,22 +68,234 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BigArrayError, StoreExistsError
+from . import integrity
+from .crash import crash_point
 from .filesystem import FileAccess
-from .format import MANIFEST_NAME, Manifest, manifest_objects, parse_manifest
+from .fileutil import atomic_write, fsync_dir, locked, resolve_inside, wrap_os_error
+from .format import (
+    INDEX_DIR,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    IndexFiles,
+    Manifest,
+    Variable,
+    manifest_objects,
+    npy_header,
+    parse_manifest,
+)
+from .index import IndexCommit, SegmentArrays, drop_unused_runs, plan_commit
 
 __all__ = [
     "ConcurrentCommitError",
+    "DataUpdate",
     "Snapshot",
+    "commit_local",
     "conditional_support",
+    "plan_index",
     "put_manifest",
     "remove_replaced",
     "snapshot",
+    "store_lock",
+    "update_manifest",
 ]
+
+
+# =========================================================================== local commits
+
+
+@contextlib.contextmanager
+def store_lock(path: str) -> Iterator[int]:
+    """The store's exclusive ``flock``: held by every local commit (and by writers while they
+    read the manifest they will build on)."""
+    with locked(os.path.join(path, LOCK_NAME)) as fd:
+        yield fd
+
+
+@dataclass
+class DataUpdate:
+    """One variable's data in a local commit.
+
+    ``variable`` is its new manifest entry (one shard holding rows ``[0, rows)``; its
+    ``checksums`` are ignored: the commit records them). ``fd`` is open read/write on the
+    shard's data file: the commit extends the file to the new row count, ``fsync``-s it,
+    rewrites its ``.npy`` header and sums the blocks of ``written``, the row ranges changed
+    since the previous commit (``None``: every row, as for a new data file). ``sums`` may
+    give, per range of ``written``, block sums the writes computed as they went
+    (:class:`~bigarray.core.integrity.WrittenSums`, or ``None`` to read the blocks back).
+    """
+
+    variable: Variable
+    fd: int
+    written: Sequence[tuple[int, int]] | None = None
+    sums: Sequence[integrity.WrittenSums | None] | None = None
+    checksums: bool = True
+    _plan: Any = field(default=None, repr=False)
+
+
+def plan_index(path: str, base: Manifest, new: SegmentArrays, where: str = "") -> IndexCommit:
+    """Check ``new`` segments against the committed index of ``path`` (read under the
+    store lock) before anything is written: a duplicate name or an overlap raises here,
+    with the store unchanged."""
+    from .store import Store  # the reader, which plans against the committed runs
+
+    with Store(path) as store:
+        return plan_commit(store.index, base.segments, new, where or f" in {path!r}")
+
+
+def _clear_generation(path: str, generation: int) -> None:
+    """Remove index files of ``generation`` left by a commit that crashed before its
+    rename (never named by a manifest). Unlinking first also means a hostile store's
+    symlink there is removed, never written through; the directory must be inside."""
+    d = resolve_inside(path, INDEX_DIR)
+    prefix = f"g{generation}-"
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(d):
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(d, name))
+
+
+def _previous_index_entry(var: Variable | None) -> Any:
+    sums = var.checksums if var is not None else None
+    return sums.get("index") if isinstance(sums, Mapping) else None
+
+
+def commit_local(
+    path: str,
+    base: Manifest,
+    updates: Sequence[DataUpdate] = (),
+    *,
+    variables: Mapping[str, Variable] | None = None,
+    index: IndexCommit | None = None,
+    segments: IndexFiles | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    row_dim: str | None = None,
+    fsync: bool = True,
+    published: Callable[[Manifest], None] | None = None,
+) -> Manifest:
+    """Commit a new version of the local store at ``path``; return its manifest.
+
+    The caller holds :func:`store_lock` and read ``base`` (the current manifest) under it.
+    ``updates`` are the variables whose data this commit makes durable and sums;
+    ``variables`` are entries added or replaced as given (metadata only, or data already
+    summed); ``index`` is the new segments' run (:func:`plan_index`), written here, or
+    ``segments`` an index already written and durable (compaction); ``attrs`` and
+    ``row_dim`` replace the store's when given. ``published(new)`` runs right after the
+    manifest rename, before the old index runs are deleted (a writer forgets its journal
+    records there). The steps and the crash model are in the module docstring; crash points
+    ``after-data-fsync``, ``after-header``, ``after-index``, ``before-manifest`` and
+    ``after-manifest`` stop a commit between them (:mod:`bigarray.core.crash`).
+    """
+    generation = base.generation + 1
+    try:
+        for u in updates:
+            var = u.variable
+            (shard,) = var.shards
+            need = shard.offset + var.rows * var.row_nbytes
+            if os.fstat(u.fd).st_size < need:
+                os.ftruncate(u.fd, need)
+            if u.checksums:
+                # Sum only the blocks written since the last commit, in threads, while the
+                # data is made durable below; the previous commit's sums cover the rest.
+                prev = base.variables.get(var.name)
+                ranges = None if u.written is None else list(u.written)
+                plan, todo = integrity.plan_commit(prev, var, ranges)
+                if ranges is not None and u.sums is not None:
+                    todo = integrity.reuse_written_sums(plan, todo, ranges, list(u.sums))
+                blocks = integrity.BlockSums(
+                    u.fd, shard.offset, var.row_nbytes, var.rows, plan.block_rows, todo
+                )
+                u._plan = (plan, todo, blocks)
+        for u in updates:
+            if fsync:
+                os.fsync(u.fd)
+        crash_point("after-data-fsync")
+        for u in updates:
+            os.pwrite(u.fd, npy_header(u.variable.dtype, u.variable.shape), 0)
+            if fsync:
+                os.fsync(u.fd)
+        crash_point("after-header")
+    except OSError as exc:
+        raise wrap_os_error(exc, path) from None
+    if segments is None:
+        segments = base.segments
+    if index is not None and index.new.count:
+        try:
+            _clear_generation(path, generation)
+            segments = index.write(path, generation, fsync=fsync)
+            if fsync:
+                fsync_dir(os.path.join(path, INDEX_DIR))
+        except OSError as exc:
+            raise wrap_os_error(exc, path) from None
+        crash_point("after-index")
+    new_vars = dict(base.variables)
+    for u in updates:
+        var, checksums = u.variable, None
+        if u._plan is not None:
+            plan, todo, blocks = u._plan
+            try:
+                plan.blocks[todo] = blocks.result()
+                entry = _previous_index_entry(base.variables.get(var.name))
+                if segments is not None and segments is not base.segments:
+                    entry = integrity.index_entry(path, segments, entry)
+                plan.index = entry
+            except OSError as exc:
+                raise wrap_os_error(exc, path) from None
+            checksums = plan.to_json()
+        new_vars[var.name] = Variable(
+            var.name,
+            var.dtype,
+            var.shape,
+            var.dims,
+            var.shards,
+            var.attrs,
+            var.encoding,
+            checksums,
+        )
+    new_vars.update(variables or {})
+    new = Manifest(
+        generation,
+        new_vars,
+        segments,
+        base.row_dim if row_dim is None else row_dim,
+        dict(base.attrs if attrs is None else attrs),
+    )
+    crash_point("before-manifest")
+    atomic_write(os.path.join(path, MANIFEST_NAME), new.dumps(), fsync=fsync)
+    crash_point("after-manifest")
+    if published is not None:
+        published(new)
+    # (also what a commit that crashed before its rename left: readers never mapped it)
+    drop_unused_runs(path, segments, base.segments)
+    return new
+
+
+def update_manifest(
+    path: str, change: Callable[[Manifest], Manifest], *, fsync: bool = True
+) -> Manifest:
+    """Commit ``change(manifest) -> manifest`` (variables' metadata, attributes), atomically
+    under the store lock: a local commit that writes no data."""
+    from .store import read_manifest
+
+    with store_lock(path):
+        current = read_manifest(path)
+        new = change(current)
+        return commit_local(
+            path,
+            current,
+            variables=new.variables,
+            attrs=new.attrs,
+            row_dim=new.row_dim,
+            fsync=fsync,
+        )
+
+
+# =========================================================================== object stores
 
 _MEMORY_LOCK = threading.Lock()
 

@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from . import integrity
+from .commit import commit_local
 from .crash import crash_point
-from .fileutil import atomic_write, fsync_dir, locked
-from .format import INDEX_DIR, INDEX_ROLES, LOCK_NAME, MANIFEST_NAME, IndexFiles, Manifest, Variable
+from .fileutil import fsync_dir, locked
+from .format import INDEX_DIR, INDEX_ROLES, LOCK_NAME, IndexFiles, Variable
 from .index import (
     STREAM_MIN,
     SegmentArrays,
     concat,
-    drop_unused_runs,
     follow_in_rows,
     row_order,
     write_concat,
@@ -114,9 +114,13 @@ def compact(
             variables[name] = Variable(
                 var.name, var.dtype, var.shape, var.dims, var.shards, var.attrs, var.encoding, sums
             )
-        out = Manifest(generation, variables, new, manifest.row_dim, manifest.attrs)
         crash_point("compact-before-manifest")
-        atomic_write(os.path.join(path, MANIFEST_NAME), out.dumps(), fsync=fsync)
-        crash_point("compact-after-manifest")
-        drop_unused_runs(path, new, spec)
+        commit_local(
+            path,
+            manifest,
+            variables=variables,
+            segments=new,
+            fsync=fsync,
+            published=lambda _m: crash_point("compact-after-manifest"),
+        )
         return new

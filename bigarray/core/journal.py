@@ -155,6 +155,7 @@ class Journal:
     """The journal directory of one writer session."""
 
     def __init__(self, store_dir: str, session: str) -> None:
+        self.session = session
         self.dir = os.path.join(store_dir, JOURNAL_DIR, session)
         self._seq = itertools.count()
         self._lock_fd: int | None = None

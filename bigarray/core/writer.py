@@ -74,11 +74,9 @@ import dataclasses
 import itertools
 import os
 import re
-import shutil
-import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -90,18 +88,16 @@ from ..errors import (
     CommitConflictError,
     DuplicateSegmentError,
     IntegrityError,
-    NotAStoreError,
     OverlapError,
     SchemaError,
     StoreExistsError,
 )
 from . import integrity
+from .commit import DataUpdate, commit_local
 from .crash import crash_point
 from .fileutil import (
     atomic_write,
-    fsync_dir,
     locked,
-    preallocate,
     pwrite_all,
     resolve_inside,
     wrap_os_error,
@@ -111,7 +107,6 @@ from .format import (
     INDEX_DIR,
     LOCK_NAME,
     MANIFEST_NAME,
-    IndexFiles,
     Manifest,
     Shard,
     Variable,
@@ -119,18 +114,27 @@ from .format import (
     normalize_dtype,
     npy_header,
 )
-from .index import SegmentArrays, concat, drop_unused_runs, plan_commit
-from .journal import Journal, Record, collect_dead_sessions, reserved_by_others
+from .index import SegmentArrays, concat, plan_commit
+from .journal import Journal, Record, collect_dead_sessions
+from .location import StoreMoved, locked_here, remove_store, replace_empty_file
 from .reruns import drop_identical_reruns, pread_rows
+from .rowcheck import check_arrays, check_fits, narrowing_ints
+from .rows import (
+    ALLOC_NAME,
+    PENDING_KEY,
+    allocate,
+    covered,
+    next_unwritten,
+    read_alloc,
+    row_shape_pending,
+    unwritten_rows,
+)
+from .session import Session
 from .store import Store, interrupted_creation, is_store, read_manifest
 
-_ALLOC_NAME = "alloc"
 _BATCH_BYTES = 32 << 20
 _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
 _FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
-_PREALLOCATE_MIN_BYTES = 1 << 20  # smaller writes leave block allocation to the file system
-_HOLES_KEY = "unwritten_rows"  # Variable.encoding key: see _holes_of
-_PENDING_KEY = "row_shape_pending"  # Variable.encoding key: see _row_shape_pending
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _owner_marks = itertools.count()
 
@@ -139,107 +143,6 @@ def data_file_name(variable: str) -> str:
     """File name of a variable's first shard (a sanitised name, never a path)."""
     stem = variable if _SAFE_FILE.match(variable) and not variable.startswith(".") else None
     return f"{stem}.npy" if stem else f"var-{abs(hash(variable)) % 10**8:08d}.npy"
-
-
-def _narrowing_ints(src: np.dtype, dst: np.dtype) -> bool:
-    """True when integer (or bool) data of ``src`` may hold values ``dst`` cannot."""
-    return src.kind in "iub" and dst.kind in "iu" and not np.can_cast(src, dst, "safe")
-
-
-def _check_fits(a: np.ndarray, dtype: np.dtype, i: int) -> None:
-    """Refuse integers that would wrap in ``dtype`` (numpy's cast does so silently)."""
-    if not a.size:
-        return
-    lo, hi = int(a.min()), int(a.max())
-    info = np.iinfo(dtype)
-    if lo < info.min or hi > info.max:
-        bad = lo if lo < info.min else hi
-        raise SchemaError(
-            f"array #{i} holds {bad}, which does not fit this {dtype} store (values "
-            f"{info.min}..{info.max}); storing it would lose information. Write it to a store "
-            f"of a wider dtype, or clip it first (np.clip(arr, {info.min}, {info.max}))"
-        )
-
-
-def _holes_of(var: Variable) -> list[tuple[int, int]]:
-    """Committed rows of an unnamed variable that no commit wrote (a declared shape's
-    padding, or a gap before a positioned write): they read as zeros and stay writable."""
-    raw = var.encoding.get(_HOLES_KEY) if isinstance(var.encoding, Mapping) else None
-    out = []
-    if isinstance(raw, list):
-        for item in raw:
-            if isinstance(item, list) and len(item) == 2:
-                a, b = item
-                if isinstance(a, int) and isinstance(b, int) and 0 <= a < b:
-                    out.append((a, b))
-    return sorted(out)
-
-
-def _row_shape_pending(var: Variable) -> bool:
-    """True for the empty ``(0,)`` placeholder a writer given a dtype but no shape commits
-    when it creates a store, so that readers see an empty array of that dtype (not a store
-    without the variable) until its first write fixes the row shape and replaces it."""
-    return (
-        var.rows == 0 and isinstance(var.encoding, Mapping) and bool(var.encoding.get(_PENDING_KEY))
-    )
-
-
-def _covered(holes: Sequence[tuple[int, int]], start: int, stop: int) -> bool:
-    """True if ``[start, stop)`` lies inside one of the (merged, sorted) ``holes``."""
-    i = bisect.bisect_right(holes, (start, 1 << 62)) - 1
-    return i >= 0 and holes[i][0] <= start and stop <= holes[i][1]
-
-
-def _subtract(holes: list[tuple[int, int]], used: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``holes`` minus the ``used`` ranges, merged and sorted (one sweep: O(n log n))."""
-
-    def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        out: list[tuple[int, int]] = []
-        for a, b in sorted(r for r in ranges if r[1] > r[0]):
-            if out and a <= out[-1][1]:
-                out[-1] = (out[-1][0], max(b, out[-1][1]))
-            else:
-                out.append((a, b))
-        return out
-
-    cut = merged(used)
-    out: list[tuple[int, int]] = []
-    j = 0
-    for a, b in merged(holes):
-        while j < len(cut) and cut[j][1] <= a:
-            j += 1
-        k, pos = j, a
-        while k < len(cut) and cut[k][0] < b:
-            if cut[k][0] > pos:
-                out.append((pos, cut[k][0]))
-            pos = max(pos, cut[k][1])
-            k += 1
-        if pos < b:
-            out.append((pos, b))
-    return out
-
-
-def _next_holes(
-    var: Variable,
-    rows: int,
-    mine: Sequence[Record],
-    unrecorded: Sequence[tuple[int, int]],
-    unfinished: Mapping[str, tuple[int, int]],
-) -> dict[str, Any]:
-    """The encoding of an unnamed variable after a commit of ``rows`` rows: its holes (see
-    :func:`_holes_of`) plus the new rows past the old end, minus every row written."""
-    holes = _holes_of(var)
-    if rows > var.rows:
-        holes.append((var.rows, rows))
-    enc = {k: v for k, v in var.encoding.items() if k != _HOLES_KEY}
-    if not holes:
-        return enc if _HOLES_KEY in var.encoding else var.encoding
-    used = [(r.start if r.start is not None else 0, r.stop) for r in mine if r.data]
-    used += list(unrecorded) + list(unfinished.values())
-    left = _subtract(holes, used)
-    if left:
-        enc[_HOLES_KEY] = [[a, b] for a, b in left]
-    return enc
 
 
 def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str]:
@@ -266,117 +169,6 @@ def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str
         if b > reach:
             reach, who = b, i
     return list(dict.fromkeys(names[i] for i in sorted(bad)))
-
-
-def _read_alloc(path: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
-    except FileNotFoundError:
-        return 0
-
-
-class _StoreMoved(Exception):
-    """The directory at a store's path is no longer the one whose lock we waited for."""
-
-
-@contextlib.contextmanager
-def _locked_here(path: str) -> Iterator[int]:
-    """:func:`locked` on ``path``'s store lock, raising :class:`_StoreMoved` when, by the time
-    the lock is ours, ``path`` no longer holds the directory we locked: a ``remove_exist``
-    renames the directory away under its lock (see :func:`remove_store`), and a writer that
-    waited on the old lock must not go on in whatever is at ``path`` now (nor re-create
-    ``path`` with nothing but its journal in it) without holding that directory's lock."""
-    lock = os.path.join(path, LOCK_NAME)
-    with contextlib.ExitStack() as stack:
-        try:
-            fd = stack.enter_context(locked(lock))
-        except FileNotFoundError:  # the directory itself is gone
-            raise _StoreMoved from None
-        try:
-            here = os.stat(lock)
-        except FileNotFoundError:
-            raise _StoreMoved from None
-        mine = os.fstat(fd)
-        if (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
-            raise _StoreMoved
-        yield fd
-
-
-def remove_store(path: str) -> None:
-    """Delete a store directory (or an empty file, or a symlink); refuse anything else.
-
-    A store that a live writer session holds open (in this or another program) is refused
-    with :class:`StoreExistsError`: deleting it would leave that session committing rows
-    into files that no longer exist. Otherwise the directory is renamed away under the
-    store lock (so no session can start or commit in it meanwhile) and deleted from there.
-    """
-    if os.path.isdir(path) and not os.path.islink(path):
-        store = is_store(path)
-        if not store and os.listdir(path) and not interrupted_creation(path):
-            raise NotAStoreError(
-                f"remove_exist=True but {path!r} is a non-empty directory that is not a "
-                "bigarray store; refusing to delete it. Remove it yourself or pick another path."
-            )
-        parent, base = os.path.split(os.path.normpath(path))
-        tomb = os.path.join(parent, f".{base}.removing-{os.urandom(4).hex()}")
-        try:
-            with locked(os.path.join(path, LOCK_NAME)):
-                live = collect_dead_sessions(path, "")
-                if live:
-                    raise StoreExistsError(
-                        f"remove_exist=True but the store at {path!r} is being written by "
-                        f"{live} live writer session(s) (another program, or a writer of this "
-                        "one that is still open); refusing to delete it under them. Close "
-                        "those writers first, or write to another path."
-                    )
-                os.rename(path, tomb)
-        except BigArrayError:
-            raise
-        except FileNotFoundError:
-            return  # another writer removed it first
-        except OSError as exc:
-            raise wrap_os_error(exc, path) from None
-        # a session that raced us may still drop a file into the renamed directory
-        shutil.rmtree(tomb, ignore_errors=True)
-    elif os.path.lexists(path):
-        st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode) and not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
-            # an empty regular file (tempfile.mkstemp) is a free location; a symlink is
-            # removed, never what it points to; anything else is the user's, not ours
-            raise NotAStoreError(
-                f"remove_exist=True but {path!r} is a "
-                f"{'non-empty file' if stat.S_ISREG(st.st_mode) else 'special file'} that is "
-                "not a bigarray store; refusing to delete it. Remove it yourself or pick "
-                "another path."
-            )
-        with contextlib.suppress(FileNotFoundError):  # another writer removed it first
-            os.unlink(path)
-
-
-def _replace_empty_file(path: str) -> None:
-    """An existing empty regular file (``tempfile.mkstemp()``) is a free location, as in the
-    2020 library: remove it so the store directory can take its place."""
-    with contextlib.suppress(OSError):
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            with contextlib.suppress(FileNotFoundError):  # a concurrent writer did it first
-                os.unlink(path)
-
-
-def update_manifest(path: str, change: Any, *, fsync: bool = True) -> Manifest:
-    """Commit ``change(manifest) -> manifest`` atomically under the store lock.
-
-    For metadata-only commits (attributes, encodings, coordinates added by the xarray
-    writer): the generation is bumped and the manifest replaced by rename.
-    """
-    with locked(os.path.join(path, LOCK_NAME)):
-        current = read_manifest(path)
-        new = change(current)
-        new = Manifest(current.generation + 1, new.variables, new.segments, new.row_dim, new.attrs)
-        atomic_write(os.path.join(path, MANIFEST_NAME), new.dumps(), fsync=fsync)
-        return new
 
 
 class StoreWriter:
@@ -453,13 +245,13 @@ class StoreWriter:
         if remove_exist:
             remove_store(self.path)
         # Another writer's remove_exist may rename the directory away while we wait for its
-        # lock (see _locked_here): then start again with whatever is at the path now (never
+        # lock (see locked_here): then start again with whatever is at the path now (never
         # removing again: a store there now was created by a writer after our removal).
         for attempt in itertools.count():
             try:
                 self._open_session()
                 break
-            except _StoreMoved:
+            except StoreMoved:
                 if attempt >= 100:
                     raise StoreExistsError(
                         f"the store at {self.path!r} keeps being deleted and re-created by "
@@ -471,7 +263,7 @@ class StoreWriter:
 
     def _open_session(self) -> None:
         """Create the store if there is none, then start this writer's session in it."""
-        _replace_empty_file(self.path)
+        replace_empty_file(self.path)
         existed = is_store(self.path)
         if not existed:
             if not self._free_location():
@@ -480,7 +272,7 @@ class StoreWriter:
                     "to replace it, or choose another path"
                 )
             self._create_empty()
-        with _locked_here(self.path):
+        with locked_here(self.path):
             others = collect_dead_sessions(self.path, self._session)
             self._journal.start()
             manifest = read_manifest(self.path)
@@ -506,7 +298,7 @@ class StoreWriter:
         if os.path.isfile(self._lock_path):
             # Another writer may be creating the store (it writes the data file, then the
             # first manifest, under the lock): once we hold the lock, it is a store or not.
-            with _locked_here(path):  # (a directory renamed away: start again)
+            with locked_here(path):  # (a directory renamed away: start again)
                 return is_store(path) or interrupted_creation(path)
         return False
 
@@ -521,8 +313,7 @@ class StoreWriter:
         self._dtype = None
         self._dims = None
         self._attrs = {}
-        self._owner_pid = os.getpid()
-        self._session = os.urandom(8).hex()
+        self._sess = Session(path)
         self._closed = False
         # Guards the in-memory session state below against this process's threads (writes
         # and commits run concurrently; the store lock orders commits between processes).
@@ -546,19 +337,29 @@ class StoreWriter:
         self._seen_marks: set[str] = set()  # marks of writes a commit saw still running
         self._shard: Shard | None = None
         self._committed: tuple[Any, ...] | None = None  # see _committed_state
-        self._journal = Journal(self.path, self._session)
+
+    # the session's identity (see core/session.py), under the names the writer uses
+    @property
+    def _session(self) -> str:
+        return self._sess.token
+
+    @property
+    def _owner_pid(self) -> int:
+        return self._sess.owner_pid
+
+    @property
+    def _journal(self) -> Journal:
+        return self._sess.journal
 
     def handoff(self) -> dict[str, Any]:
         """JSON-able description that lets another process join this writer's session
         (see :meth:`attach`); used for spawned children that re-import ``__main__``."""
         return {
-            "path": self.path,
+            **self._sess.handoff(),
             "variable": self.variable,
             "named": self.named,
             "fsync": self.fsync,
             "checksums": self.checksums,
-            "session": self._session,
-            "owner_pid": self._owner_pid,
         }
 
     @classmethod
@@ -572,10 +373,8 @@ class StoreWriter:
             bool(handoff["named"]),
             bool(handoff["fsync"]),
         )
-        self._session = str(handoff["session"])
-        self._owner_pid = int(handoff["owner_pid"])
+        self._sess = Session.from_handoff(handoff)
         self.checksums = bool(handoff.get("checksums", True))
-        self._journal = Journal(self.path, self._session)
         manifest = read_manifest(self.path)
         if self.variable in manifest.variables:
             self._adopt(manifest.variables[self.variable])
@@ -588,12 +387,12 @@ class StoreWriter:
 
     @property
     def _alloc_path(self) -> str:
-        return os.path.join(self.path, _ALLOC_NAME)
+        return os.path.join(self.path, ALLOC_NAME)
 
     @property
     def is_owner(self) -> bool:
         """True in the process that created this writer (the one that commits)."""
-        return os.getpid() == self._owner_pid
+        return self._sess.is_owner
 
     def _create_empty(self) -> None:
         try:
@@ -601,14 +400,14 @@ class StoreWriter:
             os.makedirs(os.path.join(self.path, INDEX_DIR), exist_ok=True)
         except OSError as exc:
             raise wrap_os_error(exc, self.path) from None
-        with _locked_here(self.path):
+        with locked_here(self.path):
             if is_store(self.path):  # another process won the race to create it
                 return
             empty = Manifest(0, {}, None, DEFAULT_ROW_DIM, {})
             if self._dtype is not None:
                 # dtype known: the first commit already holds the variable, so no reader
                 # (and no crash) ever sees a store without it; with no row shape yet, an
-                # empty placeholder the first write replaces (see _row_shape_pending)
+                # empty placeholder the first write replaces (see row_shape_pending)
                 self._commit_new_variable(
                     empty, self._dtype, self._trailing or (), pending=self._trailing is None
                 )
@@ -617,7 +416,7 @@ class StoreWriter:
 
     def _adopt(self, var: Variable) -> None:
         """Take dtype, row shape and data file from the committed variable (appending)."""
-        pending = _row_shape_pending(var)
+        pending = row_shape_pending(var)
         if self._dtype is not None and self._dtype != var.dtype:
             raise SchemaError(
                 f"the store at {self.path!r} holds {var.dtype} data in {self.variable!r} but this "
@@ -650,7 +449,7 @@ class StoreWriter:
                 return
             manifest = read_manifest(self.path)
             var = manifest.variables.get(self.variable)
-            if var is not None and not _row_shape_pending(var):
+            if var is not None and not row_shape_pending(var):
                 self._adopt(var)
                 return
             self._commit_new_variable(manifest, dtype, trailing)
@@ -684,7 +483,7 @@ class StoreWriter:
             raise SchemaError(f"dims {dims!r} must name {ndim} dimensions")
         self._dims = tuple(dims)
         shard = Shard(fname, len(header), 0, 0)
-        encoding = {_PENDING_KEY: True} if pending else {}
+        encoding = {PENDING_KEY: True} if pending else {}
         var = Variable(
             self.variable, dtype, (0, *trailing), self._dims, (shard,), self._attrs, encoding
         )
@@ -774,37 +573,8 @@ class StoreWriter:
             rows_shape = self._trailing if self._trailing is not None else out[0].shape[1:]
             if out[0].ndim:
                 self._ensure_variable(first, tuple(rows_shape))
-        dtype, trailing = self._dtype, self._trailing
-        shapes = [a.shape for a in out]
-        bad = [i for i, sh in enumerate(shapes) if not sh or sh[1:] != trailing]
-        if bad:
-            i = bad[0]
-            if not shapes[i]:
-                raise SchemaError(
-                    f"array #{i} is a scalar ({out[i]!r}); write arrays with at least one row, "
-                    "e.g. np.atleast_1d(x)"
-                )
-            assert trailing is not None
-            want = f"(n, {', '.join(map(str, trailing))})" if trailing else "(n,) (1-D)"
-            raise SchemaError(
-                f"array #{i} has shape {shapes[i]}; rows of this store have shape "
-                f"{trailing}, so arrays must have shape {want}"
-            )
-        assert dtype is not None and trailing is not None
-        for k in {a.dtype for a in out}:
-            if k == dtype:
-                continue
-            strings = dtype.kind in "SU" or k.kind in "SU"
-            if not np.can_cast(k, dtype, "safe" if strings else "same_kind"):
-                raise SchemaError(
-                    f"cannot store {k} data in this {dtype} store without losing information; "
-                    f"convert it first (arr.astype({str(dtype)!r})) or write to a {k} store"
-                )
-            if _narrowing_ints(k, dtype):
-                for i, a in enumerate(out):
-                    if a.dtype == k:
-                        _check_fits(a, dtype, i)
-        return np.fromiter((sh[0] for sh in shapes), np.int64, len(shapes))
+        assert self._dtype is not None and self._trailing is not None
+        return check_arrays(out, self._dtype, self._trailing)
 
     def _write_batches(
         self, fd: int, arrays: list[np.ndarray], lengths: np.ndarray, start: int
@@ -894,10 +664,10 @@ class StoreWriter:
                 if buf.dtype != dtype:
                     if not np.can_cast(buf.dtype, dtype, casting):
                         self._check_arrays(arrays)  # names the array
-                    if _narrowing_ints(buf.dtype, dtype):
+                    if narrowing_ints(buf.dtype, dtype):
                         for j, a in enumerate(batch):
-                            if _narrowing_ints(a.dtype, dtype):
-                                _check_fits(a, dtype, lo + j)
+                            if narrowing_ints(a.dtype, dtype):
+                                check_fits(a, dtype, lo + j)
                     buf = buf.astype(dtype, casting=casting)
             else:
                 try:
@@ -914,38 +684,11 @@ class StoreWriter:
 
     def _allocate(self, n: int, start: int | None, fd: int) -> int:
         """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
-        data file large enough, under the store lock so that processes never race."""
+        data file large enough (see :func:`bigarray.core.rows.allocate`)."""
         assert self._shard is not None
-        with locked(self._lock_path):
-            alloc = _read_alloc(self._alloc_path)
-            begin = alloc if start is None else start
-            end = begin + n
-            if start is not None and start < alloc and n:
-                # rows below the allocation mark may be another open writer's appends,
-                # written (or being written) and not committed yet: never overwrite them
-                taken = reserved_by_others(self.path, self._session, begin, end)
-                if taken is not None:
-                    raise OverlapError(
-                        f"rows [{begin}, {end}) overlap rows [{taken[0]}, {taken[1]}) that "
-                        f"another open writer of {self.path!r} appended and has not committed "
-                        "yet; they are never overwritten. Nothing was written: append with "
-                        "start_position=None, or write past the rows allocated so far."
-                    )
-            elif start is None and n:
-                self._journal.reserve(begin, end)
-            if end > alloc:
-                atomic_write(self._alloc_path, end.to_bytes(8, "little"), fsync=False)
-            need = self._shard.offset + end * self._row_nbytes
-            try:
-                if os.fstat(fd).st_size < need:  # only ever grow: others may be past us
-                    os.ftruncate(fd, need)
-            except OSError as exc:
-                raise wrap_os_error(exc, self.path) from None
-        if n * self._row_nbytes >= _PREALLOCATE_MIN_BYTES:
-            preallocate(
-                fd, self._shard.offset + begin * self._row_nbytes, n * self._row_nbytes, self.path
-            )
-        return begin
+        return allocate(
+            self.path, self._journal, fd, self._shard.offset, self._row_nbytes, n, start
+        )
 
     def _committed_state(self) -> tuple[Any, ...]:
         """``(stamp, open store, rows, holes, rows of the longest variable)`` of
@@ -960,7 +703,7 @@ class StoreWriter:
         store = Store(self.path)
         var = store.manifest.variables.get(self.variable)
         rows = var.rows if var is not None else 0
-        holes = _holes_of(var) if var is not None else []
+        holes = unwritten_rows(var) if var is not None else []
         # every committed segment ends within the rows of the variable that named it
         rows_all = max((v.rows for v in store.manifest.variables.values()), default=0)
         state = (stamp, store, rows, holes, rows_all)
@@ -996,7 +739,7 @@ class StoreWriter:
                 f"{self.path!r}; committed data is never overwritten. Append with "
                 "start_position=None or pick free rows."
             )
-        if start < rows and not _covered(holes, start, min(stop, rows)):
+        if start < rows and not covered(holes, start, min(stop, rows)):
             raise OverlapError(
                 f"rows [{start}, {stop}) overlap rows committed to {self.path!r} (it holds "
                 f"{rows:,} committed rows{', some written without a name' if idx is not None else ''}"
@@ -1271,7 +1014,7 @@ class StoreWriter:
                 for r, _, _ in taken
             ]
             var = manifest.variables.get(self.variable)
-            if var is not None and _row_shape_pending(var) and not records:
+            if var is not None and row_shape_pending(var) and not records:
                 var = None  # the placeholder stays until a write (or close) replaces it
             if var is None and (self._dtype is None or not (records or self._declared_rows)):
                 self._journal.discard(files)
@@ -1286,7 +1029,6 @@ class StoreWriter:
                 self._adopt(var)
             rows = max([var.rows, self._declared_rows, *[r.stop for r in mine]])
             new_segments = [r.segments for r in mine if r.segments is not None]
-            segments = manifest.segments
             if new_segments:
                 # checked against every run of the committed index, which stays on disk
                 fresh = concat(new_segments)
@@ -1330,15 +1072,14 @@ class StoreWriter:
             # new manifest (new sums) even when no row and no segment was added.
             resum = self.checksums and bool(mine)
             # the committed rows no write has written yet (named store or not): rows written
-            # by unnamed writes are committed too and never overwritten (see _holes_of)
-            encoding = _next_holes(var, rows, mine, unrecorded_taken, unfinished)
+            # by unnamed writes are committed too and never overwritten (see unwritten_rows)
+            encoding = next_unwritten(var, rows, mine, unrecorded_taken, unfinished)
             if rows == var.rows and not new_segments and not resum and encoding == var.encoding:
                 if mine and self.fsync:  # rows rewritten in place: make them durable
                     os.fsync(fd)
                 self._journal.discard(files)
                 self._forget_taken(taken, unrecorded_taken)
                 return
-            need = self._shard.offset + rows * self._row_nbytes
             shard = Shard(self._shard.path, self._shard.offset, 0, rows)
             new_var = Variable(
                 var.name,
@@ -1347,95 +1088,38 @@ class StoreWriter:
                 var.dims,
                 (shard,),
                 var.attrs,
-                var.encoding,
+                encoding,
                 None,
             )
-            try:
-                if os.fstat(fd).st_size < need:
-                    os.ftruncate(fd, need)
-                sums = None
-                if self.checksums:
-                    # Sum only the blocks written since the last commit, in threads, while
-                    # the data is made durable below.
-                    # (records that only name rows wrote nothing: the rows they name were
-                    # written, and are summed, under records of their own)
-                    wrote = [r for r in mine if r.data]
-                    ranges = [
-                        (r.start, r.stop) if r.start is not None else (0, r.stop) for r in wrote
-                    ]
-                    sums_of = [None if r.mark in self._seen_marks else r.sums for r in wrote]
-                    # Writes with no record (raised, killed, or still running) changed rows
-                    # too: their blocks are read back, whatever sums other records bring.
-                    unrecorded = unrecorded_taken + list(unfinished.values())
-                    ranges += unrecorded
-                    sums_of += [None] * len(unrecorded)
-                    plan, todo = integrity.plan_commit(var, new_var, ranges)
-                    todo = integrity.reuse_written_sums(plan, todo, ranges, sums_of)
-                    sums = integrity.BlockSums(
-                        fd, shard.offset, self._row_nbytes, rows, plan.block_rows, todo
-                    )
-                if self.fsync:
-                    os.fsync(fd)
-                crash_point("after-data-fsync")
-                os.pwrite(fd, npy_header(var.dtype, (rows, *var.shape[1:])), 0)
-                if self.fsync:
-                    os.fsync(fd)
-                crash_point("after-header")
-            except OSError as exc:
-                raise wrap_os_error(exc, self.path) from None
-            generation = manifest.generation + 1
-            if new_segments:
-                try:
-                    self._clear_generation(generation)
-                    segments = plan_index.write(self.path, generation, fsync=self.fsync)
-                    if self.fsync:
-                        fsync_dir(os.path.join(self.path, INDEX_DIR))
-                except OSError as exc:
-                    raise wrap_os_error(exc, self.path) from None
-                crash_point("after-index")
-            checksums = None
-            if sums is not None:
-                try:
-                    plan.blocks[todo] = sums.result()
-                    index = (
-                        (var.checksums or {}).get("index")
-                        if isinstance(var.checksums, Mapping)
-                        else None
-                    )
-                    if new_segments and segments is not None:
-                        index = integrity.index_entry(self.path, segments, index)
-                    plan.index = index
-                except OSError as exc:
-                    raise wrap_os_error(exc, self.path) from None
-                checksums = plan.to_json()
-            new_var = Variable(
-                var.name,
-                var.dtype,
-                new_var.shape,
-                var.dims,
-                (shard,),
-                var.attrs,
-                encoding,
-                checksums,
+            # The blocks to sum: those written since the last commit. Records that only name
+            # rows wrote nothing (the rows they name are summed under records of their own);
+            # writes with no record (raised, killed, or still running) changed rows too:
+            # their blocks are read back, whatever sums other records bring.
+            wrote = [r for r in mine if r.data]
+            ranges = [(r.start, r.stop) if r.start is not None else (0, r.stop) for r in wrote]
+            sums_of = [None if r.mark in self._seen_marks else r.sums for r in wrote]
+            unrecorded = unrecorded_taken + list(unfinished.values())
+            ranges += unrecorded
+            sums_of += [None] * len(unrecorded)
+            update = DataUpdate(new_var, fd, ranges, sums_of, checksums=self.checksums)
+
+            def published(_new: Manifest) -> None:
+                self._shard = shard
+                if read_alloc(self._alloc_path) < rows:
+                    atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
+                self._journal.discard(files)
+                # only what this commit took: other threads may have written meanwhile
+                self._forget_taken(taken, unrecorded_taken)  # (it read unrecorded blocks back)
+                crash_point("after-discard")
+
+            commit_local(
+                self.path,
+                manifest,
+                [update],
+                index=plan_index if new_segments else None,
+                fsync=self.fsync,
+                published=published,
             )
-            new = Manifest(
-                generation,
-                {**manifest.variables, self.variable: new_var},
-                segments,
-                manifest.row_dim,
-                manifest.attrs,
-            )
-            crash_point("before-manifest")
-            atomic_write(os.path.join(self.path, MANIFEST_NAME), new.dumps(), fsync=self.fsync)
-            crash_point("after-manifest")
-            self._shard = shard
-            if _read_alloc(self._alloc_path) < rows:
-                atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
-            self._journal.discard(files)
-            # only what this commit took: other threads may have written meanwhile
-            self._forget_taken(taken, unrecorded_taken)  # (it read unrecorded blocks back)
-            crash_point("after-discard")
-            self._drop_old_index(segments, manifest)
 
     def _settle_followers(self) -> None:
         """Wait for the owner's write followers and put their sums in the pending records
@@ -1458,23 +1142,6 @@ class StoreWriter:
                 else p
                 for p in self._pending
             ]
-
-    def _clear_generation(self, generation: int) -> None:
-        """Remove index files of ``generation`` left by a commit that crashed before its
-        rename (never named by a manifest). Unlinking first also means a hostile store's
-        symlink there is removed, never written through; the directory must be inside."""
-        d = resolve_inside(self.path, INDEX_DIR)
-        prefix = f"g{generation}-"
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(d):
-                if name.startswith(prefix):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(d, name))
-
-    def _drop_old_index(self, current: IndexFiles | None, previous: Manifest) -> None:
-        """Delete index generations older than the one the previous manifest named: readers
-        that opened before this commit may still be reading that one."""
-        drop_unused_runs(self.path, current, previous.segments)
 
     def _forget_taken(self, taken: list[Any], unrecorded: list[tuple[int, int]]) -> None:
         """Drop the pending records (and failed writes' rows) a commit took, by identity."""
@@ -1633,7 +1300,7 @@ class StoreWriter:
     def take_ownership(self) -> None:
         """Make this process the owner of the session (to commit a write whose owner is
         elsewhere, e.g. the final task of a delayed dask write)."""
-        self._owner_pid = os.getpid()
+        self._sess.take_ownership()
 
     def _release(self) -> None:
         self._closed = True
@@ -1679,13 +1346,11 @@ class StoreWriter:
         state["_names_seen"] = None
         state["_extents"] = []
         state.pop("_lock", None)
-        state.pop("_journal", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        self._journal = Journal(self.path, self._session)
 
     def __repr__(self) -> str:
         role = "owner" if self.is_owner else "worker"
