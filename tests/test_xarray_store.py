@@ -405,6 +405,33 @@ def test_a_dataset_write_is_one_commit_with_checksums_of_every_variable(tmp_path
     assert not verify_store(path).ok
 
 
+def test_an_append_whose_task_fails_changes_nothing_and_leaves_no_file(tmp_path: Any) -> None:
+    import dask.array as dsa
+
+    def boom(b: np.ndarray, block_info: Any = None) -> np.ndarray:
+        if block_info[0]["chunk-location"][0] == 1:
+            raise RuntimeError("task failed")
+        return b
+
+    path = str(tmp_path / "f.bigarray")
+    to_bigarray(_ds(), path)
+    before, files = _manifest(path), sorted(os.listdir(path))
+    bad = dsa.full(6, 2.0, chunks=2).map_blocks(boom, dtype="f8")
+    more = _ds(4, 100, ("c", "d"))
+    with pytest.raises(RuntimeError, match="task failed"):  # appended rows
+        grown = more.assign(label=("row", bad[:4].astype("i8")))
+        to_bigarray(grown, path, mode="a", append_dim="row")
+    with pytest.raises(RuntimeError, match="task failed"):  # a new variable only
+        to_bigarray(xr.Dataset({"y": ("row", bad)}), path, mode="a")
+    assert _manifest(path) == before
+    assert sorted(os.listdir(path)) == files
+    to_bigarray(more, path, mode="a", append_dim="row")  # the store goes on from its commit
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.sizes["row"] == 10
+        np.testing.assert_array_equal(back["label"].values[6:], np.arange(4) + 100)
+    assert verify_store(path).ok
+
+
 def test_append_refuses_a_store_an_open_writer_is_writing(tmp_path: Any) -> None:
     from bigarray import StoreWriter
     from bigarray.errors import CommitConflictError
