@@ -159,8 +159,8 @@ def run(size: str = "smoke", repeat: int = REPEAT) -> list[dict[str, Any]]:
     import zarr
     from zarr.storage import FsspecStore
 
-    from bigarray.core.sharded import to_bigarray_sharded
     from bigarray.core.store import open_store
+    from bigarray.dask_backend import to_bigarray_sharded
 
     n_segments, n_reads = SIZES[size]
     data, bounds = _workload(n_segments)

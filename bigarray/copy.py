@@ -31,6 +31,7 @@ from .core.commit import (
 from .core.crash import remote_crash_point
 from .core.filesystem import FileAccess, check_local_options, is_local, local_path
 from .core.format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
+from .core.integrity import renamed_checksums
 from .errors import NotAStoreError, StoreCorruptedError, StoreExistsError
 
 __all__ = ["CopyReport", "copy_store"]
@@ -263,6 +264,14 @@ def _renamed(manifest: Manifest, renames: dict[str, str]) -> Manifest:
             )
         else:
             segments = run_renamed(segments)
+    # the checksums name the files (layout, index spec): tie them to the new names
+    variables = {
+        name: dataclasses.replace(
+            var,
+            checksums=renamed_checksums(manifest.variables[name], var, manifest.segments, segments),
+        )
+        for name, var in variables.items()
+    }
     return dataclasses.replace(manifest, variables=variables, segments=segments)
 
 

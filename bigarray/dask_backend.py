@@ -16,10 +16,13 @@ Writing
     every task ``pwrite``\\ s its own rows through a pickled (non-owner) writer, the segment
     names stay in the client, and the client commits once after every task finished.
     :class:`BigArrayTarget` is the same writer as a ``dask.array.store`` target.
+    :func:`to_bigarray_sharded` (every URL that is not local) writes one ``.npy`` object
+    per block instead and commits them (:mod:`bigarray.core.sharded`: the storage part).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,6 +38,7 @@ __all__ = [
     "from_bigarray",
     "map_segments",
     "to_bigarray",
+    "to_bigarray_sharded",
     "write_region",
 ]
 
@@ -378,6 +382,42 @@ def _segment_table(segments: Any, rows: int) -> tuple[list[str], np.ndarray, np.
     return names, starts, stops
 
 
+def _check_target(
+    path: str, shape: tuple[int, ...], variable: str, segments: Any, remove_exist: bool
+) -> tuple[tuple[list[str], np.ndarray, np.ndarray] | None, bool, bool]:
+    """What :class:`BigArrayTarget` checks before it writes anything (it only *reads* the
+    path): returns the segment table, whether a store is replaced, and whether the new
+    store is written beside the path (a replacement or a creation)."""
+    from .core.store import is_store, read_manifest
+
+    if not shape:
+        raise SchemaError("a store holds arrays with at least one dimension (rows); got ()")
+    if not remove_exist and is_store(path):
+        manifest = read_manifest(path)
+        if variable in manifest.variables:
+            raise StoreExistsError(
+                f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
+                "replace the store, or write to another path or variable"
+            )
+        if manifest.segments is not None and manifest.rows:
+            # Refused before anything is written or committed: this writer gives the new
+            # variable rows (and names) of its own, which the store's named segments
+            # already hold; sharing them is the xarray writer's append.
+            raise SchemaError(
+                f"{path!r} has named segments over its rows; dask to_bigarray cannot add "
+                f"variable {variable!r} along them. Add it with the xarray writer "
+                "(bigarray.xarray_backend.to_bigarray(ds, path, mode='a') adds variables "
+                "along the store's rows), write it to another store, or pass "
+                "remove_exist=True to replace the store"
+            )
+    table = _segment_table(segments, shape[0])
+    if remove_exist or not is_store(path):
+        from .core.commit import check_replaceable
+
+        return table, check_replaceable(path, remove_exist), True
+    return table, False, False
+
+
 class BigArrayTarget:
     """A ``dask.array.store`` target that writes a new variable of a store in parallel.
 
@@ -422,42 +462,21 @@ class BigArrayTarget:
         dims: Sequence[str] | None = None,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        from .core.store import is_store, read_manifest
         from .core.writer import StoreWriter
 
         path = os.path.abspath(os.fspath(path))
         shape = tuple(int(s) for s in shape)
-        if not shape:
-            raise SchemaError("a store holds arrays with at least one dimension (rows); got ()")
-        if not remove_exist and is_store(path):
-            manifest = read_manifest(path)
-            if variable in manifest.variables:
-                raise StoreExistsError(
-                    f"{path!r} already holds variable {variable!r}; pass remove_exist=True to "
-                    "replace the store, or write to another path or variable"
-                )
-            if manifest.segments is not None and manifest.rows:
-                # Refused before anything is written or committed: this writer gives the new
-                # variable rows (and names) of its own, which the store's named segments
-                # already hold; sharing them is the xarray writer's append.
-                raise SchemaError(
-                    f"{path!r} has named segments over its rows; dask to_bigarray cannot add "
-                    f"variable {variable!r} along them. Add it with the xarray writer "
-                    "(bigarray.xarray_backend.to_bigarray(ds, path, mode='a') adds variables "
-                    "along the store's rows), write it to another store, or pass "
-                    "remove_exist=True to replace the store"
-                )
-        self._table = _segment_table(segments, shape[0])
+        self._table, self._replacing, beside = _check_target(
+            path, shape, variable, segments, remove_exist
+        )
         self._recorded = False
         # Replacing a store, or creating one: write the new one beside the path and move it
         # there at the commit, so readers see the old store (or none), whole, until the new
         # one is committed, and a write that fails or is killed leaves no store behind.
         self._final: str | None = None
-        self._replacing = False
-        if remove_exist or not is_store(path):
-            from .core.commit import check_replaceable, staging_path
+        if beside:
+            from .core.commit import staging_path
 
-            self._replacing = check_replaceable(path, remove_exist)
             self._final, path, remove_exist = path, staging_path(path), False
         # declared rows stay 0: if the write fails, closing commits nothing
         self._writer: Any = StoreWriter(
@@ -635,11 +654,6 @@ def _target_ref(
     return t
 
 
-def _commit_task(total: Any, target: BigArrayTarget) -> None:
-    """Final task of a delayed :func:`to_bigarray`: runs after every write task."""
-    target.commit_anywhere()
-
-
 def to_bigarray(
     x: Any,
     path: str | os.PathLike[str],
@@ -675,7 +689,10 @@ def to_bigarray(
         Variable name.
     compute
         ``False`` returns a ``dask.delayed.Delayed`` whose computation (on any scheduler,
-        ``client.compute`` included) writes and then commits, in its final task.
+        ``client.compute`` included) writes and then commits. It is one task that creates
+        the writer when it runs and runs the write tasks itself (on ``dask.distributed``
+        through the worker's client): building it touches nothing on disk, and a failed
+        block leaves nothing behind (the previous commit stays as it was).
     storage_options
         fsspec options for remote URLs.
     remove_exist
@@ -707,8 +724,6 @@ def to_bigarray(
         )
     target_url = os.fspath(path)
     if not is_local(target_url):
-        from .core.sharded import to_bigarray_sharded
-
         return to_bigarray_sharded(
             x,
             target_url,
@@ -738,41 +753,239 @@ def to_bigarray(
         )
     if any(len(c) > 1 for c in x.chunks[1:]):
         x = x.rechunk({i: -1 for i in range(1, x.ndim)})
-    target = BigArrayTarget(
-        target_url,
-        x.shape,
-        x.dtype,
-        variable=variable,
-        segments=segments,
-        remove_exist=remove_exist,
-        fsync=fsync,
-        dims=dims,
-        attrs=attrs,
+    job = _LocalWrite(
+        x,
+        os.path.abspath(target_url),
+        dict(
+            variable=variable,
+            segments=segments,
+            remove_exist=remove_exist,
+            fsync=fsync,
+            dims=dims,
+            attrs=attrs,
+        ),
     )
-    starts = np.concatenate([[0], np.cumsum(x.chunks[0], dtype=np.int64)[:-1]])
-    written = x.map_blocks(
-        _write_block,
-        target=target,
-        starts=starts,
-        dtype=np.int64,
-        chunks=tuple((1,) * len(c) for c in x.chunks),
-        meta=np.empty((0,) * x.ndim, np.int64),
-    )
-    total = written.sum()
-    target.record_segments()  # the names stay here, in the journal: never in the graph
     if not compute:
         import dask
 
-        return dask.delayed(_commit_task, pure=False)(total, target)
+        # Checked now (reads only), written when computed: building the Delayed touches
+        # nothing on disk, and a Delayed that is never computed leaves nothing behind.
+        _check_target(job.path, tuple(x.shape), variable, segments, remove_exist)
+        return dask.delayed(_run_local_write, pure=False)(job, True)
+    _run_local_write(job, False)
+    return None
+
+
+class _LocalWrite:
+    """A local :func:`to_bigarray` to run: the array, the path and the target's options.
+
+    A plain class (not a dataclass, list or dict), so ``dask.delayed`` passes it to its
+    task as it is instead of computing the array inside it first."""
+
+    def __init__(self, x: Any, path: str, options: dict[str, Any]) -> None:
+        self.x, self.path, self.options = x, path, options
+
+
+def _run_local_write(job: _LocalWrite, nested: bool) -> None:
+    """Write and commit ``job``: in the client (``compute=True``) or as the one task of a
+    ``compute=False`` Delayed, which creates the writer only when it runs and computes the
+    write tasks from there; on any failure the session ends with nothing committed and
+    nothing left beside the path."""
+    x = job.x
+    target = BigArrayTarget(job.path, x.shape, x.dtype, **job.options)
     try:
-        total.compute()
+        starts = np.concatenate([[0], np.cumsum(x.chunks[0], dtype=np.int64)[:-1]])
+        written = x.map_blocks(
+            _write_block,
+            target=target,
+            starts=starts,
+            dtype=np.int64,
+            chunks=tuple((1,) * len(c) for c in x.chunks),
+            meta=np.empty((0,) * x.ndim, np.int64),
+        )
+        total = written.sum()
+        # the names go to the journal, never into the graph of the write tasks (with
+        # compute=False they travel once, in ``job``, to the task running this)
+        target.record_segments()
+        _compute_here([total], nested)
         target.close()
     except BaseException:
         # a refused commit leaves the writer open (for a user to recover); here nothing
         # is left to recover, so the session ends without committing
         target.abort()
         raise
-    return None
+
+
+def _compute_here(tasks: Sequence[Any], nested: bool) -> list[Any]:
+    """Compute dask collections from wherever this runs, waiting for all of them.
+
+    In the client that is ``dask.compute``. Inside a task of a ``compute=False`` Delayed:
+    on a ``dask.distributed`` worker through the worker's client, after seceding from the
+    worker's thread pool (a worker of one thread would otherwise wait for itself); on a
+    process pool with threads (a pool worker cannot start a pool of its own).
+    """
+    import dask
+
+    if not tasks:
+        return []
+    if nested:
+        worker = None
+        with contextlib.suppress(ImportError, ValueError):
+            from distributed import get_worker
+
+            worker = get_worker()
+        if worker is not None:
+            from distributed import worker_client
+
+            with worker_client() as c:
+                futures = c.compute(list(tasks))
+                try:
+                    return list(c.gather(futures))
+                except BaseException:
+                    c.cancel(futures)
+                    raise
+        if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
+            return list(dask.compute(*tasks, scheduler="threads"))
+    return list(dask.compute(*tasks))
+
+
+# ------------------------------------------------------------------- sharded (object stores)
+
+
+def to_bigarray_sharded(
+    dask_array: Any,
+    url: str | os.PathLike[str],
+    segments: Any = None,
+    variable: str = "data",
+    compute: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    remove_exist: bool = False,
+    dims: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """Write a dask array to a new store at any URL, one shard object per block.
+
+    Every dask task writes its block of rows as its own ``.npy`` object with the CRC-32C
+    of its blocks (:func:`bigarray.core.sharded.write_shard`: no two tasks touch one
+    object, so workers need nothing but the object store in common); then the segment
+    index and, last, the manifest are written (:func:`bigarray.core.sharded.commit_shards`).
+    Works on every dask scheduler (threads, processes, ``dask.distributed``) and every
+    fsspec filesystem whose objects the workers can reach (``memory://`` is per-process:
+    use threads there). :func:`to_bigarray` calls this for every URL that is not local.
+
+    Parameters
+    ----------
+    dask_array
+        The data (a ``dask.array.Array``; a numpy array is wrapped in one chunk). Rows
+        are axis 0; each block along axis 0 becomes one shard (after the rechunk below).
+    url
+        Where the store goes: ``s3://bucket/name.bigarray``, ``memory://...``, a local path.
+    segments
+        The segment index: ``None`` (no names), a mapping ``name -> (start, stop)`` or
+        ``name -> length``, or a list of ``(name, length)`` / ``(name, start, stop)``.
+        Chunk boundaries that cut a segment move to its start, so segments never cross
+        shards.
+    variable
+        Name of the variable.
+    compute
+        Write now and return the committed :class:`~bigarray.core.format.Manifest`; with
+        ``False`` return a ``dask.delayed`` object whose one task, when computed, runs
+        the write tasks and commits (nothing at ``url`` is written before it runs). If any
+        block fails, in either mode, nothing is committed and every object the write
+        stored is deleted.
+    storage_options
+        Options for the fsspec filesystem (refused for a local path).
+    remove_exist
+        Replace an existing store at ``url`` (otherwise that is an error). The new version
+        is written beside the old one and replaces it at the commit: readers see the old
+        version, whole, until then; its objects are deleted after the commit.
+    dims, attrs
+        Dimension names (default ``("row", "dim_1", ...)``) and attributes of the variable.
+
+    Returns
+    -------
+    Manifest or dask.delayed.Delayed
+
+    Raises
+    ------
+    StoreExistsError
+        A store is already at ``url`` and ``remove_exist`` is false.
+    SchemaError
+        Bad segments (overlaps, duplicates, outside the array) or an unstorable dtype.
+    StoreAccessError, RemoteStoreError
+        The object store refused or failed a write; nothing is committed.
+
+    Examples
+    --------
+    >>> import dask.array as da                                           # doctest: +SKIP
+    >>> x = da.random.random((10_000, 64), chunks=(2_500, 64))            # doctest: +SKIP
+    >>> to_bigarray_sharded(x, "s3://bucket/x.bigarray",                  # doctest: +SKIP
+    ...                     segments={f"s{i}": 100 for i in range(100)})
+    """
+    import dask
+    import dask.array as da
+
+    from .core.sharded import plan_sharded_write
+
+    arr = dask_array if isinstance(dask_array, da.Array) else da.from_array(np.asarray(dask_array))
+    if arr.ndim == 0:
+        raise SchemaError("a 0-d array has no rows to store; give an array with ndim >= 1")
+    if any(np.isnan(c) for c in arr.chunks[0]):
+        raise SchemaError(
+            "the dask array has unknown chunk sizes along axis 0; call "
+            "x.compute_chunk_sizes() first"
+        )
+    plan = plan_sharded_write(
+        url,
+        arr.shape,
+        arr.dtype,
+        arr.chunks[0],
+        segments,
+        variable,
+        storage_options,
+        remove_exist=remove_exist,
+        dims=dims,
+        attrs=attrs,
+    )
+    if arr.shape[0]:
+        sizes = tuple(b - a for a, b in zip(plan.bounds[:-1], plan.bounds[1:]))
+        arr = arr.rechunk({0: sizes, **{i: -1 for i in range(1, arr.ndim)}})
+    job = _ShardedJob(arr, plan)
+    if not compute:
+        return dask.delayed(_run_sharded, pure=False)(job, True)
+    return _run_sharded(job, False)
+
+
+class _ShardedJob:
+    """A sharded write to run (a plain class: ``dask.delayed`` passes it as it is)."""
+
+    def __init__(self, arr: Any, plan: Any) -> None:
+        self.arr, self.plan = arr, plan
+
+
+def _run_sharded(job: _ShardedJob, nested: bool) -> Any:
+    """Run the shard tasks of ``job``, then commit; on any failure delete what was written.
+
+    Run by the client (``compute=True``) or as the one task of the ``compute=False``
+    Delayed. Dask never runs a task whose input failed, so a commit task downstream of the
+    shard tasks could not clean up after a failed block; this task waits for the shard
+    tasks itself and sees every failure.
+    """
+    import dask
+
+    from .core.sharded import cleanup_session, commit_shards, write_shard
+
+    plan = job.plan.renewed()  # a Delayed computed twice: two runs, two sessions
+    blocks = job.arr.to_delayed().reshape(-1) if plan.nshards else []
+    light = plan.for_tasks()
+    writes = [dask.delayed(write_shard, pure=False)(blk, light, i) for i, blk in enumerate(blocks)]
+    try:
+        results = _compute_here(writes, nested)
+    except BaseException:
+        cleanup_session(plan)
+        raise
+    return commit_shards(results, plan)
 
 
 def _write_block(

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,9 @@ from bigarray.errors import NotAStoreError, StoreChangedError
 
 
 @pytest.fixture()
-def bucket(s3_options: dict[str, Any]) -> str:
-    s3fs = pytest.importorskip("s3fs")
-    fs = s3fs.S3FileSystem(**s3_options)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs.call_s3("create_bucket", Bucket=name)
-    fs.invalidate_cache()
-    return name
+def bucket(s3_bucket: str) -> str:
+    """A fresh bucket (conftest's ``s3_bucket``)."""
+    return s3_bucket
 
 
 def make(path: Path, value: float, tag: str, n: int = 20) -> str:

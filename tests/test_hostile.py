@@ -31,14 +31,6 @@ from bigarray.errors import (
 REFUSED: list[str] = []  # what this module saw refused (for the closing figures)
 
 
-def make_store(path: Path) -> dict[str, np.ndarray]:
-    segs = {"a": np.arange(12, dtype="f4").reshape(3, 4), "b": np.ones((2, 4), "f4")}
-    w = StoreWriter(path, dtype="f4", shape=(0, 4), fsync=False)
-    w.write_rows(list(segs.values()), list(segs))
-    w.close()
-    return segs
-
-
 def edit_manifest(path: Path, change: Any) -> None:
     doc = json.loads((path / "manifest.json").read_bytes())
     change(doc)
@@ -52,9 +44,10 @@ def refused(path: Path, exc: type[BaseException], match: str, what: str) -> None
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Path:
-    make_store(tmp_path / "s")
-    return tmp_path / "s"
+def store(tmp_path: Path, make_store: Any) -> Path:
+    segs = {"a": np.arange(12, dtype="f4").reshape(3, 4), "b": np.ones((2, 4), "f4")}
+    path, _ = make_store(tmp_path / "s", segs)
+    return path
 
 
 # --------------------------------------------------------------------------- paths

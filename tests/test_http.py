@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bigarray import PointerArray, PointerArrayWriter
+from bigarray import PointerArray
 from bigarray.core.store import RemoteStore, open_store
 from bigarray.errors import StoreCorruptedError, StoreNotFoundError
 
@@ -112,48 +112,34 @@ def server(tmp_path: Any) -> Iterator[RangeServer]:
         srv.server_close()
 
 
-def make_store(
-    path: str, n: int = 200, seed: int = 0
-) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 30, n)
-    data = rng.standard_normal((int(lengths.sum()), 8)).astype("float32")
-    bounds, pos = {}, 0
-    for i, k in enumerate(lengths):
-        bounds[f"seg{i:05d}"] = (pos, pos + int(k))
-        pos += int(k)
-    with PointerArrayWriter(path, dtype="float32") as w:
-        w.write({k: data[a:b] for k, (a, b) in bounds.items()})
-    return data, bounds
-
-
-def test_read_over_http(server: RangeServer, tmp_path: Any) -> None:
-    data, bounds = make_store(str(tmp_path / "a.bigarray"))
+def test_read_over_http(server: RangeServer, tmp_path: Any, make_store: Any) -> None:
+    _, segs = make_store(tmp_path / "a.bigarray", 200, trailing=(8,))
+    data = np.concatenate(list(segs.values()))
     url = f"{server.url}/a.bigarray"
     store = open_store(url)
     assert isinstance(store, RemoteStore)
     assert len(store.index) == 200
     for name in ("seg00000", "seg00123", "seg00199"):
-        np.testing.assert_array_equal(
-            store.read_rows(None, *store.index[name]), data[slice(*bounds[name])]
-        )
+        np.testing.assert_array_equal(store.read_rows(None, *store.index[name]), segs[name])
     np.testing.assert_array_equal(store.read_rows(None, 0, len(data)), data)
     x = PointerArray(url)
     np.testing.assert_array_equal(np.asarray(x), data)
-    np.testing.assert_array_equal(x["seg00042"], data[slice(*bounds["seg00042"])])
+    np.testing.assert_array_equal(x["seg00042"], segs["seg00042"])
     assert all(method in ("GET", "HEAD") for method, _, _ in server.requests)
     assert any(r is not None and r.startswith("bytes=") for _, _, r in server.requests)
 
 
-def test_neighbouring_segments_are_merged(server: RangeServer, tmp_path: Any) -> None:
-    data, bounds = make_store(str(tmp_path / "b.bigarray"))
+def test_neighbouring_segments_are_merged(
+    server: RangeServer, tmp_path: Any, make_store: Any
+) -> None:
+    _, segs = make_store(tmp_path / "b.bigarray", 200, trailing=(8,))
     store = open_store(f"{server.url}/b.bigarray")
     names = [f"seg{i:05d}" for i in range(10, 150, 3)]  # 47 segments, gaps of 2 segments
     ranges = [store.index[k] for k in names]
     server.requests.clear()
     got = store.read_ranges(None, ranges)
     for k, arr in zip(names, got, strict=True):
-        np.testing.assert_array_equal(arr, data[slice(*bounds[k])])
+        np.testing.assert_array_equal(arr, segs[k])
     data_requests = [r for r in server.requests if "data.npy" in r[1]]
     # one size check (HEAD) before the first read, then ONE ranged GET for all 47 segments
     assert [m for m, _, _ in data_requests] == ["HEAD", "GET"], data_requests
@@ -168,9 +154,9 @@ def test_missing_store_over_http(server: RangeServer) -> None:
         open_store(url)
 
 
-def test_truncated_data_over_http(server: RangeServer, tmp_path: Any) -> None:
+def test_truncated_data_over_http(server: RangeServer, tmp_path: Any, make_store: Any) -> None:
     path = str(tmp_path / "c.bigarray")
-    make_store(path, n=20)
+    make_store(path, 20, trailing=(8,))
     full = os.path.join(path, "data.npy")
     size = os.path.getsize(full)
     os.truncate(full, size - 100)

@@ -1,6 +1,6 @@
 """Stores anywhere: one suite over a local directory, ``memory://`` and S3 (moto server).
 
-Writes go through :func:`bigarray.core.sharded.to_bigarray_sharded` (and the dask face's
+Writes go through :func:`bigarray.dask_backend.to_bigarray_sharded` (and the dask face's
 ``to_bigarray`` when it is installed) on a real ``dask.distributed`` LocalCluster with 2
 worker processes, except on ``memory://``: that filesystem lives inside one process, so
 workers in other processes could never see its objects; there the threaded scheduler
@@ -10,7 +10,6 @@ those faces exist, and through :func:`bigarray.core.store.open_store` always.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import uuid
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ import pytest
 from bigarray import PointerArray, PointerArrayWriter
 from bigarray.copy import copy_store
 from bigarray.core.filesystem import FileAccess, is_local
-from bigarray.core.sharded import SHARD_DIR, segment_arrays, shard_bounds, to_bigarray_sharded
+from bigarray.core.sharded import SHARD_DIR, segment_arrays, shard_bounds
 from bigarray.core.store import RemoteStore, Store, is_store, open_store
+from bigarray.dask_backend import to_bigarray_sharded
 from bigarray.errors import (
     BigArrayError,
     NotAStoreError,
@@ -40,21 +40,12 @@ from bigarray.errors import (
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
-HAVE_DASK_BACKEND = importlib.util.find_spec("bigarray.dask_backend") is not None
-
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture()
-def bucket(s3_options: dict[str, Any]) -> str:
-    """A fresh bucket. (conftest's ``s3_bucket`` calls ``fs.mkdir``, which sends
-    LocationConstraint=us-east-1 and is refused by S3 and moto; CreateBucket without a
-    constraint is the us-east-1 way.)"""
-    s3fs = pytest.importorskip("s3fs")
-    fs = s3fs.S3FileSystem(**s3_options)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs.call_s3("create_bucket", Bucket=name)
-    fs.invalidate_cache()
-    return name
+def bucket(s3_bucket: str) -> str:
+    """A fresh bucket (conftest's ``s3_bucket``)."""
+    return s3_bucket
 
 
 @dataclass
@@ -168,9 +159,6 @@ class TestStoresAnywhere:
         with pytest.raises(RemoteStoreError, match="max_bytes=100 .*from_bigarray"):
             PointerArray(target.url, storage_options=target.options, max_bytes=100)
 
-    @pytest.mark.skipif(
-        not HAVE_DASK_BACKEND, reason="bigarray.dask_backend not written yet (issue 3)"
-    )
     def test_from_bigarray_chunks_follow_shards(self, target: Target) -> None:
         from bigarray.dask_backend import from_bigarray
 
@@ -184,9 +172,6 @@ class TestStoresAnywhere:
             np.testing.assert_allclose(x.sum().compute(), data.sum(dtype=np.float64), rtol=1e-5)
             np.testing.assert_array_equal(x.compute(), data)
 
-    @pytest.mark.skipif(
-        not HAVE_DASK_BACKEND, reason="bigarray.dask_backend not written yet (issue 3)"
-    )
     def test_dask_backend_to_bigarray_dispatches(self, target: Target) -> None:
         from bigarray.dask_backend import to_bigarray
 

@@ -24,13 +24,9 @@ dask = pytest.importorskip("dask")
 
 
 @pytest.fixture()
-def bucket(s3_options: dict[str, Any]) -> str:
-    s3fs = pytest.importorskip("s3fs")
-    fs = s3fs.S3FileSystem(**s3_options)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs.call_s3("create_bucket", Bucket=name)
-    fs.invalidate_cache()
-    return name
+def bucket(s3_bucket: str) -> str:
+    """A fresh bucket (conftest's ``s3_bucket``)."""
+    return s3_bucket
 
 
 @pytest.fixture()

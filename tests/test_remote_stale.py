@@ -4,7 +4,6 @@ and the LocalCluster's worker processes."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import numpy as np
@@ -17,13 +16,8 @@ da = pytest.importorskip("dask.array")
 
 
 @pytest.fixture()
-def url(s3_options: dict[str, Any]) -> str:
-    s3fs = pytest.importorskip("s3fs")
-    fs = s3fs.S3FileSystem(**s3_options)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs.call_s3("create_bucket", Bucket=name)
-    fs.invalidate_cache()
-    return f"s3://{name}/stale.bigarray"
+def url(s3_bucket: str) -> str:
+    return f"s3://{s3_bucket}/stale.bigarray"
 
 
 def write(url: str, options: dict[str, Any], value: float, rows: int, replace: bool) -> None:

@@ -31,14 +31,6 @@ from bigarray.core.verify import verify_store
 from bigarray.errors import ReadOnlyError, WriteFailedError
 
 
-def make_store(path: Path, n: int = 5) -> dict[str, np.ndarray]:
-    segs = {f"s{i}": np.full((i + 1, 4), i, "f4") for i in range(n)}
-    w = StoreWriter(path, dtype="f4", shape=(0, 4), fsync=False)
-    w.write_rows(list(segs.values()), list(segs))
-    w.close()
-    return segs
-
-
 def in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """Run ``fn(*args)`` in a forked child; return its result dict (or its traceback)."""
     ctx = multiprocessing.get_context("fork")
@@ -117,8 +109,8 @@ def _commit_fails_then_retries(path: str, names: list[str]) -> dict[str, Any]:
     return {"error": err, "before_retry": before_retry}
 
 
-def test_disk_full_during_data_write(tmp_path: Path) -> None:
-    segs = make_store(tmp_path / "s")
+def test_disk_full_during_data_write(tmp_path: Path, make_store: Any) -> None:
+    _, segs = make_store(tmp_path / "s")
     out = in_child(_data_write_fails, str(tmp_path / "s"))
     name, msg = out["error"]
     assert name == "WriteFailedError"
@@ -131,8 +123,8 @@ def test_disk_full_during_data_write(tmp_path: Path) -> None:
     check_intact(tmp_path / "s", {**segs, "after": np.zeros((2, 4), "f4")})
 
 
-def test_disk_full_during_commit_keeps_the_previous_commit(tmp_path: Path) -> None:
-    segs = make_store(tmp_path / "s")
+def test_disk_full_during_commit_keeps_the_previous_commit(tmp_path: Path, make_store: Any) -> None:
+    _, segs = make_store(tmp_path / "s")
     names = [f"n{i}" for i in range(30_000)]  # an index of ~1.3 MB
     out = in_child(_commit_fails_then_retries, str(tmp_path / "s"), names)
     assert out["error"][0] == "WriteFailedError"
@@ -179,9 +171,8 @@ def _as_reader_only(path: str, expected: dict[str, list[Any]]) -> dict[str, Any]
     return {"traceback": "writing to a read-only store did not fail"}
 
 
-def test_read_only_store_reads_and_refuses_writes(shared_dir: Path) -> None:
-    path = shared_dir / "s"
-    segs = make_store(path)
+def test_read_only_store_reads_and_refuses_writes(shared_dir: Path, make_store: Any) -> None:
+    path, segs = make_store(shared_dir / "s")
     before = {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
     for p in [path, *path.rglob("*")]:
         p.chmod(0o555 if p.is_dir() else 0o444)
@@ -199,14 +190,17 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_many_open_stores_hold_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
+def test_many_open_stores_hold_a_bounded_number_of_descriptors(
+    tmp_path: Path, make_store: Any
+) -> None:
     n = 150
-    for i in range(n):
-        make_store(tmp_path / f"s{i}", n=3)
+    stores = [make_store(tmp_path / f"s{i}", 3, seed=i) for i in range(n)]
     gc.collect()
     base = _fds()
-    arrays = [PointerArray(tmp_path / f"s{i}") for i in range(n)]
-    assert all(np.array_equal(x["s2"], np.full((3, 4), 2, "f4")) for x in arrays)
+    arrays = [PointerArray(path) for path, _ in stores]
+    assert all(
+        np.array_equal(x["seg00002"], segs["seg00002"]) for x, (_, segs) in zip(arrays, stores)
+    )
     held = _fds() - base
     assert held <= n, f"{held} descriptors for {n} open stores (one data map each expected)"
     del arrays
@@ -235,11 +229,15 @@ def _open_many_under_a_low_limit(root: str, n: int) -> dict[str, Any]:
     return {"total": total, "writer_fds": [min(w_fds), max(w_fds)]}
 
 
-def test_opening_many_stores_in_turn_never_runs_out_of_descriptors(tmp_path: Path) -> None:
+def test_opening_many_stores_in_turn_never_runs_out_of_descriptors(
+    tmp_path: Path, make_store: Any
+) -> None:
     n = 100
-    for i in range(n):
-        make_store(tmp_path / f"s{i}", n=2)
+    total = 0
+    for i in range(n):  # integers: the sums are exact
+        _, segs = make_store(tmp_path / f"s{i}", 2, dtype="i4", seed=i)
+        total += sum(int(a.sum()) for a in segs.values())
     out = in_child(_open_many_under_a_low_limit, str(tmp_path), n)
-    assert out["total"] == 4 * n * 8.0  # s0 is (1, 4) zeros, s1 is (2, 4) ones
+    assert out["total"] == 4 * total
     lo, hi = out["writer_fds"]
     assert hi - lo <= 1, f"writers leak descriptors: {lo} .. {hi}"

@@ -8,19 +8,19 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
+from bigarray import MmapArray, MmapArrayWriter, PointerArray
 
 
 @pytest.fixture
-def pointer(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+def pointer(make_store: Any) -> tuple[Path, dict[str, np.ndarray]]:
+    """The 2020 README's store: ``name0`` .. ``name7``, ten int32 each, 0 to 79 in order."""
     segs = {f"name{i}": np.arange(i * 10, i * 10 + 10, dtype="int32") for i in range(8)}
-    with PointerArrayWriter(tmp_path / "p", shape=(80,), dtype="int32") as w:
-        w.write(segs)
-    return tmp_path / "p", segs
+    return make_store(segments=segs, dtype="int32", trailing=())
 
 
 @pytest.fixture

@@ -247,7 +247,16 @@ class Manifest:
         }
 
     def dumps(self) -> bytes:
-        return json.dumps(self.to_json(), indent=1, sort_keys=True, allow_nan=False).encode()
+        """The manifest as JSON bytes; :class:`SchemaError` when attributes or encodings
+        hold something JSON cannot spell (NaN, numpy scalars, arrays, bytes)."""
+        try:
+            return json.dumps(self.to_json(), indent=1, sort_keys=True, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:  # raised before the manifest is replaced
+            raise SchemaError(
+                f"the store's attributes or encoding cannot be written as JSON ({exc}): they "
+                "may hold str, int, finite float, bool, None, and lists and dicts of those. "
+                "Convert numpy scalars with .item() and arrays with .tolist()."
+            ) from None
 
     @property
     def rows(self) -> int:

@@ -624,11 +624,6 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         self._bases: dict[int, int] | None = None
         self._inverse: np.ndarray | None = None
 
-    @classmethod
-    def from_arrays(cls, seg: SegmentArrays) -> SegmentIndex:
-        """An in-memory index of one run (used by writers and by remote stores)."""
-        return cls([IndexRun.from_arrays(seg)])
-
     # ------------------------------------------------------------ row order across runs
     def _layout(self) -> None:
         """Find whether the runs, taken by their first segment, are already in row order
@@ -775,13 +770,16 @@ class SegmentIndex(Mapping[str, tuple[int, int]]):
         """The first of the ``(n, 2)`` row ranges ``bounds`` that shares rows with a
         committed (non-empty) segment, as ``(i, name, start, stop)`` of that segment;
         ``None`` when none does. Binary searches in each run, no copy of any run."""
-        for run in self.runs:
+        best: tuple[int, int, IndexRun] | None = None
+        for run in self.runs:  # every run: the first range may clash with a later run
             hit = run.first_overlap(bounds)
-            if hit is not None:
-                i, j = hit
-                b = run.arrays.bounds
-                return i, run.arrays.name(j), int(b[j, 0]), int(b[j, 1])
-        return None
+            if hit is not None and (best is None or hit[0] < best[0]):
+                best = (*hit, run)
+        if best is None:
+            return None
+        i, j, run = best
+        b = run.arrays.bounds
+        return i, run.arrays.name(j), int(b[j, 0]), int(b[j, 1])
 
     def release(self) -> None:
         """Drop the memoryviews so the underlying maps can be closed."""

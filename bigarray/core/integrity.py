@@ -20,6 +20,12 @@ of the segment index generation it wrote::
       }
     }
 
+Blocks are counted per shard: each shard's rows are cut into blocks of ``block_rows`` from
+the shard's own first row, and ``blocks`` lists them shard after shard (:func:`block_spans`).
+A variable of one shard (every store the local writer makes) has the plain grid
+``[k * block_rows, (k + 1) * block_rows)``; a sharded write (:mod:`bigarray.core.sharded`),
+whose shards end on segment boundaries, has one short block at the end of each shard.
+
 Block sums cover data bytes only (not the ``.npy`` header, whose row count a commit
 rewrites in place); :func:`~bigarray.core.verify.verify_store` checks the header separately. ``layout`` and
 ``spec`` tie the sums to the manifest fields that say where the bytes are, so a manifest
@@ -60,6 +66,8 @@ __all__ = [
     "ALGORITHM",
     "BLOCK_BYTES",
     "DataChecksums",
+    "block_spans",
+    "renamed_checksums",
 ]
 
 ALGORITHM = "crc32c"
@@ -79,9 +87,9 @@ def _load_crc32c() -> Any:
     extend = google_crc32c.extend
     try:
         import ctypes
+        import importlib
 
-        from google_crc32c import _crc32c
-
+        _crc32c = importlib.import_module("google_crc32c._crc32c")
         # dlsym on the extension's handle also finds the symbol in the libcrc32c it links
         native = ctypes.CDLL(_crc32c.__file__).crc32c_extend
         native.restype = ctypes.c_uint32
@@ -149,9 +157,11 @@ class DataChecksums:
         return len(self.blocks)
 
     @classmethod
-    def from_json(cls, obj: Any, where: str) -> DataChecksums:
+    def from_json(cls, obj: Any, where: str, shards: Sequence[Any] | None = None) -> DataChecksums:
         """Decode (and validate) a manifest ``checksums`` object; :class:`IntegrityError`
-        when it is malformed."""
+        when it is malformed. With ``shards`` (the variable's), the number of block sums is
+        checked against the per-shard grid (:func:`block_spans`); without, against one shard
+        from row 0."""
 
         def bad(why: str) -> IntegrityError:
             return IntegrityError(
@@ -181,7 +191,10 @@ class DataChecksums:
         if len(raw) % 4:
             raise bad(f"blocks holds {len(raw)} bytes, not a whole number of uint32")
         blocks = np.frombuffer(raw, "<u4").astype(np.uint32)
-        want = -(-ints["rows"] // ints["block_rows"])
+        if shards is not None and len(shards) > 1:
+            want = sum(-(-(int(x.stop) - int(x.start)) // ints["block_rows"]) for x in shards)
+        else:
+            want = -(-ints["rows"] // ints["block_rows"])
         if len(blocks) != want:
             raise bad(f"{len(blocks)} block sums for {ints['rows']} rows of {ints['block_rows']}")
         index = obj.get("index")
@@ -200,6 +213,46 @@ class DataChecksums:
         if self.index is not None:
             out["index"] = self.index
         return out
+
+
+def block_spans(shards: Sequence[Any], block_rows: int) -> list[tuple[int, int, int]]:
+    """The checksummed blocks of a variable, in the order of its ``blocks``:
+    ``(shard number, first row, stop row)``, each shard cut from its own first row."""
+    out = []
+    for i, s in enumerate(shards):
+        start, stop = int(s.start), int(s.stop)
+        out += [(i, a, min(a + block_rows, stop)) for a in range(start, stop, block_rows)]
+    return out
+
+
+def renamed_checksums(
+    old: Variable,
+    new: Variable,
+    old_spec: IndexFiles | None,
+    new_spec: IndexFiles | None,
+) -> dict[str, Any] | None:
+    """``old.checksums`` for ``new``, the same variable with its files renamed (a copy).
+
+    The bytes are the same, so the block and file sums stay; ``layout`` and the index
+    ``spec`` name the files, so they are recomputed, but only where they agreed with
+    ``old`` and ``old_spec``: sums that did not match the source (a damaged manifest) stay
+    as they were, so the copy fails verification as its source does.
+    """
+    sums = old.checksums
+    if not isinstance(sums, Mapping):
+        return sums
+    out = dict(sums)
+    if out.get("layout") == layout_crc(old):
+        out["layout"] = layout_crc(new)
+    entry = out.get("index")
+    if (
+        isinstance(entry, Mapping)
+        and old_spec is not None
+        and new_spec is not None
+        and entry.get("spec") == spec_crc(old_spec)
+    ):
+        out["index"] = {**entry, "spec": spec_crc(new_spec)}
+    return out
 
 
 def valid_index_entry(index: Any) -> bool:

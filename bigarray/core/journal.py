@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -54,6 +55,7 @@ _SUFFIX = ".rec"
 _INFLIGHT = ".inflight"
 _OWNER_LOCK = "owner.lock"
 _GATE = "gate"
+_COMMITTED = "committed-"  # name hashes of the segments each commit of the session added
 _RESERVED = "reserved"  # rows the session's appends took: int64 (start, stop) pairs
 
 
@@ -218,10 +220,18 @@ class Journal:
             self._lock_fd = None
 
     def append(
-        self, record: Record, starts: np.ndarray, stops: np.ndarray, *, gated: bool = True
+        self,
+        record: Record,
+        starts: np.ndarray,
+        stops: np.ndarray,
+        *,
+        gated: bool = True,
+        key: str | None = None,
     ) -> None:
         """Publish one record atomically (never seen half-written), under the shared gate
         (``gated=False``: the caller holds the gate, or is the owner under the store lock).
+        ``key`` (:func:`record_key` of the record's names) names the file when no record
+        holds that name yet, so a rerun of the same write finds it (:meth:`find`).
         Raises :class:`ClosedError` when the session has ended."""
         data = encode_record(record, starts, stops)
         name = f"{os.getpid()}-{next(self._seq):09d}-{os.urandom(4).hex()}"
@@ -230,6 +240,13 @@ class Journal:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
+                if key is not None:
+                    try:  # link(2): never replaces a record (another write's, same key)
+                        os.link(tmp, os.path.join(self.dir, key + _SUFFIX))
+                        os.unlink(tmp)
+                        return
+                    except FileExistsError:
+                        pass
                 os.rename(tmp, os.path.join(self.dir, name + _SUFFIX))
             except FileNotFoundError:
                 raise _ended(os.path.dirname(os.path.dirname(self.dir))) from None
@@ -237,6 +254,37 @@ class Journal:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise wrap_os_error(exc, self.dir) from None
+
+    def find(self, key: str) -> tuple[Record, np.ndarray] | None:
+        """The record published under ``key`` and not committed yet, with its segments'
+        bounds (``None``: there is none)."""
+        path = os.path.join(self.dir, key + _SUFFIX)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        rec = decode_record(raw, path)
+        if rec.segments is None:
+            return None
+        return rec, rec.segments.bounds
+
+    def note_committed(self, generation: int, hashes: np.ndarray) -> None:
+        """Remember the name hashes of the segments this session's commit ``generation``
+        added (:meth:`committed_hashes`): a rerun of a committed write is recognised."""
+        with contextlib.suppress(FileNotFoundError):  # the session ended: nothing reruns
+            tmp = os.path.join(self.dir, f".{_COMMITTED}{generation}.tmp")
+            np.asarray(np.sort(hashes), "<u4").tofile(tmp)
+            os.rename(tmp, os.path.join(self.dir, f"{_COMMITTED}{generation}"))
+
+    def committed_hashes(self) -> np.ndarray:
+        """Name hashes of every segment a commit of this session added (sorted)."""
+        try:
+            names = [n for n in os.listdir(self.dir) if n.startswith(_COMMITTED)]
+        except (FileNotFoundError, NotADirectoryError):
+            return np.zeros(0, np.uint32)
+        parts = [np.fromfile(os.path.join(self.dir, n), "<u4") for n in names]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint32)
 
     def begin_write(self, start: int, stop: int) -> str:
         """Mark rows ``[start, stop)`` as being written by this process (an empty file whose
@@ -392,3 +440,13 @@ def collect_dead_sessions(store_dir: str, keep: str) -> int:
         finally:
             close_held(fd)
     return live
+
+
+def record_key(names: list[str]) -> str:
+    """A file name for the record of a write of ``names``: the same names give the same key,
+    so a task rerun (same names, same bytes) finds the record of its first attempt."""
+    h = hashlib.blake2b(digest_size=12)
+    for n in names:
+        h.update(n.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return f"k{h.hexdigest()}"

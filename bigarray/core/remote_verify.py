@@ -2,19 +2,32 @@
 
 Every object the manifest names must exist with at least the size it needs; the segment
 index must load and lie inside the rows; every row of every variable is read. Where the
-manifest records checksums (a store written locally and copied with ``bigarray cp``), every
-block's CRC-32C is recomputed from the bytes read and compared. A sharded store written by
-``to_bigarray`` on a URL records no checksums yet: the report says so in a note.
+manifest records checksums (every store the storage core commits: a sharded write to a
+URL, a local store copied with ``bigarray cp``), every block's CRC-32C is recomputed from
+the bytes read and compared, shard by shard (the block grid of
+:mod:`bigarray.core.integrity`), and so is the CRC-32C of every file of the segment index.
+A store written before sharded writes recorded checksums is checked as far as its sizes
+and rows go; the report says so in a note.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import BigArrayError, NotAStoreError, StoreNotFoundError
-from .integrity import DataChecksums, block_rows_for
+from .format import INDEX_ROLES, Manifest, Variable
+from .integrity import (
+    DataChecksums,
+    block_rows_for,
+    entry_runs,
+    extend_crc,
+    layout_crc,
+    spec_crc,
+    valid_index_entry,
+)
 from .verify import BadBlock, VerifyReport
 
 __all__ = ["verify_remote"]
@@ -31,7 +44,6 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
     StoreNotFoundError, NotAStoreError
         Nothing to verify at ``url``.
     """
-    from .integrity import extend_crc
     from .store import RemoteStore
 
     report = VerifyReport(url)
@@ -44,6 +56,7 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
         return report
     manifest = store.manifest
     report.variables = len(manifest.variables)
+    _verify_index_files(report, store, manifest)
     try:
         index = store.index
         if index is not None:
@@ -57,52 +70,132 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
     except BigArrayError as exc:
         report.problems.append(f"segment index: {exc}")
     for var in manifest.variables.values():
-        where = f"variable {var.name!r}"
-        try:
-            store.check_shards(var)
-        except BigArrayError as exc:
-            report.problems.append(f"{where}: {exc}")
-            continue
-        sums = None
-        if var.checksums is not None:
-            try:
-                sums = DataChecksums.from_json(var.checksums, f"{url}: {where}")
-            except BigArrayError as exc:
-                report.problems.append(str(exc))
-                continue
-        else:
-            report.notes.append(
-                f"{where} has no recorded checksums (a sharded store written to a URL): every "
-                "object was sized and every row read, but bytes changed in place would not show"
+        _verify_variable(report, store, url, var)
+    return report
+
+
+def _verify_index_files(report: VerifyReport, store: Any, manifest: Manifest) -> None:
+    """Compare the CRC-32C of every index file with the one recorded at commit."""
+    spec = manifest.segments
+    if spec is None:
+        return
+    entries = [
+        v.checksums["index"]
+        for v in manifest.variables.values()
+        if isinstance(v.checksums, Mapping)
+        and isinstance(v.checksums.get("index"), Mapping)
+        and v.checksums["index"].get("generation") == spec.generation
+    ]
+    if not entries:
+        report.notes.append(
+            f"the segment index (generation {spec.generation}) has no recorded checksums: only "
+            "its structure was checked"
+        )
+        return
+    entry = entries[-1]
+    if not valid_index_entry(entry):
+        report.problems.append(f"the index checksums entry {entry!r} is malformed")
+        return
+    if entry["spec"] != spec_crc(spec):
+        report.problems.append(
+            "the manifest's segments entry (count, files, offsets) differs from the one whose "
+            "checksums were recorded; the manifest was edited or damaged"
+        )
+        return
+    sums = {int(r["generation"]): r["files"] for r in entry_runs(entry)}
+    for run in spec.all_runs:
+        recorded = sums.get(run.generation)
+        if recorded is None:
+            report.problems.append(
+                f"index run of generation {run.generation} has no recorded checksums"
             )
-        block = sums.block_rows if sums is not None else block_rows_for(var.row_nbytes)
-        step = max(block, (READ_BYTES // max(var.row_nbytes, 1)) // block * block)
+            continue
+        for role in INDEX_ROLES:
+            rel = run.files[role]
+            try:
+                raw = store.access.cat(rel)
+            except BigArrayError as exc:
+                report.problems.append(f"index file {rel!r} ({role}): {exc}")
+                continue
+            actual = int(extend_crc(0, bytes(raw)))
+            if actual != recorded[role]:
+                report.problems.append(
+                    f"index file {rel!r} ({role}): crc32c is {actual:#010x} but "
+                    f"{recorded[role]:#010x} was recorded at commit"
+                )
+
+
+def _verify_variable(report: VerifyReport, store: Any, url: str, var: Variable) -> None:
+    where = f"variable {var.name!r}"
+    try:
+        store.check_shards(var)
+    except BigArrayError as exc:
+        report.problems.append(f"{where}: {exc}")
+        return
+    sums = None
+    if var.checksums is not None:
         try:
-            for a in range(0, var.rows, step):
-                b = min(var.rows, a + step)
+            sums = DataChecksums.from_json(var.checksums, f"{url}: {where}", var.shards)
+        except BigArrayError as exc:
+            report.problems.append(str(exc))
+            return
+        if sums.layout != layout_crc(var):
+            report.problems.append(
+                f"{where}: its dtype, shape or shard list differ from those its checksums were "
+                "recorded for; the manifest was edited or damaged after the commit"
+            )
+            return
+        if sums.rows != var.rows:
+            report.problems.append(
+                f"{where}: checksums cover {sums.rows:,} rows but the variable has "
+                f"{var.rows:,}; the manifest was edited or damaged after the commit"
+            )
+            return
+    else:
+        report.notes.append(
+            f"{where} has no recorded checksums (a store written before sharded writes recorded "
+            "them): every object was sized and every row read, but bytes changed in place would "
+            "not show"
+        )
+    rb = var.row_nbytes
+    block = sums.block_rows if sums is not None else block_rows_for(rb)
+    step = max(block, (READ_BYTES // max(rb, 1)) // block * block)
+    k = 0  # the running block number: blocks are listed shard after shard
+    try:
+        for shard in var.shards:
+            for a in range(shard.start, shard.stop, step):
+                b = min(shard.stop, a + step)
                 rows_ = np.ascontiguousarray(store.read_rows(var.name, a, b))
-                raw = memoryview(rows_.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+                raw = rows_.reshape(-1).view(np.uint8)
                 report.bytes_checked += raw.nbytes
                 if sums is None:
                     continue
-                nb = block * var.row_nbytes
-                for k, lo in enumerate(range(0, raw.nbytes, nb)):
-                    i = a // block + k
+                for r0 in range(a, b, block):  # by rows: rows of zero bytes make blocks too
+                    r1 = min(b, r0 + block)
                     report.blocks_checked += 1
-                    got = extend_crc(0, bytes(raw[lo : lo + nb]))
-                    want = int(sums.blocks[i]) if i < sums.nblocks else -1
+                    got = int(extend_crc(0, raw[(r0 - a) * rb : (r1 - a) * rb]))
+                    want = int(sums.blocks[k]) if k < sums.nblocks else -1
                     if got != want:
                         report.bad_block_count += 1
                         if not any(bb.variable == var.name for bb in report.bad_blocks):
-                            r0 = i * block
-                            r1 = min(var.rows, r0 + block)
-                            report.bad_blocks.append(
-                                BadBlock(var.name, i, (r0, r1), "", (0, 0), want, got, [], 0)
+                            p0 = shard.offset + (r0 - shard.start) * rb
+                            bad = BadBlock(
+                                var.name,
+                                k,
+                                (r0, r1),
+                                shard.path,
+                                (p0, p0 + (r1 - r0) * rb),
+                                want,
+                                got,
+                                [],
+                                0,
                             )
+                            report.bad_blocks.append(bad)
                             report.problems.append(
-                                f"{where} block {i} (rows [{r0:,}, {r1:,})): crc32c is "
-                                f"{got:#010x} but {want:#010x} was recorded at commit"
+                                f"{where} block {k} (rows [{r0:,}, {r1:,}), bytes "
+                                f"[{p0:,}, {p0 + (r1 - r0) * rb:,}) of {shard.path!r}): crc32c "
+                                f"is {got:#010x} but {want:#010x} was recorded at commit"
                             )
-        except BigArrayError as exc:
-            report.problems.append(f"{where}: {exc}")
-    return report
+                    k += 1
+    except BigArrayError as exc:
+        report.problems.append(f"{where}: {exc}")

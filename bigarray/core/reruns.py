@@ -1,13 +1,20 @@
-"""Recognise a rerun task: the same segment written again with the same bytes.
+"""Recognise a rerun task: the same segments written again with the same bytes.
 
 A dask scheduler reruns a task whose worker died, even after the task wrote its rows and
-journaled its segment (the result was lost with the worker, not the write). An appending
-writer then holds the segment twice: same name, same bytes, other rows. The commit keeps
-the first copy and drops the rerun (its rows stay in the data file, unnamed), so the
-session commits once instead of failing on a duplicate name. Only repeats among the
-records of one commit are recognised: a segment committed earlier (by a flush, or by
-another session) and written again is still refused. The same name with *other*
-bytes (or another length) is still a :class:`~bigarray.errors.DuplicateSegmentError`.
+journaled its segments (the result was lost with the worker, not the write). Two guards
+make the session commit such a write once:
+
+- at ``write()`` (:meth:`bigarray.core.writer.StoreWriter._rerun_of`): a write of the same
+  names, lengths and bytes as an earlier write of the same session, journaled (its record
+  is filed under a key derived from its names) or committed by one of the session's
+  commits (each records the name hashes it added), is not written again: no rows are
+  allocated, so nothing is counted twice in the shape;
+- at the commit (:func:`drop_identical_reruns`, here): repeats among the records of one
+  commit that the first guard could not see (two attempts racing) keep the first copy.
+
+A segment committed by *another* session and written again is still refused, and the same
+name with other bytes (or another length) is still a
+:class:`~bigarray.errors.DuplicateSegmentError`.
 """
 
 from __future__ import annotations

@@ -17,21 +17,31 @@ manifest, with a conditional ``PUT`` (:mod:`bigarray.core.commit`): two writers 
 on one URL never mix (every object name carries its session), and exactly one of them
 commits where the store supports conditional writes (S3). A failed task (or a failed
 check, or a lost race) means no manifest: nothing is committed and the objects written
-so far are deleted (best effort; with ``compute=False`` a failed *block* never reaches
-this code, and its sibling shards stay until removed by hand). Shard boundaries fall on segment
+so far are deleted (:func:`cleanup_session`). Shard boundaries fall on segment
 boundaries (the array is rechunked first), so no segment and no dask chunk read later
 ever spans two shards.
+
+Checksums: every task sums its shard's blocks (CRC-32C over blocks of
+``block_rows_for(row_nbytes)`` rows, counted from the shard's first row) from the bytes it
+holds in memory and returns the sums with its shard; the commit records them shard after
+shard, with the sums of the index files it wrote, in the variable's ``checksums``
+(:mod:`bigarray.core.integrity`), so ``bigarray verify`` checks a sharded store like any.
+
+This module is the storage part: it imports no dask. The dask graph that calls
+:func:`write_shard` per block and :func:`commit_shards` at the end is built by
+:func:`bigarray.dask_backend.to_bigarray_sharded`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import dataclasses
 import os
 import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,12 +63,23 @@ from .format import (
     Shard,
     Variable,
     as_bytes,
+    manifest_objects,
     normalize_dtype,
     npy_header,
 )
 from .index import SegmentArrays, index_arrays, merge
+from .integrity import DataChecksums, block_rows_for, extend_crc, layout_crc, spec_crc
 
-__all__ = ["SHARD_DIR", "shard_bounds", "to_bigarray_sharded", "write_index_files"]
+__all__ = [
+    "SHARD_DIR",
+    "ShardedWrite",
+    "cleanup_session",
+    "commit_shards",
+    "plan_sharded_write",
+    "shard_bounds",
+    "write_index_files",
+    "write_shard",
+]
 
 SHARD_DIR = "shards"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -148,20 +169,155 @@ def shard_bounds(chunk_rows: Sequence[int], seg: SegmentArrays | None) -> list[i
     return [int(b) for b in bounds]
 
 
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, eq=False)
+class ShardedWrite:
+    """Everything a sharded write needs besides the data: where, what, and its session.
+
+    Built by :func:`plan_sharded_write` (which only reads the target); every shard task
+    carries its :meth:`for_tasks` copy, the commit the whole plan. ``bounds`` are the shard boundaries (rows); shard ``i`` holds rows
+    ``[bounds[i], bounds[i + 1])`` and is written as :meth:`shard_path` ``(i)``.
+    """
+
+    access: FileAccess
+    variable: str
+    dtype: str
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    attrs: dict[str, Any]
+    seg: SegmentArrays | None
+    overwrite: bool
+    session: str
+    bounds: tuple[int, ...]
+
+    @property
+    def prefix(self) -> str:
+        """``<variable>-<session>``: the stem of every shard object of this write."""
+        stem = self.variable if _SAFE_NAME.match(self.variable) else "var"
+        return f"{stem}-{self.session}"
+
+    @property
+    def row_nbytes(self) -> int:
+        return np.dtype(self.dtype).itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+    @property
+    def nshards(self) -> int:
+        return max(0, len(self.bounds) - 1)
+
+    def shard_path(self, i: int) -> str:
+        return f"{SHARD_DIR}/{self.prefix}-{i:06d}.npy"
+
+    def for_tasks(self) -> ShardedWrite:
+        """This plan without the segment index and attributes, which only the commit needs:
+        what every :func:`write_shard` task carries (a table of a million names must not
+        travel with each task)."""
+        return dataclasses.replace(self, seg=None, attrs={})
+
+    def renewed(self) -> ShardedWrite:
+        """The same write under a new session: each run of a write (a ``compute=False``
+        Delayed computed twice) names its own objects, so a failed run cleans up only its
+        own and never the objects of a run that committed."""
+        return dataclasses.replace(self, session=uuid.uuid4().hex[:12])
+
+
+def plan_sharded_write(
+    url: str | os.PathLike[str],
+    shape: Sequence[int],
+    dtype: Any,
+    chunk_rows: Sequence[int],
+    segments: Any = None,
+    variable: str = "data",
+    storage_options: dict[str, Any] | None = None,
+    *,
+    remove_exist: bool = False,
+    dims: Sequence[str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> ShardedWrite:
+    """Check the arguments of a sharded write and plan it; nothing at ``url`` is written.
+
+    ``chunk_rows`` are the rows of the blocks the data comes in; the shards follow them,
+    moved so that no segment is cut (:func:`shard_bounds`). The target is only *read*
+    here (a write that may never run must leave it as it is); an existing store is replaced
+    at the commit, never deleted first.
+
+    Raises
+    ------
+    SchemaError
+        Bad segments, dims, variable name or dtype.
+    StoreExistsError
+        A store is at ``url`` and ``remove_exist`` is false.
+    """
+    if is_local(url):
+        check_local_options(url, storage_options)
+        url = local_path(url)
+    access = FileAccess(url, storage_options)
+    shape_t = tuple(int(s) for s in shape)
+    if not shape_t:
+        raise SchemaError("a 0-d array has no rows to store; give an array with ndim >= 1")
+    dt = normalize_dtype(dtype)
+    rows = shape_t[0]
+    dims_t = (
+        tuple(dims)
+        if dims is not None
+        else (DEFAULT_ROW_DIM, *[f"dim_{i}" for i in range(1, len(shape_t))])
+    )
+    if len(dims_t) != len(shape_t) or not all(isinstance(d, str) for d in dims_t):
+        raise SchemaError(f"dims {dims!r} must name the {len(shape_t)} dimensions as strings")
+    if not isinstance(variable, str) or not variable:
+        raise SchemaError(f"variable name {variable!r} must be a non-empty str")
+    seg = segment_arrays(segments, rows)
+    if not remove_exist and access.exists(MANIFEST_NAME):
+        raise StoreExistsError(
+            f"a bigarray store already exists at {access.url!r}; pass remove_exist=True to "
+            "replace it, or write to another URL"
+        )
+    bounds = shard_bounds(chunk_rows, seg) if rows else [0]
+    return ShardedWrite(
+        access,
+        variable,
+        dt.str,
+        shape_t,
+        dims_t,
+        dict(attrs or {}),
+        seg,
+        bool(remove_exist),
+        uuid.uuid4().hex[:12],
+        tuple(bounds),
+    )
+
+
 # --------------------------------------------------------------------------- tasks
 
 
-def _write_shard(
-    block: Any, access: FileAccess, rel: str, start: int, stop: int, dtype: str
-) -> dict[str, Any]:
-    """Write one block as a standard ``.npy`` object in one call; describe it."""
-    dt = np.dtype(dtype)
+def shard_block_sums(data: Any, rows: int, row_nbytes: int) -> list[int]:
+    """CRC-32C of each block of ``block_rows_for(row_nbytes)`` rows of ``data`` (the C-order
+    bytes of ``rows`` rows), from the shard's first row: the per-shard block grid that
+    :mod:`bigarray.core.integrity` describes."""
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    br = block_rows_for(row_nbytes)
+    # by rows, not bytes: rows of zero bytes still make blocks (of empty sums)
+    return [
+        int(extend_crc(0, raw[a * row_nbytes : (a + br) * row_nbytes])) for a in range(0, rows, br)
+    ]
+
+
+def write_shard(block: Any, plan: ShardedWrite, i: int) -> dict[str, Any]:
+    """Task body: write shard ``i`` of ``plan`` (one block of rows) as a standard ``.npy``
+    object in one call; return its description with the CRC-32C of its blocks (summed
+    from the bytes in memory, before the write: no second read)."""
+    access = plan.access
+    rel = plan.shard_path(i)
+    start, stop = plan.bounds[i], plan.bounds[i + 1]
+    dt = np.dtype(plan.dtype)
     arr = np.ascontiguousarray(np.asarray(block).astype(dt, copy=False))
     if arr.shape[0] != stop - start:
         raise SchemaError(
             f"block for rows [{start}, {stop}) of {access.url!r} has {arr.shape[0]} rows; the "
             "dask array's chunks do not match its shape (compute its chunk sizes first)"
         )
+    crcs = shard_block_sums(arr, stop - start, plan.row_nbytes)
     header = npy_header(dt, arr.shape)
     nbytes = access.pipe(rel, [header, as_bytes(arr)])
     # A sibling task may have failed while this one ran: the client then marks the session
@@ -171,7 +327,14 @@ def _write_shard(
     if access.exists(_abort_mark(rel)):
         access.remove([rel])
         raise RuntimeError(f"write session of {rel!r} was aborted by a failed sibling task")
-    return {"path": rel, "offset": len(header), "start": start, "stop": stop, "nbytes": nbytes}
+    return {
+        "path": rel,
+        "offset": len(header),
+        "start": start,
+        "stop": stop,
+        "nbytes": nbytes,
+        "crcs": crcs,
+    }
 
 
 def _abort_mark(shard_rel: str) -> str:
@@ -180,85 +343,64 @@ def _abort_mark(shard_rel: str) -> str:
 
 
 def write_index_files(
-    access: FileAccess, generation: int, seg: SegmentArrays, tag: str = ""
+    access: FileAccess,
+    generation: int,
+    seg: SegmentArrays,
+    tag: str = "",
+    crcs: dict[str, int] | None = None,
 ) -> IndexFiles:
     """Write one generation of the segment index as ``.npy`` objects (same roles and
     layout as :func:`bigarray.core.index.write_index`, through fsspec).
 
     ``tag`` (the write session) goes into every name, so the index of a commit never
     replaces an object another commit (a racing writer, the version being replaced) names.
+    ``crcs``, when given, receives the CRC-32C of each file's bytes, by role.
     """
     arrays = index_arrays(seg)
     files, offsets = {}, {}
     stem = f"g{generation}-{tag}" if tag else f"g{generation}"
     for role in INDEX_ROLES:
-        arr = arrays[role]
+        arr = np.ascontiguousarray(arrays[role])
         header = npy_header(arr.dtype, arr.shape)
         rel = f"{INDEX_DIR}/{stem}-{role}.npy"
-        access.pipe(rel, [header, as_bytes(arr)])
+        body = as_bytes(arr)
+        access.pipe(rel, [header, body])
+        if crcs is not None:
+            crcs[role] = int(extend_crc(extend_crc(0, header), bytes(body)))
         files[role], offsets[role] = rel, len(header)
     return IndexFiles(seg.count, generation, len(arrays["table"]), files, offsets)
 
 
-def _commit(
-    results: Sequence[dict[str, Any]],
-    access: FileAccess,
-    variable: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    dims: tuple[str, ...],
-    attrs: dict[str, Any],
-    seg: SegmentArrays | None,
-    overwrite: bool,
-    session: str = "",
-    prefix: str = "",
-) -> Manifest:
-    """Check every shard, write the index, then the manifest (the commit).
+# --------------------------------------------------------------------------- the commit
+
+
+def commit_shards(results: Sequence[dict[str, Any]], plan: ShardedWrite) -> Manifest:
+    """Check every shard, write the index, then the manifest (the commit); run by the
+    client (or the final task) once every :func:`write_shard` returned.
 
     The manifest goes last, with a conditional ``PUT`` (see :mod:`bigarray.core.commit`):
     if another writer committed meanwhile, this write is not committed, everything it
     wrote is deleted and the error says so. A replaced version's objects are deleted after
-    the new manifest landed, never before.
+    the new manifest landed, never before. On any failure the session's objects are
+    deleted (:func:`cleanup_session`).
     """
     index_written: list[str] = []
     try:
-        return _check_and_commit(
-            results,
-            access,
-            variable,
-            dtype,
-            shape,
-            dims,
-            attrs,
-            seg,
-            overwrite,
-            session,
-            index_written,
-        )
+        return _check_and_commit(results, plan, index_written)
     except BaseException:
-        if prefix:
-            _cleanup(access, prefix, extra=index_written)
+        cleanup_session(plan, extra=index_written)
         raise
 
 
 def _check_and_commit(
-    results: Sequence[dict[str, Any]],
-    access: FileAccess,
-    variable: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    dims: tuple[str, ...],
-    attrs: dict[str, Any],
-    seg: SegmentArrays | None,
-    overwrite: bool,
-    session: str,
-    index_written: list[str],
+    results: Sequence[dict[str, Any]], plan: ShardedWrite, index_written: list[str]
 ) -> Manifest:
     from .commit import put_manifest, remove_replaced, snapshot
 
-    dt = np.dtype(dtype)
-    rows = shape[0]
-    row_nbytes = dt.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    access = plan.access
+    dt = np.dtype(plan.dtype)
+    rows = plan.shape[0]
+    row_nbytes = plan.row_nbytes
     results = sorted(results, key=lambda r: r["start"])
     pos = 0
     for r in results:
@@ -283,9 +425,11 @@ def _check_and_commit(
                 f"{need:,}; the write was lost or cut short. Nothing was committed: run the "
                 "write again."
             )
+    shards = tuple(Shard(r["path"], r["offset"], r["start"], r["stop"]) for r in results)
+    blocks = shard_sums_of(results, shards, block_rows_for(row_nbytes))
     base = snapshot(access)
     old = base.manifest
-    if old is not None and not overwrite:
+    if old is not None and not plan.overwrite:
         raise StoreExistsError(
             f"another writer committed a store at {access.url!r} while this one was writing; "
             "nothing was committed and this write's objects were removed. Write elsewhere, "
@@ -293,12 +437,15 @@ def _check_and_commit(
         )
     generation = old.generation + 1 if old is not None else 1
     index = None
-    if seg is not None:
-        index = write_index_files(access, generation, seg, session)
+    index_sums: dict[str, Any] | None = None
+    if plan.seg is not None:
+        crcs: dict[str, int] = {}
+        index = write_index_files(access, generation, plan.seg, plan.session, crcs)
         index_written.extend(index.files.values())
-    shards = tuple(Shard(r["path"], r["offset"], r["start"], r["stop"]) for r in results)
-    var = Variable(variable, dt, shape, dims, shards, dict(attrs))
-    manifest = Manifest(generation, {variable: var}, index, dims[0])
+        index_sums = {"generation": generation, "spec": spec_crc(index), "files": crcs}
+    var = Variable(plan.variable, dt, plan.shape, plan.dims, shards, dict(plan.attrs))
+    var = dataclasses.replace(var, checksums=sharded_checksums(var, blocks, index_sums))
+    manifest = Manifest(generation, {plan.variable: var}, index, plan.dims[0])
     remote_crash_point("remote-before-manifest")
     put_manifest(access, manifest.dumps(), base)
     index_written.clear()  # committed: nothing of it may be cleaned up now
@@ -307,14 +454,41 @@ def _check_and_commit(
     return manifest
 
 
-def _cleanup(access: FileAccess, prefix: str, extra: Sequence[str] = ()) -> None:
+def shard_sums_of(
+    results: Sequence[dict[str, Any]], shards: Sequence[Shard], block_rows: int
+) -> np.ndarray:
+    """The block sums the tasks returned, shard after shard (checked against the grid)."""
+    parts = []
+    for r, s in zip(results, shards, strict=True):
+        crcs = r.get("crcs")
+        want = -(-(s.stop - s.start) // block_rows)
+        if not isinstance(crcs, list) or len(crcs) != want:
+            raise StoreCorruptedError(
+                f"shard {s.path!r} came back with {len(crcs) if isinstance(crcs, list) else 0} "
+                f"block checksums, not {want}; nothing was committed"
+            )
+        parts.append(np.asarray(crcs, np.uint32))
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+
+def sharded_checksums(
+    var: Variable, blocks: np.ndarray, index: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The manifest ``checksums`` object of a variable written shard by shard."""
+    return DataChecksums(
+        block_rows_for(var.row_nbytes), var.rows, layout_crc(var), blocks, index
+    ).to_json()
+
+
+def cleanup_session(plan: ShardedWrite, extra: Sequence[str] = ()) -> None:
     """Delete the objects of a write session that will never be committed (best effort).
 
-    The abort mark goes first (see :func:`_write_shard`), so that a task of this session
+    The abort mark goes first (see :func:`write_shard`), so that a task of this session
     still running when the error reached the client deletes its own shard. The listing is
     repeated a few times to catch tasks finishing right now; then the mark goes too, so a
     URL where only a failed write ran reads as "not found", not as a damaged store.
     """
+    access, prefix = plan.access, plan.prefix
     mark = f"{SHARD_DIR}/{prefix}.aborted"
     with contextlib.suppress(Exception):
         access.pipe(mark, b"")
@@ -327,143 +501,24 @@ def _cleanup(access: FileAccess, prefix: str, extra: Sequence[str] = ()) -> None
             deadline = access.write_deadline(0)  # a hung server must not hang the cleanup
             found = access.fs.glob(access.full(f"{SHARD_DIR}/{prefix}-*.npy"), **deadline)
             if found:
+                # never an object a committed manifest names (whoever committed it)
+                named = {access.full(r) for r in _committed_objects(access)}
+                found = [f for f in found if f not in named]
+            if found:
                 access.fs.rm(list(found), **deadline)
             elif attempt:
                 break
         time.sleep(0.25)
     with contextlib.suppress(Exception):
         access.remove([mark])
+    if access.local:  # the directories the write made, when nothing else is in them
+        for rel in (SHARD_DIR, INDEX_DIR, ""):
+            with contextlib.suppress(OSError):
+                os.rmdir(access.full(rel))
 
 
-# --------------------------------------------------------------------------- entry point
+def _committed_objects(access: FileAccess) -> set[str]:
+    """The objects the store's current manifest names (none when it has none)."""
+    from .commit import snapshot
 
-
-def to_bigarray_sharded(
-    dask_array: Any,
-    url: str | os.PathLike[str],
-    segments: Any = None,
-    variable: str = "data",
-    compute: bool = True,
-    storage_options: dict[str, Any] | None = None,
-    *,
-    remove_exist: bool = False,
-    dims: Sequence[str] | None = None,
-    attrs: Mapping[str, Any] | None = None,
-) -> Any:
-    """Write a dask array to a new store at any URL, one shard object per block.
-
-    Every dask task writes its block of rows as its own ``.npy`` object (no two tasks
-    touch one object, so workers need nothing but the object store in common); the client
-    then writes the segment index and, last, the manifest. Works on every dask scheduler
-    (threads, processes, ``dask.distributed``) and every fsspec filesystem whose objects
-    the workers can reach (``memory://`` is per-process: use threads there).
-
-    Parameters
-    ----------
-    dask_array
-        The data (a ``dask.array.Array``; a numpy array is wrapped in one chunk). Rows
-        are axis 0; each block along axis 0 becomes one shard (after the rechunk below).
-    url
-        Where the store goes: ``s3://bucket/name.bigarray``, ``memory://...``, a local path.
-    segments
-        The segment index: ``None`` (no names), a mapping ``name -> (start, stop)`` or
-        ``name -> length``, or a list of ``(name, length)`` / ``(name, start, stop)``.
-        Chunk boundaries that cut a segment move to its start, so segments never cross
-        shards.
-    variable
-        Name of the variable.
-    compute
-        Write now and return the committed :class:`~bigarray.core.format.Manifest`; with
-        ``False`` return a ``dask.delayed`` object whose computation writes and commits
-        (nothing at ``url`` is touched before it runs). If a *block* of that computation
-        fails, the commit task never runs: the shards its sibling tasks wrote stay,
-        named by no manifest (never read), until deleted by hand; with ``compute=True``
-        they are deleted here.
-    storage_options
-        Options for the fsspec filesystem (refused for a local path).
-    remove_exist
-        Replace an existing store at ``url`` (otherwise that is an error). The new version
-        is written beside the old one and replaces it at the commit: readers see the old
-        version, whole, until then; its objects are deleted after the commit.
-    dims, attrs
-        Dimension names (default ``("row", "dim_1", ...)``) and attributes of the variable.
-
-    Returns
-    -------
-    Manifest or dask.delayed.Delayed
-
-    Raises
-    ------
-    StoreExistsError
-        A store is already at ``url`` and ``remove_exist`` is false.
-    SchemaError
-        Bad segments (overlaps, duplicates, outside the array) or an unstorable dtype.
-    StoreAccessError, RemoteStoreError
-        The object store refused or failed a write; nothing is committed.
-
-    Examples
-    --------
-    >>> import dask.array as da                                           # doctest: +SKIP
-    >>> x = da.random.random((10_000, 64), chunks=(2_500, 64))            # doctest: +SKIP
-    >>> to_bigarray_sharded(x, "s3://bucket/x.bigarray",                  # doctest: +SKIP
-    ...                     segments={f"s{i}": 100 for i in range(100)})
-    """
-    import dask
-    import dask.array as da
-
-    if is_local(url):
-        check_local_options(url, storage_options)
-        url = local_path(url)
-    access = FileAccess(url, storage_options)
-    arr = dask_array if isinstance(dask_array, da.Array) else da.from_array(np.asarray(dask_array))
-    if arr.ndim == 0:
-        raise SchemaError("a 0-d array has no rows to store; give an array with ndim >= 1")
-    if any(np.isnan(c) for c in arr.chunks[0]):
-        raise SchemaError(
-            "the dask array has unknown chunk sizes along axis 0; call "
-            "x.compute_chunk_sizes() first"
-        )
-    dt = normalize_dtype(arr.dtype)
-    rows = int(arr.shape[0])
-    dims_t = (
-        tuple(dims)
-        if dims is not None
-        else (DEFAULT_ROW_DIM, *[f"dim_{i}" for i in range(1, arr.ndim)])
-    )
-    if len(dims_t) != arr.ndim or not all(isinstance(d, str) for d in dims_t):
-        raise SchemaError(f"dims {dims!r} must name the {arr.ndim} dimensions as strings")
-    if not isinstance(variable, str) or not variable:
-        raise SchemaError(f"variable name {variable!r} must be a non-empty str")
-    seg = segment_arrays(segments, rows)
-
-    # Only read here: nothing at the URL is touched before the write runs (compute=False
-    # may never run), and an existing store is replaced at the commit, never deleted first.
-    if not remove_exist and access.exists(MANIFEST_NAME):
-        raise StoreExistsError(
-            f"a bigarray store already exists at {access.url!r}; pass remove_exist=True to "
-            "replace it, or write to another URL"
-        )
-
-    bounds = shard_bounds(arr.chunks[0], seg) if rows else [0]
-    sizes = tuple(b - a for a, b in itertools.pairwise(bounds))
-    if rows:
-        arr = arr.rechunk({0: sizes, **{i: -1 for i in range(1, arr.ndim)}})
-    session = uuid.uuid4().hex[:12]
-    stem = variable if _SAFE_NAME.match(variable) else "var"
-    prefix = f"{stem}-{session}"
-    blocks = arr.to_delayed().reshape(-1) if rows else []
-    writes = [
-        dask.delayed(_write_shard, pure=False)(
-            blk, access, f"{SHARD_DIR}/{prefix}-{i:06d}.npy", bounds[i], bounds[i + 1], dt.str
-        )
-        for i, blk in enumerate(blocks)
-    ]
-    args = (access, variable, dt.str, (rows, *arr.shape[1:]), dims_t, dict(attrs or {}), seg)
-    if not compute:
-        return dask.delayed(_commit, pure=False)(writes, *args, remove_exist, session, prefix)
-    try:
-        results = list(dask.compute(*writes)) if writes else []
-    except BaseException:
-        _cleanup(access, prefix)
-        raise
-    return _commit(results, *args, remove_exist, session, prefix)
+    return manifest_objects(snapshot(access).manifest)

@@ -23,6 +23,7 @@ __all__ = ["BadBlock", "VerifyReport", "verify_store"]
 
 from .integrity import (
     DataChecksums,
+    block_spans,
     crc_range,
     entry_runs,
     file_crc,
@@ -190,7 +191,7 @@ def _verify_variable(
             )
             return
         try:
-            sums = DataChecksums.from_json(var.checksums, where)
+            sums = DataChecksums.from_json(var.checksums, where, var.shards)
         except IntegrityError as exc:
             report.problems.append(str(exc))
             return
@@ -208,31 +209,31 @@ def _verify_variable(
             return
         rb, br = var.row_nbytes, sums.block_rows
         first: BadBlock | None = None
-        for k in range(sums.nblocks):
-            a, b = k * br, min((k + 1) * br, var.rows)
-            crc = 0
-            first_bytes: tuple[str, int, int] | None = None
-            for fd, s0, s1, off, rel in fds:
-                lo, hi = max(a, s0), min(b, s1)
-                if lo >= hi:
-                    continue
-                pos = off + (lo - s0) * rb
-                if first_bytes is None:
-                    first_bytes = (rel, pos, pos + (hi - lo) * rb)
-                try:
-                    crc = crc_range(fd, pos, (hi - lo) * rb, crc)
-                except (IntegrityError, OSError) as exc:
-                    report.problems.append(f"{where}: reading rows [{lo}, {hi}) failed: {exc}")
-                    return
+        # blocks are cut per shard, from each shard's first row (integrity.block_spans)
+        for k, (i, a, b) in enumerate(block_spans(var.shards, br)):
+            fd, s0, _s1, off, rel = fds[i]
+            pos = off + (a - s0) * rb
+            try:
+                crc = crc_range(fd, pos, (b - a) * rb)
+            except (IntegrityError, OSError) as exc:
+                report.problems.append(f"{where}: reading rows [{a}, {b}) failed: {exc}")
+                return
             report.blocks_checked += 1
             report.bytes_checked += (b - a) * rb
             if crc != int(sums.blocks[k]):
                 report.bad_block_count += 1
                 if first is None:
                     names, total = _segments_touching(bounds, arrays, a, b, max_segments)
-                    rel, p0, p1 = first_bytes or ("?", 0, 0)
                     first = BadBlock(
-                        var.name, k, (a, b), rel, (p0, p1), int(sums.blocks[k]), crc, names, total
+                        var.name,
+                        k,
+                        (a, b),
+                        rel,
+                        (pos, pos + (b - a) * rb),
+                        int(sums.blocks[k]),
+                        crc,
+                        names,
+                        total,
                     )
         if first is not None:
             report.bad_blocks.append(first)

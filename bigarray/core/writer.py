@@ -115,7 +115,7 @@ from .format import (
     npy_header,
 )
 from .index import SegmentArrays, concat, plan_commit
-from .journal import Journal, Record, collect_dead_sessions
+from .journal import Journal, Record, collect_dead_sessions, record_key
 from .location import StoreMoved, locked_here, remove_store, replace_empty_file
 from .reruns import drop_identical_reruns, pread_rows
 from .rowcheck import check_arrays, check_fits, narrowing_ints
@@ -779,8 +779,24 @@ class StoreWriter:
         if not prepared and self._shard is None:  # nothing to write, and nowhere yet
             return 0, 0
         if names:
+            assert seg is not None
+            # a write done before by this session (a task rerun): not written again
+            rerun = None if self.is_owner else self._journaled_rerun(names, prepared, lengths)
+            if rerun is not None:
+                return rerun
             # Refused here, before any byte is written, rather than at the commit
-            self._check_names(names, seg, unique)
+            committed = self._check_names(names, seg, unique)
+            if committed is not None:
+                rerun = self._committed_rerun(seg, committed, prepared, lengths)
+                if rerun is not None:
+                    return rerun
+                i = int(np.flatnonzero(committed[:, 0] >= 0)[0])
+                a, b = committed[i]
+                raise DuplicateSegmentError(
+                    f"segment name {names[i]!r} is already committed in {self.path!r} "
+                    f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
+                    "written by this call."
+                )
             if start_position is not None:
                 self._check_own_overlap(start_position, start_position + total)
         owner = self.is_owner
@@ -846,7 +862,8 @@ class StoreWriter:
                     if names:
                         self._remember(names, start, stop)
             else:
-                self._journal.append(record, starts, ends)
+                key = record_key(names) if names else None
+                self._journal.append(record, starts, ends, key=key)
                 crash_point("after-journal")
                 assert mark is not None
                 self._journal.end_write(mark)
@@ -872,9 +889,71 @@ class StoreWriter:
         if stop > start:
             bisect.insort(self._extents, (start, stop))
 
-    def _check_names(self, names: list[str], seg: SegmentArrays | None, unique: bool) -> None:
-        """Refuse names used twice in this call, already written by this process in this
-        session, or already committed (by this or another session)."""
+    def _journaled_rerun(
+        self, names: list[str], arrays: list[np.ndarray], lengths: np.ndarray
+    ) -> tuple[int, int] | None:
+        """The rows of an earlier write of this session, journaled and not committed yet,
+        with the same names, lengths and bytes (a dask task rerun after its worker died, a
+        pool task retried), or None. Its record is filed under
+        :func:`~bigarray.core.journal.record_key` of its names."""
+        found = self._journal.find(record_key(names))
+        if found is None:
+            return None
+        rec, bounds = found
+        assert rec.segments is not None
+        if rec.segments.count != len(names) or any(
+            rec.segments.name(i) != n for i, n in enumerate(names)
+        ):
+            return None
+        return self._same_rows(bounds, arrays, lengths)
+
+    def _committed_rerun(
+        self,
+        seg: SegmentArrays,
+        found: np.ndarray,
+        arrays: list[np.ndarray],
+        lengths: np.ndarray,
+    ) -> tuple[int, int] | None:
+        """The rows of an earlier write of this session that one of its commits (a flush)
+        committed, with the same names, lengths and bytes, or None: ``found`` holds the
+        committed bounds of each name. A name another session committed is not this
+        session's to repeat (each commit of the session notes the name hashes it added)."""
+        if not bool(np.all(found[:, 0] >= 0)):
+            return None
+        mine = self._journal.committed_hashes()
+        if not len(mine):
+            return None
+        pos = np.minimum(np.searchsorted(mine, seg.hashes), len(mine) - 1)
+        if not bool(np.all(mine[pos] == seg.hashes)):
+            return None
+        return self._same_rows(found, arrays, lengths)
+
+    def _same_rows(
+        self, bounds: np.ndarray, arrays: list[np.ndarray], lengths: np.ndarray
+    ) -> tuple[int, int] | None:
+        """``(first row, end)`` of ``bounds`` if the data file holds exactly ``arrays``
+        there (the store's dtype), else None."""
+        if self._shard is None or self._dtype is None:
+            return None
+        if not np.array_equal(bounds[:, 1] - bounds[:, 0], lengths):
+            return None
+        fd = self._data_fd() if self.is_owner else self._open_data_file()
+        try:
+            read = pread_rows(fd, self._shard.offset, self._row_nbytes)
+            for (a, b), arr in zip(bounds.tolist(), arrays, strict=True):
+                if read(a, b) != np.ascontiguousarray(arr, dtype=self._dtype).tobytes():
+                    return None
+        finally:
+            if not self.is_owner:
+                os.close(fd)
+        return int(bounds[:, 0].min()), int(bounds[:, 1].max())
+
+    def _check_names(
+        self, names: list[str], seg: SegmentArrays | None, unique: bool
+    ) -> np.ndarray | None:
+        """Refuse names used twice in this call or already written by this process in this
+        session; return the committed bounds of each name (``-1`` where not committed) when
+        some are committed already, else None."""
         if not unique and len(set(names)) != len(names):
             seen: set[str] = set()
             dup = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
@@ -895,27 +974,19 @@ class StoreWriter:
                     "by this call, and the segments written before are kept."
                 )
         if seg is None:
-            return
+            return None
         with self._lock:
             idx = self._committed_state()[1].index
             if idx is None or not len(idx):
                 if not self.is_owner:
                     self._drop_committed_state()
-                return
+                return None
             # the index's hash tables, probed for all names at once: O(new names), no
             # committed name decoded
             found = idx.match(seg)
             if not self.is_owner:  # worker copies keep no descriptor of the store
                 self._drop_committed_state()
-        hit = np.flatnonzero(found[:, 0] >= 0)
-        if hit.size:
-            i = int(hit[0])
-            a, b = found[i]
-            raise DuplicateSegmentError(
-                f"segment name {names[i]!r} is already committed in {self.path!r} "
-                f"(rows [{a}, {b})); every segment needs a unique name. Nothing was "
-                "written by this call."
-            )
+        return found if bool(np.any(found[:, 0] >= 0)) else None
 
     def _check_own_overlap(self, start: int, stop: int) -> None:
         """Refuse a positioned named write over rows this process's named writes of this
@@ -1103,8 +1174,11 @@ class StoreWriter:
             sums_of += [None] * len(unrecorded)
             update = DataUpdate(new_var, fd, ranges, sums_of, checksums=self.checksums)
 
-            def published(_new: Manifest) -> None:
+            def published(new: Manifest) -> None:
                 self._shard = shard
+                if new_segments and plan_index.new.count:
+                    # a task rerun after this commit is recognised (see _rerun_of)
+                    self._journal.note_committed(new.generation, plan_index.new.hashes)
                 if read_alloc(self._alloc_path) < rows:
                     atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
                 self._journal.discard(files)
