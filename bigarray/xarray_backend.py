@@ -48,8 +48,11 @@ CF coders encode every variable, as for its zarr and netCDF engines (``encoding=
 ``_FillValue``, ``scale_factor``, ``units``, the ``coordinates`` attribute); bools and
 datetime64/timedelta64 without a CF encoding are stored natively. Attributes are JSON in the
 manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects, never pickles). A
-``segment`` table (the three variables above) becomes the store's segment index. Reopening
-gives ``xr.testing.assert_identical`` equality; ``decode_cf=False`` shows the stored values.
+``segment`` table (the three variables above) becomes the store's segment index. A Dataset
+write (every variable, the segments, the attributes) is one commit. Reopening gives
+``xr.testing.assert_identical`` equality; ``decode_cf=False`` shows the stored values. How a
+Dataset maps onto a store (names, scalars, the segment table, attributes as JSON) is
+:mod:`bigarray.xarray_schema`, shared by this engine and the writer.
 
 Several stores concatenate along rows with
 ``xr.open_mfdataset(paths, engine="bigarray", combine="nested", concat_dim="row",

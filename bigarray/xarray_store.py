@@ -9,7 +9,10 @@ string coders (``dtype: "S1"`` character arrays, ``_Encoding``). Two choices dif
 netCDF, as zarr's do: booleans are stored as ``bool`` (no ``dtype: "bool"`` attribute), and
 ``datetime64``/``timedelta64`` values without a CF ``units``/``calendar``/``dtype``
 encoding are stored natively (nanosecond-exact, no ``units`` attribute). Variable-length
-strings (object arrays, numpy 2 ``StringDType``) are stored as fixed-width ``<U``.
+strings (object arrays, numpy 2 ``StringDType``) are stored as fixed-width ``<U``. A large
+numeric variable held in memory is encoded by the same coders in blocks of rows, each block
+written as soon as it is encoded (see :func:`_blockwise`): the bytes are those of encoding
+it whole, without the whole-size temporaries.
 
 Commits
 -------
