@@ -432,6 +432,41 @@ def test_an_append_whose_task_fails_changes_nothing_and_leaves_no_file(tmp_path:
     assert verify_store(path).ok
 
 
+_RACE_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, xarray as xr
+    from bigarray.xarray_backend import to_bigarray
+    k = int(sys.argv[2])
+    for i in range(5):
+        ds = xr.Dataset(
+            {"x": ("row", np.full(100, k * 100 + i, float))},
+            coords={"segment": [f"s{k}-{i}"], "segment_start": ("segment", [0]),
+                    "segment_stop": ("segment", [100])},
+        )
+        to_bigarray(ds, sys.argv[1], mode="a", append_dim="row", fsync=False)
+    """
+)
+
+
+def test_appends_of_concurrent_processes_each_commit_whole(tmp_path: Any) -> None:
+    """Appends from three processes at once take turns on the store lock: every append's
+    rows land after the rows committed before it, under its own segment."""
+    path = str(tmp_path / "race.bigarray")
+    to_bigarray(xr.Dataset({"x": ("row", np.zeros(10))}), path)
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE_CHILD, path, str(k)]) for k in range(3)]
+    assert [p.wait() for p in procs] == [0, 0, 0]
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.sizes["row"] == 10 + 3 * 5 * 100
+        for name, a, b in zip(
+            back.segment.values, back.segment_start.values, back.segment_stop.values
+        ):
+            k, i = map(int, str(name)[1:].split("-"))
+            assert (back["x"].values[a:b] == k * 100 + i).all(), name
+        assert back.sizes["segment"] == 15
+    assert verify_store(path).ok
+
+
 def test_append_refuses_a_store_an_open_writer_is_writing(tmp_path: Any) -> None:
     from bigarray import StoreWriter
     from bigarray.errors import CommitConflictError
