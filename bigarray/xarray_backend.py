@@ -48,8 +48,11 @@ CF coders encode every variable, as for its zarr and netCDF engines (``encoding=
 ``_FillValue``, ``scale_factor``, ``units``, the ``coordinates`` attribute); bools and
 datetime64/timedelta64 without a CF encoding are stored natively. Attributes are JSON in the
 manifest (numpy arrays, non-finite floats and bytes in tagged JSON objects, never pickles). A
-``segment`` table (the three variables above) becomes the store's segment index. Reopening
-gives ``xr.testing.assert_identical`` equality; ``decode_cf=False`` shows the stored values.
+``segment`` table (the three variables above) becomes the store's segment index. A Dataset
+write (every variable, the segments, the attributes) is one commit. Reopening gives
+``xr.testing.assert_identical`` equality; ``decode_cf=False`` shows the stored values. How a
+Dataset maps onto a store (names, scalars, the segment table, attributes as JSON) is
+:mod:`bigarray.xarray_schema`, shared by this engine and the writer.
 
 Several stores concatenate along rows with
 ``xr.open_mfdataset(paths, engine="bigarray", combine="nested", concat_dim="row",
@@ -61,7 +64,6 @@ own start, and concatenation runs along one dim), so leave them out, or use
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import math
 import mmap
@@ -77,13 +79,28 @@ from xarray.backends.common import AbstractDataStore
 from xarray.backends.store import StoreBackendEntrypoint
 from xarray.core import indexing
 
-from .core.format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
+from .core.format import DEFAULT_ROW_DIM, Manifest, Variable
 from .errors import (
     BigArrayError,
     SchemaError,
     SegmentNotFoundError,
     StoreCorruptedError,
 )
+from .xarray_schema import (
+    SEGMENT_DIM,
+    SEGMENT_START,
+    SEGMENT_STOP,
+    SEGMENT_VARS,
+    EncodingError,
+    InvalidNameError,
+    decode_json,
+    decode_variable,
+    is_coordinate,
+)
+from .xarray_schema import (
+    encode_json as encode_json,  # offered here since the first release
+)
+from .xarray_store import BigArrayStore, to_bigarray
 
 __all__ = [
     "BigArrayBackendArray",
@@ -99,13 +116,6 @@ __all__ = [
     "to_bigarray",
 ]
 
-SEGMENT_DIM = "segment"
-SEGMENT_START = "segment_start"
-SEGMENT_STOP = "segment_stop"
-_SEGMENT_VARS = (SEGMENT_DIM, SEGMENT_START, SEGMENT_STOP)
-_SCALAR_DIM = "_bigarray_scalar"
-_ROLE_COORD = "coordinate"
-_ROLE_DATA = "data"
 _GRANULARITY = mmap.ALLOCATIONGRANULARITY
 
 SegmentsOption = bool | Literal["lazy"]
@@ -567,81 +577,6 @@ def _target_bytes() -> int:
     return int(parse_bytes(value) if isinstance(value, str) else value)
 
 
-# =============================================================================== attrs as JSON
-
-
-def encode_json(value: Any, where: str) -> Any:
-    """An attribute or encoding value as JSON (numpy arrays, NaN and bytes in tagged objects)."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, np.integer)) and not isinstance(value, np.generic):
-        return int(value)
-    if isinstance(value, float):  # np.float64 too: its repr is not JSON's
-        value = float(value)
-        return value if math.isfinite(value) else {"$float": repr(value)}
-    if isinstance(value, (bytes, bytearray)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (np.ndarray, np.generic)):
-        arr = np.asarray(value)
-        try:
-            dt = normalize_dtype(arr.dtype)
-        except SchemaError:
-            if arr.dtype.kind == "O":
-                return (
-                    encode_json(arr.tolist(), where) if arr.ndim else encode_json(arr.item(), where)
-                )
-            raise
-        data = np.ascontiguousarray(arr, dt)
-        return {
-            "$ndarray": {
-                "dtype": np.lib.format.dtype_to_descr(dt),
-                "shape": list(arr.shape),
-                "scalar": isinstance(value, np.generic),
-                "b64": base64.b64encode(data.tobytes()).decode("ascii"),
-            }
-        }
-    if isinstance(value, (list, tuple)):
-        return [encode_json(v, where) for v in value]
-    if isinstance(value, Mapping):
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            raise SchemaError(f"{where}: dict keys must be str, got {bad[0]!r}")
-        out = {k: encode_json(v, where) for k, v in value.items()}
-        return {"$dict": out} if any(k.startswith("$") for k in value) else out
-    raise SchemaError(
-        f"{where}: {value!r} of type {type(value).__name__} cannot be stored in a manifest; "
-        "attributes may be str, numbers, bools, None, bytes, numpy arrays/scalars, lists and "
-        "dicts of those"
-    )
-
-
-def decode_json(value: Any) -> Any:
-    """Inverse of :func:`encode_json`."""
-    if isinstance(value, list):
-        return [decode_json(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) == 1:
-        ((tag, body),) = value.items()
-        if tag == "$float" and body in ("nan", "inf", "-inf"):
-            return float(body)
-        if tag == "$bytes" and isinstance(body, str):
-            return base64.b64decode(body)
-        if tag == "$dict" and isinstance(body, dict):
-            return {k: decode_json(v) for k, v in body.items()}
-        if tag == "$ndarray" and isinstance(body, dict):
-            dt = dtype_from_manifest(body.get("dtype"), "attribute")
-            shape = tuple(int(s) for s in body.get("shape", ()))
-            raw = base64.b64decode(body.get("b64", ""))
-            if len(raw) != dt.itemsize * math.prod(shape):
-                raise StoreCorruptedError(
-                    f"attribute array of shape {shape} {dt} has {len(raw)} bytes"
-                )
-            arr = np.frombuffer(raw, dt).reshape(shape).copy()
-            return arr[()] if body.get("scalar") else arr
-    return {k: decode_json(v) for k, v in value.items()}
-
-
 # =============================================================================== the store layer
 
 
@@ -695,7 +630,7 @@ class BigArrayDataStore(AbstractDataStore):
 
     def _build(self, store: Any) -> dict[str, xr.Variable]:
         m = store.manifest
-        clash = [n for n in _SEGMENT_VARS if n in m.variables]
+        clash = [n for n in SEGMENT_VARS if n in m.variables]
         want_table = m.segments is not None and self.segments is not False
         if want_table and clash:
             raise SchemaError(
@@ -730,20 +665,7 @@ class BigArrayDataStore(AbstractDataStore):
         row_nbytes: int,
         row_chunks: dict[int, tuple[int, ...]],
     ) -> xr.Variable:
-        enc = dict(var.encoding)
-        meta = enc.pop("bigarray", {}) if isinstance(enc.get("bigarray"), dict) else {}
-        # Stores written before the CF encoders were used kept the Dataset's encoding here;
-        # xarray's decoders set dtype and _FillValue themselves, so those are left out.
-        encoding = (
-            {
-                k: decode_json(v)
-                for k, v in enc.get("xarray", {}).items()
-                if v is not None and k not in ("dtype", "_FillValue")
-            }
-            if isinstance(enc.get("xarray"), dict)
-            else {}
-        )
-        attrs = {k: decode_json(v) for k, v in var.attrs.items()}
+        attrs, encoding, meta = decode_variable(var)
         reader = _reader_for(store, var, self.storage_options)
         encoding.update(source=store.path, bigarray_variable=var.name)
         if self.storage_options:
@@ -819,11 +741,8 @@ class BigArrayDataStore(AbstractDataStore):
 
     def coord_names(self) -> set[str]:
         """Variables that are coordinates (recorded at write time, plus the segment table)."""
-        out = {n for n in _SEGMENT_VARS if n in self._variables}
-        for name, var in self.manifest.variables.items():
-            meta = var.encoding.get("bigarray")
-            if isinstance(meta, dict) and meta.get("role") == _ROLE_COORD:
-                out.add(name)
+        out = {n for n in SEGMENT_VARS if n in self._variables}
+        out.update(n for n, var in self.manifest.variables.items() if is_coordinate(var))
         return out & set(self._variables)
 
     def close(self) -> None:
@@ -1052,50 +971,6 @@ def open_mfdataset(
     return out
 
 
-# =============================================================================== writing
-
-
-class _RowTarget:
-    """``dask.array.store`` target writing each block's rows through a StoreWriter.
-
-    Pickles with its writer: on a worker it becomes a non-owner that journals its rows,
-    and the owner's ``close`` commits them.
-    """
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        value = np.asarray(value)
-        start = key[0].start or 0
-        if len(value):
-            self.writer.write_rows([value], start_position=int(start))
-
-
-def _segment_table_of(ds: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray] | None:
-    present = [n for n in _SEGMENT_VARS if n in ds.variables]
-    if not present:
-        return None
-    if len(present) != 3:
-        missing = sorted(set(_SEGMENT_VARS) - set(present))
-        raise SchemaError(
-            f"the Dataset has {present} but not {missing}; a segment table needs all of "
-            f"{list(_SEGMENT_VARS)} along dim {SEGMENT_DIM!r}. Add them, pass segments=..., or "
-            "segments=False to store these variables as plain variables."
-        )
-    for n in _SEGMENT_VARS:
-        if ds[n].dims != (SEGMENT_DIM,):
-            raise SchemaError(
-                f"segment table variable {n!r} has dims {ds[n].dims}; expected ({SEGMENT_DIM!r},)"
-            )
-    names = np.asarray(ds[SEGMENT_DIM].values)
-    return (
-        names.tolist(),
-        np.asarray(ds[SEGMENT_START].values, np.int64),
-        np.asarray(ds[SEGMENT_STOP].values, np.int64),
-    )
-
-
 # =============================================================================== accessors
 
 
@@ -1281,13 +1156,3 @@ class BigArrayDataArrayAccessor:
             segments=segments,
             fsync=fsync,
         )
-
-
-# The writing side lives in xarray_store (it imports this module lazily, so either module may
-# be imported first); its public names are part of this entry-point module.
-from .xarray_store import (  # noqa: E402
-    BigArrayStore,
-    EncodingError,
-    InvalidNameError,
-    to_bigarray,
-)

@@ -326,6 +326,29 @@ def test_to_bigarray_from_dask_on_worker_processes(client: Any, tmp_path: Any) -
     )
 
 
+@pytest.mark.distributed
+def test_append_from_dask_on_worker_processes_is_one_commit(client: Any, tmp_path: Any) -> None:
+    """Worker processes write the appended rows and a new variable's blocks straight into
+    the data files; the calling process commits all of it once."""
+    from bigarray.core.store import read_manifest
+    from bigarray.core.verify import verify_store
+
+    path = tmp_path / "a.bigarray"
+    base = xr.Dataset({"x": (("row", "f"), np.ones((100, 3)))})
+    to_bigarray(base, path)
+    more = xr.Dataset({"x": (("row", "f"), np.arange(300.0).reshape(100, 3))}).chunk({"row": 17})
+    to_bigarray(more, path, mode="a", append_dim="row", segments={"m": (0, 100)})
+    to_bigarray(xr.Dataset({"y": ("row", np.arange(200.0))}).chunk({"row": 33}), path, mode="a")
+    assert read_manifest(str(path)).generation == 3
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_array_equal(back["x"].values, np.concatenate([base.x, more.x]))
+        np.testing.assert_array_equal(back["y"].values, np.arange(200.0))
+        assert back["segment"].values.tolist() == ["m"]
+        assert back["segment_start"].values.tolist() == [100]
+    report = verify_store(str(path))
+    assert report.ok and not report.notes, str(report)
+
+
 # ------------------------------------------------------------------------------ round trips
 _DTYPES = ["f4", "f8", "i1", "i8", "u2", "b1", "c8", "M8[ns]", "m8[ns]", "M8[s]", "U3", "S4"]
 

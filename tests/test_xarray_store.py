@@ -65,6 +65,35 @@ def test_packing_encoding_is_applied_on_disk_and_decoded_on_open(tmp_path: Any) 
         assert raw_ds["x"].attrs["scale_factor"] == scale
 
 
+def test_a_large_variable_encoded_block_by_block_is_stored_as_encoded_whole(
+    tmp_path: Any,
+) -> None:
+    """A large numeric variable is CF-encoded in blocks of rows as it is written: the bytes
+    stored are those of encoding it whole (packing, NaN to _FillValue), and so are the
+    rows appended to it."""
+    from xarray import conventions
+
+    from bigarray.xarray_store import _CODERS
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(300_001, 16)).astype("f4")  # 19 MB: blocks of 4 MiB
+    data[::7777, 3] = np.nan
+    enc = {"dtype": "int16", "scale_factor": np.float32(0.001), "_FillValue": np.int16(-32768)}
+    ds = xr.Dataset({"x": (("row", "f"), data)})
+    path = tmp_path / "big.bigarray"
+    to_bigarray(ds, path, encoding={"x": enc})
+    to_bigarray(ds, path, mode="a", append_dim="row")
+    whole = xr.Variable(("row", "f"), data, encoding=enc)
+    want = conventions.encode_cf_variable(whole, name="x", coders=_CODERS)
+    with xr.open_dataset(path, engine=ENGINE, decode_cf=False) as raw:
+        assert raw["x"].dtype == np.int16
+        np.testing.assert_array_equal(raw["x"].values, np.concatenate([want.values] * 2))
+        assert raw["x"].attrs == {k: v for k, v in want.attrs.items()}
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_allclose(back["x"].values[:300_001], data, atol=0.001, equal_nan=True)
+    assert verify_store(path).ok
+
+
 def test_encoding_on_open_has_no_none_fill_value(tmp_path: Any) -> None:
     ds = xr.Dataset({"x": ("row", np.arange(3.0))})
     ds["x"].encoding["_FillValue"] = None
@@ -248,7 +277,9 @@ _CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("step", ["after-manifest@2", "before-manifest@4", "after-data"])
+@pytest.mark.parametrize(
+    "step", ["dataset-after-variable@2", "after-header", "before-manifest", "after-manifest"]
+)
 def test_killed_dataset_write_leaves_no_partial_store(tmp_path: Any, step: str) -> None:
     """A new store appears whole (one rename) or not at all; ``mode="w"`` over a store
     killed before its rename leaves the old store as it was."""
@@ -262,6 +293,193 @@ def test_killed_dataset_write_leaves_no_partial_store(tmp_path: Any, step: str) 
     assert proc.returncode == -signal.SIGKILL
     with xr.open_dataset(path, engine=ENGINE) as back:
         xr.testing.assert_identical(back.load(), _ds())
+
+
+_APPEND_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, xarray as xr
+    from bigarray.xarray_backend import to_bigarray
+    more = xr.Dataset(
+        {n: ("row", np.arange(500.0) + 10 * i) for i, n in enumerate("abcd")},
+        coords={"segment": ["p", "q"], "segment_start": ("segment", [0, 200]),
+                "segment_stop": ("segment", [200, 500])},
+        attrs={"appended": 1},
+    )
+    to_bigarray(more, sys.argv[1], mode="a", append_dim="row")
+    """
+)
+
+
+def _append_base() -> xr.Dataset:
+    return xr.Dataset(
+        {n: ("row", -np.arange(300.0) - i) for i, n in enumerate("abcd")},
+        coords={
+            "segment": ["s", "t"],
+            "segment_start": ("segment", [0, 100]),
+            "segment_stop": ("segment", [100, 300]),
+        },
+        attrs={"title": "base"},
+    )
+
+
+def _appended() -> xr.Dataset:
+    return xr.Dataset(
+        {
+            n: ("row", np.concatenate([-np.arange(300.0) - i, np.arange(500.0) + 10 * i]))
+            for i, n in enumerate("abcd")
+        },
+        coords={
+            "segment": ["s", "t", "p", "q"],
+            "segment_start": ("segment", [0, 100, 300, 500]),
+            "segment_stop": ("segment", [100, 300, 500, 800]),
+        },
+        attrs={"title": "base", "appended": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "dataset-after-variable@1",
+        "dataset-after-variable@3",
+        "after-data-fsync",
+        "after-header",
+        "after-index",
+        "before-manifest",
+        "after-manifest",
+    ],
+)
+def test_killed_dataset_append_is_the_previous_commit_or_the_whole_new_one(
+    tmp_path: Any, step: str
+) -> None:
+    """mode='a' of four variables, new segments and attributes is one commit: a kill
+    between two variables' rows, or between two steps of the commit, leaves the store as
+    it was; a kill after the manifest rename leaves all of it. Never a mix."""
+    path = str(tmp_path / "ka.bigarray")
+    to_bigarray(_append_base(), path)
+    env = {**os.environ, "BIGARRAY_CRASH_AT": step}
+    proc = subprocess.run([sys.executable, "-c", _APPEND_CHILD, path], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    want = _appended() if step == "after-manifest" else _append_base()
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        xr.testing.assert_identical(back.load(), want)
+    report = verify_store(path)
+    assert report.ok, str(report)
+    if step != "after-manifest":  # the append runs again over what the kill left
+        proc = subprocess.run([sys.executable, "-c", _APPEND_CHILD, path])
+        assert proc.returncode == 0
+        with xr.open_dataset(path, engine=ENGINE) as back:
+            xr.testing.assert_identical(back.load(), _appended())
+        assert verify_store(path).ok
+
+
+def test_a_dataset_write_is_one_commit_with_checksums_of_every_variable(tmp_path: Any) -> None:
+    """mode='w-' and mode='a' (rows, new variables, segments, attributes) each publish one
+    manifest generation, and every variable and the index carry checksums."""
+    import dask.array as dsa
+
+    from bigarray.core.store import read_manifest
+
+    path = str(tmp_path / "one.bigarray")
+    ds = _ds().assign(d=(("row", "f"), dsa.from_array(np.ones((6, 2)), chunks=(2, 2))))
+    to_bigarray(ds.assign(s=((), 2.5)), path)
+    assert read_manifest(path).generation == 1
+    more = _ds(4, 100, ("c", "d")).assign(d=(("row", "f"), dsa.zeros((4, 2), chunks=(3, 2))))
+    to_bigarray(more, path, mode="a", append_dim="row")
+    to_bigarray(xr.Dataset({"y": ("row", np.ones(10))}, attrs={"v": 2}), path, mode="a")
+    m = read_manifest(path)
+    assert m.generation == 3
+    assert all(v.checksums is not None for v in m.variables.values()), m.variables
+    report = verify_store(path)
+    assert report.ok and not report.notes, str(report)
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.attrs == {"title": "t", "v": 2}
+        assert back["segment"].values.tolist() == ["a", "b", "c", "d"]
+        np.testing.assert_array_equal(back["d"].values[6:], np.zeros((4, 2)))
+    # the sums are real: one flipped byte of appended rows fails verification
+    data = os.path.join(path, m.variables["label"].shards[0].path)
+    with open(data, "r+b") as f:
+        f.seek(os.path.getsize(data) - 8)
+        f.write(b"\xff")
+    assert not verify_store(path).ok
+
+
+def test_an_append_whose_task_fails_changes_nothing_and_leaves_no_file(tmp_path: Any) -> None:
+    import dask.array as dsa
+
+    def boom(b: np.ndarray, block_info: Any = None) -> np.ndarray:
+        if block_info[0]["chunk-location"][0] == 1:
+            raise RuntimeError("task failed")
+        return b
+
+    path = str(tmp_path / "f.bigarray")
+    to_bigarray(_ds(), path)
+    before, files = _manifest(path), sorted(os.listdir(path))
+    bad = dsa.full(6, 2.0, chunks=2).map_blocks(boom, dtype="f8")
+    more = _ds(4, 100, ("c", "d"))
+    with pytest.raises(RuntimeError, match="task failed"):  # appended rows
+        grown = more.assign(label=("row", bad[:4].astype("i8")))
+        to_bigarray(grown, path, mode="a", append_dim="row")
+    with pytest.raises(RuntimeError, match="task failed"):  # a new variable only
+        to_bigarray(xr.Dataset({"y": ("row", bad)}), path, mode="a")
+    assert _manifest(path) == before
+    assert sorted(os.listdir(path)) == files
+    to_bigarray(more, path, mode="a", append_dim="row")  # the store goes on from its commit
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.sizes["row"] == 10
+        np.testing.assert_array_equal(back["label"].values[6:], np.arange(4) + 100)
+    assert verify_store(path).ok
+
+
+_RACE_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, xarray as xr
+    from bigarray.xarray_backend import to_bigarray
+    k = int(sys.argv[2])
+    for i in range(5):
+        ds = xr.Dataset(
+            {"x": ("row", np.full(100, k * 100 + i, float))},
+            coords={"segment": [f"s{k}-{i}"], "segment_start": ("segment", [0]),
+                    "segment_stop": ("segment", [100])},
+        )
+        to_bigarray(ds, sys.argv[1], mode="a", append_dim="row", fsync=False)
+    """
+)
+
+
+def test_appends_of_concurrent_processes_each_commit_whole(tmp_path: Any) -> None:
+    """Appends from three processes at once take turns on the store lock: every append's
+    rows land after the rows committed before it, under its own segment."""
+    path = str(tmp_path / "race.bigarray")
+    to_bigarray(xr.Dataset({"x": ("row", np.zeros(10))}), path)
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE_CHILD, path, str(k)]) for k in range(3)]
+    assert [p.wait() for p in procs] == [0, 0, 0]
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back.sizes["row"] == 10 + 3 * 5 * 100
+        for name, a, b in zip(
+            back.segment.values, back.segment_start.values, back.segment_stop.values
+        ):
+            k, i = map(int, str(name)[1:].split("-"))
+            assert (back["x"].values[a:b] == k * 100 + i).all(), name
+        assert back.sizes["segment"] == 15
+    assert verify_store(path).ok
+
+
+def test_append_refuses_a_store_an_open_writer_is_writing(tmp_path: Any) -> None:
+    from bigarray import StoreWriter
+    from bigarray.errors import CommitConflictError
+
+    path = str(tmp_path / "busy.bigarray")
+    to_bigarray(_ds(), path)
+    before = _manifest(path)
+    with (
+        StoreWriter(path, variable="label", named=False),
+        pytest.raises(CommitConflictError, match="live writer session"),
+    ):
+        to_bigarray(_ds(4, 100, ("c", "d")), path, mode="a", append_dim="row")
+    assert _manifest(path) == before
 
 
 def test_dataset_write_publishes_every_variable_in_one_manifest(tmp_path: Any) -> None:
