@@ -64,11 +64,9 @@ own start, and concatenation runs along one dim), so leave them out, or use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import mmap
 import os
-import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -79,13 +77,19 @@ from xarray.backends.common import AbstractDataStore
 from xarray.backends.store import StoreBackendEntrypoint
 from xarray.core import indexing
 
+from .core.cache import OPEN_STORES
+from .core.chunks import segment_chunks
+from .core.filesystem import is_local
 from .core.format import DEFAULT_ROW_DIM, Manifest, Variable
+from .core.store import open_cached
 from .errors import (
     BigArrayError,
     SchemaError,
     SegmentNotFoundError,
+    StoreChangedError,
     StoreCorruptedError,
 )
+from .lazy import chunk_bytes
 from .xarray_schema import (
     SEGMENT_DIM,
     SEGMENT_START,
@@ -160,8 +164,6 @@ class _LocalRows:
 
     def _check_replaced(self) -> None:
         if _dir_id(self.where) != self.store_id:
-            from .errors import StoreChangedError
-
             raise StoreChangedError(
                 f"{self.where!r}: the store was replaced after it was opened (a rewrite with "
                 "remove_exist=True, mode='w' or `bigarray cp --overwrite`); reopen it"
@@ -232,9 +234,6 @@ class _RemoteRows:
 
     __slots__ = ("commit", "storage_options", "url", "variable")
 
-    _cache: dict[tuple[Any, ...], Any] = {}
-    _lock = threading.Lock()
-
     def __init__(
         self,
         url: str,
@@ -254,34 +253,21 @@ class _RemoteRows:
         self.url, self.variable, self.storage_options, self.commit = state
 
     def _store(self) -> Any:
-        # One RemoteStore per process, URL and commit: it caches the fsspec filesystem and
-        # the shard size checks; it holds no descriptor. A store committed again is a new
-        # key (never served from the old one), and one that no longer holds the commit the
-        # Dataset was opened on is refused.
-        key = (self.url, repr(sorted(self.storage_options.items())), self.commit)
-        with self._lock:
-            store = self._cache.get(key)
-        if store is None:
-            store = _open_store(self.url, self.storage_options)
-            if self.commit is not None and store.fingerprint() != self.commit:
-                from .errors import StoreChangedError
-
-                raise StoreChangedError(
-                    f"the store {self.url!r} changed after this Dataset was opened (it was "
-                    "committed again); the rows it refers to are gone. Open it again."
-                )
-            with self._lock:
-                store = self._cache.setdefault(key, store)
+        # One RemoteStore per process, URL and commit, in the core's cache of open stores:
+        # it caches the fsspec filesystem and the shard size checks; it holds no
+        # descriptor. A store committed again is a new key (never served from the old
+        # one), and one that no longer holds the commit the Dataset was opened on is
+        # refused.
+        store = open_cached(self.url, self.storage_options or None, commit=self.commit)
+        if self.commit is not None and store.fingerprint() != self.commit:
+            raise StoreChangedError(
+                f"the store {self.url!r} changed after this Dataset was opened (it was "
+                "committed again); the rows it refers to are gone. Open it again."
+            )
         return store
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._store().read_rows(self.variable, start, stop))
-
-    @classmethod
-    def release(cls, url: str) -> None:
-        with cls._lock:
-            for key in [k for k in cls._cache if k[0] == url]:
-                cls._cache.pop(key).close()
 
 
 def _open_store(path: str, storage_options: Mapping[str, Any] | None) -> Any:
@@ -289,12 +275,6 @@ def _open_store(path: str, storage_options: Mapping[str, Any] | None) -> Any:
     from .core.store import open_store
 
     return open_store(path, dict(storage_options) if storage_options else None)
-
-
-def _is_local(path: str) -> bool:
-    from .core.filesystem import is_local
-
-    return is_local(path)
 
 
 def _dir_id(path: str) -> tuple[int, int]:
@@ -306,7 +286,7 @@ def _dir_id(path: str) -> tuple[int, int]:
 
 
 def _reader_for(store: Any, var: Variable, storage_options: Mapping[str, Any] | None) -> Any:
-    if getattr(store, "is_remote", False):
+    if store.is_remote:
         return _RemoteRows(store.url, var.name, storage_options, store.fingerprint())
     from .core.fileutil import resolve_inside
 
@@ -432,10 +412,8 @@ class _SegmentTableArray(BackendArray):
 
 
 class _StoreCache:
-    """Stores opened by accessors and lazy segment tables, per process; released by close."""
-
-    _stores: dict[tuple[str, str], Any] = {}
-    _lock = threading.Lock()
+    """A store opened by accessors and lazy segment tables, from the core's per-process
+    cache of open stores (:data:`bigarray.core.cache.OPEN_STORES`); released by close."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -453,32 +431,17 @@ class _StoreCache:
         """The cached store at ``path``; with ``index_files``, one whose segment index is
         still that one (a store opened before a later commit is reopened; if the index
         changed since the Dataset was opened, its lazy segment table cannot be read)."""
-        key = (path, repr(sorted((storage_options or {}).items())))
-        with cls._lock:
-            store = cls._stores.get(key)
-            if (
-                store is not None
-                and index_files is not None
-                and store.manifest.segments != index_files
-            ):
-                cls._stores.pop(key).close()
-                store = None
-            if store is None:
-                store = _open_store(path, storage_options)
-                cls._stores[key] = store
+        options = dict(storage_options) if storage_options else None
+        store = open_cached(path, options)
+        if index_files is not None and store.manifest.segments != index_files:
+            OPEN_STORES.release(path)
+            store = open_cached(path, options)
         if index_files is not None and store.manifest.segments != index_files:
             raise BigArrayError(
                 f"the segment index of {path!r} changed after this Dataset was opened (a later "
                 "commit); its lazy segment table is gone. Reopen the Dataset."
             )
         return cls(store)
-
-    @classmethod
-    def release(cls, path: str) -> None:
-        with cls._lock:
-            for key in [k for k in cls._stores if k[0] == path]:
-                with contextlib.suppress(Exception):
-                    cls._stores.pop(key).close()
 
 
 # =============================================================================== segments
@@ -517,64 +480,6 @@ def decode_names(arrays: Any, start: int, stop: int, dtype: np.dtype | None = No
     # S -> U conversion is ~20x slower); trailing NULs pad, as numpy strips them anyway
     out = grid.astype("<u4").view(f"<U{width}").reshape(n)
     return out if dtype is None or out.dtype == dtype else out.astype(dtype)
-
-
-def segment_chunks(
-    bounds: np.ndarray, rows: int, row_nbytes: int, target_bytes: int
-) -> tuple[int, ...]:
-    """Row chunks of about ``target_bytes`` whose boundaries fall on segment boundaries.
-
-    Parameters
-    ----------
-    bounds
-        ``(n, 2)`` int64 ``[start, stop)`` rows of the segments (any order).
-    rows
-        Rows of the variable.
-    row_nbytes
-        Bytes per row.
-    target_bytes
-        Wanted chunk size; a chunk is never larger, except that a segment larger than
-        the target is split into pieces of the target size.
-
-    Returns
-    -------
-    tuple of int
-        Chunk lengths in rows, summing to ``rows``.
-    """
-    if rows <= 0:
-        return (0,)
-    target = max(1, int(target_bytes // max(row_nbytes, 1)))
-    b = np.asarray(bounds, np.int64).reshape(-1, 2)
-    starts, stops = b[:, 0], b[:, 1]
-    if len(starts) > 1 and not bool(np.all(starts[1:] >= starts[:-1])):
-        order = np.argsort(starts, kind="stable")
-        starts, stops = starts[order], stops[order]
-    # the largest edge <= a row is the larger of the largest start and the largest stop
-    # before it; a running maximum keeps the stops sorted (empty segments may sit inside
-    # others) without sorting a million edges
-    stops = np.maximum.accumulate(stops) if len(stops) else stops
-    out: list[int] = []
-    pos = 0
-    while pos < rows:
-        limit = min(pos + target, rows)
-        cut = limit if limit == rows else pos
-        if cut != rows:
-            i = int(np.searchsorted(starts, limit, "right")) - 1
-            j = int(np.searchsorted(stops, limit, "right")) - 1
-            cut = max(pos, int(starts[i]) if i >= 0 else 0, int(stops[j]) if j >= 0 else 0)
-        if cut <= pos:  # one segment longer than the target: split it
-            cut = limit
-        out.append(cut - pos)
-        pos = cut
-    return tuple(out)
-
-
-def _target_bytes() -> int:
-    import dask
-    from dask.utils import parse_bytes
-
-    value = dask.config.get("array.chunk-size", "128MiB")
-    return int(parse_bytes(value) if isinstance(value, str) else value)
 
 
 # =============================================================================== the store layer
@@ -644,7 +549,7 @@ class BigArrayDataStore(AbstractDataStore):
         if want_table or row_vars:
             idx = store.index if m.segments is not None else None
             bounds = idx.arrays.bounds if idx is not None else np.zeros((0, 2), np.int64)
-        target = _target_bytes()
+        target = chunk_bytes("auto", 0)
         row_nbytes = max([v.row_nbytes for v in row_vars] or [1])
         row_chunks: dict[int, tuple[int, ...]] = {}
         for name, var in m.variables.items():
@@ -747,8 +652,7 @@ class BigArrayDataStore(AbstractDataStore):
 
     def close(self) -> None:
         """Release every store opened for lazy segment tables or accessors of this path."""
-        _StoreCache.release(self.path)
-        _RemoteRows.release(self.path)
+        OPEN_STORES.release(self.path)
 
 
 # =============================================================================== entry point
@@ -790,7 +694,7 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
             if not isinstance(filename_or_obj, str):
                 return False
             text = filename_or_obj.rstrip("/")
-            if not _is_local(text):
+            if not is_local(text):
                 return text.endswith(".bigarray") or text.endswith(".bigarray/manifest.json")
             from .core.filesystem import local_path
             from .core.store import is_store
@@ -842,7 +746,7 @@ class BigArrayBackendEntrypoint(BackendEntrypoint):
                 f" {filename_or_obj!r}; pass the store directory or its URL"
             )
         path = filename_or_obj
-        if _is_local(path) and os.path.basename(path.rstrip("/")) == "manifest.json":
+        if is_local(path) and os.path.basename(path.rstrip("/")) == "manifest.json":
             path = os.path.dirname(path.rstrip("/"))
         if isinstance(drop_variables, str):
             drop_variables = [drop_variables]

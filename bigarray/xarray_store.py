@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import uuid
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Literal
@@ -56,6 +55,7 @@ from xarray.coding import variables as cf_variables
 
 from .core.commit import DataUpdate, commit_local, plan_index, store_lock
 from .core.crash import crash_point
+from .core.destination import prepare_destination
 from .core.fileutil import fsync_dir, pwrite_all, resolve_inside
 from .core.format import (
     DEFAULT_ROW_DIM,
@@ -254,21 +254,10 @@ class BigArrayStore(AbstractWritableDataStore):
                 f"{self.path!r} already exists; pass mode='w' to replace it, mode='a' to "
                 "append to it, or choose another path"
             )
-        if (
-            mode == "w"
-            and exists
-            and os.path.isdir(self.path)
-            and not is_store(self.path)
-            and os.listdir(self.path)
-        ):
-            raise StoreExistsError(
-                f"{self.path!r} is a non-empty directory that is not a bigarray store; "
-                "refusing to replace it. Remove it yourself or choose another path."
-            )
-        if mode == "w" and is_store(self.path):
-            from .core.commit import refuse_live_writers
-
-            refuse_live_writers(self.path)  # early; the switch checks again under the lock
+        if mode == "w":
+            # the one rule (core/destination.py): a store is replaced beside, anything
+            # else is refused and kept; checked now, staged when written
+            prepare_destination(self.path, True, option="mode='w'", check_only=True)
         if mode == "a" and exists and not is_store(self.path):
             raise SchemaError(
                 f"mode='a': {self.path!r} exists but is not a bigarray store; choose a store "
@@ -476,8 +465,6 @@ class BigArrayStore(AbstractWritableDataStore):
 
     # -------------------------------------------------------------- a new store
     def _create(self, prepared: list[EncodedVariable], ds_attrs: dict[str, Any]) -> None:
-        from .core.commit import staging_path, switch_into_place
-
         row_dim = self.row_dim or default_row_dim(prepared)
         row_vars = [p for p in prepared if not p.scalar and p.dims[0] == row_dim]
         index = None
@@ -490,9 +477,10 @@ class BigArrayStore(AbstractWritableDataStore):
                     f"the Dataset has a segment table but no variable along its row dim "
                     f"{row_dim!r}; segments name rows of a row variable"
                 )
-        parent = os.path.dirname(self.path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = staging_path(self.path)
+        # Written beside the path and switched in by one rename (or one atomic exchange
+        # with the store it replaces): readers see the old store, whole, until then.
+        dest = prepare_destination(self.path, self.mode == "w", option="mode='w'")
+        tmp = dest.staging
         try:
             os.makedirs(os.path.join(tmp, INDEX_DIR))
             base = Manifest(0, {}, None, row_dim, {})
@@ -500,22 +488,9 @@ class BigArrayStore(AbstractWritableDataStore):
                 _write_dataset(tmp, base, prepared, [], index, ds_attrs, self.fsync)
             if self.fsync:
                 fsync_dir(tmp)
-            if os.path.lexists(self.path):
-                if self.mode != "w":  # created by someone else meanwhile
-                    raise StoreExistsError(
-                        f"{self.path!r} appeared while this Dataset was written; pass mode='w' "
-                        "to replace it"
-                    )
-                # Replace, never delete first: the old store stays whole at ``path`` until
-                # the new one takes its place (one atomic exchange on Linux).
-                switch_into_place(tmp, self.path)
-            else:
-                os.rename(tmp, self.path)  # the commit: the whole store appears at once
-                if self.fsync:
-                    fsync_dir(parent)
+            dest.commit()
         except BaseException:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
+            dest.abandon()
             raise
 
     # -------------------------------------------------------------- appending

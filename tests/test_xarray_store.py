@@ -16,7 +16,7 @@ import xarray as xr
 from bigarray import PointerArray
 from bigarray.core.format import MANIFEST_NAME
 from bigarray.core.verify import verify_store
-from bigarray.errors import BigArrayError, SchemaError, StoreExistsError
+from bigarray.errors import BigArrayError, NotAStoreError, SchemaError, StoreExistsError
 from bigarray.xarray_backend import BigArrayStore, InvalidNameError, to_bigarray
 
 ENGINE = "bigarray"
@@ -210,9 +210,14 @@ def test_mode_w_dash_refuses_and_mode_w_replaces(tmp_path: Any) -> None:
 def test_mode_w_refuses_a_directory_that_is_not_a_store(tmp_path: Any) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
-    with pytest.raises(StoreExistsError, match="not a bigarray store"):
+    with pytest.raises(NotAStoreError, match="not a bigarray store"):
         to_bigarray(_ds(), tmp_path / "mine", mode="w")
     assert (tmp_path / "mine" / "keep.txt").exists()
+    # the one rule of every writer and tool: a user's file is never replaced either
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(NotAStoreError, match="refusing to replace it"):
+        to_bigarray(_ds(), tmp_path / "notes.txt", mode="w")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_mode_w_keeps_the_old_store_when_the_new_one_fails(tmp_path: Any) -> None:
