@@ -9,7 +9,7 @@ How to add a case
 2. Call :func:`benchmarks.harness.register` with a :class:`~benchmarks.harness.Case`: its name,
    title, workload, unit, a factory listing the systems, and the goals (subject system, baseline
    system, kind, target).
-3. Run ``python -m benchmarks --size smoke --cases NAME``; ``tests/test_benchmarks.py`` picks the
+3. Run ``python -m benchmarks --size smoke --cases NAME``; ``tests/tools/test_benchmarks.py`` picks the
    case up automatically (every default case must show a number or "not implemented").
 
 Stores are shared between cases by key (``"npy"``, ``"h5-contiguous"``, ``"bigarray"`` ...): the

@@ -12,10 +12,10 @@
 workers, independent programs on one store, random SIGKILLs; every ``write()`` that returned
 before a commit that returned must read back with its bytes.
 
-The crash and fuzz engines are the ones the tests use (``tests/test_crash.py``,
-``tests/test_fuzz.py``); this module only runs them longer and prints the totals. The
+The crash and fuzz engines are the ones the tests use (``tests/core/test_crash.py``,
+``tests/core/test_fuzz.py``); this module only runs them longer and prints the totals. The
 crash harness kills writers inside commits that merge index runs and inside
-``bigarray compact`` too (its steps are in ``tests/test_crash.py``: ``COMPACT_STEPS``).
+``bigarray compact`` too (its steps are in ``tests/core/test_crash.py``: ``COMPACT_STEPS``).
 :func:`run` follows the benchmark convention (``run(size) -> list[dict]``) for the
 checksum cost: one write of the whole array and its commit, with checksums on and off,
 median of repetitions, as a ratio in the same run.
@@ -39,7 +39,8 @@ _SIZES = {"small": 64 << 20, "medium": 256 << 20, "1GB": 1 << 30, "large": 1 << 
 
 
 def _tests() -> tuple[Any, Any]:
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests"))  # the helpers test_crash/test_fuzz import
+    sys.path.insert(0, str(ROOT / "tests" / "core"))
     import test_crash
     import test_fuzz
 

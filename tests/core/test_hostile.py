@@ -307,7 +307,7 @@ class _Exploit:
 
 
 def test_legacy_file_with_a_malicious_pickle_runs_nothing(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from legacy_files import append_index, write_legacy_mmap
 
     from bigarray.core.legacy import read_legacy
@@ -372,7 +372,7 @@ def _damaged_2020_files(tmp_path: Path) -> dict[str, tuple[Path, type[BaseExcept
     """Hostile and damaged 2020 files, each with the error every reader must raise."""
     import marshal
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from legacy_files import (
         append_index,
         write_legacy_mmap,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from run_cli import run_cli as _run
 
 from bigarray import MmapArray, PointerArray, PointerArrayWriter
 from bigarray.cli import main
-
-SCRIPT = shutil.which("bigarray") or str(Path(sys.executable).parent / "bigarray")
-
-
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 @pytest.fixture()
@@ -72,7 +66,7 @@ def test_verify(store: Path) -> None:
 
 
 def test_there_is_no_bench_command_it_points_to_python_m_benchmarks() -> None:
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     result = _run("bench", "--list", cwd=repo)
     assert result.returncode == 2
     assert "python -m benchmarks" in result.stderr and not result.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEED_OUTPUT = """\
 [0 1 2 3 4 5 6 7 8 9]
 [660 661 662 663 664 665 666 667 668 669]

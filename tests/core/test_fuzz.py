@@ -9,7 +9,7 @@ a user would (``PointerArray`` with and without ``verify=True``, ``x[name]`` for
   another exception, never a crash (SIGBUS, SIGSEGV);
 - with ``verify=True`` a read that succeeds returns exactly the committed data.
 
-The attack loop runs in a subprocess (``python tests/test_fuzz.py``) with faulthandler on;
+The attack loop runs in a subprocess (``python tests/core/test_fuzz.py``) with faulthandler on;
 the test checks its exit status, so a crash of the interpreter is a failure with a
 traceback, not a dead test run. ``python -m benchmarks.soak --fuzz 20000`` runs it longer.
 """
@@ -362,7 +362,7 @@ def run_attack(
         text=True,
         timeout=timeout,
         env=env,
-        cwd=str(Path(__file__).resolve().parents[1]),
+        cwd=str(Path(__file__).resolve().parents[2]),
     )
     if proc.returncode != 0:
         raise AssertionError(
@@ -431,4 +431,6 @@ def test_flipped_data_byte_is_found_by_verify(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
+    # run as a script: the tests' shared helpers (legacy_files) live one directory up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

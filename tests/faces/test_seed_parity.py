@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from legacy_files import write_legacy_mmap
-from test_cli import _run
+from run_cli import run_cli as _run
 
 import bigarray
 from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter

@@ -447,7 +447,7 @@ def test_sessions_soak_keeps_every_write_before_a_returned_commit(tmp_path: Path
     returned before a commit that returned reads back with its bytes."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from benchmarks.soak_sessions import run_sessions
 
     stats = run_sessions(tmp_path, 2, seed=3, verbose=False)
