@@ -8,7 +8,8 @@ With the variable unset a crash point costs one dictionary lookup.
 Steps: ``after-allocate``, ``mid-data``, ``after-data``, ``after-journal`` (writes);
 ``commit-locked``, ``after-data-fsync``, ``after-header``, ``mid-index``, ``after-index``,
 ``before-manifest``, ``after-manifest``, ``after-discard`` (the local commit);
-``compact-after-index``, ``compact-before-manifest``, ``compact-after-manifest``.
+``compact-after-index``, ``compact-before-manifest``, ``compact-after-manifest``;
+``dataset-after-variable`` (the xarray Dataset writer, between two variables' data).
 
 The object-store paths use ``BIGARRAY_REMOTE_CRASH_AT=<step>`` (exit code 77, as a killed
 client would leave the store) or ``<step>:sleep=<seconds>`` (a pause, to kill a server or
