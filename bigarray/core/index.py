@@ -827,6 +827,7 @@ class IndexCommit:
     keep: list[IndexFiles]  # runs that stay as they are (oldest first)
     merged: list[IndexRun]  # the newest runs, rewritten together with the new segments
     new: SegmentArrays  # the new segments, in row order, committed duplicates dropped
+    repeated: SegmentArrays | None = None  # new segments equal to committed ones (dropped)
 
     @property
     def max_stop(self) -> int:
@@ -877,6 +878,7 @@ def plan_commit(
     Python objects: names are probed through the runs' hash tables, rows by binary search.
     """
     new = merge(SegmentArrays.empty(), new, rows_hint)
+    repeated = None
     runs: list[IndexRun] = []
     if index is not None and spec is not None and len(index):
         runs = index.runs
@@ -892,6 +894,8 @@ def plan_commit(
                     f"[{found[i, 0]}, {found[i, 1]}) and [{new.bounds[i, 0]}, {new.bounds[i, 1]})"
                     f"{rows_hint}. Give every segment a unique name."
                 )
+            if same.any():
+                repeated = new.take(np.flatnonzero(same))
             new = new.take(np.flatnonzero(~same))
         over = index.first_overlap(new.bounds)
         if over is not None:
@@ -909,7 +913,7 @@ def plan_commit(
     while k < len(runs) and len(runs[-1 - k]) <= factor * acc:
         acc += len(runs[-1 - k])
         k += 1
-    return IndexCommit(spec, specs[: len(specs) - k], runs[len(runs) - k :], new)
+    return IndexCommit(spec, specs[: len(specs) - k], runs[len(runs) - k :], new, repeated)
 
 
 def drop_unused_runs(store_dir: str, *specs: IndexFiles | None) -> None:

@@ -442,11 +442,9 @@ def collect_dead_sessions(store_dir: str, keep: str) -> int:
     return live
 
 
-def record_key(names: list[str]) -> str:
-    """A file name for the record of a write of ``names``: the same names give the same key,
-    so a task rerun (same names, same bytes) finds the record of its first attempt."""
-    h = hashlib.blake2b(digest_size=12)
-    for n in names:
-        h.update(n.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
+def record_key(hashes: np.ndarray) -> str:
+    """A file name for the record of a write of segments whose names hash to ``hashes``
+    (:attr:`SegmentArrays.hashes`): the same names, in any order, give the same key, so a
+    task rerun (same names, same bytes) finds the record of its first attempt."""
+    h = hashlib.blake2b(np.sort(np.asarray(hashes, "<u4")).tobytes(), digest_size=12)
     return f"k{h.hexdigest()}"

@@ -4,11 +4,11 @@ A dask scheduler reruns a task whose worker died, even after the task wrote its 
 journaled its segments (the result was lost with the worker, not the write). Two guards
 make the session commit such a write once:
 
-- at ``write()`` (:meth:`bigarray.core.writer.StoreWriter._rerun_of`): a write of the same
-  names, lengths and bytes as an earlier write of the same session, journaled (its record
-  is filed under a key derived from its names) or committed by one of the session's
-  commits (each records the name hashes it added), is not written again: no rows are
-  allocated, so nothing is counted twice in the shape;
+- at ``write()`` (``StoreWriter._journaled_rerun``/``_committed_rerun``): a write of the
+  same names (in any order), lengths and bytes as an earlier write of the same session,
+  journaled (its record is filed under a key derived from its names) or committed by one
+  of the session's commits (each records the name hashes it added), is not written again:
+  no rows are allocated, so nothing is counted twice in the shape;
 - at the commit (:func:`drop_identical_reruns`, here): repeats among the records of one
   commit that the first guard could not see (two attempts racing) keep the first copy.
 

@@ -786,7 +786,7 @@ class StoreWriter:
         if names:
             assert seg is not None
             # a write done before by this session (a task rerun): not written again
-            rerun = None if self.is_owner else self._journaled_rerun(names, prepared, lengths)
+            rerun = None if self.is_owner else self._journaled_rerun(names, seg, prepared, lengths)
             if rerun is not None:
                 return rerun
             # Refused here, before any byte is written, rather than at the commit
@@ -867,7 +867,7 @@ class StoreWriter:
                     if names:
                         self._remember(names, start, stop)
             else:
-                key = record_key(names) if names else None
+                key = record_key(seg.hashes) if seg is not None else None
                 self._journal.append(record, starts, ends, key=key)
                 crash_point("after-journal")
                 assert mark is not None
@@ -895,22 +895,25 @@ class StoreWriter:
             bisect.insort(self._extents, (start, stop))
 
     def _journaled_rerun(
-        self, names: list[str], arrays: list[np.ndarray], lengths: np.ndarray
+        self,
+        names: list[str],
+        seg: SegmentArrays,
+        arrays: list[np.ndarray],
+        lengths: np.ndarray,
     ) -> tuple[int, int] | None:
         """The rows of an earlier write of this session, journaled and not committed yet,
-        with the same names, lengths and bytes (a dask task rerun after its worker died, a
-        pool task retried), or None. Its record is filed under
+        with the same names (in any order), lengths and bytes (a dask task rerun after its
+        worker died, a pool task retried), or None. Its record is filed under
         :func:`~bigarray.core.journal.record_key` of its names."""
-        found = self._journal.find(record_key(names))
+        found = self._journal.find(record_key(seg.hashes))
         if found is None:
             return None
         rec, bounds = found
         assert rec.segments is not None
-        if rec.segments.count != len(names) or any(
-            rec.segments.name(i) != n for i, n in enumerate(names)
-        ):
+        where = {rec.segments.name(i): i for i in range(rec.segments.count)}
+        if len(where) != len(names) or not all(n in where for n in names):
             return None
-        return self._same_rows(bounds, arrays, lengths)
+        return self._same_rows(bounds[[where[n] for n in names]], arrays, lengths)
 
     def _committed_rerun(
         self,
@@ -1141,6 +1144,7 @@ class StoreWriter:
                         if retry is None:
                             raise self._conflict(exc, committed, fresh) from None
                         plan_index = retry
+                    self._check_repeats(plan_index.repeated)
                     rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()
@@ -1179,11 +1183,14 @@ class StoreWriter:
             sums_of += [None] * len(unrecorded)
             update = DataUpdate(new_var, fd, ranges, sums_of, checksums=self.checksums)
 
+            if new_segments and plan_index.new.count:
+                # Noted before the manifest names them: a rerun after this commit, or this
+                # session's records replayed after a commit that failed past its rename, are
+                # this session's own (see _committed_rerun, _check_repeats).
+                self._journal.note_committed(manifest.generation + 1, plan_index.new.hashes)
+
             def published(new: Manifest) -> None:
                 self._shard = shard
-                if new_segments and plan_index.new.count:
-                    # a task rerun after this commit is recognised (see _rerun_of)
-                    self._journal.note_committed(new.generation, plan_index.new.hashes)
                 if read_alloc(self._alloc_path) < rows:
                     atomic_write(self._alloc_path, rows.to_bytes(8, "little"), fsync=False)
                 self._journal.discard(files)
@@ -1252,6 +1259,33 @@ class StoreWriter:
                 "session was committed and the new store is untouched. Discard this writer "
                 "(discard()) and write again."
             )
+
+    def _check_repeats(self, repeated: SegmentArrays | None) -> None:
+        """Refuse new segments equal (name and rows) to committed ones that another session
+        committed: two sessions wrote one name at the same explicit rows, so the one that
+        committed second wrote over the first one's rows. Equal segments this session's
+        own commits added are a journal replayed after a crash, or a rerun: dropped."""
+        if repeated is None or not repeated.count:
+            return
+        mine = self._journal.committed_hashes()
+        pos = np.minimum(np.searchsorted(mine, repeated.hashes), max(len(mine) - 1, 0))
+        ours = (mine[pos] == repeated.hashes) if len(mine) else np.zeros(repeated.count, bool)
+        foreign = np.flatnonzero(~ours)
+        if not foreign.size:
+            return
+        names = [repeated.name(int(i)) for i in foreign]
+        a, b = repeated.bounds[int(foreign[0])].tolist()
+        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+        err = DuplicateSegmentError(
+            f"segment {names[0]!r} (rows [{a}, {b})) was committed by another writer session of "
+            f"{self.path!r}, and this session wrote it again at the same rows: its bytes may "
+            "have replaced that session's. Nothing was committed: the writer stays open. "
+            f"Conflicting segment(s) of this session ({len(names)}): {shown}. Check the "
+            "data, then forget(names) and flush() again, or discard()."
+        )
+        self.conflicts = names
+        err.segments = names  # type: ignore[attr-defined]
+        raise err
 
     def _conflict(
         self, exc: BigArrayError, committed: SegmentArrays, new: SegmentArrays

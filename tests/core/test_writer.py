@@ -733,3 +733,50 @@ def test_a_commit_into_a_store_deleted_by_hand_is_a_bigarray_error(tmp_path: Pat
         w.close()
     assert not path.exists()
     w.writer.discard()
+
+
+def _write_named(w: Any, items: list[tuple[str, float]]) -> None:
+    w.write({name: np.full((5, 2), value) for name, value in items})
+
+
+def test_a_rerun_in_another_order_is_recognised_and_counted_once(tmp_path: Path) -> None:
+    """A task rerun whose dict comes out in another order (built from a set, in another
+    worker) writes the same segments: they are committed once and the shape counts them
+    once."""
+    import multiprocessing
+
+    from bigarray import PointerArray, PointerArrayWriter
+
+    path = tmp_path / "r.bigarray"
+    w = PointerArrayWriter(path, dtype="f8")
+    ctx = multiprocessing.get_context("fork")
+    for items in ([("a", 1.0), ("b", 2.0)], [("b", 2.0), ("a", 1.0)]):
+        p = ctx.Process(target=_write_named, args=(w, items))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+    w.close()
+    x = PointerArray(path)
+    assert sorted(x.indices) == ["a", "b"]
+    assert x.shape == (10, 2), "the rerun's rows are counted in the shape"
+    assert float(np.asarray(x).sum()) == 30.0
+
+
+def test_two_sessions_writing_one_name_at_the_same_rows_is_a_conflict(tmp_path: Path) -> None:
+    """Two writer sessions write segment 't' at the same explicit rows: the second one to
+    commit is told (its bytes may have replaced the first one's), never silently merged."""
+    from bigarray import PointerArrayWriter
+    from bigarray.errors import DuplicateSegmentError
+
+    path = tmp_path / "t.bigarray"
+    with PointerArrayWriter(path, dtype="f8") as w0:
+        w0.write({"base": np.zeros((4, 2))})
+    w4 = PointerArrayWriter(path)
+    w5 = PointerArrayWriter(path)
+    w4.write({"t": np.full((4, 2), 4.0)}, start_position=100)
+    w5.write({"t": np.full((4, 2), 9.0)}, start_position=100)
+    w4.close()
+    with pytest.raises(DuplicateSegmentError, match="committed by another writer session") as e:
+        w5.close()
+    assert e.value.segments == ["t"]  # type: ignore[attr-defined]
+    w5.writer.discard()
