@@ -137,7 +137,7 @@ class _LocalRows:
     one, and is safe to call from many threads at once.
     """
 
-    __slots__ = ("dtype", "files", "row_shape", "rows", "store_id", "where")
+    __slots__ = ("dtype", "file_ids", "files", "row_shape", "rows", "store_id", "where")
 
     def __init__(
         self,
@@ -153,27 +153,44 @@ class _LocalRows:
         self.rows = rows
         self.where = where
         self.store_id = _dir_id(where)  # a replaced store is another directory
+        # ... and other data files: checked at every read (the descriptor's fstat, which
+        # the size check makes anyway), so a replaced store is never read as this one
+        self.file_ids = tuple(_dir_id(f[0]) for f in self.files)
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.files, self.dtype.str, self.row_shape, self.rows, self.where, self.store_id)
+        return (
+            self.files,
+            self.dtype.str,
+            self.row_shape,
+            self.rows,
+            self.where,
+            self.store_id,
+            self.file_ids,
+        )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        files, dtype, self.row_shape, self.rows, self.where, self.store_id = state
+        files, dtype, self.row_shape, self.rows, self.where, self.store_id, ids = state
         self.files = files
+        self.file_ids = ids
         self.dtype = np.dtype(dtype)
+
+    def _replaced(self) -> StoreChangedError:
+        return StoreChangedError(
+            f"{self.where!r}: the store was replaced after it was opened (a rewrite with "
+            "remove_exist=True, mode='w' or `bigarray cp --overwrite`); reopen it"
+        )
 
     def _check_replaced(self) -> None:
         if _dir_id(self.where) != self.store_id:
-            raise StoreChangedError(
-                f"{self.where!r}: the store was replaced after it was opened (a rewrite with "
-                "remove_exist=True, mode='w' or `bigarray cp --overwrite`); reopen it"
-            )
+            raise self._replaced()
 
     @property
     def row_nbytes(self) -> int:
         return int(self.dtype.itemsize * math.prod(self.row_shape))
 
-    def _map(self, path: str, offset: int, start: int, stop: int) -> np.ndarray:
+    def _map(
+        self, path: str, offset: int, start: int, stop: int, file_id: tuple[int, int]
+    ) -> np.ndarray:
         n = stop - start
         shape = (n, *self.row_shape)
         nbytes = n * self.row_nbytes
@@ -189,7 +206,10 @@ class _LocalRows:
                 "was damaged after it was opened. Restore the file, or reopen the store."
             ) from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            if (st.st_dev, st.st_ino) != file_id:
+                raise self._replaced()
             if size < lo + nbytes:  # mapping past the end would SIGBUS on access
                 self._check_replaced()
                 raise StoreCorruptedError(
@@ -218,10 +238,10 @@ class _LocalRows:
         start, stop = max(0, start), min(stop, self.rows)
         stop = max(start, stop)
         parts = []
-        for path, offset, a, b in self.files:
+        for (path, offset, a, b), file_id in zip(self.files, self.file_ids, strict=True):
             lo, hi = max(start, a), min(stop, b)
             if lo < hi:
-                parts.append(self._map(path, offset, lo - a, hi - a))
+                parts.append(self._map(path, offset, lo - a, hi - a, file_id))
         if len(parts) == 1:
             return parts[0]
         if not parts:

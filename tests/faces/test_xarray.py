@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -626,3 +627,35 @@ def test_benchmark_smoke(tmp_path: Any) -> None:
     for case in ("xr-packed-write", "xr-packed-read"):
         assert {s for c, s in by if c == case} >= {"zarr", "bigarray"}
         assert by[(case, "zarr")]["ratio_vs_zarr"] == 1.0
+
+
+@pytest.mark.parametrize("chunks", [{}, None])
+def test_a_dataset_open_across_a_replacement_says_reopen_it(tmp_path: Path, chunks: Any) -> None:
+    """A Dataset opened (lazily, or through dask) before its store was replaced never
+    reads the new store's values as its own: it raises StoreChangedError; an append to
+    the store it opened is no replacement and reads on."""
+    import dask.array as dsa
+
+    from bigarray import PointerArrayWriter
+    from bigarray.dask_backend import to_bigarray as dask_to_bigarray
+    from bigarray.errors import StoreChangedError
+
+    path = str(tmp_path / "x.bigarray")
+    with PointerArrayWriter(path, shape=(None, 4), dtype="f8") as w:
+        w.write({"a": np.ones((100, 4)), "b": np.ones((100, 4))})
+    ds = xr.open_dataset(path, engine="bigarray", chunks=chunks, cache=False)
+    with PointerArrayWriter(path) as w:  # an append: the opened rows are unchanged
+        w.write({"c": np.full((10, 4), 5.0)})
+    assert float(ds["data"].sum()) == 800.0
+    dask_to_bigarray(
+        dsa.full((200, 4), 7.0, chunks=(100, 4)),
+        path,
+        segments=[("a", 100), ("b", 100)],
+        remove_exist=True,
+    )
+    with pytest.raises(StoreChangedError, match="reopen it"):
+        float(ds["data"].sum())
+    ds = xr.open_dataset(path, engine="bigarray", chunks=chunks, cache=False)
+    to_bigarray(xr.Dataset({"data": (("row", "f"), np.zeros((300, 4)))}), path, mode="w")
+    with pytest.raises(StoreChangedError, match="reopen it"):
+        float(ds["data"].sum())
