@@ -31,6 +31,7 @@ from .core.rowcheck import check_fits, narrowing_ints
 from .errors import SchemaError, StoreCorruptedError
 
 __all__ = [
+    "DECODING_ATTRS",
     "ROLE_COORD",
     "ROLE_DATA",
     "SCALAR_DIM",
@@ -41,10 +42,9 @@ __all__ = [
     "EncodedVariable",
     "EncodingError",
     "InvalidNameError",
-    "DECODING_ATTRS",
-    "check_appendable",
     "check_append_attrs",
     "check_append_dtype",
+    "check_appendable",
     "check_cast_values",
     "check_dim",
     "check_name",
@@ -400,42 +400,42 @@ def check_append_dtype(name: str, new: np.dtype, held: np.dtype, path: str) -> N
 
 
 def check_cast_values(
-    name: str, data: np.ndarray, dtype: np.dtype, rounds: bool, path: str
+    name: str, data: np.ndarray, dtype: np.dtype, rounds: bool, where: str
 ) -> None:
-    """Refuse encoded values of ``name`` that ``dtype`` (the committed dtype) cannot hold:
-    NaN/inf or fractions into integers (``rounds``: packed or CF-time values, which are
-    rounded by design), integers that do not fit (never wrapped)."""
+    """Refuse encoded values of ``name`` that ``dtype`` cannot hold (``where`` says whose
+    dtype it is, e.g. "the store at '...'"): NaN/inf or fractions into integers
+    (``rounds``: packed or CF-time values, which are rounded by design), integers that do
+    not fit (never wrapped)."""
     src = data.dtype
     if dtype.kind in "iu" and src.kind in "fc":
-        finite = np.isfinite(data)
-        if not finite.all():
+        if not np.isfinite(data).all():
             raise SchemaError(
-                f"variable {name!r}: the appended values hold NaN or inf, which the store's "
-                f"{dtype} variable at {path!r} cannot hold (it has no _FillValue for them); "
-                "fill or drop them first (ds.fillna(...)/ds.dropna(...))"
+                f"variable {name!r}: the values hold NaN or inf, which the {dtype} integers "
+                f"of {where} cannot hold (no _FillValue for them); fill or drop them first "
+                "(ds.fillna(...)/ds.dropna(...))"
             )
         if not rounds and not np.array_equal(np.round(data), data):
             raise SchemaError(
-                f"variable {name!r}: the appended values have fractions but the store at "
-                f"{path!r} holds {dtype} integers; storing them would round them. Round them "
-                "yourself first, or write a new store with mode='w'"
+                f"variable {name!r}: the values have fractions but {where} holds {dtype} "
+                "integers; storing them would round them. Round them yourself first, or "
+                "write a new store with mode='w'"
             )
-        ints = np.round(data.real) if data.size else data.real
+        ints = np.round(data.real)
         if ints.size:
             lo, hi = ints.min(), ints.max()
             info = np.iinfo(dtype)
             if lo < info.min or hi > info.max:
                 bad = int(hi if hi > info.max else lo)
                 raise SchemaError(
-                    f"variable {name!r}: the appended values reach {bad}, which does not fit the store's {dtype} (values {info.min}..{info.max}) "
-                    f"at {path!r}; storing it would wrap. Clip the values first or write a "
-                    "new store with mode='w'"
+                    f"variable {name!r}: the values reach {bad}, which does not fit the "
+                    f"{dtype} (values {info.min}..{info.max}) of {where}; storing it would "
+                    "wrap. Clip the values first or write a new store with mode='w'"
                 )
     elif narrowing_ints(src, dtype):
         try:
             check_fits(np.asarray(data), dtype, 0)
         except SchemaError as e:
-            raise SchemaError(f"variable {name!r} appended to {path!r}: {e}") from None
+            raise SchemaError(f"variable {name!r} ({where}): {e}") from None
 
 
 def check_unchanged(p: EncodedVariable, old: Variable, store: Any) -> None:

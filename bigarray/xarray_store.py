@@ -68,7 +68,7 @@ from .core.format import (
     npy_header,
 )
 from .core.index import IndexCommit, plan_commit
-from .core.rowcheck import check_fits, narrowing_ints
+from .core.rowcheck import narrowing_ints
 from .errors import BigArrayError, CommitConflictError, SchemaError, StoreExistsError
 from .xarray_schema import (
     SCALAR_DIM,
@@ -95,6 +95,7 @@ __all__ = ["BigArrayStore", "EncodingError", "InvalidNameError", "to_bigarray"]
 
 WriteMode = Literal["w-", "w", "a"]
 
+
 class _UnsignedCoder(cf_variables.VariableCoder):
     """``_Unsigned`` without a ``_FillValue`` (xarray's mask coder handles it only with
     one): unsigned values stored in the signed integers of ``dtype`` (``"true"``), or
@@ -106,9 +107,9 @@ class _UnsignedCoder(cf_variables.VariableCoder):
             return variable
         dims, data, attrs, encoding = cf_variables.unpack_for_encoding(variable)
         flag = str(encoding.pop("_Unsigned")).lower()
-        if flag not in ("true", "false") or data.dtype.kind not in "biu":
+        if flag not in ("true", "false") or data.dtype.kind not in "biuf":
             raise SchemaError(
-                f"variable {name!r}: _Unsigned={flag!r} needs integer values and 'true' or "
+                f"variable {name!r}: _Unsigned={flag!r} needs numbers and 'true' or "
                 f"'false' (got {data.dtype} values)"
             )
         signed = flag == "true"  # stored signed, read unsigned
@@ -121,8 +122,12 @@ class _UnsignedCoder(cf_variables.VariableCoder):
                 f"got dtype={encoding['dtype']!r}. Pass dtype={str(stored)!r}"
             )
         encoding.pop("dtype", None)
-        if narrowing_ints(data.dtype, logical):
-            data = _checked(data, lambda a: check_fits(np.asarray(a), logical, 0))
+        if narrowing_ints(data.dtype, logical) or data.dtype.kind == "f":
+            where = f"_Unsigned={flag!r} {stored} (read as {logical})"
+            label = str(name)
+            data = _checked(data, lambda a: check_cast_values(label, a, logical, True, where))
+        if data.dtype.kind == "f":  # packed values: rounded, as xarray's mask coder does
+            data = np.round(data)
         attrs["_Unsigned"] = flag
         data = data.astype(logical).astype(stored)  # same bits
         return xr.Variable(dims, data, attrs, encoding, fastpath=True)
@@ -157,11 +162,11 @@ class _CheckedCast(cf_variables.NonStringCoder):
             if dtype != variable.dtype and variable.dtype.kind in "biufc":
                 rounds = "scale_factor" in variable.attrs or "add_offset" in variable.attrs
                 rounds = rounds or " since " in str(variable.attrs.get("units", ""))
-                path, label = self.path, str(name)
+                where, label = f"the store at {self.path!r}", str(name)
                 variable = variable.copy(deep=False)
                 variable.data = _checked(
                     variable.data,
-                    lambda a: check_cast_values(label, a, dtype, rounds, path),
+                    lambda a: check_cast_values(label, a, dtype, rounds, where),
                 )
         return super().encode(variable, name)
 
@@ -410,12 +415,11 @@ class BigArrayStore(AbstractWritableDataStore):
     def encode_variable(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:
         """xarray's CF coders, then the string coders (see the module docstring)."""
         as_chars = variable.encoding.get("dtype") == "S1"
+        coders: tuple[cf_variables.VariableCoder, ...]
         coders = _CODERS if _wants_cf_time(variable) else _NATIVE_TIME_CODERS
         if name in self._existing:  # appended to a committed variable: casts are checked
             checked = _CheckedCast(self.path)
-            coders = tuple(
-                checked if type(c) is cf_variables.NonStringCoder else c for c in coders
-            )
+            coders = tuple(checked if type(c) is cf_variables.NonStringCoder else c for c in coders)
         var = conventions.encode_cf_variable(variable, name=name, coders=coders)
         var = ensure_dtype_not_object(var, name=name)
         var = strings.EncodedStringCoder(allows_unicode=True).encode(var, name=name)
@@ -495,7 +499,9 @@ class BigArrayStore(AbstractWritableDataStore):
             was = decoded[names[k]]
             if var.dims != was.dims and set(var.dims) == set(was.dims):
                 var = var.transpose(*was.dims)  # as xarray's zarr engine does
-            check_append_dtype(names[k], var.dtype, was.dtype, self.path)
+            if self.append_dim is not None and was.dims[:1] == (self.append_dim,):
+                # rows appended (a variable written again is compared after encoding)
+                check_append_dtype(names[k], var.dtype, was.dtype, self.path)
             enc = {
                 e: v for e, v in decoded[names[k]].encoding.items() if e not in _IGNORED_ENCODING
             }
