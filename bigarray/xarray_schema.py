@@ -432,6 +432,11 @@ def check_cast_values(
                     "wrap. Clip the values first or write a new store with mode='w'"
                 )
     elif narrowing_ints(src, dtype):
+        if rounds and src == np.int64 and data.size and data.min() == np.iinfo(np.int64).min:
+            raise SchemaError(
+                f"variable {name!r}: the values hold NaT, which the {dtype} integers of "
+                f"{where} cannot hold (no _FillValue for them); drop or fill them first"
+            )
         try:
             check_fits(np.asarray(data), dtype, 0)
         except SchemaError as e:

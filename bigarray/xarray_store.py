@@ -97,16 +97,17 @@ WriteMode = Literal["w-", "w", "a"]
 
 
 class _UnsignedCoder(cf_variables.VariableCoder):
-    """``_Unsigned`` without a ``_FillValue`` (xarray's mask coder handles it only with
-    one): unsigned values stored in the signed integers of ``dtype`` (``"true"``), or
-    signed ones in unsigned integers (``"false"``), bit for bit as netCDF does; values
-    that the unsigned (signed) type cannot hold are refused, never wrapped."""
+    """``_Unsigned`` (before xarray's mask coder): unsigned values stored in the signed
+    integers of ``dtype`` (``"true"``), or signed ones in unsigned integers (``"false"``),
+    bit for bit as netCDF does. Values that the unsigned (signed) type cannot hold are
+    refused, never wrapped. With a ``_FillValue`` xarray's mask coder then stores them;
+    without one (which that coder ignores) this coder does."""
 
     def encode(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:
         if variable.encoding.get("_Unsigned") is None:
             return variable
         dims, data, attrs, encoding = cf_variables.unpack_for_encoding(variable)
-        flag = str(encoding.pop("_Unsigned")).lower()
+        flag = str(encoding["_Unsigned"]).lower()
         if flag not in ("true", "false") or data.dtype.kind not in "biuf":
             raise SchemaError(
                 f"variable {name!r}: _Unsigned={flag!r} needs numbers and 'true' or "
@@ -121,11 +122,21 @@ class _UnsignedCoder(cf_variables.VariableCoder):
                 f"variable {name!r}: _Unsigned={flag!r} stores {logical} values as {stored}; "
                 f"got dtype={encoding['dtype']!r}. Pass dtype={str(stored)!r}"
             )
-        encoding.pop("dtype", None)
+        masked = any(encoding.get(k) is not None for k in ("_FillValue", "missing_value"))
         if narrowing_ints(data.dtype, logical) or data.dtype.kind == "f":
             where = f"_Unsigned={flag!r} {stored} (read as {logical})"
             label = str(name)
-            data = _checked(data, lambda a: check_cast_values(label, a, logical, True, where))
+
+            def check(a: np.ndarray) -> None:
+                if masked and a.dtype.kind == "f":  # NaN: the fill value
+                    a = a[~np.isnan(a)]
+                check_cast_values(label, a, logical, True, where)
+
+            data = _checked(data, check)
+        if masked:
+            return xr.Variable(dims, data, attrs, encoding, fastpath=True)
+        del encoding["_Unsigned"]
+        encoding.pop("dtype", None)
         if data.dtype.kind == "f":  # packed values: rounded, as xarray's mask coder does
             data = np.round(data)
         attrs["_Unsigned"] = flag
@@ -176,8 +187,8 @@ _CODERS = (
     times.CFDatetimeCoder(),
     times.CFTimedeltaCoder(),
     cf_variables.CFScaleOffsetCoder(),
-    cf_variables.CFMaskCoder(),
     _UnsignedCoder(),
+    cf_variables.CFMaskCoder(),
     cf_variables.NativeEnumCoder(),
     cf_variables.NonStringCoder(),
     cf_variables.DefaultFillvalueCoder(),

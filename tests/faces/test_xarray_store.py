@@ -721,3 +721,25 @@ def test_a_transposed_append_is_transposed_to_the_stored_dims(tmp_path: Any) -> 
         np.testing.assert_array_equal(back["x"].values[6:], more["x"].values)
     other = more.rename({"f": "g"}).drop_vars("g")
     _refused_unchanged(path, other, "changing a variable's dims is not supported")
+
+
+def test_unsigned_with_a_fill_value_refuses_values_that_would_wrap(tmp_path: Any) -> None:
+    path = tmp_path / "uf.bigarray"
+    enc = {"x": {"dtype": "i1", "_Unsigned": "true", "_FillValue": np.uint8(255)}}
+    to_bigarray(xr.Dataset({"x": ("row", [0.0, 200.0, np.nan])}), path, encoding=enc)
+    _refused_unchanged(path, xr.Dataset({"x": ("row", [300.0])}), "300, which does not fit")
+    to_bigarray(xr.Dataset({"x": ("row", [100.0, np.nan])}), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_array_equal(back["x"].values, [0.0, 200.0, np.nan, 100.0, np.nan])
+    with pytest.raises(SchemaError, match="-1, which does not fit"):
+        to_bigarray(xr.Dataset({"x": ("row", [-1.0])}), tmp_path / "n.bigarray", encoding=enc)
+
+
+def test_append_of_nat_to_integer_times_without_fill_value_is_refused(tmp_path: Any) -> None:
+    path = tmp_path / "nat.bigarray"
+    t = np.array(["2000-01-01", "2000-01-02"], "M8[ns]")
+    enc = {"t": {"units": "days since 2000-01-01", "dtype": "int32"}}
+    to_bigarray(xr.Dataset({"t": ("row", t)}), path, encoding=enc)
+    _refused_unchanged(
+        path, xr.Dataset({"t": ("row", np.array(["NaT"], "M8[ns]"))}), "the values hold NaT"
+    )
