@@ -723,6 +723,7 @@ def test_a_transposed_append_is_transposed_to_the_stored_dims(tmp_path: Any) -> 
     _refused_unchanged(path, other, "changing a variable's dims is not supported")
 
 
+@pytest.mark.filterwarnings("ignore:variable 'x' will be stored as signed integers")
 def test_unsigned_with_a_fill_value_refuses_values_that_would_wrap(tmp_path: Any) -> None:
     path = tmp_path / "uf.bigarray"
     enc = {"x": {"dtype": "i1", "_Unsigned": "true", "_FillValue": np.uint8(255)}}
