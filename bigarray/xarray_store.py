@@ -33,6 +33,12 @@ checks every store this writer wrote).
   (where no reader looks), then commits. A crash before the manifest rename leaves the
   previous commit; after it, the whole append. A store that another writer session holds
   open is refused (its uncommitted rows would collide with the appended ones).
+- Rows appended to a variable the store holds take its committed encoding (as xarray's
+  zarr engine does) and must keep its meaning: an encoding attribute that would change
+  (``units`` that xarray widens for finer times, ``scale_factor``, ``_FillValue``...), a
+  cast that loses information (:func:`~bigarray.xarray_schema.check_append_dtype`,
+  :func:`~bigarray.xarray_schema.check_cast_values`: the core writer's rules) raises
+  ``SchemaError``. The variable's committed attributes are kept.
 """
 
 from __future__ import annotations
@@ -880,7 +886,10 @@ def to_bigarray(
         ``"w-"`` (default) creates a new store and refuses an existing path; ``"w"``
         replaces an existing store; ``"a"`` appends to an existing store (or creates it):
         rows along ``append_dim`` (new rows, new segments) and new variables. Every check
-        runs before anything is written: a mismatch raises and changes nothing.
+        runs before anything is written: a mismatch raises and changes nothing. Appended
+        rows take the store's encoding of their variable; values it cannot hold without
+        changing their meaning (integers that do not fit, times that need other units,
+        lossy casts) and changed ``units``/``calendar`` are refused.
     append_dim
         With ``mode="a"``: the store's row dim, to append rows; ``None`` adds variables.
     row_dim
