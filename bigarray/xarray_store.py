@@ -464,6 +464,7 @@ class BigArrayStore(AbstractWritableDataStore):
             )
         names = {k: check_name(k) for k in variables}
         check = set(check_encoding_set)
+        self._existing = set()
         if self._appending:
             variables = self._with_store_encoding(variables, names, check)
         encoded, attrs = self.encode(variables, attributes)
