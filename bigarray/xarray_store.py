@@ -164,6 +164,12 @@ def _checked(data: Any, check: Any) -> Any:
     return data.map_blocks(block, dtype=data.dtype)
 
 
+# the CF units of timedeltas (times have "<unit> since <date>")
+_TIMEDELTA_UNITS = frozenset(
+    {"days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "nanoseconds"}
+)
+
+
 class _CheckedCast(cf_variables.NonStringCoder):
     """xarray's cast to the encoding's ``dtype``, for values appended to a committed
     variable: values that the committed dtype cannot hold are refused (never wrapped,
@@ -178,7 +184,8 @@ class _CheckedCast(cf_variables.NonStringCoder):
             dtype = np.dtype(want)
             if dtype != variable.dtype and variable.dtype.kind in "biufc":
                 rounds = "scale_factor" in variable.attrs or "add_offset" in variable.attrs
-                rounds = rounds or " since " in str(variable.attrs.get("units", ""))
+                units = str(variable.attrs.get("units", ""))
+                rounds = rounds or " since " in units or units in _TIMEDELTA_UNITS
                 where, label = f"the store at {self.path!r}", str(name)
                 variable = variable.copy(deep=False)
                 variable.data = _checked(

@@ -744,3 +744,11 @@ def test_append_of_nat_to_integer_times_without_fill_value_is_refused(tmp_path: 
     _refused_unchanged(
         path, xr.Dataset({"t": ("row", np.array(["NaT"], "M8[ns]"))}), "the values hold NaT"
     )
+    spans = tmp_path / "td.bigarray"
+    d = np.array([1, 2], "m8[s]").astype("m8[ns]")
+    to_bigarray(
+        xr.Dataset({"d": ("row", d)}), spans, encoding={"d": {"units": "seconds", "dtype": "i4"}}
+    )
+    _refused_unchanged(
+        spans, xr.Dataset({"d": ("row", np.array(["NaT"], "m8[ns]"))}), "the values hold NaT"
+    )
