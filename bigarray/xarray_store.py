@@ -121,12 +121,12 @@ class _UnsignedCoder(cf_variables.VariableCoder):
             )
         signed = flag == "true"  # stored signed, read unsigned
         size = np.dtype(encoding.get("dtype", data.dtype)).itemsize
-        stored = np.dtype(f"i{size}" if signed else f"u{size}")
+        stored = np.dtype(encoding.get("dtype", f"i{size}" if signed else f"u{size}"))
         logical = np.dtype(f"u{size}" if signed else f"i{size}")
-        if encoding.get("dtype") is not None and np.dtype(encoding["dtype"]) != stored:
+        if stored.kind not in "iu":
             raise SchemaError(
-                f"variable {name!r}: _Unsigned={flag!r} stores {logical} values as {stored}; "
-                f"got dtype={encoding['dtype']!r}. Pass dtype={str(stored)!r}"
+                f"variable {name!r}: _Unsigned={flag!r} stores integers; got "
+                f"dtype={encoding['dtype']!r}. Pass an integer dtype, e.g. 'i{size}'"
             )
         masked = any(encoding.get(k) is not None for k in ("_FillValue", "missing_value"))
         if narrowing_ints(data.dtype, logical) or data.dtype.kind == "f":

@@ -709,6 +709,12 @@ def test_unsigned_encoding_without_fill_value_stores_signed_and_reads_unsigned(
             tmp_path / "u2.bigarray",
             encoding={"f": {"dtype": "i1", "_Unsigned": "true"}},
         )
+    signed = tmp_path / "s.bigarray"
+    neg = xr.Dataset({"g": ("row", np.array([-5, 3], "i1"))})
+    to_bigarray(neg, signed, encoding={"g": {"dtype": "u1", "_Unsigned": "false"}})
+    assert PointerArray(str(signed), variable="g")[:].tolist() == [251, 3]
+    with xr.open_dataset(signed, engine=ENGINE) as back:
+        assert back["g"].dtype == np.dtype("i1") and back["g"].values.tolist() == [-5, 3]
 
 
 def test_a_transposed_append_is_transposed_to_the_stored_dims(tmp_path: Any) -> None:
