@@ -27,9 +27,11 @@ import xarray as xr
 from xarray.backends.common import NONE_VAR_NAME
 
 from .core.format import DEFAULT_ROW_DIM, Manifest, Variable, dtype_from_manifest, normalize_dtype
+from .core.rowcheck import check_fits, narrowing_ints
 from .errors import SchemaError, StoreCorruptedError
 
 __all__ = [
+    "DECODING_ATTRS",
     "ROLE_COORD",
     "ROLE_DATA",
     "SCALAR_DIM",
@@ -40,7 +42,10 @@ __all__ = [
     "EncodedVariable",
     "EncodingError",
     "InvalidNameError",
+    "check_append_attrs",
+    "check_append_dtype",
     "check_appendable",
+    "check_cast_values",
     "check_dim",
     "check_name",
     "check_sizes",
@@ -305,6 +310,137 @@ def check_appendable(p: EncodedVariable, old: Variable, path: str) -> None:
                 f"have the store's dtype (cast with .astype({str(old.dtype)!r}))"
             )
         p.data = p.data.astype(old.dtype)
+
+
+#: Attributes that decide how stored values decode: an append must leave them as committed.
+DECODING_ATTRS = (
+    "units",
+    "calendar",
+    "scale_factor",
+    "add_offset",
+    "_FillValue",
+    "missing_value",
+    "_Unsigned",
+    "_Encoding",
+    "dtype",
+)
+#: Of those, the ones a user sets as plain attributes (and xarray operations drop): an
+#: appended variable without them takes the committed ones.
+_PLAIN_DECODING_ATTRS = ("units", "calendar")
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    try:  # a number stored as a numpy scalar and as a Python number
+        x, y = np.asarray(decode_json(a)), np.asarray(decode_json(b))
+        return x.dtype.kind in "biufc" and y.dtype.kind in "biufc" and _array_equal(x, y)
+    except (TypeError, ValueError):
+        return False
+
+
+def _array_equal(x: np.ndarray, y: np.ndarray) -> bool:
+    try:
+        return bool(np.array_equal(x, y, equal_nan=True))
+    except TypeError:
+        return bool(np.array_equal(x, y))
+
+
+def check_append_attrs(p: EncodedVariable, old: Variable, path: str) -> dict[str, Any]:
+    """The attributes of ``old`` after rows of ``p`` are appended to it: the committed
+    ones, unchanged (as xarray's zarr engine keeps an existing variable's attributes).
+
+    An attribute that decides how the stored values decode (:data:`DECODING_ATTRS`) must
+    be what the store holds: a ``units`` that differs would reinterpret every committed
+    row, so it is refused (a ``units``/``calendar`` the appended variable lacks is taken
+    from the store). Other attributes of the appended variable are not written."""
+    for k in DECODING_ATTRS:
+        new, held = p.attrs.get(k), old.attrs.get(k)
+        if k not in p.attrs and k in _PLAIN_DECODING_ATTRS:
+            continue
+        if (k in p.attrs) != (k in old.attrs) or not _same_json(new, held):
+            was = f"{decode_json(held)!r}" if k in old.attrs else "no such attribute"
+            now = f"{decode_json(new)!r}" if k in p.attrs else "none"
+            raise SchemaError(
+                f"variable {p.name!r}: the store at {path!r} holds it with {k}={was} but the "
+                f"appended values would be stored with {k}={now}; that attribute decides how "
+                "every stored value decodes, so changing it would reinterpret the committed "
+                "rows. Append values that the store's encoding can hold (convert them to the "
+                "store's units/dtype first), or write a new store with mode='w'"
+            )
+    return dict(old.attrs)
+
+
+def check_append_dtype(name: str, new: np.dtype, held: np.dtype, path: str) -> None:
+    """Refuse appending values of dtype ``new`` to a variable that decodes to ``held``
+    when the cast would lose information (the core writer's rules: ``same_kind`` casts,
+    no numbers into bools, no complex into floats, no floats into integers, times only
+    into times of the same kind, no text into numbers)."""
+    if new == held:
+        return
+    times = "mM"
+    numbers = "biufc"
+    texts = "SUT"
+    bad = False
+    if new.kind in times or held.kind in times:
+        bad = new.kind != held.kind
+    elif new.kind in numbers and held.kind in numbers:
+        bad = not np.can_cast(new, held, "same_kind")
+    elif (new.kind in texts and held.kind in numbers) or (
+        new.kind in numbers and held.kind in texts
+    ):
+        bad = True
+    if bad:
+        raise SchemaError(
+            f"variable {name!r} is {new} but the store at {path!r} holds {held} values; "
+            f"appending {new} to it would lose information or change its meaning. Convert "
+            f"the values first (.astype({str(held)!r}) where that is exact) or write a new "
+            "store with mode='w'"
+        )
+
+
+def check_cast_values(
+    name: str, data: np.ndarray, dtype: np.dtype, rounds: bool, where: str
+) -> None:
+    """Refuse encoded values of ``name`` that ``dtype`` cannot hold (``where`` says whose
+    dtype it is, e.g. "the store at '...'"): NaN/inf or fractions into integers
+    (``rounds``: packed or CF-time values, which are rounded by design), integers that do
+    not fit (never wrapped)."""
+    src = data.dtype
+    if dtype.kind in "iu" and src.kind in "fc":
+        if not np.isfinite(data).all():
+            raise SchemaError(
+                f"variable {name!r}: the values hold NaN or inf, which the {dtype} integers "
+                f"of {where} cannot hold (no _FillValue for them); fill or drop them first "
+                "(ds.fillna(...)/ds.dropna(...))"
+            )
+        if not rounds and not np.array_equal(np.round(data), data):
+            raise SchemaError(
+                f"variable {name!r}: the values have fractions but {where} holds {dtype} "
+                "integers; storing them would round them. Round them yourself first, or "
+                "write a new store with mode='w'"
+            )
+        ints = np.round(data.real)
+        if ints.size:
+            lo, hi = ints.min(), ints.max()
+            info = np.iinfo(dtype)
+            if lo < info.min or hi > info.max:
+                bad = int(hi if hi > info.max else lo)
+                raise SchemaError(
+                    f"variable {name!r}: the values reach {bad}, which does not fit the "
+                    f"{dtype} (values {info.min}..{info.max}) of {where}; storing it would "
+                    "wrap. Clip the values first or write a new store with mode='w'"
+                )
+    elif narrowing_ints(src, dtype):
+        if rounds and src == np.int64 and data.size and data.min() == np.iinfo(np.int64).min:
+            raise SchemaError(
+                f"variable {name!r}: the values hold NaT, which the {dtype} integers of "
+                f"{where} cannot hold (no _FillValue for them); drop or fill them first"
+            )
+        try:
+            check_fits(np.asarray(data), dtype, 0)
+        except SchemaError as e:
+            raise SchemaError(f"variable {name!r} ({where}): {e}") from None
 
 
 def check_unchanged(p: EncodedVariable, old: Variable, store: Any) -> None:

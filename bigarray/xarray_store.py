@@ -33,6 +33,12 @@ checks every store this writer wrote).
   (where no reader looks), then commits. A crash before the manifest rename leaves the
   previous commit; after it, the whole append. A store that another writer session holds
   open is refused (its uncommitted rows would collide with the appended ones).
+- Rows appended to a variable the store holds take its committed encoding (as xarray's
+  zarr engine does) and must keep its meaning: an encoding attribute that would change
+  (``units`` that xarray widens for finer times, ``scale_factor``, ``_FillValue``...), a
+  cast that loses information (:func:`~bigarray.xarray_schema.check_append_dtype`,
+  :func:`~bigarray.xarray_schema.check_cast_values`: the core writer's rules) raises
+  ``SchemaError``. The variable's committed attributes are kept.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from .core.format import (
     npy_header,
 )
 from .core.index import IndexCommit, plan_commit
+from .core.rowcheck import narrowing_ints
 from .errors import BigArrayError, CommitConflictError, SchemaError, StoreExistsError
 from .xarray_schema import (
     SCALAR_DIM,
@@ -75,7 +82,10 @@ from .xarray_schema import (
     EncodedVariable,
     EncodingError,
     InvalidNameError,
+    check_append_attrs,
+    check_append_dtype,
     check_appendable,
+    check_cast_values,
     check_dim,
     check_name,
     check_sizes,
@@ -91,11 +101,106 @@ __all__ = ["BigArrayStore", "EncodingError", "InvalidNameError", "to_bigarray"]
 
 WriteMode = Literal["w-", "w", "a"]
 
+
+class _UnsignedCoder(cf_variables.VariableCoder):
+    """``_Unsigned`` (before xarray's mask coder): unsigned values stored in the signed
+    integers of ``dtype`` (``"true"``), or signed ones in unsigned integers (``"false"``),
+    bit for bit as netCDF does. Values that the unsigned (signed) type cannot hold are
+    refused, never wrapped. With a ``_FillValue`` xarray's mask coder then stores them;
+    without one (which that coder ignores) this coder does."""
+
+    def encode(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:
+        if variable.encoding.get("_Unsigned") is None:
+            return variable
+        dims, data, attrs, encoding = cf_variables.unpack_for_encoding(variable)
+        flag = str(encoding["_Unsigned"]).lower()
+        if flag not in ("true", "false") or data.dtype.kind not in "biuf":
+            raise SchemaError(
+                f"variable {name!r}: _Unsigned={flag!r} needs numbers and 'true' or "
+                f"'false' (got {data.dtype} values)"
+            )
+        signed = flag == "true"  # stored signed, read unsigned
+        size = np.dtype(encoding.get("dtype", data.dtype)).itemsize
+        stored = np.dtype(encoding.get("dtype", f"i{size}" if signed else f"u{size}"))
+        logical = np.dtype(f"u{size}" if signed else f"i{size}")
+        if stored.kind not in "iu":
+            raise SchemaError(
+                f"variable {name!r}: _Unsigned={flag!r} stores integers; got "
+                f"dtype={encoding['dtype']!r}. Pass an integer dtype, e.g. 'i{size}'"
+            )
+        masked = any(encoding.get(k) is not None for k in ("_FillValue", "missing_value"))
+        if narrowing_ints(data.dtype, logical) or data.dtype.kind == "f":
+            where = f"_Unsigned={flag!r} {stored} (read as {logical})"
+            label = str(name)
+
+            def check(a: np.ndarray) -> None:
+                if masked and a.dtype.kind == "f":  # NaN: the fill value
+                    a = a[~np.isnan(a)]
+                check_cast_values(label, a, logical, True, where)
+
+            data = _checked(data, check)
+        if masked:
+            return xr.Variable(dims, data, attrs, encoding, fastpath=True)
+        del encoding["_Unsigned"]
+        encoding.pop("dtype", None)
+        if data.dtype.kind == "f":  # packed values: rounded, as xarray's mask coder does
+            data = np.round(data)
+        attrs["_Unsigned"] = flag
+        data = data.astype(logical).astype(stored)  # same bits
+        return xr.Variable(dims, data, attrs, encoding, fastpath=True)
+
+
+def _checked(data: Any, check: Any) -> Any:
+    """``check(values)`` of numpy data now; of dask data block by block as it is written
+    (a failing block fails the write before its commit: the store is unchanged)."""
+    if isinstance(data, np.ndarray) or not hasattr(data, "map_blocks"):
+        check(np.asarray(data))
+        return data
+
+    def block(a: np.ndarray) -> np.ndarray:
+        check(a)
+        return a
+
+    return data.map_blocks(block, dtype=data.dtype)
+
+
+# the CF units of timedeltas (times have "<unit> since <date>")
+_TIMEDELTA_UNITS = frozenset(
+    {"days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "nanoseconds"}
+)
+
+
+class _CheckedCast(cf_variables.NonStringCoder):
+    """xarray's cast to the encoding's ``dtype``, for values appended to a committed
+    variable: values that the committed dtype cannot hold are refused (never wrapped,
+    never rounded unless packed or CF times); see :func:`check_cast_values`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def encode(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:
+        want = variable.encoding.get("dtype")
+        if want is not None and want not in ("S1", str):
+            dtype = np.dtype(want)
+            if dtype != variable.dtype and variable.dtype.kind in "biufc":
+                rounds = "scale_factor" in variable.attrs or "add_offset" in variable.attrs
+                units = str(variable.attrs.get("units", ""))
+                rounds = rounds or " since " in units or units in _TIMEDELTA_UNITS
+                where, label = f"the store at {self.path!r}", str(name)
+                variable = variable.copy(deep=False)
+                variable.data = _checked(
+                    variable.data,
+                    lambda a: check_cast_values(label, a, dtype, rounds, where),
+                )
+        return super().encode(variable, name)
+
+
 # xarray's coders for a store that keeps bools and native times (zarr's choice for bools)
 _CODERS = (
     times.CFDatetimeCoder(),
     times.CFTimedeltaCoder(),
     cf_variables.CFScaleOffsetCoder(),
+    _UnsignedCoder(),
     cf_variables.CFMaskCoder(),
     cf_variables.NativeEnumCoder(),
     cf_variables.NonStringCoder(),
@@ -273,6 +378,7 @@ class BigArrayStore(AbstractWritableDataStore):
             )
         self._reader: xr.Dataset | None = None
         self._blockwise: dict[Hashable, _EncodedRows] = {}  # encoded as they are written
+        self._existing: set[Hashable] = set()  # variables the store holds (mode='a')
 
     # ------------------------------------------------------------------ reading side
     # The writer reads its store back the way every reader does: through the engine that
@@ -333,7 +439,11 @@ class BigArrayStore(AbstractWritableDataStore):
     def encode_variable(self, variable: xr.Variable, name: Hashable = None) -> xr.Variable:
         """xarray's CF coders, then the string coders (see the module docstring)."""
         as_chars = variable.encoding.get("dtype") == "S1"
+        coders: tuple[cf_variables.VariableCoder, ...]
         coders = _CODERS if _wants_cf_time(variable) else _NATIVE_TIME_CODERS
+        if name in self._existing:  # appended to a committed variable: casts are checked
+            checked = _CheckedCast(self.path)
+            coders = tuple(checked if type(c) is cf_variables.NonStringCoder else c for c in coders)
         var = conventions.encode_cf_variable(variable, name=name, coders=coders)
         var = ensure_dtype_not_object(var, name=name)
         var = strings.EncodedStringCoder(allows_unicode=True).encode(var, name=name)
@@ -361,6 +471,7 @@ class BigArrayStore(AbstractWritableDataStore):
             )
         names = {k: check_name(k) for k in variables}
         check = set(check_encoding_set)
+        self._existing = set()
         if self._appending:
             variables = self._with_store_encoding(variables, names, check)
         encoded, attrs = self.encode(variables, attributes)
@@ -407,8 +518,15 @@ class BigArrayStore(AbstractWritableDataStore):
         ) as opened:
             decoded = {n: opened.variables[n] for n in wanted}
         out = dict(variables)
+        self._existing = set(present)
         for k in present:
             var = variables[k].copy(deep=False)
+            was = decoded[names[k]]
+            if var.dims != was.dims and set(var.dims) == set(was.dims):
+                var = var.transpose(*was.dims)  # as xarray's zarr engine does
+            if self.append_dim is not None and was.dims[:1] == (self.append_dim,):
+                # rows appended (a variable written again is compared after encoding)
+                check_append_dtype(names[k], var.dtype, was.dtype, self.path)
             enc = {
                 e: v for e, v in decoded[names[k]].encoding.items() if e not in _IGNORED_ENCODING
             }
@@ -533,6 +651,13 @@ class BigArrayStore(AbstractWritableDataStore):
         grow: list[tuple[EncodedVariable, Variable]] = []
         new: list[EncodedVariable] = []
         for p in prepared:  # sizes first: xarray's engines say this before values
+            old = m.variables.get(p.name)
+            if old is not None and p.dims != old.dims:
+                raise SchemaError(
+                    f"variable {p.name!r} has dims {p.dims} but the store at {self.path!r} "
+                    f"holds it with dims {old.dims}; changing a variable's dims is not "
+                    "supported. Rename or transpose it to match"
+                )
             if not (self.append_dim is not None and p.dims[0] == row_dim):
                 check_sizes(p, sizes)
         for p in prepared:
@@ -548,6 +673,7 @@ class BigArrayStore(AbstractWritableDataStore):
                 new.append(p)
             elif appending:
                 check_appendable(p, old, self.path)
+                p.attrs = check_append_attrs(p, old, self.path)
                 if len(old.shards) != 1 or old.shards[0].start != 0:
                     raise SchemaError(
                         f"{self.path!r} variable {p.name!r} is sharded; append to it with "
@@ -637,7 +763,7 @@ def _write_dataset(
                 (rows, *old.shape[1:]),
                 old.dims,
                 (Shard(shard.path, shard.offset, 0, rows),),
-                {**old.attrs, **p.attrs},
+                old.attrs,  # an append never changes them (check_append_attrs)
                 old.encoding,
                 old.checksums,
             )
@@ -768,7 +894,10 @@ def to_bigarray(
         ``"w-"`` (default) creates a new store and refuses an existing path; ``"w"``
         replaces an existing store; ``"a"`` appends to an existing store (or creates it):
         rows along ``append_dim`` (new rows, new segments) and new variables. Every check
-        runs before anything is written: a mismatch raises and changes nothing.
+        runs before anything is written: a mismatch raises and changes nothing. Appended
+        rows take the store's encoding of their variable; values it cannot hold without
+        changing their meaning (integers that do not fit, times that need other units,
+        lossy casts) and changed ``units``/``calendar`` are refused.
     append_dim
         With ``mode="a"``: the store's row dim, to append rows; ``None`` adds variables.
     row_dim

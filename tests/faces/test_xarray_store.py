@@ -163,7 +163,7 @@ def test_append_adds_new_variables(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "bad, match",
     [
-        (lambda d: d.assign(label=("row", np.array(["a"] * 4))), "'label' cannot be encoded"),
+        (lambda d: d.assign(label=("row", np.array(["a"] * 4))), "'label' is <U1 but the store"),
         (lambda d: d.isel(f=[0, 0, 1]), "Unable to update size for existing dimension 'f'"),
         (lambda d: d.drop_vars("label"), r"missing \['label'\]"),
         (lambda d: d.assign_coords(f=[1, 2]), "never rewrites committed values"),
@@ -545,3 +545,216 @@ def test_appending_longer_strings_is_refused_not_cut(tmp_path: Any) -> None:
         to_bigarray(xr.Dataset({"s": ("row", np.array(["fgh"]))}), path, mode="a", append_dim="row")
     with xr.open_dataset(path, engine=ENGINE) as back:
         assert back["s"].values.tolist() == ["ab", "cd", "e"]
+
+
+# ------------------------------------------------------------------ appends keep the committed meaning
+
+
+def _refused_unchanged(path: Any, more: xr.Dataset, match: str) -> None:
+    """Append ``more``: a SchemaError matching ``match``, and the store as it was."""
+    before, files = _manifest(path), sorted(os.listdir(path))
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        held = back.load()
+    with pytest.raises(SchemaError, match=match):
+        to_bigarray(more, path, mode="a", append_dim="row")
+    assert _manifest(path) == before
+    assert sorted(os.listdir(path)) == files
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        xr.testing.assert_identical(back.load(), held)
+
+
+@pytest.mark.filterwarnings("ignore:Time.*can't be serialized faithfully")
+def test_append_refuses_times_that_need_other_units_than_the_committed_ones(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "t.bigarray"
+    t = np.array(["2000-01-01", "2000-01-02", "2000-01-03"], "M8[ns]")
+    dt = np.array([1, 2, 3], "m8[s]").astype("m8[ns]")
+    enc = {
+        "t": {"units": "days since 2000-01-01", "dtype": "int32"},
+        "d": {"units": "seconds", "dtype": "int32"},
+    }
+    to_bigarray(xr.Dataset({"t": ("row", t), "d": ("row", dt)}), path, encoding=enc)
+
+    def more(t: str, d: Any) -> xr.Dataset:
+        return xr.Dataset(
+            {"t": ("row", np.array([t], "M8[ns]")), "d": ("row", np.array([d], "m8[ns]"))}
+        )
+
+    _refused_unchanged(path, more("2000-01-04T06:00", 4 * 10**9), "units=.days since")
+    _refused_unchanged(path, more("2000-01-04", 4 * 10**9 + 5 * 10**6), "units=.seconds")
+    # values the committed units hold are appended in those units
+    to_bigarray(more("2000-01-05", 5 * 10**9), path, mode="a", append_dim="row")
+    raw = PointerArray(str(path), variable="t")
+    assert raw.dtype == np.dtype("int32") and raw[:].tolist() == [0, 1, 2, 4]
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["t"].values.tolist() == np.concatenate([t, more("2000-01-05", 0).t]).tolist()
+        assert back["t"].attrs == {} and back["t"].encoding["units"] == "days since 2000-01-01"
+        assert back["d"].values.astype("m8[s]").astype(int).tolist() == [1, 2, 3, 5]
+
+
+def test_append_refuses_times_into_numbers_and_numbers_into_times(tmp_path: Any) -> None:
+    path = tmp_path / "k.bigarray"
+    to_bigarray(xr.Dataset({"s": ("row", np.array([1.0]))}), path)
+    _refused_unchanged(
+        path,
+        xr.Dataset({"s": ("row", np.array(["2000-01-01"], "M8[ns]"))}),
+        "holds float64 values",
+    )
+    when = tmp_path / "w.bigarray"
+    to_bigarray(xr.Dataset({"s": ("row", np.array(["2000-01-01"], "M8[ns]"))}), when)
+    _refused_unchanged(when, xr.Dataset({"s": ("row", np.array([1.0]))}), "holds datetime64")
+
+
+def test_append_refuses_a_changed_units_attribute_and_keeps_the_committed_attributes(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "u.bigarray"
+    to_bigarray(xr.Dataset({"x": ("row", np.ones(2), {"units": "m", "long_name": "x"})}), path)
+    _refused_unchanged(
+        path, xr.Dataset({"x": ("row", np.ones(2), {"units": "km"})}), "units='m'.*units='km'"
+    )
+    # attributes that do not decide decoding: the committed ones stay, as xarray's zarr
+    # engine keeps them; an appended variable without units (arithmetic drops attrs) is fine
+    to_bigarray(
+        xr.Dataset({"x": ("row", np.full(1, 2.0), {"long_name": "other", "new": 1})}),
+        path,
+        mode="a",
+        append_dim="row",
+    )
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["x"].attrs == {"units": "m", "long_name": "x"}
+        assert back["x"].values.tolist() == [1.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "match"),
+    [
+        (np.arange(3, dtype="i2"), np.array([70000, -1, 5]), "70000, which does not fit"),
+        (np.arange(3, dtype="u1"), np.array([300, 2], "u2"), "300, which does not fit"),
+        (np.arange(3, dtype="u1"), np.array([-1, 2]), "int64 but the store .* holds uint8"),
+        (np.arange(3), np.array([2.7]), "float64 but the store .* holds int64"),
+        (np.arange(3), np.array([np.nan]), "float64 but the store .* holds int64"),
+        (np.array([True]), np.array([5]), "int64 but the store .* holds bool"),
+        (np.array([1.0]), np.array([1 + 1j]), "complex128 but the store .* holds float64"),
+        (np.array([1.0]), np.array(["1.5"]), "<U3 but the store .* holds float64"),
+    ],
+    ids=[
+        "int16-wraps",
+        "uint8-wraps",
+        "signed-into-uint8",
+        "fraction",
+        "nan",
+        "int-into-bool",
+        "complex-into-float",
+        "text-into-float",
+    ],
+)
+def test_append_refuses_values_the_committed_dtype_cannot_hold(
+    tmp_path: Any, first: np.ndarray, second: np.ndarray, match: str
+) -> None:
+    path = tmp_path / "f.bigarray"
+    to_bigarray(xr.Dataset({"s": ("row", first)}), path)
+    _refused_unchanged(path, xr.Dataset({"s": ("row", second)}), match)
+
+
+def test_append_of_dask_values_that_do_not_fit_is_refused_and_changes_nothing(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "dk.bigarray"
+    to_bigarray(xr.Dataset({"s": ("row", np.arange(3, dtype="i2"))}), path)
+    more = xr.Dataset({"s": ("row", np.array([1, 2, 70000, 4]))}).chunk({"row": 2})
+    before = _manifest(path)
+    with pytest.raises(SchemaError, match="70000, which does not fit"):
+        to_bigarray(more, path, mode="a", append_dim="row")
+    assert _manifest(path) == before
+    to_bigarray(more.isel(row=[0, 1, 3]), path, mode="a", append_dim="row")  # these fit
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["s"].dtype == np.dtype("i2")
+        assert back["s"].values.tolist() == [0, 1, 2, 1, 2, 4]
+
+
+def test_append_to_packed_and_masked_integers_refuses_what_would_wrap(tmp_path: Any) -> None:
+    path = tmp_path / "pk.bigarray"
+    packing = {"dtype": "int16", "scale_factor": 0.01, "_FillValue": np.int16(-32768)}
+    masked = {"dtype": "int16", "_FillValue": np.int16(-1)}
+    ds = xr.Dataset({"x": ("row", [1.0, np.nan]), "m": ("row", [1.0, np.nan])})
+    to_bigarray(ds, path, encoding={"x": packing, "m": masked})
+    _refused_unchanged(path, ds.assign(x=("row", [1000.0, 0.0])), "100000, which does not fit")
+    _refused_unchanged(path, ds.assign(m=("row", [1.5, 0.0])), "would round them")
+    _refused_unchanged(path, ds.assign(m=("row", [1e6, 0.0])), "1000000, which does not fit")
+    # packed values round by design, NaN becomes the fill value
+    to_bigarray(ds.assign(x=("row", [0.004, np.nan])), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_allclose(back["x"].values, [1.0, np.nan, 0.0, np.nan])
+        np.testing.assert_array_equal(back["m"].values, [1.0, np.nan, 1.0, np.nan])
+
+
+def test_unsigned_encoding_without_fill_value_stores_signed_and_reads_unsigned(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "un.bigarray"
+    ds = xr.Dataset({"f": ("row", np.array([0, 200, 255], "u1"))})
+    to_bigarray(ds, path, encoding={"f": {"dtype": "i1", "_Unsigned": "true"}})
+    raw = PointerArray(str(path), variable="f")
+    assert raw.dtype == np.dtype("i1") and raw[:].tolist() == [0, -56, -1]
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["f"].dtype == np.dtype("u1")
+        assert back["f"].values.tolist() == [0, 200, 255]
+    to_bigarray(xr.Dataset({"f": ("row", np.array([7], "u1"))}), path, mode="a", append_dim="row")
+    _refused_unchanged(path, xr.Dataset({"f": ("row", np.array([256], "u2"))}), "256")
+    with pytest.raises(SchemaError, match="256, which does not fit"):
+        to_bigarray(
+            xr.Dataset({"f": ("row", np.array([256], "u2"))}),
+            tmp_path / "u2.bigarray",
+            encoding={"f": {"dtype": "i1", "_Unsigned": "true"}},
+        )
+    signed = tmp_path / "s.bigarray"
+    neg = xr.Dataset({"g": ("row", np.array([-5, 3], "i1"))})
+    to_bigarray(neg, signed, encoding={"g": {"dtype": "u1", "_Unsigned": "false"}})
+    assert PointerArray(str(signed), variable="g")[:].tolist() == [251, 3]
+    with xr.open_dataset(signed, engine=ENGINE) as back:
+        assert back["g"].dtype == np.dtype("i1") and back["g"].values.tolist() == [-5, 3]
+
+
+def test_a_transposed_append_is_transposed_to_the_stored_dims(tmp_path: Any) -> None:
+    path = tmp_path / "tr.bigarray"
+    to_bigarray(_ds(), path)
+    more = _ds(4, 100, ("c", "d"))
+    to_bigarray(more.transpose("f", "row", "segment"), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        assert back["x"].dims == ("row", "f")
+        np.testing.assert_array_equal(back["x"].values[6:], more["x"].values)
+    other = more.rename({"f": "g"}).drop_vars("g")
+    _refused_unchanged(path, other, "changing a variable's dims is not supported")
+
+
+@pytest.mark.filterwarnings("ignore:variable 'x' will be stored as signed integers")
+def test_unsigned_with_a_fill_value_refuses_values_that_would_wrap(tmp_path: Any) -> None:
+    path = tmp_path / "uf.bigarray"
+    enc = {"x": {"dtype": "i1", "_Unsigned": "true", "_FillValue": np.uint8(255)}}
+    to_bigarray(xr.Dataset({"x": ("row", [0.0, 200.0, np.nan])}), path, encoding=enc)
+    _refused_unchanged(path, xr.Dataset({"x": ("row", [300.0])}), "300, which does not fit")
+    to_bigarray(xr.Dataset({"x": ("row", [100.0, np.nan])}), path, mode="a", append_dim="row")
+    with xr.open_dataset(path, engine=ENGINE) as back:
+        np.testing.assert_array_equal(back["x"].values, [0.0, 200.0, np.nan, 100.0, np.nan])
+    with pytest.raises(SchemaError, match="-1, which does not fit"):
+        to_bigarray(xr.Dataset({"x": ("row", [-1.0])}), tmp_path / "n.bigarray", encoding=enc)
+
+
+def test_append_of_nat_to_integer_times_without_fill_value_is_refused(tmp_path: Any) -> None:
+    path = tmp_path / "nat.bigarray"
+    t = np.array(["2000-01-01", "2000-01-02"], "M8[ns]")
+    enc = {"t": {"units": "days since 2000-01-01", "dtype": "int32"}}
+    to_bigarray(xr.Dataset({"t": ("row", t)}), path, encoding=enc)
+    _refused_unchanged(
+        path, xr.Dataset({"t": ("row", np.array(["NaT"], "M8[ns]"))}), "the values hold NaT"
+    )
+    spans = tmp_path / "td.bigarray"
+    d = np.array([1, 2], "m8[s]").astype("m8[ns]")
+    to_bigarray(
+        xr.Dataset({"d": ("row", d)}), spans, encoding={"d": {"units": "seconds", "dtype": "i4"}}
+    )
+    _refused_unchanged(
+        spans, xr.Dataset({"d": ("row", np.array(["NaT"], "m8[ns]"))}), "the values hold NaT"
+    )
