@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -508,25 +509,40 @@ def _local_target(path: str | os.PathLike[str], who: str) -> str:
     return local_path(path)
 
 
+_MANIFEST_PEEK = 1 << 20  # bytes of a foreign manifest.json read to see what it claims
+
+
 def _foreign(path: str) -> BigArrayError | None:
     """Why a writer may not create a store at ``path`` when what stands there is the user's
     (a file, a directory that is not a store); None when it is a store or free (the
     writer's own error then stands). ``remove_exist=True`` would not help (it replaces
     stores only, see :func:`~bigarray.core.location.remove_store`), so the error must not
     suggest it."""
-    from .core.format import MANIFEST_NAME
+    from .core.format import FORMAT_NAME, MANIFEST_NAME
     from .core.store import interrupted_creation, is_store, read_manifest
 
-    if not os.path.lexists(path) or is_store(path):
+    try:
+        if not os.path.lexists(path) or is_store(path):
+            return None
+        if os.path.isdir(path) and (not os.listdir(path) or interrupted_creation(path)):
+            return None
+    except OSError:  # unreadable: the writer's own error stands
         return None
     if os.path.isdir(path):
-        if not os.listdir(path) or interrupted_creation(path):
-            return None
-        if os.path.lexists(os.path.join(path, MANIFEST_NAME)):
-            try:  # a manifest that does not parse (newer format, damage): say why
+        try:  # a store of a newer bigarray (or a damaged one): the parser says why
+            # O_NONBLOCK: a FIFO planted as the manifest must not hang the writer
+            fd = os.open(os.path.join(path, MANIFEST_NAME), os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+                doc = json.loads(os.read(fd, _MANIFEST_PEEK)) if regular else None
+            finally:
+                os.close(fd)
+            if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
                 read_manifest(path)
-            except BigArrayError as exc:
-                return exc
+        except BigArrayError as exc:
+            return exc
+        except (OSError, ValueError):
+            pass
         kind = "a non-empty directory that is not a bigarray store (no valid manifest.json)"
     else:
         kind = "a file that is not a bigarray store"

@@ -338,3 +338,21 @@ def test_a_writer_refusing_a_users_path_does_not_advise_remove_exist(tmp_path: P
     with pytest.raises(NotAStoreError):
         MmapArrayWriter(legacy, shape=(2,), dtype="f8", remove_exist=True)
     assert os.listdir(mine) == ["k.txt"] and notes.read_text() == "mine" and legacy.exists()
+
+
+def test_a_writer_on_a_store_of_a_newer_bigarray_says_to_upgrade(tmp_path: Path) -> None:
+    """is_store is strict now (a newer format version is not a store this version reads);
+    the seed writer still says why instead of calling it a user's directory."""
+    from bigarray.errors import FormatError
+
+    _named_store(tmp_path / "s")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["version"] = 99
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatError, match="version 99"):
+        PointerArrayWriter(tmp_path / "s", dtype="f8")
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "manifest.json")
+    with pytest.raises(bigarray.errors.StoreExistsError):  # refused, and no hang
+        PointerArrayWriter(fifo_dir, dtype="f8")
