@@ -563,7 +563,7 @@ def _refuse_legacy(path: str) -> None:
             f"{path!r} is a file of the 2020 bigarray, which this version reads in place "
             f"(PointerArray(path)) but never writes. Convert it to a store first "
             f"(`{convert_hint(path)}`) and write to the new store, or delete it with "
-            "bigarray.remove(path) first (remove_exist=True never deletes a file)."
+            "bigarray.remove(path) first (remove_exist=True never deletes one)."
         )
 
 
