@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,14 @@ import numpy as np
 from .core.members import join_parent_session
 from .core.store import SegmentLookup, StoreReader, open_local
 from .core.writer import StoreWriter
-from .errors import BigArrayError, BigArrayWarning, ReadOnlyError, SchemaError
+from .errors import (
+    BigArrayError,
+    BigArrayWarning,
+    NotAStoreError,
+    ReadOnlyError,
+    SchemaError,
+    StoreExistsError,
+)
 from .lazy import EMPTY_INDEX, LazyArray, open_array
 
 __all__ = ["MmapArray", "MmapArrayWriter", "PointerArray", "PointerArrayWriter"]
@@ -416,7 +424,7 @@ class _Writer:
         remove_exist: bool = False,
         **kwargs: Any,
     ) -> None:
-        path = os.path.abspath(os.fspath(path))
+        path = _local_target(path, type(self).__name__)
         env = _SESSION_ENV + _path_key(path)
         joined = join_parent_session(env)
         if joined is not None:
@@ -426,9 +434,20 @@ class _Writer:
             return
         if not remove_exist and os.path.isfile(path):
             _refuse_legacy(path)
-        self._w = StoreWriter(
-            path, shape=shape, dtype=dtype, remove_exist=remove_exist, named=self._named, **kwargs
-        )
+        try:
+            self._w = StoreWriter(
+                path,
+                shape=shape,
+                dtype=dtype,
+                remove_exist=remove_exist,
+                named=self._named,
+                **kwargs,
+            )
+        except StoreExistsError:
+            why = _foreign(path)
+            if why is None:
+                raise
+            raise why from None
         os.environ[env] = json.dumps(self._w.handoff())
 
     @property
@@ -475,6 +494,66 @@ class _Writer:
         return f"{type(self).__name__}({self._w!r})"
 
 
+def _local_target(path: str | os.PathLike[str], who: str) -> str:
+    """The absolute local path a seed writer writes to (``file://``/``local://`` URLs
+    taken as their path); any other URL is refused: these writers ``pwrite`` into a
+    memory-mappable file, which an object store is not."""
+    from .core.filesystem import is_local, local_path
+
+    if not is_local(path):
+        raise NotAStoreError(
+            f"{who} writes local stores only, not {os.fspath(path)!r}. Write to a local path "
+            "and copy the store with `bigarray cp`, or write a remote (sharded) store with "
+            "bigarray.dask_backend.to_bigarray(array, url, ...)."
+        )
+    return local_path(path)
+
+
+_MANIFEST_PEEK = 1 << 20  # bytes of a foreign manifest.json read to see what it claims
+
+
+def _foreign(path: str) -> BigArrayError | None:
+    """Why a writer may not create a store at ``path`` when what stands there is the user's
+    (a file, a directory that is not a store); None when it is a store or free (the
+    writer's own error then stands). ``remove_exist=True`` would not help (it replaces
+    stores only, see :func:`~bigarray.core.location.remove_store`), so the error must not
+    suggest it."""
+    from .core.format import FORMAT_NAME, MANIFEST_NAME
+    from .core.store import interrupted_creation, is_store, read_manifest
+
+    try:
+        if not os.path.lexists(path) or is_store(path):
+            return None
+        if os.path.isdir(path) and (not os.listdir(path) or interrupted_creation(path)):
+            return None
+    except OSError:  # unreadable: the writer's own error stands
+        return None
+    if os.path.isdir(path):
+        try:  # a store of a newer bigarray (or a damaged one): the parser says why
+            # O_NONBLOCK: a FIFO planted as the manifest must not hang the writer
+            fd = os.open(os.path.join(path, MANIFEST_NAME), os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+                doc = json.loads(os.read(fd, _MANIFEST_PEEK)) if regular else None
+            finally:
+                os.close(fd)
+            if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
+                read_manifest(path)
+        except BigArrayError as exc:
+            return exc
+        except (OSError, ValueError):
+            pass
+        kind = "a non-empty directory that is not a bigarray store (no valid manifest.json)"
+    else:
+        kind = "a file that is not a bigarray store"
+    # the writer's class (FileExistsError, as before): only its advice was wrong
+    return StoreExistsError(
+        f"{path!r} is {kind}; a writer creates a store only where nothing is (or an empty "
+        "directory or file), and remove_exist=True replaces only a bigarray store, never "
+        "anything else. Remove it yourself, or choose another path."
+    )
+
+
 def _refuse_legacy(path: str) -> None:
     """Writers never append to a file of the 2020 library: say how to convert it."""
     from .core.legacy import convert_hint, is_legacy_file
@@ -483,8 +562,8 @@ def _refuse_legacy(path: str) -> None:
         raise ReadOnlyError(
             f"{path!r} is a file of the 2020 bigarray, which this version reads in place "
             f"(PointerArray(path)) but never writes. Convert it to a store first "
-            f"(`{convert_hint(path)}`) and write to the new store, or pass "
-            "remove_exist=True to replace the file with a new store."
+            f"(`{convert_hint(path)}`) and write to the new store, or delete it with "
+            "bigarray.remove(path) first (remove_exist=True never deletes one)."
         )
 
 

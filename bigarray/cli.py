@@ -184,7 +184,11 @@ def _not_compactable(path: str) -> str | None:
             f"{path!r} is a file of the 2020 bigarray, which has no index runs to merge; "
             f"convert it to a store first (`{convert_hint(path)}`)"
         )
-    kind = "a directory without a manifest" if os.path.isdir(full) else "not a directory"
+    kind = (
+        "a directory without a valid bigarray manifest"
+        if os.path.isdir(full)
+        else "not a directory"
+    )
     return f"{path!r} is not a local bigarray store ({kind})"
 
 
@@ -202,6 +206,12 @@ def cmd_compact(args: argparse.Namespace) -> int:
     path = local_path(args.path)
     spec = read_manifest(path).segments
     runs = len(spec.all_runs) if spec is not None else 0
+    if spec is None:
+        print("no segment index: nothing to compact")
+        return 0
+    if runs == 1:  # no bar: it would stand empty at 0 segments
+        print(f"index      1 run ({spec.count:,} segments): already compact, nothing to do")
+        return 0
     desc = f"compact {runs} run{'s' if runs != 1 else ''}"
     with tqdm(unit="seg", unit_scale=True, disable=args.quiet, desc=desc) as bar:
 

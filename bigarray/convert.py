@@ -29,7 +29,10 @@ The xarray paths go through :mod:`bigarray.xarray_backend` (``engine="bigarray"`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -803,20 +806,99 @@ def _open_store_dataset(src: str, variable: str | None) -> Any:
 
 
 def _is_zarr(path: str) -> bool:
-    """A zarr group or array directory (v2 or v3), which ``to_zarr`` may replace."""
-    return os.path.isdir(path) and any(
-        os.path.isfile(os.path.join(path, n)) for n in ("zarr.json", ".zgroup", ".zarray")
-    )
+    """A directory holding a zarr group or array (v2 or v3, as ``to_zarr`` writes one) and
+    nothing else, which ``to_zarr`` may replace. Anything besides zarr metadata and chunks
+    (a README, a folder of recordings, a symbolic link) makes it the user's: refused."""
+    try:
+        return _zarr_node(path, 0)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+#: A chunk's path inside its array: ``c/0/1``, ``c.0.1`` (v3), ``0.1``, ``0/1`` (v2 and
+#: v3's "v2" key encoding); ``c`` or ``0`` for a 0-d array.
+_CHUNK_KEY = re.compile(r"(c|\d+)([./]\d+)*\Z")
+_ZARR_MAX_DEPTH = 64
+
+
+def _zarr_meta(path: str) -> Any:
+    """The JSON of a zarr metadata file (a regular file), or None."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        return None
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def _zarr_node(path: str, depth: int) -> bool:
+    """``path`` is a zarr group or array whose every entry is zarr's own."""
+    if depth > _ZARR_MAX_DEPTH or not stat.S_ISDIR(os.lstat(path).st_mode):
+        return False
+    names = os.listdir(path)
+    if "zarr.json" in names:
+        meta = _zarr_meta(os.path.join(path, "zarr.json"))
+        if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
+            return False
+        kind, own = meta.get("node_type"), {"zarr.json"}
+    elif (".zgroup" in names) != (".zarray" in names):
+        kind = "group" if ".zgroup" in names else "array"
+        meta = _zarr_meta(os.path.join(path, f".z{kind}"))
+        if not isinstance(meta, dict) or meta.get("zarr_format") != 2:
+            return False
+        own = {f".z{kind}", ".zattrs"} | ({".zmetadata"} if kind == "group" else set())
+    else:
+        return False
+    if kind not in ("group", "array"):
+        return False
+    for name in names:
+        full = os.path.join(path, name)
+        if name in own:
+            if not stat.S_ISREG(os.lstat(full).st_mode):
+                return False
+        elif not (_zarr_node(full, depth + 1) if kind == "group" else _chunks(full, name, depth)):
+            return False
+    return True
+
+
+def _chunks(path: str, key: str, depth: int) -> bool:
+    """``path`` (``key`` inside its array) is a chunk file, or a directory of chunks only."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        return _CHUNK_KEY.match(key) is not None
+    if not stat.S_ISDIR(mode) or depth > _ZARR_MAX_DEPTH:
+        return False
+    return all(_chunks(os.path.join(path, n), f"{key}/{n}", depth + 1) for n in os.listdir(path))
 
 
 def _is_netcdf(path: str) -> bool:
-    """A netCDF (HDF5 or classic) file, which ``to_netcdf`` may replace."""
+    """A netCDF file, which ``to_netcdf`` may replace: netCDF-4 (an HDF5 file whose root
+    carries the ``_NCProperties`` attribute that netCDF-C 4.4.1+ and h5netcdf always write)
+    or classic (its header, not just its magic). Any other HDF5 file (model weights, an h5py
+    dataset, a netCDF-4 file of a netCDF-C older than 2016) is the user's: refused."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        head = _head(path, 24)
+        if head.startswith(_NETCDF3_MAGICS):
+            return _classic_header(head)
+        if not _is_hdf5(path):
+            return False
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            props = f.attrs.get("_NCProperties")
+    except Exception:  # a predicate: whatever cannot be read as netCDF is not replaced
         return False
-    return head.startswith((_HDF5_MAGIC, b"CDF\x01", b"CDF\x02", b"CDF\x05"))
+    if isinstance(props, bytes):
+        props = props.decode("utf-8", "replace")
+    return isinstance(props, str) and props.startswith("version=")
+
+
+def _classic_header(head: bytes) -> bool:
+    """The start of a netCDF classic header: magic, record count, then the dimension list
+    (``NC_DIMENSION`` and a count, or ``ABSENT`` and zero)."""
+    n = 8 if head[3:4] == b"\x05" else 4  # CDF-5 counts are 64-bit
+    tag, count = head[4 + n : 8 + n], head[8 + n : 8 + 2 * n]
+    return len(count) == n and (tag == b"\0\0\0\x0a" or (tag == b"\0\0\0\0" and count == bytes(n)))
 
 
 def to_zarr(

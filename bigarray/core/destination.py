@@ -6,10 +6,12 @@ switched into place at the end (the replace-beside staging of :mod:`bigarray.cor
 
 - nothing there, an empty directory, an empty file (from ``mkstemp()``) or what a writer
   killed while creating a store left: free;
-- a bigarray store (or what the caller says it replaces, ``replaceable``: a zarr group
-  for a zarr export): replaced only when asked (``replace=True``), never under a live
-  writer session. Readers keep seeing the old one, whole, until the new one lands; a
-  write that fails or is killed leaves it as it was;
+- a bigarray store (a directory whose manifest parses as one, not merely names the
+  format), or what the caller says it replaces (``replaceable``: a zarr group holding
+  nothing but zarr's files for a zarr export, a netCDF file for a netCDF one): replaced
+  only when asked (``replace=True``), never under a live writer session. Readers keep
+  seeing the old one, whole, until the new one lands; a write that fails or is killed
+  leaves it as it was;
 - anything else (a user's file, a directory that is not a store, a symbolic link):
   refused with :class:`~bigarray.errors.NotAStoreError`, and never deleted.
 
@@ -157,9 +159,15 @@ def prepare_destination(
                 if stat.S_ISDIR(st.st_mode)
                 else "a file that is not a bigarray store"
             )
+            only = (
+                "a bigarray store, or an output of this export's own format that holds "
+                "nothing else,"
+                if replaceable is not None
+                else "a bigarray store"
+            )
             raise NotAStoreError(
                 f"{path!r} is {kind}; refusing to replace it{' even with ' + option if replace else ''} "
-                "(only a bigarray store is replaced, and nothing else is ever deleted). Remove "
+                f"(only {only} is replaced, and nothing else is ever deleted). Remove "
                 "it yourself, or write to another path."
             )
         replacing = True

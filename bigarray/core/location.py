@@ -51,19 +51,30 @@ def locked_here(path: str) -> Iterator[int]:
 
 
 def remove_store(path: str) -> None:
-    """Delete a store directory (or an empty file, or a symlink); refuse anything else.
+    """Delete a store directory (or an empty file); refuse anything else, a symbolic link
+    included (neither the link nor what it points to is touched), with
+    :class:`NotAStoreError`.
 
     A store that a live writer session holds open (in this or another program) is refused
     with :class:`StoreExistsError`: deleting it would leave that session committing rows
     into files that no longer exist. Otherwise the directory is renamed away under the
     store lock (so no session can start or commit in it meanwhile) and deleted from there.
     """
-    if os.path.isdir(path) and not os.path.islink(path):
-        store = is_store(path)
+    if os.path.islink(path):
+        # every other entry point refuses a link: replacing it would write the new store
+        # where the user expects their link (and, followed, delete what it points to)
+        raise NotAStoreError(
+            f"remove_exist=True but {path!r} is a symbolic link; refusing to replace it (the "
+            "link and what it points to are kept). Write to the store by its own path, or "
+            "remove the link yourself."
+        )
+    if os.path.isdir(path):
+        store = is_store(path)  # strict: the manifest parses, not just names the format
         if not store and os.listdir(path) and not interrupted_creation(path):
             raise NotAStoreError(
                 f"remove_exist=True but {path!r} is a non-empty directory that is not a "
-                "bigarray store; refusing to delete it. Remove it yourself or pick another path."
+                "bigarray store (no valid manifest.json); refusing to delete it. Remove it "
+                "yourself or pick another path."
             )
         parent, base = os.path.split(os.path.normpath(path))
         tomb = os.path.join(parent, f".{base}.removing-{os.urandom(4).hex()}")
@@ -88,14 +99,14 @@ def remove_store(path: str) -> None:
         shutil.rmtree(tomb, ignore_errors=True)
     elif os.path.lexists(path):
         st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode) and not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
-            # an empty regular file (tempfile.mkstemp) is a free location; a symlink is
-            # removed, never what it points to; anything else is the user's, not ours
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+            # an empty regular file (tempfile.mkstemp) is a free location; anything else
+            # is the user's (a 2020 file too, as for every other entry point)
             raise NotAStoreError(
                 f"remove_exist=True but {path!r} is a "
                 f"{'non-empty file' if stat.S_ISREG(st.st_mode) else 'special file'} that is "
-                "not a bigarray store; refusing to delete it. Remove it yourself or pick "
-                "another path."
+                "not a bigarray store; refusing to delete it. Remove it yourself (a file of "
+                "the 2020 bigarray: bigarray.remove(path)) or pick another path."
             )
         with contextlib.suppress(FileNotFoundError):  # another writer removed it first
             os.unlink(path)

@@ -50,8 +50,8 @@ def _kind(path: str) -> str:
         ):
             return "partial"
         raise NotAStoreError(
-            f"{path!r} is a directory but not a bigarray store (no manifest.json); refusing to "
-            "touch it. Delete it yourself if it is yours."
+            f"{path!r} is a directory but not a bigarray store ({_no_manifest(path)}); "
+            "refusing to touch it. Delete it yourself if it is yours."
         )
     if os.path.isfile(path) and is_legacy_file(path):
         return "legacy"
@@ -61,11 +61,41 @@ def _kind(path: str) -> str:
     )
 
 
+def _no_manifest(path: str) -> str:
+    """Why the directory ``path`` is not a store: no manifest, or the parser's reason."""
+    from .format import MANIFEST_NAME
+    from .store import read_manifest
+
+    if not os.path.lexists(os.path.join(path, MANIFEST_NAME)):
+        return f"no {MANIFEST_NAME}"
+    try:
+        read_manifest(path)
+    except BigArrayError as exc:
+        return f"its {MANIFEST_NAME} is not a valid bigarray manifest: {exc}"
+    return "it changed while being checked"
+
+
+def _sound_legacy(path: str) -> None:
+    """Refuse to delete a file that starts with the 2020 magic but does not read as a
+    2020 file: only the magic says it is one, and 8 bytes are no proof."""
+    from .legacy import check_legacy
+
+    ok, lines = check_legacy(path)
+    if not ok:
+        raise NotAStoreError(
+            f"{path!r} starts with the 2020 bigarray magic b'mmapdata' but is not a valid "
+            f"2020 bigarray file ({lines[-1]}); refusing to delete it. Delete it yourself "
+            "if it is yours."
+        )
+
+
 def remove(path: str | os.PathLike[str]) -> None:
     """Delete the store at ``path`` (its directory and every file in it).
 
     The replacement for ``os.remove(path)`` on a 2020 bigarray file (which it also deletes).
-    Anything that is neither a store nor a 2020 file is refused with
+    A store is a directory whose ``manifest.json`` parses as a bigarray manifest, a 2020
+    file one that reads as such (not merely one starting with ``b"mmapdata"``). Anything
+    that is neither a store nor a 2020 file is refused with
     :class:`~bigarray.errors.NotAStoreError`, so a wrong path never deletes a directory of
     yours; a missing path raises :class:`~bigarray.errors.StoreNotFoundError` (a
     ``FileNotFoundError``). A symlink to a store is removed itself, as ``os.remove`` would.
@@ -77,6 +107,8 @@ def remove(path: str | os.PathLike[str]) -> None:
     kind = _kind(full)
     if kind == "store" and not os.path.islink(full):
         _refuse_live_writers(full)
+    if kind == "legacy" and not os.path.islink(full):
+        _sound_legacy(full)
     if os.path.islink(full) or kind == "legacy":
         os.remove(full)
         return

@@ -188,26 +188,29 @@ def only_session_debris(journal: str) -> bool:
 
 
 def is_store(path: str, storage_options: dict[str, Any] | None = None) -> bool:
-    """True if ``path`` (a directory or any fsspec URL) holds a bigarray manifest.
+    """True if ``path`` (a directory or any fsspec URL) holds a valid bigarray manifest.
+
+    The manifest must parse as one (:func:`~bigarray.core.format.parse_manifest`): a
+    user's directory whose ``manifest.json`` merely mentions ``"format": "bigarray"`` is
+    not a store, and every tool that deletes or replaces a store asks this first. A local
+    manifest parsed before (same bytes) is not validated again.
 
     Never raises: a URL that cannot be reached is simply not a store.
     """
     from .filesystem import is_local
 
-    if not isinstance(path, (str, os.PathLike)) or not is_local(path):
-        try:
+    try:
+        if not isinstance(path, (str, os.PathLike)) or not is_local(path):
             from .filesystem import FileAccess
 
-            raw = FileAccess(path, storage_options).cat(MANIFEST_NAME)
-            return b'"format": "bigarray"' in raw[:4096]
-        except Exception:
-            return False
-    try:
+            url = str(path)
+            parse_manifest(FileAccess(url, storage_options).cat(MANIFEST_NAME), url)
+            return True
         from .filesystem import local_path
 
-        with open(os.path.join(local_path(path), MANIFEST_NAME), "rb") as f:
-            return b'"format": "bigarray"' in f.read(4096)
-    except (OSError, TypeError, ValueError):
+        read_manifest(local_path(path), cached=True)
+        return True
+    except Exception:  # a predicate: whatever fails to read or parse is not a store
         return False
 
 

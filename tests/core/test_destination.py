@@ -169,3 +169,42 @@ def test_copy_follows_the_same_rule(tmp_path: Path) -> None:
     with pytest.raises(NotAStoreError):
         copy_store(src, mine, progress=False, overwrite=True)
     assert os.listdir(mine) == ["thesis.tex"]
+
+
+def test_a_manifest_that_only_mentions_bigarray_makes_no_store_for_any_entry_point(
+    tmp_path: Path,
+) -> None:
+    """A user's directory whose manifest.json merely says "format": "bigarray" (a project's
+    list of data sets) is refused by every entry point that deletes or replaces a store,
+    and kept whole."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "manifest.json").write_text(
+        '{"datasets": [{"name": "train", "format": "bigarray", "path": "train.bigarray"}]}'
+    )
+    (project / "thesis.tex").write_text("precious")
+    src = _store(tmp_path / "s", 1)
+    np.save(tmp_path / "b.npy", np.arange(4))
+    attempts = [
+        lambda: bigarray.remove(project),
+        lambda: prepare_destination(project, replace=True),
+        lambda: PointerArrayWriter(project, shape=(3,), dtype="f8", remove_exist=True),
+        lambda: bigarray.MmapArrayWriter(project, shape=(3,), dtype="f8", remove_exist=True),
+        lambda: convert(tmp_path / "b.npy", project, remove_exist=True),
+        lambda: copy_store(src, project, progress=False, overwrite=True),
+    ]
+    for attempt in attempts:
+        with pytest.raises(NotAStoreError):
+            attempt()
+        assert sorted(os.listdir(project)) == ["manifest.json", "thesis.tex"]
+    da = pytest.importorskip("dask.array")
+    from bigarray.dask_backend import to_bigarray
+
+    with pytest.raises(NotAStoreError):
+        to_bigarray(da.ones((4, 2), chunks=2), str(project), remove_exist=True)
+    xr = pytest.importorskip("xarray")
+    from bigarray import xarray_backend
+
+    with pytest.raises(NotAStoreError):
+        xarray_backend.to_bigarray(xr.Dataset({"x": ("row", np.ones(3))}), project, mode="w")
+    assert (project / "thesis.tex").read_text() == "precious"

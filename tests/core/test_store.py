@@ -221,3 +221,26 @@ def test_a_store_replaced_at_its_path_has_another_fingerprint(tmp_path: Path) ->
         if _ == 0:
             first = Store(path).fingerprint()
     assert Store(path).fingerprint() != first
+
+
+def test_is_store_wants_a_manifest_that_parses_not_one_that_names_the_format(
+    store: Path, tmp_path: Path
+) -> None:
+    """A user's directory whose manifest.json merely mentions "format": "bigarray" is not a
+    store (every tool that deletes or replaces a store asks is_store first), nor is a store
+    whose manifest no longer parses."""
+    from bigarray import is_store
+
+    assert is_store(str(store)) and is_store(store)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "manifest.json").write_text(
+        json.dumps({"datasets": [{"name": "train", "format": "bigarray"}]}, indent=1)
+    )
+    (project / "thesis.tex").write_text("mine")
+    assert not is_store(str(project))
+    (project / "manifest.json").write_text('{"format": "bigarray", "version": 1')  # cut short
+    assert not is_store(str(project))
+    (project / "manifest.json").write_text('{"format": "bigarray", "version": 1}')
+    assert not is_store(str(project))  # no variables, no generation: not a manifest
+    assert not is_store(str(project / "thesis.tex")) and not is_store(str(tmp_path / "nope"))

@@ -4,6 +4,7 @@ in :mod:`bigarray.core.filesystem`)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import bigarray
 from bigarray import MmapArray, PointerArray, PointerArrayWriter
 from bigarray.core.filesystem import is_local, local_path
 from bigarray.core.store import Store, is_store, open_store
+from bigarray.errors import NotAStoreError
 
 SPELLINGS = ["plain", "file://", "FILE://", "local://"]
 
@@ -148,3 +150,36 @@ def test_convert_takes_any_spelling_of_its_source_and_destination(
     write_legacy_pointer(legacy, data, {"a": (0, 5)})
     assert convert(_spell(legacy, how), _spell(tmp_path / "new", how)) == "legacy"
     np.testing.assert_array_equal(PointerArray(tmp_path / "new")["a"], data[:5])
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_seed_writers_write_where_a_local_url_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """file:// (any case) and local:// name the path itself, never ./file:/... under the cwd."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    p = tmp_path / "e.bigarray"
+    with PointerArrayWriter(p, shape=(None,), dtype="f8") as w:
+        w.write({"a": np.arange(3.0)})
+    with PointerArrayWriter(_spell(p, how)) as w:
+        w.write({"b": np.arange(2.0)})
+    assert dict(PointerArray(p).indices) == {"a": (0, 3), "b": (3, 5)}
+    w2 = bigarray.MmapArrayWriter(_spell(tmp_path / "m.bigarray", how), shape=(4,), dtype="f8")
+    w2.write(np.ones(4))
+    w2.close()
+    np.testing.assert_array_equal(MmapArray(tmp_path / "m.bigarray"), np.ones(4))
+    assert w2.path == str(tmp_path / "m.bigarray")
+    assert os.listdir(cwd) == []
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/x.bigarray", "memory://x", "simplecache::file:///x"])
+def test_seed_writers_refuse_urls_of_other_filesystems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for cls in (PointerArrayWriter, bigarray.MmapArrayWriter):
+        with pytest.raises(NotAStoreError, match="writes local stores only"):
+            cls(url, shape=(2,), dtype="f8")
+    assert os.listdir(tmp_path) == []

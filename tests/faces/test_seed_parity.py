@@ -274,3 +274,85 @@ def test_remove_never_deletes_a_directory_with_npy_files_on_a_guess(tmp_path: Pa
     with pytest.raises(NotAStoreError):
         remove(d)
     assert (d / "mydata.npy").exists()
+
+
+def test_remove_wants_a_valid_manifest_or_2020_file_not_a_mention_or_a_magic(
+    tmp_path: Path,
+) -> None:
+    """A directory whose manifest.json merely mentions "format": "bigarray", and a file that
+    merely starts with b"mmapdata", are the user's: refused and kept."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "manifest.json").write_text('{"datasets": [{"format": "bigarray"}]}')
+    (project / "thesis.tex").write_text("years of work")
+    with pytest.raises(NotAStoreError, match="not a valid bigarray manifest"):
+        bigarray.remove(project)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mmapdata notes: the 2020 format starts with this magic\n")
+    with pytest.raises(NotAStoreError, match="not a valid 2020 bigarray file"):
+        bigarray.remove(notes)
+    assert (project / "thesis.tex").read_text() == "years of work" and notes.exists()
+
+
+def test_remove_exist_refuses_a_symlink_and_keeps_it_and_its_target(tmp_path: Path) -> None:
+    """The seed writers refuse a symbolic link as every other entry point does: neither the
+    link nor what it points to (a user's directory, a store) is replaced."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "k.txt").write_text("k")
+    _named_store(tmp_path / "s")
+    for target in (mine, tmp_path / "s"):
+        link = tmp_path / f"link-{target.name}"
+        link.symlink_to(target)
+        for cls in (MmapArrayWriter, PointerArrayWriter):
+            with pytest.raises(NotAStoreError, match="is a symbolic link"):
+                cls(link, shape=(2,), dtype="f8", remove_exist=True)
+            assert os.path.islink(link) and os.readlink(link) == str(target)
+    assert os.listdir(mine) == ["k.txt"] and len(PointerArray(tmp_path / "s")) == 6000
+
+
+def test_a_writer_refusing_a_users_path_does_not_advise_remove_exist(tmp_path: Path) -> None:
+    """remove_exist=True never replaces a user's directory, file or 2020 file, so the errors
+    that refuse them must not suggest it."""
+    from bigarray.errors import ReadOnlyError, StoreExistsError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "k.txt").write_text("k")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for path in (mine, notes):
+        for cls in (MmapArrayWriter, PointerArrayWriter):
+            with pytest.raises(StoreExistsError) as err:
+                cls(path, shape=(2,), dtype="f8")
+            assert "pass remove_exist=True" not in str(err.value)
+            assert "remove_exist=True replaces only a bigarray store" in str(err.value)
+            with pytest.raises(NotAStoreError):
+                cls(path, shape=(2,), dtype="f8", remove_exist=True)
+    legacy = tmp_path / "old.bin"
+    write_legacy_mmap(legacy, np.zeros((3, 2), "f4"))
+    with pytest.raises(ReadOnlyError) as err2:
+        MmapArrayWriter(legacy, shape=(2,), dtype="f8")
+    assert "pass remove_exist=True" not in str(err2.value)
+    assert "bigarray.remove(path)" in str(err2.value)
+    with pytest.raises(NotAStoreError):
+        MmapArrayWriter(legacy, shape=(2,), dtype="f8", remove_exist=True)
+    assert os.listdir(mine) == ["k.txt"] and notes.read_text() == "mine" and legacy.exists()
+
+
+def test_a_writer_on_a_store_of_a_newer_bigarray_says_to_upgrade(tmp_path: Path) -> None:
+    """is_store is strict now (a newer format version is not a store this version reads);
+    the seed writer still says why instead of calling it a user's directory."""
+    from bigarray.errors import FormatError
+
+    _named_store(tmp_path / "s")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["version"] = 99
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatError, match="version 99"):
+        PointerArrayWriter(tmp_path / "s", dtype="f8")
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "manifest.json")
+    with pytest.raises(bigarray.errors.StoreExistsError):  # refused, and no hang
+        PointerArrayWriter(fifo_dir, dtype="f8")

@@ -92,7 +92,7 @@ def test_compact_says_what_is_wrong_with_the_path(tmp_path: Path, capsys: Any) -
     write_legacy_pointer(legacy, np.zeros((4, 2), "i4"), {"a": (0, 4)})
     cases = {
         str(tmp_path / "missing"): "does not exist",
-        str(tmp_path): "not a local bigarray store (a directory without a manifest)",
+        str(tmp_path): "not a local bigarray store (a directory without a valid bigarray manifest)",
         str(notes): "not a local bigarray store (not a directory)",
         str(legacy): "a file of the 2020 bigarray",
         "s3://bucket/x.bigarray": "is a URL; compact rewrites a local store",
@@ -105,3 +105,28 @@ def test_compact_says_what_is_wrong_with_the_path(tmp_path: Path, capsys: Any) -
 def test_compact_takes_a_file_url(store: Path, capsys: Any) -> None:
     assert main(["compact", f"file://{store}", "--quiet"]) == 0
     assert "1 run (30 segments)" in capsys.readouterr().out
+
+
+def test_rm_refuses_a_manifest_that_only_mentions_bigarray_and_a_file_with_only_the_magic(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "manifest.json").write_text('{"datasets": [{"format": "bigarray"}]}')
+    (project / "thesis.tex").write_text("precious")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mmapdata notes: the 2020 format starts with this magic\n")
+    for path in (project, notes):
+        result = _run("rm", str(path))
+        assert result.returncode != 0 and "NotAStoreError" in result.stderr, result
+        assert "removed" not in result.stdout
+    assert (project / "thesis.tex").read_text() == "precious" and notes.exists()
+
+
+def test_compact_of_a_store_already_in_one_run_says_so_without_a_progress_bar(
+    store: Path,
+) -> None:
+    result = _run("compact", str(store))
+    assert result.returncode == 0, result.stderr
+    assert "1 run (30 segments): already compact, nothing to do" in result.stdout
+    assert "compact 1 run" not in result.stderr and "seg" not in result.stderr

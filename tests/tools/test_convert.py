@@ -461,3 +461,73 @@ def test_netcdf_variable(tmp_path):
         np.testing.assert_array_equal(got["a"].values, ds["a"].values)
     with pytest.raises(VariableNotFoundError, match=r"no variable 'nope'"):
         conv.convert(tmp_path / "in.nc", tmp_path / "s2", variable="nope")
+
+
+# --------------------------------------------------------------------------- replacing
+def test_netcdf_export_replaces_a_netcdf_file_only_never_any_hdf5_file(tmp_path):
+    """--remove-exist replaces a netCDF file (netCDF-4 with _NCProperties, or a classic
+    header), never another HDF5 file (model weights) nor a file that only starts with a
+    netCDF magic."""
+    from bigarray.errors import NotAStoreError
+
+    src = tmp_path / "s"
+    _make_store(src)
+    model = tmp_path / "model.h5"
+    with h5py.File(model, "w") as f:
+        f["weights"] = np.arange(10)
+        f.attrs["keras_version"] = "3.0"
+    cdf_text = tmp_path / "notes.nc"
+    cdf_text.write_bytes(b"CDF\x01 is the magic of netCDF classic files\n")
+    for mine in (model, cdf_text):
+        assert not conv._is_netcdf(str(mine))
+        with pytest.raises(NotAStoreError, match="refusing to replace it"):
+            conv.convert(src, mine, to="netcdf", remove_exist=True)
+    with h5py.File(model) as f:
+        assert list(f) == ["weights"]
+    assert cdf_text.read_bytes().startswith(b"CDF\x01 is")
+    classic = tmp_path / "empty.nc"  # a whole classic file: no records, dims, attrs, vars
+    classic.write_bytes(b"CDF\x01" + bytes(4) + bytes(24))
+    assert conv._is_netcdf(str(classic))
+    netcdf4 = tmp_path / "old.nc"
+    with h5py.File(netcdf4, "w") as f:  # what netCDF-C writes at the root
+        f.attrs["_NCProperties"] = np.bytes_(b"version=2,netcdf=4.9.2,hdf5=1.14.3")
+    assert conv._is_netcdf(str(netcdf4))
+
+
+@pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification")
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_export_replaces_a_directory_of_zarr_files_only(tmp_path, zarr_format):
+    """A zarr group written by xarray (v2 or v3) is replaceable; the same group with a file
+    of the user's anywhere in it, or a bare zarr.json beside the user's files, is not."""
+    import json
+    import shutil
+
+    from bigarray.errors import NotAStoreError
+
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset(
+        {"x": (("row", "c"), np.ones((5, 2))), "n": ("row", np.arange(5))},
+        coords={"row": np.arange(5)},
+    )
+    good = tmp_path / "good.zarr"
+    ds.to_zarr(good, mode="w-", zarr_format=zarr_format)
+    assert conv._is_zarr(str(good))
+    for extra in ("README.txt", "x/notes.txt", "x/c.backup"):
+        bad = tmp_path / f"bad-{extra.replace('/', '_')}.zarr"
+        shutil.copytree(good, bad)
+        (bad / extra).write_text("mine")
+        assert not conv._is_zarr(str(bad)), extra
+    proj = tmp_path / "proj.zarr"
+    (proj / "raw").mkdir(parents=True)
+    (proj / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
+    )
+    (proj / "raw" / "take1.wav").write_text("audio")
+    (proj / "README.txt").write_text("mine")
+    if _xarray_ready():
+        src = tmp_path / "s"
+        _make_store(src)
+        with pytest.raises(NotAStoreError, match="refusing to replace it"):
+            conv.convert(src, proj, remove_exist=True)
+    assert sorted(os.listdir(proj)) == ["README.txt", "raw", "zarr.json"]
