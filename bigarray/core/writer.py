@@ -273,8 +273,9 @@ class StoreWriter:
         if not existed:
             if not self._free_location():
                 raise StoreExistsError(
-                    f"{self.path!r} exists and is not a bigarray store; pass remove_exist=True "
-                    "to replace it, or choose another path"
+                    f"{self.path!r} exists and is not a bigarray store (nor a valid one); "
+                    "a writer never replaces it (remove_exist replaces stores only). Remove it "
+                    "yourself, or choose another path"
                 )
             self._create_empty()
         with locked_here(self.path):
