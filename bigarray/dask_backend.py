@@ -826,15 +826,33 @@ def _compute_here(tasks: Sequence[Any], nested: bool) -> list[Any]:
             from distributed import worker_client
 
             with worker_client() as c:
-                futures = c.compute(list(tasks))
-                try:
-                    return list(c.gather(futures))
-                except BaseException:
-                    c.cancel(futures)
-                    raise
+                return _gather_all(c, tasks)
         if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
             return list(dask.compute(*tasks, scheduler="threads"))
+    client = None
+    with contextlib.suppress(ImportError, ValueError):
+        from distributed import default_client
+
+        client = default_client()
+    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+        return _gather_all(client, tasks)
     return list(dask.compute(*tasks))
+
+
+def _gather_all(client: Any, tasks: Sequence[Any]) -> list[Any]:
+    """Compute ``tasks`` on a distributed ``client``; on a failure, cancel the rest and
+    wait until none is running any more: a task still writing when the caller cleans up
+    would leave its object behind the cleanup."""
+    from distributed import wait
+
+    futures = client.compute(list(tasks))
+    try:
+        return list(client.gather(futures))
+    except BaseException:
+        client.cancel(futures)
+        with contextlib.suppress(Exception):
+            wait(futures, timeout=120)
+        raise
 
 
 # ------------------------------------------------------------------- sharded (object stores)

@@ -1145,7 +1145,11 @@ class StoreWriter:
                         if retry is None:
                             raise self._conflict(exc, committed, fresh) from None
                         plan_index = retry
-                    self._check_repeats(plan_index.repeated)
+                    # (rows named again by name_rows wrote no bytes: an idempotent retry)
+                    named_only = [
+                        r.segments.hashes for r in mine if not r.data and r.segments is not None
+                    ]
+                    self._check_repeats(plan_index.repeated, named_only)
                     rows = max(rows, plan_index.max_stop)
             assert self._shard is not None
             fd = self._data_fd()
@@ -1261,7 +1265,9 @@ class StoreWriter:
                 "(discard()) and write again."
             )
 
-    def _check_repeats(self, repeated: SegmentArrays | None) -> None:
+    def _check_repeats(
+        self, repeated: SegmentArrays | None, exempt: Sequence[np.ndarray] = ()
+    ) -> None:
         """Refuse new segments equal (name and rows) to committed ones that another session
         committed: two sessions wrote one name at the same explicit rows, so the one that
         committed second wrote over the first one's rows. Equal segments this session's
@@ -1269,6 +1275,8 @@ class StoreWriter:
         if repeated is None or not repeated.count:
             return
         mine = self._journal.committed_hashes()
+        if exempt:
+            mine = np.sort(np.concatenate([mine, *[np.asarray(e, np.uint32) for e in exempt]]))
         pos = np.minimum(np.searchsorted(mine, repeated.hashes), max(len(mine) - 1, 0))
         ours = (mine[pos] == repeated.hashes) if len(mine) else np.zeros(repeated.count, bool)
         foreign = np.flatnonzero(~ours)
