@@ -18,17 +18,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import BigArrayError, NotAStoreError, StoreNotFoundError
-from .format import INDEX_ROLES, Manifest, Variable
+from .format import Manifest, Variable
 from .integrity import (
     DataChecksums,
     block_rows_for,
-    entry_runs,
     extend_crc,
     layout_crc,
     spec_crc,
     valid_index_entry,
 )
-from .verify import BadBlock, VerifyReport
+from .verify import BadBlock, VerifyReport, check_index_sums
 
 __all__ = ["verify_remote"]
 
@@ -102,27 +101,13 @@ def _verify_index_files(report: VerifyReport, store: Any, manifest: Manifest) ->
             "checksums were recorded; the manifest was edited or damaged"
         )
         return
-    sums = {int(r["generation"]): r["files"] for r in entry_runs(entry)}
-    for run in spec.all_runs:
-        recorded = sums.get(run.generation)
-        if recorded is None:
-            report.problems.append(
-                f"index run of generation {run.generation} has no recorded checksums"
-            )
-            continue
-        for role in INDEX_ROLES:
-            rel = run.files[role]
-            try:
-                raw = store.access.cat(rel)
-            except BigArrayError as exc:
-                report.problems.append(f"index file {rel!r} ({role}): {exc}")
-                continue
-            actual = int(extend_crc(0, bytes(raw)))
-            if actual != recorded[role]:
-                report.problems.append(
-                    f"index file {rel!r} ({role}): crc32c is {actual:#010x} but "
-                    f"{recorded[role]:#010x} was recorded at commit"
-                )
+    check_index_sums(
+        report,
+        spec,
+        entry,
+        lambda rel: int(extend_crc(0, bytes(store.access.cat(rel)))),
+        "crc32c",
+    )
 
 
 def _verify_variable(report: VerifyReport, store: Any, url: str, var: Variable) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,9 @@ import numpy as np
 
 from ..errors import BigArrayError, IntegrityError, NotAStoreError, StoreNotFoundError
 from .fileutil import resolve_inside
-from .format import INDEX_ROLES, Manifest, Variable
+from .format import INDEX_ROLES, IndexFiles, Manifest, Variable
 
-__all__ = ["BadBlock", "VerifyReport", "verify_store"]
+__all__ = ["BadBlock", "VerifyReport", "check_index_sums", "verify_store"]
 
 from .integrity import (
     DataChecksums,
@@ -278,29 +278,9 @@ def _verify_index(report: VerifyReport, path: str, manifest: Manifest, store: An
                 "whose checksums were recorded; the manifest was edited or damaged"
             )
         else:
-            sums = {int(r["generation"]): r["files"] for r in entry_runs(entry)}
-            for run in spec.all_runs:
-                recorded = sums.get(run.generation)
-                if recorded is None:
-                    report.problems.append(
-                        f"index run of generation {run.generation} has no recorded checksums"
-                    )
-                    continue
-                for role in INDEX_ROLES:
-                    rel = run.files[role]
-                    try:
-                        actual = file_crc(resolve_inside(path, rel))
-                    except BigArrayError as exc:
-                        report.problems.append(str(exc))
-                        continue
-                    except OSError as exc:
-                        report.problems.append(f"index file {rel!r} ({role}): {exc.strerror}")
-                        continue
-                    if actual != recorded[role]:
-                        report.problems.append(
-                            f"index file {rel!r} ({role}): crc32 is {actual:#010x} but "
-                            f"{recorded[role]:#010x} was recorded at commit"
-                        )
+            check_index_sums(
+                report, spec, entry, lambda rel: file_crc(resolve_inside(path, rel)), "crc32"
+            )
     try:
         idx = store.index
     except BigArrayError as exc:
@@ -402,3 +382,37 @@ def verify_store(path: str | os.PathLike[str], *, max_segments: int = 20) -> Ver
     finally:
         store.close()
     return report
+
+
+def check_index_sums(
+    report: VerifyReport,
+    spec: IndexFiles,
+    entry: Mapping[str, Any],
+    crc_of: Callable[[str], int],
+    algorithm: str,
+) -> None:
+    """Compare every index file of ``spec`` with the sums ``entry`` recorded at commit;
+    ``crc_of(rel)`` reads one file's sum (local or through fsspec)."""
+    sums = {int(r["generation"]): r["files"] for r in entry_runs(entry)}
+    for run in spec.all_runs:
+        recorded = sums.get(run.generation)
+        if recorded is None:
+            report.problems.append(
+                f"index run of generation {run.generation} has no recorded checksums"
+            )
+            continue
+        for role in INDEX_ROLES:
+            rel = run.files[role]
+            try:
+                actual = crc_of(rel)
+            except BigArrayError as exc:
+                report.problems.append(f"index file {rel!r} ({role}): {exc}")
+                continue
+            except OSError as exc:
+                report.problems.append(f"index file {rel!r} ({role}): {exc.strerror}")
+                continue
+            if actual != recorded[role]:
+                report.problems.append(
+                    f"index file {rel!r} ({role}): {algorithm} is {actual:#010x} but "
+                    f"{recorded[role]:#010x} was recorded at commit"
+                )
