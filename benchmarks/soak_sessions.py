@@ -43,6 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = 4
+HANG_SECONDS = 120  # an actor still running after this is hung (a round takes about 3 s)
 
 
 def seg_data(name: str) -> np.ndarray:
@@ -122,19 +123,35 @@ def owner_program(path: str, log_path: str, seed: int) -> None:
             time.sleep(r.random() * 0.05)
             flush_once()
 
-    # The pool forks before the threads start: a fork while other threads run can copy
-    # Python's own import lock held (a numpy lazy attribute), and the child then hangs.
-    # (The writer's own locks are safe across such a fork: see bigarray.core.fileutil.locked.)
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)]
-        threads.append(threading.Thread(target=flusher))
+    failed: list[BaseException] = []
+
+    def run(target: Any, *args: Any) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:  # reported by the program's exit, not lost in a thread
+            failed.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(writer, t)) for t in range(3)]
+    threads.append(threading.Thread(target=run, args=(flusher,)))
+    try:
+        # The pool forks before the threads start: a fork while other threads run can copy
+        # Python's own import lock held (a numpy lazy attribute), and the child then hangs.
+        # (The writer's own locks are safe across such a fork: see bigarray.core.fileutil.locked.)
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            for t in threads:
+                t.start()
+            pool.map(_pool_job, [(w, log_path, session, seed * 1000 + j) for j in range(8)])
+        time.sleep(rng.random())
+    finally:
+        # a failed pool job must end the program with its error, not leave it hanging on
+        # threads that would write forever
+        stop.set()
         for t in threads:
-            t.start()
-        pool.map(_pool_job, [(w, log_path, session, seed * 1000 + j) for j in range(8)])
-    time.sleep(rng.random())
-    stop.set()
-    for t in threads:
-        t.join()
+            if t.is_alive():
+                t.join()
+    if failed:
+        raise failed[0]
     flush_once()
     with commit_lock:
         commit[0] += 1
@@ -182,6 +199,7 @@ class SoakStats:
     lost: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     actor_errors: list[str] = field(default_factory=list)
+    slowest_actor_s: float = 0.0  # the longest an actor that was not killed ran
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -194,12 +212,16 @@ class SoakStats:
             "lost": len(self.lost),
             "wrong_bytes": len(self.wrong),
             "actor_errors": len(self.actor_errors),
+            "slowest_actor_s": round(self.slowest_actor_s, 1),
         }
 
 
 def _spawn(kind: str, path: str, log: str, seed: int, errlog: Path) -> subprocess.Popen[bytes]:
+    # SIGUSR1 dumps every thread's stack to the actor's error log (pool workers inherit it):
+    # a hung actor is reported with where it hangs.
     code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+        f"import sys, signal, faulthandler; sys.path.insert(0, {str(ROOT)!r}); "
+        "faulthandler.register(signal.SIGUSR1, all_threads=True); "
         f"from benchmarks.soak_sessions import {kind}; {kind}({path!r}, {log!r}, {seed})"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -259,6 +281,7 @@ def run_sessions(root: Path, rounds: int, seed: int = 0, *, verbose: bool = True
     log = str(root / "log.txt")
     for r in range(rounds):
         s = seed * 10_000 + r * 10
+        began = time.monotonic()
         errs = [root / f"err-{r}-{k}.txt" for k in range(3)]
         actors = [
             _spawn("owner_program", path, log, s, errs[0]),
@@ -275,12 +298,17 @@ def run_sessions(root: Path, rounds: int, seed: int = 0, *, verbose: bool = True
                 stats.kills += 1
         for k, p in enumerate(actors):
             try:
-                p.wait(timeout=120)
+                p.wait(timeout=HANG_SECONDS)
             except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGUSR1)
+                time.sleep(2)
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-                stats.actor_errors.append(f"round {r} actor {k}: hung, killed")
+                stacks = errs[k].read_text()[-20000:]
+                stats.actor_errors.append(f"round {r} actor {k}: hung, killed; stacks:\n{stacks}")
                 continue
+            if k not in killed:
+                stats.slowest_actor_s = max(stats.slowest_actor_s, time.monotonic() - began)
             if k in killed:
                 with_group = True
                 try:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import (
     NotAStoreError,
+    StoreChangedError,
     StoreCorruptedError,
     StoreNotFoundError,
     VariableNotFoundError,
@@ -521,7 +522,11 @@ class Store:
         dirs: dict[str, str] = {}
         runs = []
         for run_spec in spec.all_runs:
-            buffers = self._run_buffers(run_spec, dirs)
+            try:
+                buffers = self._run_buffers(run_spec, dirs)
+            except StoreCorruptedError as exc:
+                self._raise_if_changed(exc)
+                raise
             runs.append(IndexRun(buffers, run_spec, self.path))
             if (
                 pinned
@@ -534,6 +539,22 @@ class Store:
                         _INDEX_BYTES.clear()
                     _INDEX_BYTES[id(self.manifest)] = (self.manifest, buffers, stats)
         return SegmentIndex(runs, spec)
+
+    def _raise_if_changed(self, exc: BaseException) -> None:
+        """A commit deletes the index files of the commit two before it: a handle that read
+        its manifest before two later commits finds them gone. That is a changed store, not
+        a damaged one: say so (:class:`StoreChangedError`) when the manifest moved on."""
+        try:
+            now = _manifest_identity(self.path)
+        except OSError:
+            return
+        if now != self._manifest_id:
+            raise StoreChangedError(
+                f"{self.path}: the store was committed to after this handle read its manifest "
+                f"(generation {self.manifest.generation}), and the index files of that commit "
+                "were deleted by the commits since (a store keeps the previous commit's only). "
+                "Open the store again to read the current commit."
+            ) from exc
 
     def _inside(self, rel: str, dirs: dict[str, str]) -> str:
         """:func:`resolve_inside` with the directory resolved once per open: a run is five
@@ -961,6 +982,11 @@ class RemoteStore:
         self.close()
 
 
+#: Opens of a store whose index files a racing commit deleted before they were mapped (each
+#: retry reads the newer manifest; several writers committing at once can move it again)
+_OPEN_ATTEMPTS = 32
+
+
 def open_local(
     path: str | os.PathLike[str], *, with_index: bool = True, cached: bool = False
 ) -> Store:
@@ -974,7 +1000,7 @@ def open_local(
     manifest read and the index open can delete the files just named: then the manifest
     has moved on, and opening again gives the newer commit.
     """
-    for attempt in range(8):
+    for attempt in range(_OPEN_ATTEMPTS):
         try:
             store = Store(path, cached=cached)
         except NotAStoreError:
@@ -987,9 +1013,16 @@ def open_local(
         try:
             store.index  # noqa: B018 - maps (or reads) the index files now
             return store
+        except StoreChangedError:
+            store.close()
+            if attempt == _OPEN_ATTEMPTS - 1:
+                raise
         except StoreCorruptedError:
             store.close()
-            if attempt == 7 or read_manifest(store.path).generation == store.manifest.generation:
+            if (
+                attempt == _OPEN_ATTEMPTS - 1
+                or read_manifest(store.path).generation == store.manifest.generation
+            ):
                 raise
     raise AssertionError("unreachable")
 

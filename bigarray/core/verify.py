@@ -364,24 +364,44 @@ def verify_store(path: str | os.PathLike[str], *, max_segments: int = 20) -> Ver
     from .store import Store
 
     path = os.fspath(path)
-    report = VerifyReport(path)
-    try:
-        store = Store(path)
-    except (StoreNotFoundError, NotAStoreError):
-        raise
-    except BigArrayError as exc:
-        report.problems.append(f"the manifest is unusable: {exc}")
-        return report
-    try:
-        manifest = store.manifest
-        report.variables = len(manifest.variables)
-        arrays = _verify_index(report, path, manifest, store)
-        bounds = None if arrays is None else np.asarray(arrays.bounds)
-        for var in manifest.variables.values():
-            _verify_variable(report, path, var, bounds, arrays, max_segments)
-    finally:
-        store.close()
+    for _ in range(_VERIFY_ATTEMPTS):
+        report = VerifyReport(path)
+        try:
+            store = Store(path)
+        except (StoreNotFoundError, NotAStoreError):
+            raise
+        except BigArrayError as exc:
+            report.problems.append(f"the manifest is unusable: {exc}")
+            return report
+        try:
+            manifest = store.manifest
+            report.variables = len(manifest.variables)
+            arrays = _verify_index(report, path, manifest, store)
+            bounds = None if arrays is None else np.asarray(arrays.bounds)
+            for var in manifest.variables.values():
+                _verify_variable(report, path, var, bounds, arrays, max_segments)
+        finally:
+            store.close()
+        if report.ok or not _committed_since(store):
+            return report
+        # A writer committed while this ran: the commits since may have deleted index files
+        # of the commit read (a store keeps the previous one's only). Check the new commit.
     return report
+
+
+#: Verifications of a store that writers keep committing to (each checks the newest commit)
+_VERIFY_ATTEMPTS = 5
+
+
+def _committed_since(store: Any) -> bool:
+    """Whether the store at ``store.path`` was committed to since ``store`` read it."""
+    from .store import Store
+
+    try:
+        with Store(store.path) as now:
+            return bool(now.fingerprint() != store.fingerprint())
+    except BigArrayError:
+        return False
 
 
 def check_index_sums(

@@ -135,7 +135,7 @@ from .rows import (
     unwritten_rows,
 )
 from .session import Session
-from .store import Store, interrupted_creation, is_store, read_manifest
+from .store import Store, interrupted_creation, is_store, open_local, read_manifest
 
 _BATCH_BYTES = 32 << 20
 _VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
@@ -706,7 +706,10 @@ class StoreWriter:
         state = self._committed
         if state is not None and state[0] == stamp:
             return state
-        store = Store(self.path)
+        # the index mapped at once: a commit of another session may delete the index files
+        # of the manifest just read before a lazy open maps them (open_local opens again)
+        store = open_local(self.path)
+        assert isinstance(store, Store)
         var = store.manifest.variables.get(self.variable)
         rows = var.rows if var is not None else 0
         holes = unwritten_rows(var) if var is not None else []

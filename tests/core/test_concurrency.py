@@ -607,3 +607,75 @@ def test_a_positioned_write_refuses_rows_another_open_writer_appended(tmp_path: 
     assert x[:].tolist() == [1, 1, 1, 2, 2, 2, 2, 8, 8]
     assert dict(x.indices.items()) == {"a": (0, 3), "x": (3, 7), "z": (7, 9)}
     assert verify_store(str(path)).ok
+
+
+def test_a_write_checks_names_against_a_commit_that_races_its_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write reads the committed index to check its names. Another session committing
+    between that read of the manifest and the mapping of its index files can delete those
+    files (the soak saw it: a pool worker's write failed with 'the store was damaged'); the
+    write opens the newer commit instead and goes on."""
+    from bigarray.core.store import Store
+
+    p = tmp_path / "s"
+    w = StoreWriter(p, shape=(0, 2), dtype="i4")
+    w.write_rows([np.ones((1, 2), "i4")], ["a"])
+    w.flush()
+    other = StoreWriter(p, shape=(0, 2), dtype="i4")
+    real_init = Store.__init__
+    raced: list[Path] = []
+
+    def init_then_commit_elsewhere(self: Store, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        if raced or self.manifest.segments is None:
+            return
+        named = p / self.manifest.segments.all_runs[0].files["names"]
+        raced.append(named)
+        for i in range(200):  # until the commits since delete the index files just named
+            other.write_rows([np.ones((1, 2), "i4")], [f"o{i}"])
+            other.flush()
+            if not named.exists():
+                return
+
+    monkeypatch.setattr(Store, "__init__", init_then_commit_elsewhere)
+    w.write_rows([np.ones((1, 2), "i4")], ["b"])
+    monkeypatch.undo()
+    assert raced and not raced[0].exists()  # the race happened
+    w.close()
+    other.close()
+    x = PointerArray(p)
+    assert {"a", "b", "o0"} <= set(x.indices)
+    assert verify_store(str(p)).ok
+
+
+def test_verify_of_a_store_being_committed_to_checks_the_newest_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bigarray verify`` on a live store: commits landing while it runs may delete the
+    index files of the commit it read. That is no damage: it verifies the newer commit."""
+    from bigarray.core import verify
+
+    p = tmp_path / "s"
+    w = StoreWriter(p, shape=(0, 2), dtype="i4")
+    w.write_rows([np.ones((1, 2), "i4")], ["a"])
+    w.flush()
+    real = verify._verify_index
+    raced: list[Path] = []
+
+    def commit_then_verify_index(report: Any, path: str, manifest: Any, store: Any) -> Any:
+        if not raced:
+            named = p / manifest.segments.all_runs[0].files["names"]
+            raced.append(named)
+            for i in range(200):
+                w.write_rows([np.ones((1, 2), "i4")], [f"n{i}"])
+                w.flush()
+                if not named.exists():
+                    break
+        return real(report, path, manifest, store)
+
+    monkeypatch.setattr(verify, "_verify_index", commit_then_verify_index)
+    report = verify.verify_store(p)
+    assert raced and not raced[0].exists()  # the race happened
+    assert report.ok, str(report)
+    w.close()

@@ -17,6 +17,7 @@ from bigarray.errors import (
     NotAStoreError,
     ReadOnlyError,
     SegmentNotFoundError,
+    StoreChangedError,
     StoreCorruptedError,
     StoreNotFoundError,
     VariableNotFoundError,
@@ -244,3 +245,35 @@ def test_is_store_wants_a_manifest_that_parses_not_one_that_names_the_format(
     (project / "manifest.json").write_text('{"format": "bigarray", "version": 1}')
     assert not is_store(str(project))  # no variables, no generation: not a manifest
     assert not is_store(str(project / "thesis.tex")) and not is_store(str(tmp_path / "nope"))
+
+
+def _commit_until_gone(w: PointerArrayWriter, file: Path, tag: str) -> None:
+    """Commit one segment at a time until ``file`` (an index file) is deleted."""
+    for i in range(200):
+        w.write({f"{tag}{i}": np.ones((1, 2), "i4")})
+        w.flush()
+        if not file.exists():
+            return
+    raise AssertionError(f"{file} outlived 200 commits")
+
+
+def test_a_handle_whose_index_files_later_commits_deleted_says_the_store_changed(
+    tmp_path: Path,
+) -> None:
+    """A commit deletes the index files of the commit two before it. A handle that read its
+    manifest before that, and maps its index only now, finds them gone: the store changed
+    (reopen it), it is not damaged; opening again reads the current commit."""
+    from bigarray.core.store import open_local
+
+    p = tmp_path / "s"
+    w = PointerArrayWriter(p, shape=(0, 2), dtype="i4")
+    w.write({"a": np.ones((1, 2), "i4")})
+    w.flush()
+    old = Store(p)
+    named = p / old.manifest.segments.all_runs[0].files["names"]
+    _commit_until_gone(w, named, "n")
+    with pytest.raises(StoreChangedError, match="Open the store again"):
+        old.index  # noqa: B018
+    fresh = open_local(p)
+    assert fresh.index["a"] == (0, 1)
+    w.close()
