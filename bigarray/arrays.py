@@ -429,7 +429,7 @@ class _Writer:
         joined = join_parent_session(env)
         if joined is not None:
             # A spawned/forkserver child re-importing the parent's main module: attach to the
-            # parent's writer instead of re-creating (and with remove_exist, deleting) the store.
+            # parent's writer instead of re-creating (and with remove_exist, replacing) the store.
             self._w = joined
             return
         if not remove_exist and os.path.isfile(path):
@@ -452,7 +452,8 @@ class _Writer:
 
     @property
     def path(self) -> str:
-        return self._w.path
+        """Where the store is (with ``remove_exist=True``: where it lands at ``close``)."""
+        return self._w.target
 
     @property
     def dtype(self) -> np.dtype | None:
@@ -601,7 +602,9 @@ class MmapArrayWriter(_Writer):
     dtype
         Element type (default: the first array written).
     remove_exist
-        Delete an existing store at ``path`` first.
+        Replace an existing store at ``path``: the new one is written beside it and takes
+        its place at ``close()``; readers see the old one until then (see
+        :class:`~bigarray.core.writer.StoreWriter`).
     """
 
     def write(self, arrays: Any, start_position: int | None = None) -> tuple[int, int]:
@@ -629,7 +632,9 @@ class PointerArrayWriter(_Writer):
     dtype
         Element type (default: the first array written).
     remove_exist
-        Delete an existing store at ``path`` first.
+        Replace an existing store at ``path``: the new one is written beside it and takes
+        its place at ``close()``; readers see the old one until then (see
+        :class:`~bigarray.core.writer.StoreWriter`).
 
     Examples
     --------

@@ -643,10 +643,13 @@ def check_replaceable(final: str, remove_exist: bool) -> bool:
     return True
 
 
-def move_into_place(staging: str, final: str, *, replacing: bool) -> None:
+def move_into_place(
+    staging: str, final: str, *, replacing: bool, keep_on_refusal: bool = False
+) -> None:
     """Commit a store written at ``staging`` as ``final``: switch it in when it replaces
     something (:func:`switch_into_place`); otherwise one ``rename``, refused (and the
-    staging removed) when something that may not be replaced appeared at ``final``."""
+    staging removed, unless ``keep_on_refusal``) when something that may not be replaced
+    appeared at ``final``."""
     from .fileutil import fsync_dir
 
     if not replacing:
@@ -658,21 +661,24 @@ def move_into_place(staging: str, final: str, *, replacing: bool) -> None:
             try:
                 check_replaceable(final, False)  # a killed creation's leftovers are free
             except BaseException:
-                remove_path(staging)
+                if not keep_on_refusal:
+                    remove_path(staging)
                 raise
         else:
             fsync_dir(os.path.dirname(os.path.abspath(final)))
             return
-    switch_into_place(staging, final)
+    switch_into_place(staging, final, keep_on_refusal=keep_on_refusal)
 
 
-def switch_into_place(staging: str, final: str) -> None:
+def switch_into_place(staging: str, final: str, *, keep_on_refusal: bool = False) -> None:
     """Make the committed store at ``staging`` the store at ``final`` and delete the old one.
 
     The switch is one atomic exchange where Linux offers it (readers opening ``final`` see
     the old store or the new one, whole); elsewhere two renames, with a moment in between
     in which ``final`` does not exist. The old store is deleted after the switch (a reader
-    that mapped it keeps its maps).
+    that mapped it keeps its maps). A live writer session of the old store refuses the
+    switch (:class:`StoreExistsError`); ``staging`` is then removed unless
+    ``keep_on_refusal`` (a writer that can try again).
     """
     from .fileutil import fsync_dir, locked
     from .format import LOCK_NAME
@@ -685,7 +691,8 @@ def switch_into_place(staging: str, final: str) -> None:
             try:
                 refuse_live_writers(final, lock=False)
             except BaseException:
-                remove_path(staging)
+                if not keep_on_refusal:
+                    remove_path(staging)
                 raise
             if exchange_dirs(staging, final):
                 fsync_dir(parent)

@@ -55,11 +55,14 @@ class Destination:
     staging: str
     replacing: bool
 
-    def commit(self) -> None:
+    def commit(self, *, keep_on_refusal: bool = False) -> None:
         """Put the finished write at :attr:`path`: one rename, or an atomic exchange with
-        the store it replaces (deleted after). Refused, and the write removed, when
-        something that may not be replaced appeared at ``path`` meanwhile."""
-        move_into_place(self.staging, self.path, replacing=self.replacing)
+        the store it replaces (deleted after). Refused, and the write removed (kept with
+        ``keep_on_refusal``, to try again), when something that may not be replaced
+        appeared at ``path`` meanwhile or a live writer session holds the old store."""
+        move_into_place(
+            self.staging, self.path, replacing=self.replacing, keep_on_refusal=keep_on_refusal
+        )
         if self.replacing:
             # readers this process cached of the old store would pin its deleted files
             OPEN_STORES.release(self.path)

@@ -21,7 +21,7 @@ The session model (who owns, who may commit, what a copy is, what threads may do
   joins a session. The one implicit case is a ``multiprocessing`` spawn/forkserver child
   re-importing ``__main__`` (the 2020 library's pattern of a writer at module level): while
   multiprocessing bootstraps it, a seed writer of a path its ancestor owns joins that
-  session instead of re-creating (or, with ``remove_exist``, deleting) the store.
+  session instead of re-creating (or, with ``remove_exist``, replacing) the store.
 - **Ended sessions.** After the owner's ``close``/``discard`` a member's ``write`` raises
   :class:`~bigarray.errors.ClosedError` (the final commit holds the session's gate, so a
   record is either in that commit or refused), never returns into a session nobody commits.
@@ -37,7 +37,9 @@ The session model (who owns, who may commit, what a copy is, what threads may do
   with ``exc.segments`` naming every conflicting segment; nothing is committed and the writer
   stays open with every pending write: :meth:`StoreWriter.forget` those names and commit
   again, or ``discard()``.
-- **remove_exist** refuses a store that any live session holds open; a store deleted or
+- **remove_exist** writes the new store beside the old one and switches it in at ``close``
+  (readers see the old one until then; a failed or killed writer leaves it); it refuses a
+  store that any live session holds open, at the start and at the switch; a store deleted or
   replaced under a writer anyway (by hand) makes its commit raise
   :class:`~bigarray.errors.CommitConflictError` instead of naming rows that do not exist.
 
@@ -100,6 +102,7 @@ from ..errors import (
 from . import integrity
 from .commit import DataUpdate, commit_local
 from .crash import crash_point
+from .destination import Destination, prepare_destination
 from .fileutil import (
     atomic_write,
     locked,
@@ -193,8 +196,14 @@ class StoreWriter:
         Element type; ``None`` takes it from the first write. Data of another type is cast
         with ``same_kind`` rules (int64 into int32 is fine, float into int is refused).
     remove_exist
-        Delete an existing store at ``path`` first. Otherwise an existing store is opened
-        for appending, and ``dtype``/``shape[1:]`` must match it.
+        Replace an existing store at ``path``: the new one is written beside it (a hidden
+        sibling directory, :attr:`path` while the writer is open; :attr:`target` is
+        ``path``) and takes its place at :meth:`close`, in one atomic switch. Until then
+        readers of ``path`` see the old store, whole (``flush`` commits in the new one);
+        :meth:`discard`, an error or a killed program leave the old store as it was.
+        A store that a live writer session holds is refused, and so is anything that is not
+        a store (an empty directory or an empty file is simply taken). Otherwise an existing
+        store is opened for appending, and ``dtype``/``shape[1:]`` must match it.
     named
         Whether writes carry segment names (``PointerArrayWriter``) or not.
     dims
@@ -233,7 +242,15 @@ class StoreWriter:
         fsync: bool = True,
         checksums: bool = True,
     ) -> None:
-        self._init_state(os.path.abspath(os.fspath(path)), variable, named, fsync)
+        target = os.path.abspath(os.fspath(path))
+        replacing: Destination | None = None
+        if remove_exist and not os.path.islink(target) and is_store(target):
+            # Replace, never delete first: write beside the store, switch at close. (Live
+            # writer sessions of the old store are refused here, and again at the switch.)
+            replacing = prepare_destination(target, True)
+        self._init_state(target if replacing is None else replacing.staging, variable, named, fsync)
+        self.target = target
+        self._replacing = replacing
         self.checksums = bool(checksums)
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
@@ -247,8 +264,8 @@ class StoreWriter:
             self._dims = tuple(dims)
         self._attrs = dict(attrs or {})
 
-        if remove_exist:
-            remove_store(self.path)
+        if remove_exist and replacing is None:
+            remove_store(self.path)  # anything else than a store: refused, or free (empty)
         # Another writer's remove_exist may rename the directory away while we wait for its
         # lock (see locked_here): then start again with whatever is at the path now (never
         # removing again: a store there now was created by a writer after our removal).
@@ -380,6 +397,8 @@ class StoreWriter:
             bool(handoff["fsync"]),
         )
         self._sess = Session.from_handoff(handoff)
+        self.target = self.path  # a member writes where the owner writes; the owner switches
+        self._replacing = None
         self.checksums = bool(handoff.get("checksums", True))
         manifest = read_manifest(self.path)
         if self.variable in manifest.variables:
@@ -1390,6 +1409,7 @@ class StoreWriter:
         (a spawned child re-running ``writer.close()`` at import must still write).
         """
         if self._closed:
+            self._switch()  # a replacement committed but refused its switch: try again
             return
         if not self.is_owner:
             self.flush()
@@ -1409,6 +1429,23 @@ class StoreWriter:
             self._sealing = False  # still open: writes may go on
             raise
         self._release()
+        self._switch()
+
+    def _switch(self) -> None:
+        """Put a replacement (``remove_exist``), committed beside its target, in its place."""
+        dest = self._replacing
+        if dest is None or not self.is_owner:
+            return
+        try:
+            dest.commit(keep_on_refusal=True)
+        except StoreExistsError as exc:
+            raise StoreExistsError(
+                f"{exc} The replacement this writer wrote is committed, whole, at "
+                f"{self.path!r} but was not switched in: close those writers, then call "
+                "close() again to switch it in (the old store stays until then)."
+            ) from None
+        self._replacing = None
+        self.path = self.target
 
     def discard(self) -> None:
         """End the session without committing (the owner's way to give up a write).
@@ -1421,6 +1458,10 @@ class StoreWriter:
             return
         self.abort()
         self._release()
+        if self._replacing is not None and self.is_owner:
+            # a replacement that never switched in: the old store stays as it was
+            self._replacing.abandon()
+            self._replacing = None
 
     def take_ownership(self) -> None:
         """Make this process the owner of the session (to commit a write whose owner is

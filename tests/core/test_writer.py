@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from open_files import open_paths
 
 from bigarray import MmapArray, MmapArrayWriter, PointerArray, PointerArrayWriter
+from bigarray.core.verify import verify_store
 from bigarray.errors import (
     ClosedError,
     DuplicateSegmentError,
@@ -654,30 +656,67 @@ def test_a_directory_with_only_a_dead_sessions_lock_files_is_a_free_location(
         PointerArrayWriter(path, dtype="int32")
 
 
-def test_a_reader_between_remove_exist_and_the_first_write_sees_an_empty_array(
+def test_remove_exist_writes_beside_the_old_store_and_switches_at_close(
     tmp_path: Path,
 ) -> None:
-    """A writer given a dtype but no shape has replaced the store and not written yet: a
-    reader opened meanwhile sees an empty (0,) array of that dtype, not a missing variable;
-    the first write then fixes the row shape."""
+    """Replace, never delete first: until ``close`` readers see the old store, whole
+    (``flush`` commits in the new one, beside it); a writer session opened on the old store
+    meanwhile refuses the switch, which ``close()`` tries again once it is gone."""
     path = tmp_path / "s"
     with PointerArrayWriter(path, dtype="int8") as w:
         w.write({"old": np.ones(2, np.int8)})
     w = PointerArrayWriter(path, dtype="int32", remove_exist=True)
+    assert w.path == str(path)
+    w.write({"a": np.ones((2, 3), np.int32)})
+    w.flush()
     for reader in (PointerArray, MmapArray):
         x = reader(path)
-        assert x.shape == (0,) and x.dtype == np.int32
-    assert len(PointerArray(path).indices) == 0
-    w.flush()  # nothing written: still the empty array
-    assert MmapArray(path).shape == (0,)
-    other = PointerArrayWriter(path)  # another writer takes the dtype from the store
-    w.write({"a": np.ones((2, 3), np.int32)})
-    w.close()
-    other.write({"b": np.full((1, 3), 2, np.int32)})
+        assert x.shape == (2,) and x.dtype == np.int8
+    assert list(PointerArray(path).indices) == ["old"]
+    other = PointerArrayWriter(path)  # a session of the old store: the switch waits for it
+    with pytest.raises(StoreExistsError, match=r"call close\(\) again"):
+        w.close()
+    assert list(PointerArray(path).indices) == ["old"]
     other.close()
+    w.close()
     x = PointerArray(path)
-    assert x.shape == (3, 3) and x.dtype == np.int32
-    assert dict(x.indices.items()) == {"a": (0, 2), "b": (2, 3)}
+    assert x.shape == (2, 3) and x.dtype == np.int32
+    assert dict(x.indices.items()) == {"a": (0, 2)}
+    assert verify_store(str(path)).ok
+    assert sorted(os.listdir(tmp_path)) == ["s"]  # nothing left beside it
+
+
+def test_remove_exist_discarded_or_killed_leaves_the_old_store(tmp_path: Path) -> None:
+    """A replacement that is discarded, or whose program is killed after writing and
+    flushing, leaves the old store as it was; the next writer removes the leftovers."""
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"old": np.ones(2, np.int8)})
+    w = PointerArrayWriter(path, dtype="int8", remove_exist=True)
+    w.write({"new": np.zeros(3, np.int8)})
+    w.writer.discard()
+    assert list(PointerArray(path).indices) == ["old"]
+    assert sorted(os.listdir(tmp_path)) == ["s"]
+
+    ctx = mp.get_context("fork")
+    p = ctx.Process(target=_replace_then_die, args=(str(path),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == -signal.SIGKILL
+    assert list(PointerArray(path).indices) == ["old"]
+    assert verify_store(str(path)).ok
+    assert len(os.listdir(tmp_path)) == 2  # the killed replacement, beside it
+    with PointerArrayWriter(path, dtype="int8", remove_exist=True) as w:
+        w.write({"again": np.zeros(1, np.int8)})
+    assert list(PointerArray(path).indices) == ["again"]
+    assert sorted(os.listdir(tmp_path)) == ["s"]
+
+
+def _replace_then_die(path: str) -> None:
+    w = PointerArrayWriter(path, dtype="int8", remove_exist=True)
+    w.write({"new": np.zeros(3, np.int8)})
+    w.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_rows_written_into_a_declared_shape_without_checksums_are_committed(
