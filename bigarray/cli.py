@@ -124,12 +124,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .core.filesystem import is_local, local_path
+    from .core.filesystem import is_local, is_local_url, local_path
     from .core.legacy import check_legacy, is_legacy_file
 
     local = is_local(args.path)
     # the path as the user gave it (relative paths stay so in the hints), without a scheme
-    where = local_path(args.path) if local and "://" in args.path else args.path
+    where = local_path(args.path) if is_local_url(args.path) else args.path
     if local and os.path.isfile(where) and is_legacy_file(where):
         ok, lines = check_legacy(where)
         print(f"bigarray verify {args.path}: {'OK' if ok else 'FAILED'}")

@@ -44,7 +44,7 @@ import numpy as np
 
 from .arrays import MmapArrayWriter, PointerArrayWriter
 from .core.destination import Destination, prepare_destination
-from .core.filesystem import is_local, local_path
+from .core.filesystem import is_local_url, local_path
 from .core.format import normalize_dtype
 from .core.legacy import CONVERT_CHUNK_BYTES, legacy_runs, read_legacy
 from .core.store import is_store
@@ -95,7 +95,7 @@ def split_source(src: str | os.PathLike[str]) -> tuple[str, str | None]:
     ``.npz`` key, a zarr array in a group, a netCDF variable).
     """
     text = os.fspath(src)
-    if "://" in text and is_local(text):  # file:///x, FILE:///x, local:///x: the path /x
+    if is_local_url(text):  # file:///x, FILE:///x, local:///x, file:/x: the path /x
         text = local_path(text)
     if os.path.lexists(text) or ":" not in text:
         return text, None

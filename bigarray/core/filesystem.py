@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_PART",
     "FileAccess",
     "is_local",
+    "is_local_url",
     "local_path",
     "translate_error",
 ]
@@ -90,13 +91,24 @@ def is_local(url: str | os.PathLike[str]) -> bool:
     return url.split("://", 1)[0].lower() in _LOCAL_PROTOCOLS
 
 
+def is_local_url(url: str | os.PathLike[str]) -> bool:
+    """True for a local path spelled as a URL (``file:///x``, ``FILE:///x``,
+    ``local:///x``, ``file:/x``), whose path :func:`local_path` gives."""
+    if not isinstance(url, str) or not is_local(url):
+        return False
+    return "://" in url or url[:6].lower() == "file:/"
+
+
 def local_path(url: str | os.PathLike[str]) -> str:
-    """The filesystem path of a local path or ``file://`` URL (made absolute)."""
+    """The filesystem path of a local path or ``file://`` URL (``file:/x`` too), made absolute."""
     text = os.fspath(url)
     for prefix in ("file://", "local://"):
         if text.lower().startswith(prefix):
             text = text[len(prefix) :]
             break
+    else:
+        if text[:6].lower() == "file:/":  # RFC 8089's minimal form, file:/x
+            text = text[5:]
     return os.path.abspath(text)
 
 

@@ -19,7 +19,7 @@ from bigarray.core.filesystem import is_local, local_path
 from bigarray.core.store import Store, is_store, open_store
 from bigarray.errors import NotAStoreError
 
-SPELLINGS = ["plain", "file://", "FILE://", "local://"]
+SPELLINGS = ["plain", "file://", "FILE://", "local://", "file:"]
 
 
 def _spell(path: Path, how: str) -> str:
