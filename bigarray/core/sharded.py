@@ -47,12 +47,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import (
+    NotAStoreError,
     SchemaError,
     StoreCorruptedError,
     StoreExistsError,
 )
 from .crash import remote_crash_point
-from .filesystem import FileAccess, check_local_options, is_local, local_path
+from .filesystem import FileAccess, check_local_options, is_local, local_path, translate_error
 from .format import (
     DEFAULT_ROW_DIM,
     INDEX_DIR,
@@ -268,11 +269,14 @@ def plan_sharded_write(
     if not isinstance(variable, str) or not variable:
         raise SchemaError(f"variable name {variable!r} must be a non-empty str")
     seg = segment_arrays(segments, rows)
-    if not remove_exist and access.exists(MANIFEST_NAME):
-        raise StoreExistsError(
-            f"a bigarray store already exists at {access.url!r}; pass remove_exist=True to "
-            "replace it, or write to another URL"
-        )
+    if access.exists(MANIFEST_NAME):
+        if not remove_exist:
+            raise StoreExistsError(
+                f"a bigarray store already exists at {access.url!r}; pass remove_exist=True "
+                "to replace it, or write to another URL"
+            )
+    else:
+        _refuse_foreign_objects(access)
     bounds = shard_bounds(chunk_rows, seg) if rows else [0]
     return ShardedWrite(
         access,
@@ -286,6 +290,36 @@ def plan_sharded_write(
         uuid.uuid4().hex[:12],
         tuple(bounds),
     )
+
+
+#: What a store (or a failed write of one) keeps directly under its prefix
+_STORE_ENTRIES = frozenset({MANIFEST_NAME, "shards", "index"})
+
+
+def _refuse_foreign_objects(access: FileAccess) -> None:
+    """A prefix holding objects that no bigarray write put there is someone else's: a new
+    store there is refused (as a local directory that is not a store is), with or without
+    ``remove_exist``, which replaces stores only."""
+    if access.local or not access.listable:
+        return  # local destinations are checked by prepare_destination
+    try:
+        entries = access.fs.ls(access.root, detail=False)
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        raise translate_error(exc, access.url, action="list") from exc
+    foreign = sorted(
+        e
+        for e in (str(x).rstrip("/").rsplit("/", 1)[-1] for x in entries)
+        if e not in _STORE_ENTRIES
+    )
+    if foreign:
+        shown = ", ".join(repr(f) for f in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise NotAStoreError(
+            f"{access.url!r} holds objects that are not a bigarray store ({shown}) and no "
+            "manifest.json; refusing to write a store among them (remove_exist=True replaces "
+            "stores only). Write to another prefix, or remove those objects yourself."
+        )
 
 
 # --------------------------------------------------------------------------- tasks

@@ -179,3 +179,21 @@ def test_a_failed_first_write_leaves_not_found_not_a_foreign_store(
     with pytest.raises(StoreNotFoundError):
         open_store(url, s3_options)
     assert not all_objects(url, s3_options)
+
+
+def test_a_prefix_holding_foreign_objects_is_refused_before_anything_is_written(
+    url: str, s3_options: dict[str, Any], client: Any
+) -> None:
+    """As a local directory that is not a store: a new store among someone else's objects is
+    refused, with or without remove_exist (which replaces stores only); they stay."""
+    from bigarray.errors import NotAStoreError
+
+    fs = FileAccess(url, s3_options).fs
+    fs.pipe(f"{url}/notes.txt", b"mine")
+    for remove_exist in (False, True):
+        with pytest.raises(NotAStoreError, match="notes.txt"):
+            to_bigarray(
+                version(1.0), url, names("a"), storage_options=s3_options, remove_exist=remove_exist
+            )
+    fs.invalidate_cache()
+    assert all_objects(url, s3_options) == {"notes.txt"}
