@@ -27,7 +27,7 @@ from .integrity import (
     spec_crc,
     valid_index_entry,
 )
-from .verify import BadBlock, VerifyReport, check_index_sums
+from .verify import BadBlock, VerifyReport, check_index_sums, segments_touching
 
 __all__ = ["verify_remote"]
 
@@ -35,8 +35,11 @@ __all__ = ["verify_remote"]
 READ_BYTES = 64 << 20
 
 
-def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> VerifyReport:
-    """Verify the store at ``url`` (see the module docstring).
+def verify_remote(
+    url: str, storage_options: dict[str, Any] | None = None, *, max_segments: int = 20
+) -> VerifyReport:
+    """Verify the store at ``url`` (see the module docstring); ``max_segments``: how many
+    segment names to list for the first bad block of each variable.
 
     Raises
     ------
@@ -56,10 +59,12 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
     manifest = store.manifest
     report.variables = len(manifest.variables)
     _verify_index_files(report, store, manifest)
+    bounds = arrays = None
     try:
         index = store.index
         if index is not None:
-            bounds = np.asarray(index.arrays.bounds)
+            arrays = index.arrays
+            bounds = np.asarray(arrays.bounds)
             report.segments = len(bounds)
             rows = manifest.rows
             if len(bounds) and (int(bounds[:, 1].max()) > rows or int(bounds[:, 0].min()) < 0):
@@ -68,8 +73,9 @@ def verify_remote(url: str, storage_options: dict[str, Any] | None = None) -> Ve
                 )
     except BigArrayError as exc:
         report.problems.append(f"segment index: {exc}")
+        bounds = arrays = None
     for var in manifest.variables.values():
-        _verify_variable(report, store, url, var)
+        _verify_variable(report, store, url, var, bounds, arrays, max_segments)
     return report
 
 
@@ -110,7 +116,15 @@ def _verify_index_files(report: VerifyReport, store: Any, manifest: Manifest) ->
     )
 
 
-def _verify_variable(report: VerifyReport, store: Any, url: str, var: Variable) -> None:
+def _verify_variable(
+    report: VerifyReport,
+    store: Any,
+    url: str,
+    var: Variable,
+    bounds: np.ndarray | None,
+    arrays: Any,
+    max_segments: int,
+) -> None:
     where = f"variable {var.name!r}"
     try:
         store.check_shards(var)
@@ -164,6 +178,7 @@ def _verify_variable(report: VerifyReport, store: Any, url: str, var: Variable) 
                         report.bad_block_count += 1
                         if not any(bb.variable == var.name for bb in report.bad_blocks):
                             p0 = shard.offset + (r0 - shard.start) * rb
+                            names, total = segments_touching(bounds, arrays, r0, r1, max_segments)
                             bad = BadBlock(
                                 var.name,
                                 k,
@@ -172,15 +187,12 @@ def _verify_variable(report: VerifyReport, store: Any, url: str, var: Variable) 
                                 (p0, p0 + (r1 - r0) * rb),
                                 want,
                                 got,
-                                [],
-                                0,
+                                names,
+                                total,
+                                "crc32c",
                             )
                             report.bad_blocks.append(bad)
-                            report.problems.append(
-                                f"{where} block {k} (rows [{r0:,}, {r1:,}), bytes "
-                                f"[{p0:,}, {p0 + (r1 - r0) * rb:,}) of {shard.path!r}): crc32c "
-                                f"is {got:#010x} but {want:#010x} was recorded at commit"
-                            )
+                            report.problems.append(str(bad))
                     k += 1
     except BigArrayError as exc:
         report.problems.append(f"{where}: {exc}")

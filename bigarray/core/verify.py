@@ -46,6 +46,7 @@ class BadBlock:
     actual: int
     segments: list[str]  # names of the segments touching these rows (at most max_segments)
     segments_total: int
+    algorithm: str = "crc32"  # a local store's blocks; crc32c for a sharded (remote) one
 
     def __str__(self) -> str:
         names = ", ".join(repr(s) for s in self.segments)
@@ -58,7 +59,8 @@ class BadBlock:
         return (
             f"variable {self.variable!r} block {self.block} (rows [{self.rows[0]:,}, "
             f"{self.rows[1]:,}), bytes [{self.bytes[0]:,}, {self.bytes[1]:,}) of {self.file!r}): "
-            f"crc32 is {self.actual:#010x} but {self.recorded:#010x} was recorded at commit{seg}"
+            f"{self.algorithm} is {self.actual:#010x} but {self.recorded:#010x} was recorded at "
+            f"commit{seg}"
         )
 
 
@@ -109,9 +111,10 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _segments_touching(
+def segments_touching(
     bounds: np.ndarray | None, names: Any, a: int, b: int, limit: int
 ) -> tuple[list[str], int]:
+    """The names (at most ``limit``) and the number of the segments with rows in ``[a, b)``."""
     if bounds is None or not len(bounds):
         return [], 0
     hit = np.flatnonzero((bounds[:, 0] < b) & (bounds[:, 1] > a) & (bounds[:, 1] > bounds[:, 0]))
@@ -223,7 +226,7 @@ def _verify_variable(
             if crc != int(sums.blocks[k]):
                 report.bad_block_count += 1
                 if first is None:
-                    names, total = _segments_touching(bounds, arrays, a, b, max_segments)
+                    names, total = segments_touching(bounds, arrays, a, b, max_segments)
                     first = BadBlock(
                         var.name,
                         k,

@@ -115,6 +115,13 @@ def test_a_flipped_byte_in_a_shard_is_reported_with_its_block(
     assert bad.rows == (shard.start + 128, shard.start + 256)
     assert report.bad_block_count == 1
     assert shard.path in str(report)
+    # the segments touching it are named, local and remote alike
+    index = open_store(url, options).index
+    assert index is not None
+    a, b = bad.rows
+    touching = [n for n, (s0, s1) in index.items() if s0 < b and s1 > a and s1 > s0]
+    assert touching and bad.segments == touching[:20] and bad.segments_total == len(touching)
+    assert repr(touching[0]) in str(report)
 
 
 def test_a_flipped_byte_in_an_index_file_is_reported(
