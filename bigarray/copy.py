@@ -29,7 +29,7 @@ from .core.destination import Destination, prepare_destination
 from .core.filesystem import FileAccess, check_local_options, is_local, local_path
 from .core.format import INDEX_ROLES, MANIFEST_NAME, IndexFiles, Manifest, parse_manifest
 from .core.integrity import renamed_checksums
-from .errors import StoreCorruptedError, StoreExistsError
+from .errors import BigArrayError, StoreChangedError, StoreCorruptedError, StoreExistsError
 
 __all__ = ["CopyReport", "copy_store"]
 
@@ -75,6 +75,10 @@ def copy_store(
 ) -> CopyReport:
     """Copy the committed store at ``src`` to ``dst`` (any two paths or fsspec URLs).
 
+    A store that writers keep committing to is copied as one whole commit: when a commit
+    deletes files of the version being copied, the copy starts again on the newer one (at
+    most :data:`COPY_ATTEMPTS` times).
+
     Parameters
     ----------
     src, dst
@@ -112,10 +116,51 @@ def copy_store(
     >>> copy_store("audio.bigarray", "s3://bucket/audio.bigarray",     # doctest: +SKIP
     ...            dst_options={"profile": "lab"})
     """
+    t0 = time.perf_counter()
+    for attempt in range(COPY_ATTEMPTS):
+        seen: list[int] = []  # the source generation this attempt copies
+        try:
+            return _copy_once(src, dst, src_options, dst_options, progress, overwrite, t0, seen)
+        except BigArrayError:
+            # A writer committed to the source meanwhile, and that commit deleted files of
+            # the version being copied (or the copy began between two reads of the
+            # manifest): copy the newer version. A source that stayed put is damaged.
+            if attempt == COPY_ATTEMPTS - 1 or not _moved(src, src_options, seen):
+                raise
+    raise AssertionError("unreachable")
+
+
+#: Copies of a source that writers keep committing to (each copies the newest commit)
+COPY_ATTEMPTS = 5
+
+
+def _moved(src: str | os.PathLike[str], options: dict[str, Any] | None, seen: list[int]) -> bool:
+    """Whether the source's committed generation is no longer the one ``seen``."""
+    if not seen:
+        return False
+    try:
+        acc = _access(src, options)
+        acc.invalidate()
+        return parse_manifest(acc.cat(MANIFEST_NAME), acc.url).generation != seen[0]
+    except BigArrayError:
+        return False
+
+
+def _copy_once(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    src_options: dict[str, Any] | None,
+    dst_options: dict[str, Any] | None,
+    progress: bool,
+    overwrite: bool,
+    t0: float,
+    seen: list[int],
+) -> CopyReport:
+    """One copy of the source's current commit (:func:`copy_store`)."""
     from .core.store import open_store
 
-    t0 = time.perf_counter()
     source = open_store(src, src_options)  # clear errors for a missing or foreign source
+    seen.append(source.manifest.generation)
     if source.is_legacy:  # opened in place for reading, but no store
         from .core.legacy import convert_hint
         from .errors import NotAStoreError
@@ -136,7 +181,8 @@ def copy_store(
     raw = s_acc.cat(MANIFEST_NAME)
     manifest = parse_manifest(raw, s_acc.url)
     if manifest.generation != source.manifest.generation:
-        raise StoreCorruptedError(
+        source.close()
+        raise StoreChangedError(
             f"{s_acc.url!r} was committed again while the copy started; run the copy again"
         )
     source.close()

@@ -194,3 +194,42 @@ def test_cp_refuses_a_destination_inside_the_source_and_quiet_prints_nothing(
     capsys.readouterr()
     assert main(["cp", src, str(tmp_path / "c"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_cp_of_a_store_being_committed_to_copies_a_newer_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits landing during a copy may delete index files of the commit being copied (a
+    store keeps the previous commit's only): the copy starts again on the newer commit, and
+    the destination holds one whole commit, verified."""
+    import bigarray.copy as copy_mod
+    from bigarray.core.verify import verify_store
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    w = PointerArrayWriter(src, shape=(0, 2), dtype="i4")
+    w.write({"a": np.ones((3, 2), "i4")})
+    w.flush()
+    first = open_store(str(src)).manifest.segments
+    assert first is not None
+    named = src / first.all_runs[0].files["names"]
+    real = copy_mod._copy_file
+    commits = [0]
+
+    def commit_while_copying(*args: Any, **kwargs: Any) -> None:
+        while named.exists():  # on the first file copied: until the copied index is gone
+            commits[0] += 1
+            w.write({f"n{commits[0]}": np.full((1, 2), commits[0], "i4")})
+            w.flush()
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(copy_mod, "_copy_file", commit_while_copying)
+    copy_store(str(src), str(dst), progress=False)
+    monkeypatch.undo()
+    assert commits[0] >= 2  # the race happened
+    w.close()
+    assert verify_store(str(dst)).ok
+    got = PointerArray(dst)
+    assert "a" in got.indices and len(got.indices) == commits[0] + 1
+    for name in got.indices:
+        want = 1 if name == "a" else int(name[1:])
+        assert (np.asarray(got[name]) == want).all()
