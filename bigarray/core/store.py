@@ -19,7 +19,7 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -469,7 +469,49 @@ def _manifest_identity(path: str) -> tuple[int, int, int]:
     return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
-class Store:
+class _CommittedReader:
+    """What the local and the remote reader share: the segment index opened on first use,
+    the variable lookup, and ``with`` closing the reader."""
+
+    path: str
+    manifest: Manifest
+    _index: SegmentIndex | None
+
+    @property
+    def index(self) -> SegmentIndex | None:
+        """The segment index (``None`` for a store written without names)."""
+        if self._index is None and self.manifest.segments is not None:
+            self._index = self._open_index()
+        return self._index
+
+    def _open_index(self) -> SegmentIndex:
+        raise NotImplementedError
+
+    def variable(self, name: str | None = None) -> Variable:
+        """The manifest entry of variable ``name`` (default: ``data`` or the only one)."""
+        vars_ = self.manifest.variables
+        if name is None:
+            if DEFAULT_VARIABLE in vars_:
+                name = DEFAULT_VARIABLE
+            elif len(vars_) == 1:
+                name = next(iter(vars_))
+            else:
+                raise _no_variable(self.path, name, vars_)
+        if name not in vars_:
+            raise _no_variable(self.path, name, vars_)
+        return vars_[name]
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store(_CommittedReader):
     """A committed store opened for reading (local directory).
 
     Parameters
@@ -502,13 +544,6 @@ class Store:
         return (self.path, self.manifest.generation, *self._manifest_id)
 
     # ------------------------------------------------------------------ index
-    @property
-    def index(self) -> SegmentIndex | None:
-        """The segment index (``None`` for a store written without names)."""
-        if self._index is None and self.manifest.segments is not None:
-            self._index = self._open_index()
-        return self._index
-
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
@@ -617,20 +652,6 @@ class Store:
             os.close(fd)
 
     # ------------------------------------------------------------------ data
-    def variable(self, name: str | None = None) -> Variable:
-        """The manifest entry of variable ``name`` (default: ``data`` or the only one)."""
-        vars_ = self.manifest.variables
-        if name is None:
-            if DEFAULT_VARIABLE in vars_:
-                name = DEFAULT_VARIABLE
-            elif len(vars_) == 1:
-                name = next(iter(vars_))
-            else:
-                raise _no_variable(self.path, name, vars_)
-        if name not in vars_:
-            raise _no_variable(self.path, name, vars_)
-        return vars_[name]
-
     def shard_views(self, var: Variable) -> list[np.ndarray]:
         """One read-only ``numpy.memmap`` per shard, after checking each file's size."""
         out = []
@@ -685,12 +706,6 @@ class Store:
                 m.close()
         self._maps.clear()
 
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _no_variable(path: str, name: object, vars_: dict[str, Variable]) -> VariableNotFoundError:
     return VariableNotFoundError(
@@ -718,7 +733,7 @@ def _only_uncommitted_objects(access: Any) -> bool:
 _MAX_MANIFEST = 64 << 20
 
 
-class RemoteStore:
+class RemoteStore(_CommittedReader):
     """A committed store at an fsspec URL, read by byte ranges (same interface as :class:`Store`).
 
     The manifest is read once at open; the segment index is fetched whole on first use
@@ -813,13 +828,6 @@ class RemoteStore:
         return parse_manifest(raw, url)
 
     # ------------------------------------------------------------------ index
-    @property
-    def index(self) -> SegmentIndex | None:
-        """The segment index (``None`` for a store written without names)."""
-        if self._index is None and self.manifest.segments is not None:
-            self._index = self._open_index()
-        return self._index
-
     def _open_index(self) -> SegmentIndex:
         spec = self.manifest.segments
         assert spec is not None
@@ -856,10 +864,6 @@ class RemoteStore:
         )
 
     # ------------------------------------------------------------------ data
-    def variable(self, name: str | None = None) -> Variable:
-        """The manifest entry of variable ``name`` (default: ``data`` or the only one)."""
-        return Store.variable(self, name)  # type: ignore[arg-type]
-
     def shard_views(self, var: Variable) -> list[np.ndarray]:
         """Not available: a remote store has no memory maps (use :meth:`read_rows`)."""
         from ..errors import BigArrayError
@@ -974,12 +978,6 @@ class RemoteStore:
     def close(self) -> None:
         """Drop the cached index (the store can still be read; it is fetched again)."""
         self._index = None
-
-    def __enter__(self) -> RemoteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 #: Opens of a store whose index files a racing commit deleted before they were mapped (each
