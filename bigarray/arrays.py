@@ -482,8 +482,9 @@ class _Writer:
     def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        # the writer's own rule: commit, except a replacement given up when the block raised
+        self._w.__exit__(exc_type, *exc)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """``w[a:b] = rows`` writes whole rows at ``a`` (a ``dask.array.store`` target)."""

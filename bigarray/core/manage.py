@@ -155,9 +155,17 @@ def getsize(path: str | os.PathLike[str]) -> int:
     if kind == "legacy":
         return os.path.getsize(full)
     total = 0
-    stack = [os.path.realpath(full) if os.path.islink(full) else full]
+    root = os.path.realpath(full) if os.path.islink(full) else full
+    stack = [root]
     while stack:
-        with os.scandir(stack.pop()) as it:
+        where = stack.pop()
+        try:
+            it = os.scandir(where)
+        except FileNotFoundError:
+            if where == root:
+                raise
+            continue  # a writer session's journal directory, ended while we listed
+        with it:
             for entry in it:
                 try:
                     st = entry.stat(follow_symlinks=False)

@@ -379,6 +379,7 @@ class StoreWriter:
         (see :meth:`attach`); used for spawned children that re-import ``__main__``."""
         return {
             **self._sess.handoff(),
+            "target": self.target,
             "variable": self.variable,
             "named": self.named,
             "fsync": self.fsync,
@@ -390,14 +391,22 @@ class StoreWriter:
         """A non-owner writer in the session described by :meth:`handoff`: it writes and
         journals, and the owner commits."""
         self = cls.__new__(cls)
+        path = str(handoff["path"])
+        target = str(handoff.get("target", path))
+        if path != target and not os.path.isdir(path):
+            # The owner's replacement is switched in (or given up): its session has ended.
+            # Join it closed at the target (writes raise ClosedError), never as an owner of
+            # a new replacement that would switch an empty store in.
+            handoff = {**handoff, "path": target}
+            path = target
         self._init_state(
-            str(handoff["path"]),
+            path,
             str(handoff["variable"]),
             bool(handoff["named"]),
             bool(handoff["fsync"]),
         )
         self._sess = Session.from_handoff(handoff)
-        self.target = self.path  # a member writes where the owner writes; the owner switches
+        self.target = target  # a member writes where the owner writes; the owner switches
         self._replacing = None
         self.checksums = bool(handoff.get("checksums", True))
         manifest = read_manifest(self.path)
@@ -1455,6 +1464,10 @@ class StoreWriter:
         session are never merged.
         """
         if self._closed:
+            if self._replacing is not None and self.is_owner:
+                # a replacement committed beside the store whose switch was refused
+                self._replacing.abandon()
+                self._replacing = None
             return
         self.abort()
         self._release()
@@ -1489,7 +1502,12 @@ class StoreWriter:
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
         # Commit what was fully written even when the block raised: every journaled
-        # write is complete, and committing it loses nothing the caller can see.
+        # write is complete, and committing it loses nothing the caller can see. A
+        # replacement (remove_exist) is the exception: a half-written new store must not
+        # take the old one's place, so it is given up and the old store stays.
+        if exc_type is not None and self._replacing is not None and self.is_owner:
+            self.discard()
+            return
         self.close()
 
     @property

@@ -819,3 +819,46 @@ def test_two_sessions_writing_one_name_at_the_same_rows_is_a_conflict(tmp_path: 
         w5.close()
     assert e.value.segments == ["t"]  # type: ignore[attr-defined]
     w5.writer.discard()
+
+
+def test_remove_exist_given_up_when_the_with_block_raises(tmp_path: Path) -> None:
+    """An exception leaving the ``with`` block of a replacing writer gives the replacement
+    up: a half-written store never takes the old one's place (a writer that appends still
+    commits what was fully written)."""
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"old": np.ones(2, np.int8)})
+    for make in (
+        lambda: PointerArrayWriter(path, dtype="int8", remove_exist=True),
+        lambda: MmapArrayWriter(path, dtype="int8", remove_exist=True),
+    ):
+        with pytest.raises(KeyboardInterrupt), make() as w:
+            w.write(
+                {"new": np.zeros(3, np.int8)}
+                if isinstance(w, PointerArrayWriter)
+                else np.zeros(3, np.int8)
+            )
+            raise KeyboardInterrupt
+        assert list(PointerArray(path).indices) == ["old"]
+        assert sorted(os.listdir(tmp_path)) == ["s"]
+    with pytest.raises(RuntimeError), PointerArrayWriter(path) as w:  # appending: committed
+        w.write({"more": np.ones(1, np.int8)})
+        raise RuntimeError
+    assert list(PointerArray(path).indices) == ["old", "more"]
+
+
+def test_discard_after_a_refused_switch_gives_the_replacement_up(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with PointerArrayWriter(path, dtype="int8") as w:
+        w.write({"old": np.ones(2, np.int8)})
+    w = PointerArrayWriter(path, dtype="int8", remove_exist=True)
+    w.write({"new": np.zeros(3, np.int8)})
+    other = PointerArrayWriter(path)
+    with pytest.raises(StoreExistsError):
+        w.close()
+    w.writer.discard()
+    assert sorted(os.listdir(tmp_path)) == ["s"]
+    other.write({"other": np.ones(1, np.int8)})
+    other.close()
+    w.close()  # nothing left to switch in
+    assert list(PointerArray(path).indices) == ["old", "other"]

@@ -356,3 +356,32 @@ def test_a_writer_on_a_store_of_a_newer_bigarray_says_to_upgrade(tmp_path: Path)
     os.mkfifo(fifo_dir / "manifest.json")
     with pytest.raises(bigarray.errors.StoreExistsError):  # refused, and no hang
         PointerArrayWriter(fifo_dir, dtype="f8")
+
+
+def test_getsize_of_a_store_whose_writer_session_ends_while_it_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer session ending (its journal directory removed) between the listing of the
+    journal and the listing of the session's directory is no error: that directory is gone,
+    and so are its bytes."""
+    from bigarray.core import manage
+
+    path = tmp_path / "s"
+    _named_store(path)
+    w = PointerArrayWriter(path)  # an open session: a directory under journal/
+    w.write({"extra": np.ones((1, 4), "f8")})
+    sessions = list((path / "journal").iterdir())
+    assert sessions
+    real = os.scandir
+
+    def scandir_then_end_session(where: Any) -> Any:
+        listed = not isinstance(where, int) and os.fspath(where) == str(sessions[0])
+        if listed and not w.closed:
+            w.close()  # the session ends after its directory was listed, before it is read
+        return real(where)
+
+    monkeypatch.setattr(manage.os, "scandir", scandir_then_end_session)
+    size = bigarray.getsize(path)
+    monkeypatch.undo()
+    assert not sessions[0].exists()  # the race happened
+    assert size > 6000 * 4 * 8
