@@ -459,6 +459,15 @@ def _open_regular(full: str, where: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _dir_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the directory at ``path`` (None when there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _manifest_identity(path: str) -> tuple[int, int, int]:
     """(device, inode, mtime) of a store's manifest file: every commit renames a new one
     into place, so this changes with every commit."""
@@ -529,8 +538,15 @@ class Store(_CommittedReader):
         self.path = os.fspath(path)
         # the identity of the manifest file read (fstat of the descriptor read): every
         # commit renames a new file into place
-        ident: list[tuple[int, int, int]] = []
-        self.manifest = read_manifest(self.path, cached=cached, identity=ident)
+        # and the directory's: a replacement (remove_exist, mode="w", cp --overwrite) puts
+        # another directory at the path, whose files a lazy open must not take for ours
+        for _ in range(8):
+            before = _dir_identity(self.path)
+            ident: list[tuple[int, int, int]] = []
+            self.manifest = read_manifest(self.path, cached=cached, identity=ident)
+            self._dir_id = _dir_identity(self.path)
+            if self._dir_id == before:
+                break
         self._manifest_id = ident[0]
         self._cached = cached
         self._index: SegmentIndex | None = None
@@ -573,12 +589,24 @@ class Store(_CommittedReader):
                     if len(_INDEX_BYTES) >= _INDEX_CACHE_ENTRIES:
                         _INDEX_BYTES.clear()
                     _INDEX_BYTES[id(self.manifest)] = (self.manifest, buffers, stats)
+        self._check_not_replaced()  # the files opened were this store's
         return SegmentIndex(runs, spec)
+
+    def _check_not_replaced(self) -> None:
+        """Raise :class:`StoreChangedError` when the directory at the path is no longer the
+        one whose manifest this handle read (the store was replaced or deleted)."""
+        if _dir_identity(self.path) != self._dir_id:
+            raise StoreChangedError(
+                f"{self.path}: the store was replaced (remove_exist=True, mode='w' or "
+                "`bigarray cp --overwrite`) or deleted after this handle read its manifest; "
+                "open it again to read the current store."
+            )
 
     def _raise_if_changed(self, exc: BaseException) -> None:
         """A commit deletes the index files of the commit two before it: a handle that read
         its manifest before two later commits finds them gone. That is a changed store, not
         a damaged one: say so (:class:`StoreChangedError`) when the manifest moved on."""
+        self._check_not_replaced()
         try:
             now = _manifest_identity(self.path)
         except OSError:
@@ -675,6 +703,7 @@ class Store(_CommittedReader):
                     out.append(_map_memmap(fd, full, var.dtype, shard.offset, shape, nbytes))
             finally:
                 os.close(fd)
+        self._check_not_replaced()  # the files mapped were this store's
         return out
 
     def read_rows(self, name: str | None, start: int, stop: int) -> np.ndarray:

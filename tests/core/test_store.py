@@ -277,3 +277,20 @@ def test_a_handle_whose_index_files_later_commits_deleted_says_the_store_changed
     fresh = open_local(p)
     assert fresh.index["a"] == (0, 1)
     w.close()
+
+
+def test_a_handle_of_a_replaced_store_never_reads_the_replacement(tmp_path: Path) -> None:
+    """A handle that read the old store's manifest, then opens its files after another
+    program replaced the store (remove_exist), says the store changed: it never reads the
+    replacement's bytes (or index) through the old manifest."""
+    p = tmp_path / "s"
+    with PointerArrayWriter(p, shape=(0,), dtype="i4") as w:
+        w.write({"a": np.ones(12, "i4")})
+    old = Store(p)
+    with PointerArrayWriter(p, shape=(0,), dtype="i4", remove_exist=True) as w:
+        w.write({"b": np.full(100, 7, "i4")})
+    with pytest.raises(StoreChangedError, match="replaced"):
+        old.read_rows(None, 0, 4)
+    with pytest.raises(StoreChangedError, match="replaced"):
+        old.index  # noqa: B018
+    assert np.asarray(Store(p).read_rows(None, 0, 4)).tolist() == [7, 7, 7, 7]
