@@ -3,9 +3,11 @@
 It writes rows with ``pwrite`` into a variable's data file, journals what it wrote and
 commits. It delegates: the session's identity to :mod:`bigarray.core.session` (which
 writer a process uses, to :mod:`bigarray.core.members`), the checks of the arrays it is
-given to :mod:`bigarray.core.rowcheck`, row allocation and the committed-but-unwritten rows
-to :mod:`bigarray.core.rows`, removing a store to :mod:`bigarray.core.location`, reruns to
-:mod:`bigarray.core.reruns`, and the commit itself to :func:`bigarray.core.commit.commit_local`.
+given to :mod:`bigarray.core.rowcheck`, writing them (batching, ``pwritev``) to
+:mod:`bigarray.core.batches`, row allocation and the committed-but-unwritten rows to
+:mod:`bigarray.core.rows`, removing a store to :mod:`bigarray.core.location`, reruns to
+:mod:`bigarray.core.reruns`, the errors naming conflicting segments to
+:mod:`bigarray.core.conflicts`, and the commit itself to :func:`bigarray.core.commit.commit_local`.
 
 The session model (who owns, who may commit, what a copy is, what threads may do):
 
@@ -83,8 +85,8 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, KeysView, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import KeysView, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,13 +102,14 @@ from ..errors import (
     StoreExistsError,
 )
 from . import integrity
+from .batches import FAST_MIN_ARRAYS, write_batches
 from .commit import DataUpdate, commit_local
+from .conflicts import conflicting_names, merge_refused, repeat_refused
 from .crash import crash_point
 from .destination import Destination, prepare_destination
 from .fileutil import (
     atomic_write,
     locked,
-    pwrite_all,
     resolve_inside,
     wrap_os_error,
 )
@@ -118,7 +121,6 @@ from .format import (
     Manifest,
     Shard,
     Variable,
-    as_bytes,
     normalize_dtype,
     npy_header,
 )
@@ -126,7 +128,7 @@ from .index import SegmentArrays, concat, plan_commit
 from .journal import Journal, Record, collect_dead_sessions, record_key
 from .location import StoreMoved, locked_here, remove_store, replace_empty_file
 from .reruns import drop_identical_reruns, pread_rows
-from .rowcheck import check_arrays, check_fits, narrowing_ints
+from .rowcheck import check_arrays
 from .rows import (
     ALLOC_NAME,
     PENDING_KEY,
@@ -140,9 +142,6 @@ from .rows import (
 from .session import Session
 from .store import Store, interrupted_creation, is_store, open_local, read_manifest
 
-_BATCH_BYTES = 32 << 20
-_VECTOR_MIN_BYTES = 16 << 10  # mean segment size above which pwritev beats packing
-_FAST_MIN_ARRAYS = 4096  # from this many arrays, shape/dtype checks ride on np.concatenate
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _owner_marks = itertools.count()
 
@@ -151,32 +150,6 @@ def data_file_name(variable: str) -> str:
     """File name of a variable's first shard (a sanitised name, never a path)."""
     stem = variable if _SAFE_FILE.match(variable) and not variable.startswith(".") else None
     return f"{stem}.npy" if stem else f"var-{abs(hash(variable)) % 10**8:08d}.npy"
-
-
-def _conflicting_names(committed: SegmentArrays, new: SegmentArrays) -> list[str]:
-    """Names of the ``new`` segments that a merge refuses: a name used with other rows
-    (committed, or twice among ``new``), or rows shared with another segment."""
-    n_old = committed.count
-    both = concat([committed, new])
-    names = [both.name(i) for i in range(both.count)]
-    bounds = [(int(a), int(b)) for a, b in both.bounds.tolist()]
-    first: dict[str, int] = {}
-    bad: set[int] = set()
-    keep = []
-    for i, nm in enumerate(names):
-        j = first.setdefault(nm, i)
-        if j == i:
-            keep.append(i)
-        elif bounds[j] != bounds[i]:
-            bad.update(k for k in (i, j) if k >= n_old)
-    live = sorted((bounds[i][0], bounds[i][1], i) for i in keep if bounds[i][1] > bounds[i][0])
-    reach, who = -1, -1
-    for a, b, i in live:
-        if a < reach:
-            bad.update(k for k in (i, who) if k >= n_old)
-        if b > reach:
-            reach, who = b, i
-    return list(dict.fromkeys(names[i] for i in sorted(bad)))
 
 
 class StoreWriter:
@@ -591,9 +564,9 @@ class StoreWriter:
         out = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         if not out:
             return out, np.zeros(0, np.int64)
-        if len(out) >= _FAST_MIN_ARRAYS and self._dtype is not None and self._trailing is not None:
+        if len(out) >= FAST_MIN_ARRAYS and self._dtype is not None and self._trailing is not None:
             # Many small arrays: they are packed with np.concatenate anyway, which checks row
-            # shapes and casting itself (see _write_batches); here only the row counts.
+            # shapes and casting itself (see batches.write_batches); here only the row counts.
             try:
                 return out, np.fromiter(map(len, out), np.int64, len(out))
             except TypeError:
@@ -613,108 +586,23 @@ class StoreWriter:
     def _write_batches(
         self, fd: int, arrays: list[np.ndarray], lengths: np.ndarray, start: int
     ) -> integrity.WriteFollower | None:
-        """``pwrite`` the arrays back to back from row ``start``; return the follower summing
-        the whole blocks written (see :class:`WriteFollower`), which may still be running.
-
-        Small arrays are packed into ~32 MiB buffers first (one copy, one syscall for
-        thousands of segments); large ones go straight from the caller's memory.
-        """
-        if not arrays:
-            return None
-        dtype = self._dtype
-        assert dtype is not None and self._shard is not None
-        offset = self._shard.offset + start * self._row_nbytes
-        ends = np.cumsum(lengths) * self._row_nbytes  # byte end of each array
-        total = int(ends[-1]) if len(ends) else 0
-        stop = start + int(lengths.sum())
-        follow = None
-        if (self.fsync or self.checksums) and integrity.WriteFollower.wanted(
-            self._row_nbytes, start, stop
-        ):
-            follow = integrity.WriteFollower(
-                fd,
-                self._shard.offset,
-                self._row_nbytes,
-                start,
-                stop,
-                writeback=self.fsync,
-                checksum=self.checksums,
-                defer_sums=self.is_owner,  # the commit waits for them; write() need not
-            )
-        progress = follow.advance if follow is not None else None
-        try:
-            if total >= _VECTOR_MIN_BYTES * len(arrays) and all(
-                a.dtype == dtype and a.flags.c_contiguous for a in arrays
-            ):
-                # Segments large enough that the syscall count does not matter: hand the
-                # kernel the caller's buffers (pwritev), saving a full copy of the data.
-                if len(arrays) >= _FAST_MIN_ARRAYS:
-                    self._check_arrays(arrays)  # _prepare left the row shapes to np.concatenate
-                if dtype.kind in "mM":  # datetimes do not export the buffer protocol
-                    bufs: Sequence[Any] = [as_bytes(a) for a in arrays if a.size]
-                else:  # C-contiguous arrays are buffers: no per-array view (~0.3 us each)
-                    bufs = arrays
-                pwrite_all(fd, bufs, offset, self.path, progress)
-            else:
-                self._write_packed(fd, arrays, ends, offset, progress)
-        except BaseException:
-            if follow is not None:
-                follow.cancel()
-            raise
-        if follow is not None:
-            follow.finish()
-        return follow
-
-    def _write_packed(
-        self,
-        fd: int,
-        arrays: list[np.ndarray],
-        ends: np.ndarray,
-        offset: int,
-        progress: Callable[[int], None] | None,
-    ) -> None:
-        """Concatenate runs of arrays into ~32 MiB buffers (casting on the way) and write
-        each with one ``pwrite``."""
-        dtype = self._dtype
-        assert dtype is not None
-        total = int(ends[-1])
-        casting: Literal["safe", "same_kind"] = "safe" if dtype.kind in "SU" else "same_kind"
-        # cut the list where the running byte count crosses each multiple of _BATCH_BYTES
-        marks = np.arange(_BATCH_BYTES, total, _BATCH_BYTES)
-        cuts = np.unique(np.searchsorted(ends, marks, side="left") + 1).tolist()
-        pos = offset
-        for lo, hi in itertools.pairwise([0, *[c for c in cuts if c < len(arrays)], len(arrays)]):
-            batch = arrays[lo:hi]
-            if len(batch) == 1 and batch[0].dtype == dtype and batch[0].flags.c_contiguous:
-                buf = batch[0]
-            elif dtype.kind in "iu":
-                # integers: casting wraps values that do not fit, so check the range first
-                # (arrays already of the store's dtype concatenate as they are, no check)
-                try:
-                    buf = np.concatenate(batch)
-                except (ValueError, TypeError):
-                    self._check_arrays(arrays)
-                    raise
-                if buf.dtype != dtype:
-                    if not np.can_cast(buf.dtype, dtype, casting):
-                        self._check_arrays(arrays)  # names the array
-                    if narrowing_ints(buf.dtype, dtype):
-                        for j, a in enumerate(batch):
-                            if narrowing_ints(a.dtype, dtype):
-                                check_fits(a, dtype, lo + j)
-                    buf = buf.astype(dtype, casting=casting)
-            else:
-                try:
-                    buf = np.concatenate(batch, dtype=dtype, casting=casting)
-                except (ValueError, TypeError):
-                    # a bad row shape or dtype somewhere: the full checks name it
-                    self._check_arrays(arrays)
-                    raise
-            pwrite_all(fd, [as_bytes(buf)], pos, self.path)
-            crash_point("mid-data")
-            pos += buf.nbytes
-            if progress is not None:
-                progress(pos - offset)
+        """``pwrite`` the arrays back to back from row ``start`` (see
+        :func:`bigarray.core.batches.write_batches`)."""
+        assert self._dtype is not None and self._shard is not None
+        return write_batches(
+            fd,
+            arrays,
+            lengths,
+            start,
+            data_offset=self._shard.offset,
+            row_nbytes=self._row_nbytes,
+            dtype=self._dtype,
+            path=self.path,
+            check_arrays=self._check_arrays,
+            fsync=self.fsync,
+            checksums=self.checksums,
+            defer_sums=self.is_owner,
+        )
 
     def _allocate(self, n: int, start: int | None, fd: int) -> int:
         """Reserve rows ``[start, start + n)`` (appending when ``start`` is None) and make the
@@ -1314,35 +1202,18 @@ class StoreWriter:
         if not foreign.size:
             return
         names = [repeated.name(int(i)) for i in foreign]
-        a, b = repeated.bounds[int(foreign[0])].tolist()
-        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
-        err = DuplicateSegmentError(
-            f"segment {names[0]!r} (rows [{a}, {b})) was committed by another writer session of "
-            f"{self.path!r}, and this session wrote it again at the same rows: its bytes may "
-            "have replaced that session's. Nothing was committed: the writer stays open. "
-            f"Conflicting segment(s) of this session ({len(names)}): {shown}. Check the "
-            "data, then forget(names) and flush() again, or discard()."
-        )
         self.conflicts = names
-        err.segments = names  # type: ignore[attr-defined]
-        raise err
+        a, b = repeated.bounds[int(foreign[0])].tolist()
+        raise repeat_refused(self.path, names, (a, b))
 
     def _conflict(
         self, exc: BigArrayError, committed: SegmentArrays, new: SegmentArrays
     ) -> BigArrayError:
         """The commit's conflict error, naming every conflicting uncommitted segment and
         saying how to recover; the writer stays open with its segments pending."""
-        names = _conflicting_names(committed, new)
+        names = conflicting_names(committed, new)
         self.conflicts = names
-        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
-        err = type(exc)(
-            f"{exc} Nothing was committed: the writer stays open with its uncommitted segments. "
-            f"Conflicting segment(s) of this session ({len(names)}): {shown}. Call "
-            "forget(names) to drop them and flush() again, or discard() to drop everything "
-            "uncommitted."
-        )
-        err.segments = names  # type: ignore[attr-defined]
-        return err
+        return merge_refused(exc, names)
 
     def forget(self, names: Sequence[str]) -> int:
         """Drop uncommitted segments ``names`` of this session (after a commit refused
