@@ -131,7 +131,7 @@ def copy_store(
 
 
 #: Copies of a source that writers keep committing to (each copies the newest commit)
-COPY_ATTEMPTS = 5
+COPY_ATTEMPTS = 10
 
 
 def _moved(src: str | os.PathLike[str], options: dict[str, Any] | None, seen: list[int]) -> bool:
@@ -197,92 +197,109 @@ def _copy_once(
         for run in manifest.segments.all_runs:
             for role in INDEX_ROLES:
                 need.setdefault(run.files[role], 0)
-    sizes = s_acc.sizes(need)
-    for rel, n in need.items():
-        size = sizes.get(rel)
-        if size is None:
-            raise s_acc.missing_listed(rel)
-        if size < 0:
-            raise StoreCorruptedError(
-                f"{s_acc.where(rel)!r}: the server does not tell its size, so a copy could not "
-                "be verified; copy from a filesystem that reports sizes"
-            )
-        if size < n:
-            raise StoreCorruptedError(
-                f"{s_acc.where(rel)!r} holds {size:,} bytes but the manifest needs {n:,}; the "
-                "source store is damaged, nothing was copied"
-            )
-
-    final = d_acc
-    base = None
-    dest: Destination | None = None
-    if d_acc.local:
-        # written beside the destination and switched into place at the end: a store being
-        # replaced stays whole until then; anything but a store is refused, never deleted
-        dest = prepare_destination(
-            d_acc.root, overwrite, option="overwrite=True (`bigarray cp --overwrite`)"
-        )
-        d_acc = FileAccess(dest.staging)
-        renames: dict[str, str] = {}
-    else:
-        base = snapshot(d_acc)
-        if base.raw is not None and not overwrite:
-            raise StoreExistsError(
-                f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
-                "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
-            )
-        # Objects under names of this copy only: a store being replaced (or another copy
-        # racing to the same URL) keeps every object its manifest names until the switch.
-        session = uuid.uuid4().hex[:12]
-        renames = {rel: _session_name(rel, session) for rel in need}
-    dst_of = {rel: renames.get(rel, rel) for rel in need}
-
-    total = sum(int(sizes[rel] or 0) for rel in need)
-    bar = _progress(total, progress, f"{s_acc.url} -> {final.url}")
+    # A local source: every file is opened now, so that commits landing during the copy
+    # (which delete index files of the version two commits back) cannot take them away;
+    # data files only grow past what the manifest needs.
+    held = _hold_local(s_acc, need) if s_acc.local else {}
     try:
-        try:
-            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-                futures = [
-                    pool.submit(
-                        _copy_file, s_acc, d_acc, rel, int(sizes[rel] or 0), bar, dst_of[rel]
-                    )
-                    for rel in need
-                ]
-                for f in futures:
-                    f.result()
-        finally:
-            if bar is not None:
-                bar.close()
-        d_acc.invalidate()
-        got = d_acc.sizes(dst_of.values())
-        for rel in need:
-            if got.get(dst_of[rel]) != sizes[rel]:
+        sizes = (
+            {rel: os.fstat(fd).st_size for rel, fd in held.items()} if held else s_acc.sizes(need)
+        )
+        for rel, n in need.items():
+            size = sizes.get(rel)
+            if size is None:
+                raise s_acc.missing_listed(rel)
+            if size < 0:
                 raise StoreCorruptedError(
-                    f"copy of {s_acc.where(rel)!r} to {d_acc.where(dst_of[rel])!r} holds "
-                    f"{got.get(dst_of[rel])} bytes, not {sizes[rel]:,}; no manifest was "
-                    f"written at {final.url!r}. Run the copy again."
+                    f"{s_acc.where(rel)!r}: the server does not tell its size, so a copy could not "
+                    "be verified; copy from a filesystem that reports sizes"
                 )
-        if renames:
-            raw = _renamed(manifest, renames).dumps()
-        remote_crash_point("copy-before-manifest")
-        if base is not None:
-            put_manifest(d_acc, raw, base)
+            if size < n:
+                raise StoreCorruptedError(
+                    f"{s_acc.where(rel)!r} holds {size:,} bytes but the manifest needs {n:,}; the "
+                    "source store is damaged, nothing was copied"
+                )
+
+        final = d_acc
+        base = None
+        dest: Destination | None = None
+        if d_acc.local:
+            # written beside the destination and switched into place at the end: a store being
+            # replaced stays whole until then; anything but a store is refused, never deleted
+            dest = prepare_destination(
+                d_acc.root, overwrite, option="overwrite=True (`bigarray cp --overwrite`)"
+            )
+            d_acc = FileAccess(dest.staging)
+            renames: dict[str, str] = {}
         else:
-            d_acc.commit_file(MANIFEST_NAME, raw)
-    except BaseException:
-        if dest is not None:  # a local staging directory: the destination is untouched
-            dest.abandon()
-        elif renames:
-            with contextlib.suppress(Exception):
-                d_acc.remove(list(dst_of.values()))
-        raise
-    if dest is not None:
-        dest.commit()
-    elif base is not None and base.raw is not None:
-        remove_replaced(d_acc, base.manifest, parse_manifest(raw, final.url))
-    return CopyReport(
-        s_acc.url, final.url, len(need) + 1, total + len(raw), time.perf_counter() - t0
-    )
+            base = snapshot(d_acc)
+            if base.raw is not None and not overwrite:
+                raise StoreExistsError(
+                    f"a bigarray store already exists at {d_acc.url!r}; pass overwrite=True "
+                    "(`bigarray cp --overwrite`) to replace it, or copy elsewhere"
+                )
+            # Objects under names of this copy only: a store being replaced (or another copy
+            # racing to the same URL) keeps every object its manifest names until the switch.
+            session = uuid.uuid4().hex[:12]
+            renames = {rel: _session_name(rel, session) for rel in need}
+        dst_of = {rel: renames.get(rel, rel) for rel in need}
+
+        total = sum(int(sizes[rel] or 0) for rel in need)
+        bar = _progress(total, progress, f"{s_acc.url} -> {final.url}")
+        try:
+            try:
+                with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                    futures = [
+                        pool.submit(
+                            _copy_file,
+                            s_acc,
+                            d_acc,
+                            rel,
+                            int(sizes[rel] or 0),
+                            bar,
+                            dst_of[rel],
+                            held.get(rel),
+                        )
+                        for rel in need
+                    ]
+                    for f in futures:
+                        f.result()
+            finally:
+                if bar is not None:
+                    bar.close()
+            d_acc.invalidate()
+            got = d_acc.sizes(dst_of.values())
+            for rel in need:
+                if got.get(dst_of[rel]) != sizes[rel]:
+                    raise StoreCorruptedError(
+                        f"copy of {s_acc.where(rel)!r} to {d_acc.where(dst_of[rel])!r} holds "
+                        f"{got.get(dst_of[rel])} bytes, not {sizes[rel]:,}; no manifest was "
+                        f"written at {final.url!r}. Run the copy again."
+                    )
+            if renames:
+                raw = _renamed(manifest, renames).dumps()
+            remote_crash_point("copy-before-manifest")
+            if base is not None:
+                put_manifest(d_acc, raw, base)
+            else:
+                d_acc.commit_file(MANIFEST_NAME, raw)
+        except BaseException:
+            if dest is not None:  # a local staging directory: the destination is untouched
+                dest.abandon()
+            elif renames:
+                with contextlib.suppress(Exception):
+                    d_acc.remove(list(dst_of.values()))
+            raise
+        if dest is not None:
+            dest.commit()
+        elif base is not None and base.raw is not None:
+            remove_replaced(d_acc, base.manifest, parse_manifest(raw, final.url))
+        return CopyReport(
+            s_acc.url, final.url, len(need) + 1, total + len(raw), time.perf_counter() - t0
+        )
+    finally:
+        for fd in held.values():
+            os.close(fd)
 
 
 def _session_name(rel: str, session: str) -> str:
@@ -332,13 +349,43 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=True)
 
 
+def _hold_local(s_acc: FileAccess, need: dict[str, int]) -> dict[str, int]:
+    """Open every file of a local source (read-only descriptors, by relative path)."""
+    from .core.fileutil import resolve_inside
+
+    held: dict[str, int] = {}
+    try:
+        for rel in need:
+            try:
+                held[rel] = os.open(resolve_inside(s_acc.root, rel), os.O_RDONLY)
+            except FileNotFoundError:
+                raise s_acc.missing_listed(rel) from None
+    except BaseException:
+        for fd in held.values():
+            os.close(fd)
+        raise
+    return held
+
+
 def _copy_file(
-    s_acc: FileAccess, d_acc: FileAccess, rel: str, size: int, bar: Any, dst_rel: str = ""
+    s_acc: FileAccess,
+    d_acc: FileAccess,
+    rel: str,
+    size: int,
+    bar: Any,
+    dst_rel: str = "",
+    fd: int | None = None,
 ) -> None:
-    """Stream one file in :data:`BLOCK`-byte blocks (one block in memory at a time)."""
+    """Stream the first ``size`` bytes of one file in :data:`BLOCK`-byte blocks (one block
+    in memory at a time), from the open descriptor ``fd`` of a local source if given (a
+    file that grew since it was sized is copied as it was sized)."""
     dst_rel = dst_rel or rel
     if size <= BLOCK:
-        data = s_acc.cat(rel, missing=lambda: s_acc.missing_listed(rel)) if size else b""
+        if fd is not None:
+            data = os.pread(fd, size, 0)
+        else:
+            data = s_acc.cat(rel, missing=lambda: s_acc.missing_listed(rel)) if size else b""
+            data = data[:size]
         d_acc.pipe(dst_rel, data)
         if bar is not None:
             bar.update(len(data))
@@ -351,7 +398,11 @@ def _copy_file(
         with d_acc.fs.open(full, "wb") as out:
             for off in range(0, size, BLOCK):
                 end = min(size, off + BLOCK)
-                (buf,) = s_acc.fetch([(rel, off, end)], gap=0, part=BLOCK)
+                buf: Any
+                if fd is not None:
+                    buf = os.pread(fd, end - off, off)
+                else:
+                    (buf,) = s_acc.fetch([(rel, off, end)], gap=0, part=BLOCK)
                 out.write(buf)
                 if bar is not None:
                     bar.update(end - off)

@@ -535,7 +535,9 @@ class Store(_CommittedReader):
     storage_options: dict[str, Any] | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, cached: bool = False) -> None:
-        self.path = os.fspath(path)
+        from .filesystem import is_local_url, local_path
+
+        self.path = local_path(path) if is_local_url(path) else os.fspath(path)
         # the identity of the manifest file read (fstat of the descriptor read): every
         # commit renames a new file into place
         # and the directory's: a replacement (remove_exist, mode="w", cp --overwrite) puts
@@ -682,6 +684,13 @@ class Store(_CommittedReader):
     # ------------------------------------------------------------------ data
     def shard_views(self, var: Variable) -> list[np.ndarray]:
         """One read-only ``numpy.memmap`` per shard, after checking each file's size."""
+        try:
+            return self._shard_views(var)
+        except StoreCorruptedError:
+            self._check_not_replaced()  # another store at the path now (smaller): not damage
+            raise
+
+    def _shard_views(self, var: Variable) -> list[np.ndarray]:
         out = []
         for shard in var.shards:
             shape = (shard.stop - shard.start, *var.shape[1:])

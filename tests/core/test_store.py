@@ -294,3 +294,9 @@ def test_a_handle_of_a_replaced_store_never_reads_the_replacement(tmp_path: Path
     with pytest.raises(StoreChangedError, match="replaced"):
         old.index  # noqa: B018
     assert np.asarray(Store(p).read_rows(None, 0, 4)).tolist() == [7, 7, 7, 7]
+    # a smaller replacement (its data file shorter than the old manifest needs) too
+    old = Store(f"file:{p}")  # the local path as a URL
+    with PointerArrayWriter(p, shape=(0,), dtype="i4", remove_exist=True) as w:
+        w.write({"c": np.full(3, 5, "i4")})
+    with pytest.raises(StoreChangedError, match="replaced"):
+        old.read_rows(None, 0, 4)
