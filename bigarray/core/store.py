@@ -1049,17 +1049,13 @@ def open_local(
         try:
             store.index  # noqa: B018 - maps (or reads) the index files now
             return store
-        except StoreChangedError:
+        except StoreChangedError:  # the files were gone because the manifest moved on
             store.close()
             if attempt == _OPEN_ATTEMPTS - 1:
                 raise
-        except StoreCorruptedError:
+        except StoreCorruptedError:  # the manifest it read still stands: damage
             store.close()
-            if (
-                attempt == _OPEN_ATTEMPTS - 1
-                or read_manifest(store.path).generation == store.manifest.generation
-            ):
-                raise
+            raise
     raise AssertionError("unreachable")
 
 

@@ -229,9 +229,11 @@ def _verify_variable(
                 return
             report.blocks_checked += 1
             report.bytes_checked += (b - a) * rb
-            if crc != int(sums.blocks[k]) and bool(((holes[:, 0] < b) & (holes[:, 1] > a)).any()):
+            if crc == int(sums.blocks[k]):
+                continue
+            if bool(((holes[:, 0] < b) & (holes[:, 1] > a)).any()):
                 unsettled += 1
-            elif crc != int(sums.blocks[k]):
+            else:
                 report.bad_block_count += 1
                 if first is None:
                     names, total = segments_touching(bounds, arrays, a, b, max_segments)
